@@ -1,0 +1,187 @@
+"""The service's settings: one TOML file, every value with a default, overridable by CLI flags.
+
+No heavy imports here (the CLI reads the config to find the key store): the engine section is
+plain data turned into an `engine.EngineConfig` only by the process that runs the engine.
+"""
+
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+DEFAULT_CONFIG_PATH = Path("/etc/appliance/config.toml")
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class ConfigError(ValueError):
+    """The config file or an override is wrong; the message names the key."""
+
+
+@dataclass
+class EngineSettings:
+    """Mirrors engine.EngineConfig field for field (a test checks they stay in step)."""
+
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    block_size: int = 16
+    kv_cache_bytes: int = 2 << 30
+    num_kv_blocks: int | None = None
+    enable_prefix_caching: bool = True
+    max_model_len: int | None = None
+    max_waiting_requests: int = 1024
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def to_engine_config(self):
+        from engine import EngineConfig
+
+        return EngineConfig(**{f.name: getattr(self, f.name) for f in fields(self)})
+
+
+@dataclass
+class Config:
+    model: str = DEFAULT_MODEL  # a name under models_dir, or a path to a model folder / GGUF file
+    served_model_name: str | None = None  # the id clients send; default: the model's name
+    host: str = "0.0.0.0"
+    port: int = 8000
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9100  # 0: no metrics listener
+    state_dir: Path = Path("/var/lib/appliance")
+    cache_dir: Path | None = None  # downloads (the default model's wheel); default state_dir/cache
+    control_socket: Path = Path("/run/appliance/control.sock")
+    drain_timeout_s: float = 30.0
+    max_request_body_bytes: int = 8 << 20
+    log_prompts: bool = False
+    log_level: str = "info"
+    canary_interval_s: float = 15.0  # how often an idle service proves it can generate
+    canary_max_age_s: float = 60.0  # /ready needs a success at most this old
+    canary_timeout_s: float = 30.0
+    engine_stall_timeout_s: float = 30.0  # /health fails when the engine loop is stuck this long
+    retry_after_s: int = 5  # Retry-After on 503s
+    engine: EngineSettings = field(default_factory=EngineSettings)
+
+    @property
+    def keys_db_path(self) -> Path:
+        return self.state_dir / "keys.db"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.state_dir / "models"
+
+    @property
+    def downloads_dir(self) -> Path:
+        return self.cache_dir if self.cache_dir is not None else self.state_dir / "cache"
+
+    @property
+    def model_is_path(self) -> bool:
+        return "/" in self.model or self.model.startswith(".") or self.model.endswith(".gguf")
+
+    @property
+    def model_path(self) -> Path:
+        return Path(self.model).expanduser() if self.model_is_path else self.models_dir / self.model
+
+    @property
+    def model_name(self) -> str:
+        if self.served_model_name:
+            return self.served_model_name
+        return self.model_path.name if self.model_is_path else self.model
+
+    @property
+    def fault_stall_file(self) -> Path:
+        """Fault injection: while this file exists the engine loop is held still (watchdog tests)."""
+        return self.state_dir / "fault-stall-engine"
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read the TOML file (the default path only if it exists), then apply non-None overrides.
+
+    Overrides use field names; engine settings as "engine.<name>" or a nested "engine" dict.
+    """
+    data: dict[str, Any] = {}
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    engine_data = data.pop("engine", {})
+    if not isinstance(engine_data, dict):
+        raise ConfigError("engine: must be a table ([engine])")
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key == "engine" and isinstance(value, dict):
+            engine_data.update({k: v for k, v in value.items() if v is not None})
+        elif key.startswith("engine."):
+            engine_data[key.removeprefix("engine.")] = value
+        else:
+            data[key] = value
+    config = Config(**_typed(Config, data, prefix=""))
+    config.engine = EngineSettings(**_typed(EngineSettings, engine_data, prefix="engine."))
+    _check(config)
+    return config
+
+
+def _typed(cls, data: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Check keys and types against the dataclass; convert paths. Errors name the key."""
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)} - {"engine"}
+    out = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"unknown config key '{prefix}{key}'; known keys: {', '.join(sorted(known))}")
+        out[key] = _convert(prefix + key, hints[key], value)
+    return out
+
+
+def _convert(name: str, hint: Any, value: Any) -> Any:
+    optional = type(None) in getattr(hint, "__args__", ())
+    if value is None and optional:
+        return None
+    base = next((a for a in getattr(hint, "__args__", (hint,)) if a is not type(None)), hint)
+    if base is Path:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"{name} must be a path string, got {value!r}")
+        return Path(value).expanduser()
+    if base is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        return value
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        return value
+    if base is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if base is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _check(config: Config) -> None:
+    for name in ("port", "metrics_port"):
+        port = getattr(config, name)
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{name} must be between 0 and 65535, got {port}")
+    for name in ("drain_timeout_s", "canary_interval_s", "canary_max_age_s", "canary_timeout_s", "engine_stall_timeout_s"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
+    if config.max_request_body_bytes < 1024:
+        raise ConfigError(f"max_request_body_bytes must be at least 1024, got {config.max_request_body_bytes}")
+    if config.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+        raise ConfigError(f"log_level must be debug, info, warning, error or critical, got {config.log_level!r}")
+    if not config.model:
+        raise ConfigError("model must not be empty")

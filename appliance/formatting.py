@@ -1,0 +1,155 @@
+"""Turn engine outputs into OpenAI response objects (schemas.py): choices, chunks, logprobs, usage."""
+
+import time
+
+from appliance.schemas import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatDelta,
+    ChatLogprobs,
+    ChatMessage,
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+
+
+class ChoiceState:
+    """What one engine request (one choice) has produced so far."""
+
+    __slots__ = ("index", "prompt_index", "text", "tokens", "finish_reason", "stop_reason",
+                 "num_prompt_tokens", "num_output_tokens", "num_cached_tokens", "sent_role", "text_offset")
+
+    def __init__(self, index: int, prompt_index: int):
+        self.index = index
+        self.prompt_index = prompt_index
+        self.text: list[str] = []
+        self.tokens: list = []  # SampledToken with logprobs, when asked for
+        self.finish_reason = None
+        self.stop_reason = None
+        self.num_prompt_tokens = 0
+        self.num_output_tokens = 0
+        self.num_cached_tokens = 0
+        self.sent_role = False
+        self.text_offset = 0
+
+    def add(self, out) -> None:
+        if out.new_text:
+            self.text.append(out.new_text)
+        if out.logprobs:
+            self.tokens.extend(out.logprobs)
+        self.num_prompt_tokens = out.num_prompt_tokens
+        self.num_output_tokens = out.num_output_tokens
+        self.num_cached_tokens = out.num_cached_tokens
+        if out.finished:
+            self.finish_reason = out.finish_reason
+            self.stop_reason = out.stop_reason if out.finish_reason in ("stop", "length") else None
+
+
+def usage(states: list[ChoiceState]) -> Usage:
+    """Prompt tokens counted once per prompt (n copies share it), completions summed."""
+    per_prompt: dict[int, tuple[int, int]] = {}
+    for s in states:
+        per_prompt.setdefault(s.prompt_index, (s.num_prompt_tokens, s.num_cached_tokens))
+    prompt = sum(p for p, _ in per_prompt.values())
+    cached = sum(c for _, c in per_prompt.values())
+    completion = sum(s.num_output_tokens for s in states)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                 prompt_tokens_details={"cached_tokens": cached})
+
+
+# -- chat ---------------------------------------------------------------------------------------
+def chat_logprobs(token_text, sampled: list, top: int) -> ChatLogprobs:
+    content = []
+    for t in sampled:
+        text = token_text(t.token_id)
+        alternatives = [
+            TopLogprob(token=token_text(i), logprob=lp, bytes=list(token_text(i).encode()))
+            for i, lp in (t.top_logprobs or [])[:top]
+        ]
+        content.append(TokenLogprob(token=text, logprob=t.logprob if t.logprob is not None else 0.0,
+                                    bytes=list(text.encode()), top_logprobs=alternatives))
+    return ChatLogprobs(content=content)
+
+
+def chat_completion(request_id: str, model: str, states: list[ChoiceState], token_text, top: int | None) -> ChatCompletion:
+    choices = [
+        ChatChoice(
+            index=s.index,
+            message=ChatMessage(content="".join(s.text)),
+            logprobs=chat_logprobs(token_text, s.tokens, top or 0) if top is not None else None,
+            finish_reason=s.finish_reason,
+            stop_reason=s.stop_reason,
+        )
+        for s in states
+    ]
+    return ChatCompletion(id=request_id, model=model, choices=choices, usage=usage(states))
+
+
+def chat_chunk(request_id: str, model: str, created: int, state: ChoiceState, out, token_text, top: int | None) -> ChatCompletionChunk:
+    delta = ChatDelta(content=out.new_text)
+    if not state.sent_role:
+        delta.role = "assistant"
+        state.sent_role = True
+    choice = ChatChunkChoice(
+        index=state.index,
+        delta=delta,
+        logprobs=chat_logprobs(token_text, out.logprobs, top or 0) if top is not None else None,
+        finish_reason=out.finish_reason if out.finished else None,
+        stop_reason=state.stop_reason if out.finished else None,
+    )
+    return ChatCompletionChunk(id=request_id, created=created, model=model, choices=[choice])
+
+
+def chat_usage_chunk(request_id: str, model: str, created: int, states: list[ChoiceState]) -> ChatCompletionChunk:
+    return ChatCompletionChunk(id=request_id, created=created, model=model, choices=[], usage=usage(states))
+
+
+# -- completions --------------------------------------------------------------------------------
+def completion_logprobs(token_text, sampled: list, top: int, offset: int) -> tuple[CompletionLogprobs, int]:
+    lp = CompletionLogprobs()
+    for t in sampled:
+        text = token_text(t.token_id)
+        lp.tokens.append(text)
+        lp.token_logprobs.append(t.logprob)
+        lp.text_offset.append(offset)
+        offset += len(text)
+        alternatives = {}
+        for i, value in (t.top_logprobs or [])[:top]:
+            alternatives.setdefault(token_text(i), value)
+        lp.top_logprobs.append(alternatives)
+    return lp, offset
+
+
+def completion(request_id: str, model: str, states: list[ChoiceState], token_text, top: int | None) -> Completion:
+    choices = []
+    for s in states:
+        logprobs = completion_logprobs(token_text, s.tokens, top, 0)[0] if top is not None else None
+        choices.append(CompletionChoice(index=s.index, text="".join(s.text), logprobs=logprobs,
+                                        finish_reason=s.finish_reason, stop_reason=s.stop_reason))
+    return Completion(id=request_id, model=model, choices=choices, usage=usage(states))
+
+
+def completion_chunk(request_id: str, model: str, created: int, state: ChoiceState, out, token_text, top: int | None) -> Completion:
+    logprobs = None
+    if top is not None:
+        logprobs, state.text_offset = completion_logprobs(token_text, out.logprobs, top, state.text_offset)
+    choice = CompletionChoice(
+        index=state.index, text=out.new_text, logprobs=logprobs,
+        finish_reason=out.finish_reason if out.finished else None,
+        stop_reason=state.stop_reason if out.finished else None,
+    )
+    return Completion(id=request_id, created=created, model=model, choices=[choice])
+
+
+def completion_usage_chunk(request_id: str, model: str, created: int, states: list[ChoiceState]) -> Completion:
+    return Completion(id=request_id, created=created, model=model, choices=[], usage=usage(states))
+
+
+def now_s() -> int:
+    return int(time.time())

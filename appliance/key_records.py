@@ -1,0 +1,146 @@
+"""What the key store holds and hands out: records, daily usage, errors, field validation."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, timezone
+
+BUDGET_PERIODS = ("day", "month")
+LIMIT_FIELDS = ("rpm_limit", "tpm_limit", "budget_tokens")
+UPDATABLE = ("name", *LIMIT_FIELDS, "budget_period", "expires_at", "allowed_models")
+
+
+class AuthError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class KeyNotFound(Exception):
+    pass
+
+
+class KeyStoreError(Exception):
+    """The database could not be opened or created (permissions, disk, not a database)."""
+
+
+@dataclass
+class KeyRecord:
+    id: str
+    name: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    rpm_limit: int | None
+    tpm_limit: int | None
+    budget_tokens: int | None
+    budget_period: str
+    allowed_models: list[str] | None
+    last_used_at: datetime | None
+
+    def status(self, now: datetime) -> str:
+        """'active', 'revoked' or 'expired'."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
+
+    def to_dict(self) -> dict:
+        # The secret and its hash never get here: a KeyRecord does not hold them.
+        out = asdict(self)
+        for name in ("created_at", "expires_at", "revoked_at", "last_used_at"):
+            out[name] = iso(out[name])
+        return out
+
+    @classmethod
+    def from_row(cls, row, last_used_at: datetime | None) -> KeyRecord:
+        return cls(
+            id=row["id"],
+            name=row["name"],
+            created_at=parse_dt(row["created_at"]),
+            expires_at=parse_dt(row["expires_at"]),
+            revoked_at=parse_dt(row["revoked_at"]),
+            rpm_limit=row["rpm_limit"],
+            tpm_limit=row["tpm_limit"],
+            budget_tokens=row["budget_tokens"],
+            budget_period=row["budget_period"],
+            allowed_models=json.loads(row["allowed_models"]) if row["allowed_models"] is not None else None,
+            last_used_at=last_used_at,
+        )
+
+
+@dataclass
+class DayUsage:
+    day: date
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "day": self.day.isoformat()}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def parse_dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value is not None else None
+
+
+def as_utc(value: datetime) -> datetime:
+    # A naive datetime is taken as UTC: everything in the store is UTC.
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def validate_limits(fields: dict) -> dict:
+    """Check and normalise key fields; raises ValueError naming the offending field."""
+    out = {}
+    for name, value in fields.items():
+        if name not in UPDATABLE:
+            raise ValueError(f"unknown field {name!r}; expected one of {', '.join(UPDATABLE)}")
+        if name == "name":
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError("name must be a non-empty string")
+            value = value.strip()
+        elif name in LIMIT_FIELDS:
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be a non-negative integer or None (no limit), got {value!r}")
+        elif name == "budget_period":
+            if value not in BUDGET_PERIODS:
+                raise ValueError(f"budget_period must be one of {', '.join(BUDGET_PERIODS)}, got {value!r}")
+        elif name == "expires_at":
+            if value is not None and not isinstance(value, datetime):
+                raise ValueError(f"expires_at must be a datetime or None, got {value!r}")
+            value = as_utc(value) if value is not None else None
+        elif name == "allowed_models":
+            value = _validate_models(value)
+        out[name] = value
+    return out
+
+
+def _validate_models(value) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not all(isinstance(m, str) and m.strip() for m in value):
+        raise ValueError("allowed_models must be a list of model names, or None for every model")
+    models = [m.strip() for m in value]
+    if not models:
+        raise ValueError("allowed_models must name at least one model, or be None for every model")
+    return models
+
+
+def to_column(name: str, value):
+    """A validated field as stored in its SQLite column."""
+    if name == "allowed_models":
+        return json.dumps(value) if value is not None else None
+    if name == "expires_at":
+        return iso(value)
+    return value

@@ -1,0 +1,394 @@
+"""API keys: a SQLite (WAL) store with per-key limits, budgets and daily usage.
+
+A key looks like `sk-app-<id>-<secret>`. The id is public (it names the key in logs, the CLI and
+the TUI); the secret is shown once, at creation, and only its sha256 is stored. A slow password
+hash (bcrypt, scrypt) protects low-entropy secrets chosen by people; ours are 192 random bits, so
+brute force is out of reach whatever the hash, and a fast hash keeps authentication off the
+request's critical path.
+
+Usage is counted in memory and flushed to SQLite by a background thread every couple of seconds
+in one transaction, so a crash loses at most that much and the database never half-applies a
+flush. Rate windows (rpm, tpm) live only in memory: they describe the last minute.
+"""
+
+from __future__ import annotations  # the KeyStore.list method shadows `list` in annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+from appliance.key_records import (
+    AuthError,
+    DayUsage,
+    KeyNotFound,
+    KeyRecord,
+    KeyStoreError,
+    iso,
+    parse_dt,
+    to_column,
+    utcnow,
+    validate_limits,
+)
+from appliance.rate_limits import RateLimited, RateWindows, period_bounds
+
+__all__ = ["AuthError", "DayUsage", "KeyNotFound", "KeyRecord", "KeyStore", "KeyStoreError", "RateLimited"]
+
+KEY_PREFIX = "sk-app-"
+FLUSH_INTERVAL_S = 2.0
+MAX_KEY_LENGTH = 256  # longer Authorization values are rejected before any hashing
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS keys (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    secret_sha256 TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT,
+    revoked_at TEXT,
+    rpm_limit INTEGER,
+    tpm_limit INTEGER,
+    budget_tokens INTEGER,
+    budget_period TEXT NOT NULL DEFAULT 'day',
+    allowed_models TEXT,
+    last_used_at TEXT
+);
+CREATE TABLE IF NOT EXISTS usage (
+    key_id TEXT NOT NULL,
+    day TEXT NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_id, day)
+);
+"""
+
+
+class KeyStore:
+    def __init__(
+        self,
+        db_path: Path,
+        *,
+        flush_interval_s: float = FLUSH_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = utcnow,
+    ):
+        self.db_path = Path(db_path)
+        self._now = now  # for dates: expiry, budget periods, usage days
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()  # guards everything in memory below; never held during I/O
+        self._flush_lock = threading.Lock()  # one flush at a time; see _period_used
+        self._pending: dict[tuple[str, str], list[int]] = {}  # (key, day) -> [requests, prompt, completion]
+        self._pending_last_used: dict[str, datetime] = {}
+        self._windows = RateWindows(clock)
+        self._period_used: dict[str, dict[str, int]] = {}  # key -> {period start: tokens since}
+        self._closed = False
+        self._open_schema()
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(
+            target=self._flush_loop, args=(flush_interval_s,), name="keystore-flush", daemon=True
+        )
+        self._flusher.start()
+
+    # -- connections --------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.db_path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            # FULL syncs the WAL on every commit: with NORMAL a power cut could lose every flush
+            # since the last checkpoint (minutes), not just the last couple of seconds.
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def _open_schema(self) -> None:
+        try:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            is_new = not self.db_path.exists()
+            conn = self._conn()
+            conn.execute("PRAGMA journal_mode=WAL")
+            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:  # only a new store needs a write
+                conn.executescript(SCHEMA)
+                conn.execute("PRAGMA user_version=1")
+            if is_new:
+                _match_folder_owner(self.db_path)
+        except (OSError, sqlite3.Error) as e:
+            raise KeyStoreError(f"cannot open the key store at {self.db_path}: {e}") from e
+
+    # -- keys -----------------------------------------------------------------------------------
+
+    def create(
+        self,
+        name: str,
+        *,
+        rpm_limit: int | None = None,
+        tpm_limit: int | None = None,
+        budget_tokens: int | None = None,
+        budget_period: str = "day",
+        expires_at: datetime | None = None,
+        allowed_models: list[str] | None = None,
+    ) -> tuple[KeyRecord, str]:
+        fields = validate_limits(
+            dict(
+                name=name, rpm_limit=rpm_limit, tpm_limit=tpm_limit, budget_tokens=budget_tokens,
+                budget_period=budget_period, expires_at=expires_at, allowed_models=allowed_models,
+            )
+        )
+        columns = ["id", "secret_sha256", "created_at", *fields]
+        secret = secrets.token_urlsafe(24)
+        conn = self._conn()
+        for _ in range(10):  # 32-bit ids: a collision is rare, and retried
+            key_id = secrets.token_hex(4)
+            try:
+                values = [key_id, _hash_secret(secret), iso(self._now())]
+                values += [to_column(name, value) for name, value in fields.items()]
+                conn.execute(
+                    f"INSERT INTO keys ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", values
+                )
+                break
+            except sqlite3.IntegrityError:
+                continue
+        else:
+            raise KeyStoreError("could not find a free key id after 10 tries")
+        return self._require(key_id), f"{KEY_PREFIX}{key_id}-{secret}"
+
+    def get(self, key_id: str) -> KeyRecord | None:
+        row = self._conn().execute("SELECT * FROM keys WHERE id = ?", (key_id,)).fetchone()
+        return self._record(row) if row is not None else None
+
+    def list(self) -> list[KeyRecord]:
+        rows = self._conn().execute("SELECT * FROM keys ORDER BY created_at, id").fetchall()
+        return [self._record(row) for row in rows]
+
+    def revoke(self, key_id: str) -> KeyRecord:
+        self._require(key_id)
+        # COALESCE keeps the first revocation time when a key is revoked twice.
+        self._conn().execute(
+            "UPDATE keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?", (iso(self._now()), key_id)
+        )
+        return self._require(key_id)
+
+    def update(self, key_id: str, **limits) -> KeyRecord:
+        fields = validate_limits(limits)
+        self._require(key_id)
+        if fields:
+            values = [to_column(name, value) for name, value in fields.items()]
+            assignments = ", ".join(f"{k} = ?" for k in fields)  # names checked against UPDATABLE
+            self._conn().execute(f"UPDATE keys SET {assignments} WHERE id = ?", (*values, key_id))
+        return self._require(key_id)
+
+    def _require(self, key_id: str) -> KeyRecord:
+        record = self.get(key_id)
+        if record is None:
+            raise KeyNotFound(f"no key with id {key_id!r}")
+        return record
+
+    def _record(self, row: sqlite3.Row) -> KeyRecord:
+        # The last use not yet flushed is newer than what the database says.
+        last_used = parse_dt(row["last_used_at"])
+        with self._lock:
+            pending = self._pending_last_used.get(row["id"])
+        if pending is not None and (last_used is None or pending > last_used):
+            last_used = pending
+        return KeyRecord.from_row(row, last_used)
+
+    # -- per request ----------------------------------------------------------------------------
+
+    def authenticate(self, api_key: str | None) -> KeyRecord:
+        """The key's record; AuthError 401 for a missing or wrong key, 403 if revoked or expired."""
+        key_id, secret = _split_key(api_key)
+        row = None
+        if key_id is not None:
+            row = self._conn().execute("SELECT * FROM keys WHERE id = ?", (key_id,)).fetchone()
+        # Compare even when the id is unknown, so timing says nothing about the secret.
+        stored = row["secret_sha256"] if row is not None else _hash_secret("no such key")
+        matches = hmac.compare_digest(_hash_secret(secret or ""), stored)
+        if api_key is None or api_key == "":
+            raise AuthError(401, "missing API key: send it as 'Authorization: Bearer sk-app-...'")
+        if key_id is None:
+            raise AuthError(401, "malformed API key: expected 'sk-app-<id>-<secret>'")
+        if row is None or not matches:
+            raise AuthError(401, "invalid API key")
+        record = self._record(row)
+        status = record.status(self._now())
+        if status != "active":
+            raise AuthError(403, f"API key {record.id} is {status}")
+        return record
+
+    def check_request(self, record: KeyRecord, model: str) -> None:
+        """Admit one request for `model`, counting it against the key's requests per minute."""
+        if record.allowed_models is not None and model not in record.allowed_models:
+            raise AuthError(403, f"API key {record.id} may not use model {model!r}")
+        self._check_budget(record)
+        self._windows.admit(record.id, record.rpm_limit, record.tpm_limit)
+
+    def _check_budget(self, record: KeyRecord) -> None:
+        if record.budget_tokens is None:
+            return
+        start, end = period_bounds(record.budget_period, self._now())
+        used = self._tokens_since(record.id, start)
+        if used >= record.budget_tokens:
+            retry = max((end - self._now()).total_seconds(), 1.0)
+            raise RateLimited(
+                retry,
+                f"token budget exhausted: {used} of {record.budget_tokens} tokens this {record.budget_period}"
+                f" for key {record.id}; it renews at {end.isoformat()}",
+            )
+
+    def _tokens_since(self, key_id: str, start: date) -> int:
+        """Tokens used since `start`: read from SQLite once per key and period, then kept in memory.
+
+        The first read holds the flush lock, so no flush is half-way (rows written but not yet
+        taken out of _pending): the database plus _pending then counts every token exactly once.
+        """
+        start_day = start.isoformat()
+        with self._lock:
+            cached = self._period_used.get(key_id, {}).get(start_day)
+            if cached is not None:
+                return cached
+        with self._flush_lock:
+            row = self._conn().execute(
+                "SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM usage WHERE key_id = ? AND day >= ?",
+                (key_id, start_day),
+            ).fetchone()
+            with self._lock:
+                pending = sum(c[1] + c[2] for (k, day), c in self._pending.items() if k == key_id and day >= start_day)
+                # Only the current period matters; older entries are dropped so memory stays flat.
+                self._period_used[key_id] = {start_day: row[0] + pending}
+                return row[0] + pending
+
+    def record_usage(self, key_id: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """Count one finished request; memory only, written by the flush thread."""
+        now = self._now()
+        day = now.date().isoformat()
+        tokens = prompt_tokens + completion_tokens
+        self._windows.add_tokens(key_id, tokens)
+        with self._lock:
+            counts = self._pending.setdefault((key_id, day), [0, 0, 0])
+            counts[0] += 1
+            counts[1] += prompt_tokens
+            counts[2] += completion_tokens
+            self._pending_last_used[key_id] = now
+            periods = self._period_used.get(key_id, {})
+            for start in periods:
+                if start <= day:
+                    periods[start] += tokens
+
+    def usage(self, key_id: str, days: int = 30) -> list[DayUsage]:
+        """Per-day usage for the last `days` days (today included), oldest first; unflushed counts included."""
+        first = (self._now().date() - timedelta(days=days - 1)).isoformat()
+        rows = self._conn().execute(
+            "SELECT day, requests, prompt_tokens, completion_tokens FROM usage WHERE key_id = ? AND day >= ?",
+            (key_id, first),
+        ).fetchall()
+        by_day = {row["day"]: [row["requests"], row["prompt_tokens"], row["completion_tokens"]] for row in rows}
+        with self._lock:
+            for (k, day), counts in self._pending.items():
+                if k == key_id and day >= first:
+                    total = by_day.setdefault(day, [0, 0, 0])
+                    for i in range(3):
+                        total[i] += counts[i]
+        return [DayUsage(date.fromisoformat(day), *by_day[day]) for day in sorted(by_day)]
+
+    # -- flushing -------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write the counted usage to SQLite in one transaction."""
+        with self._flush_lock:
+            with self._lock:
+                pending, self._pending = self._pending, {}
+                last_used, self._pending_last_used = self._pending_last_used, {}
+            if not pending and not last_used:
+                return
+            try:
+                self._write(pending, last_used)
+            except sqlite3.Error:
+                with self._lock:  # put the counts back, to be retried at the next flush
+                    for slot, counts in pending.items():
+                        merged = self._pending.setdefault(slot, [0, 0, 0])
+                        for i in range(3):
+                            merged[i] += counts[i]
+                    for key_id, when in last_used.items():
+                        self._pending_last_used.setdefault(key_id, when)
+                raise
+
+    def _write(self, pending: dict, last_used: dict) -> None:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT INTO usage (key_id, day, requests, prompt_tokens, completion_tokens) VALUES (?,?,?,?,?)"
+                " ON CONFLICT (key_id, day) DO UPDATE SET requests = requests + excluded.requests,"
+                " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
+                " completion_tokens = completion_tokens + excluded.completion_tokens",
+                [(k, day, *counts) for (k, day), counts in pending.items()],
+            )
+            conn.executemany(
+                "UPDATE keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+                [(iso(when), k, iso(when)) for k, when in last_used.items()],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _flush_loop(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            try:
+                self.flush()
+            except sqlite3.Error:
+                pass  # counts were put back; the next flush retries (e.g. the database was busy)
+
+    def close(self) -> None:
+        """Stop the flush thread, write what is counted, close the connections."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._flusher.join()
+        self.flush()
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+
+    def __enter__(self) -> "KeyStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _split_key(api_key: str | None) -> tuple[str | None, str | None]:
+    """(id, secret) of a well-formed key, else (None, None)."""
+    if not api_key or len(api_key) > MAX_KEY_LENGTH or not api_key.startswith(KEY_PREFIX):
+        return None, None
+    key_id, sep, secret = api_key[len(KEY_PREFIX):].partition("-")
+    if not sep or not key_id or not secret:
+        return None, None
+    return key_id, secret
+
+
+def _match_folder_owner(path: Path) -> None:
+    """Give a store that root just created (`sudo appliance keys create`) to the state dir's owner,
+    so the service, which runs as that user, can still write it."""
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        folder = path.parent.stat()
+        if folder.st_uid != 0:
+            os.chown(path, folder.st_uid, folder.st_gid)
+
+
+def _hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()

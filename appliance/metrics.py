@@ -1,0 +1,122 @@
+"""Prometheus metrics, named as vLLM names them so vLLM dashboards and alerts work unchanged.
+
+Engine gauges and counters (running, waiting, KV usage, tokens, preemptions, prefix cache) are
+read from the engine's stats at scrape time; per-request histograms and per-key counters are
+observed by the service as requests finish. Each service has its own registry.
+"""
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+
+
+class _EngineCollector:
+    """Reads EngineStats when Prometheus scrapes; nothing to update per step."""
+
+    def __init__(self, stats: Callable[[], object | None], model_name: Callable[[], str]):
+        self._stats = stats
+        self._model_name = model_name
+
+    def collect(self):
+        stats = self._stats()
+        model = self._model_name()
+        labels = ["model_name"]
+
+        def gauge(name, doc, value):
+            g = GaugeMetricFamily(name, doc, labels=labels)
+            g.add_metric([model], value)
+            return g
+
+        def counter(name, doc, value):
+            c = CounterMetricFamily(name, doc, labels=labels)
+            c.add_metric([model], value)
+            return c
+
+        if stats is None:
+            return
+        yield gauge("vllm:num_requests_running", "Number of requests in model execution batches.", stats.num_running)
+        yield gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", stats.num_waiting)
+        yield gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", stats.kv_usage)
+        yield counter("vllm:prompt_tokens", "Number of prefill tokens processed.", stats.prompt_tokens_total)
+        yield counter("vllm:generation_tokens", "Number of generation tokens processed.", stats.generation_tokens_total)
+        yield counter("vllm:num_preemptions", "Cumulative number of preemptions from the engine.", stats.num_preemptions)
+        yield counter("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried blocks.", stats.prefix_cache_queries)
+        yield counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached blocks.", stats.prefix_cache_hits)
+        info = GaugeMetricFamily(
+            "vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
+            labels=["block_size", "num_gpu_blocks", "model_name"],
+        )
+        info.add_metric([str(stats.block_size), str(stats.kv_blocks_total), model], 1.0)
+        yield info
+
+
+class Metrics:
+    def __init__(self, stats: Callable[[], object | None], model_name: Callable[[], str]):
+        disable_created_metrics()  # as vLLM does: no *_created series
+        self.registry = CollectorRegistry()
+        self.registry.register(_EngineCollector(stats, model_name))
+        r = self.registry
+        self.request_success = Counter(
+            "vllm:request_success", "Count of successfully processed requests.",
+            ["model_name", "finished_reason"], registry=r,
+        )
+        self.ttft = Histogram(
+            "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
+            ["model_name"], buckets=TTFT_BUCKETS, registry=r,
+        )
+        self.itl = Histogram(
+            "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
+            ["model_name"], buckets=ITL_BUCKETS, registry=r,
+        )
+        self.e2e = Histogram(
+            "vllm:e2e_request_latency_seconds", "Histogram of end to end request latency in seconds.",
+            ["model_name"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_time = Histogram(
+            "vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.",
+            ["model_name"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.key_requests = Counter("appliance_key_requests", "Requests admitted per API key.", ["key_id"], registry=r)
+        self.key_prompt_tokens = Counter("appliance_key_prompt_tokens", "Prompt tokens per API key.", ["key_id"], registry=r)
+        self.key_completion_tokens = Counter(
+            "appliance_key_completion_tokens", "Completion tokens per API key.", ["key_id"], registry=r
+        )
+
+    def observe_request(
+        self, model: str, finish_reason: str | None, queue_s: float | None, ttft_s: float | None,
+        e2e_s: float, token_gaps_s: list[float],
+    ) -> None:
+        if finish_reason in ("stop", "length", "abort"):
+            self.request_success.labels(model, finish_reason).inc()
+        if queue_s is not None:
+            self.queue_time.labels(model).observe(queue_s)
+        if ttft_s is not None:
+            self.ttft.labels(model).observe(ttft_s)
+        self.e2e.labels(model).observe(e2e_s)
+        itl = self.itl.labels(model)
+        for gap in token_gaps_s:
+            itl.observe(gap)
+
+    def observe_key(self, key_id: str, prompt_tokens: int, completion_tokens: int) -> None:
+        self.key_requests.labels(key_id).inc()
+        self.key_prompt_tokens.labels(key_id).inc(prompt_tokens)
+        self.key_completion_tokens.labels(key_id).inc(completion_tokens)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def metrics_routes(metrics: Metrics) -> list[Route]:
+    async def endpoint(request: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return [Route("/metrics", endpoint)]

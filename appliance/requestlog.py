@@ -1,0 +1,64 @@
+"""Structured request log: one JSON line per finished API request (journald reads stderr).
+
+Never the key secret (only its id); prompt text only when the config sets log_prompts.
+"""
+
+import json
+import logging
+import sys
+
+logger = logging.getLogger("appliance.request")
+
+
+def log_request(
+    *,
+    request_id: str,
+    key_id: str | None,
+    model: str,
+    endpoint: str,
+    status: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    queue_time_s: float | None,
+    ttft_s: float | None,
+    total_time_s: float,
+    finish_reason: str | None,
+    prompt: str | None = None,
+) -> dict:
+    record = {
+        "event": "request",
+        "request_id": request_id,
+        "key_id": key_id,
+        "model": model,
+        "endpoint": endpoint,
+        "status": status,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "queue_time_s": _round(queue_time_s),
+        "ttft_s": _round(ttft_s),
+        "total_time_s": _round(total_time_s),
+        "finish_reason": finish_reason,
+    }
+    if prompt is not None:
+        record["prompt"] = prompt
+    logger.info(json.dumps(record, ensure_ascii=False))
+    return record
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def setup_logging(level: str = "info") -> None:
+    """Plain message lines on stderr: request lines are JSON already; systemd adds the timestamp."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s" if _under_journald() else "%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _under_journald() -> bool:
+    import os
+
+    return bool(os.environ.get("JOURNAL_STREAM"))

@@ -1,0 +1,244 @@
+"""`appliance serve`: the process systemd runs.
+
+One asyncio loop holds two uvicorn servers (the public API, and /metrics on 127.0.0.1), the
+service with its engine thread, the canary and the systemd glue. SIGTERM drains: /ready turns
+503 at once, new requests get 503, in-flight ones finish within drain_timeout_s, the rest are
+ended with an error event, then the process exits 0.
+"""
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+from starlette.applications import Starlette
+
+from appliance import sdnotify
+from appliance.config import Config, ConfigError, load_config
+from appliance.requestlog import setup_logging
+
+log = logging.getLogger("appliance.serve")
+STATUS_INTERVAL_S = 10.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML config (default: /etc/appliance/config.toml if it exists)")
+    parser.add_argument("--model", help="model name under <state-dir>/models, or a path to a model folder or GGUF file")
+    parser.add_argument("--served-model-name", help="the model id clients send (default: the model's name)")
+    parser.add_argument("--host", help="public listener address (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="public listener port (default 8000; 0: any free port)")
+    parser.add_argument("--metrics-host", help="metrics listener address (default 127.0.0.1)")
+    parser.add_argument("--metrics-port", type=int, help="metrics listener port (default 9100; 0: none)")
+    parser.add_argument("--state-dir", type=Path, help="keys.db and models (default /var/lib/appliance)")
+    parser.add_argument("--control-socket", type=Path, help="control socket path (default /run/appliance/control.sock)")
+    parser.add_argument("--drain-timeout", type=float, dest="drain_timeout_s", help="seconds in-flight requests get on SIGTERM")
+    parser.add_argument("--log-level", help="debug, info, warning, error")
+    parser.add_argument("--log-prompts", action="store_true", default=None, help="include prompt text in request logs")
+    parser.add_argument("--dev", action="store_true",
+                        help="run unprivileged from a checkout: state in ~/.local/state/appliance, listen on 127.0.0.1")
+    engine = parser.add_argument_group("engine")
+    engine.add_argument("--max-num-seqs", type=int)
+    engine.add_argument("--max-num-batched-tokens", type=int)
+    engine.add_argument("--max-model-len", type=int)
+    engine.add_argument("--num-kv-blocks", type=int)
+    engine.add_argument("--kv-cache-bytes", type=int)
+    engine.add_argument("--max-waiting-requests", type=int)
+    engine.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    engine.add_argument("--device")
+    engine.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false", default=None)
+
+
+ENGINE_FLAGS = ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "num_kv_blocks", "kv_cache_bytes",
+                "max_waiting_requests", "dtype", "device", "enable_prefix_caching")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    get = lambda name: getattr(args, name, None)  # noqa: E731
+    overrides = {name: get(name) for name in (
+        "model", "served_model_name", "host", "port", "metrics_host", "metrics_port", "state_dir",
+        "control_socket", "drain_timeout_s", "log_level", "log_prompts")}
+    overrides["engine"] = {name: get(name) for name in ENGINE_FLAGS}
+    if get("dev"):
+        state = get("state_dir") or Path.home() / ".local" / "state" / "appliance"
+        overrides["state_dir"] = state
+        overrides["host"] = get("host") or "127.0.0.1"
+        overrides["control_socket"] = get("control_socket") or Path(state) / "control.sock"
+    return load_config(get("config"), overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+    except ConfigError as e:
+        print(f"appliance serve: error: {e}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
+    try:
+        return asyncio.run(Appliance(config).run())
+    except KeyboardInterrupt:
+        return 130
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: SIGTERM means drain, which the Appliance runs."""
+
+    def capture_signals(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def _uvicorn(app: Starlette, host: str, port: int) -> _Server:
+    return _Server(uvicorn.Config(
+        app, host=host, port=port, log_config=None, access_log=False, lifespan="off",
+        server_header=False, timeout_keep_alive=5, timeout_graceful_shutdown=5,
+    ))
+
+
+class Appliance:
+    """The serve process's parts, started and stopped in order."""
+
+    def __init__(self, config: Config):
+        from appliance.api import build_app
+        from appliance.keys import KeyStore
+        from appliance.metrics import metrics_routes
+        from appliance.service import Service
+
+        self.config = config
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.keys = KeyStore(config.keys_db_path)
+        self.service = Service(config, self.keys)
+        self.public = _uvicorn(build_app(self.service), config.host, config.port)
+        self.metrics_server = None
+        if config.metrics_port:
+            metrics_app = Starlette(routes=metrics_routes(self.service.metrics))
+            self.metrics_server = _uvicorn(metrics_app, config.metrics_host, config.metrics_port)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._shutdown: asyncio.Event | None = None
+        self.started = threading.Event()  # set once READY=1 would be sent (tests wait on it)
+        self.exit_code: int | None = None
+
+    @property
+    def public_port(self) -> int | None:
+        return _bound_port(self.public)
+
+    @property
+    def metrics_port(self) -> int | None:
+        return _bound_port(self.metrics_server) if self.metrics_server else None
+
+    def request_shutdown(self) -> None:
+        """Start the drain; safe from any thread and from signal handlers."""
+        if self._loop is not None and self._shutdown is not None:
+            self._loop.call_soon_threadsafe(self._shutdown.set)
+
+    async def run(self, install_signal_handlers: bool = True) -> int:
+        self._loop = asyncio.get_running_loop()
+        self._shutdown = asyncio.Event()
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(sig, self._shutdown.set)
+        servers = [asyncio.ensure_future(self.public.serve())]
+        if self.metrics_server is not None:
+            servers.append(asyncio.ensure_future(self.metrics_server.serve()))
+        helpers: list[asyncio.Task] = []
+        code = 0
+        try:
+            await self._wait_listening(servers)
+            log.info("listening on http://%s:%s (metrics on %s:%s)", self.config.host, self.public_port,
+                     self.config.metrics_host, self.metrics_port)
+            helpers.append(asyncio.ensure_future(self._watchdog_loop()))
+            sdnotify.notify(f"STATUS=loading model {self.config.model}")
+            if not await self._start_service():
+                code = 1
+            else:
+                helpers.append(asyncio.ensure_future(self.service.canary_loop()))
+                helpers.append(asyncio.ensure_future(self._status_loop()))
+                await self._shutdown.wait()
+            sdnotify.notify("STOPPING=1")
+            sdnotify.notify("STATUS=draining")
+            log.info("draining: up to %.0f s for in-flight requests", self.config.drain_timeout_s)
+            ended = await self.service.drain()
+            if ended:
+                log.warning("drain timeout: ended %d requests early", ended)
+        finally:
+            for task in helpers:
+                task.cancel()
+            for server in (self.public, self.metrics_server):
+                if server is not None:
+                    server.should_exit = True
+            await asyncio.gather(*servers, return_exceptions=True)
+            await self.service.stop()
+            self.keys.close()
+            self.exit_code = code
+            log.info("stopped (exit code %d)", code)
+        return code
+
+    async def _wait_listening(self, servers: list[asyncio.Future]) -> None:
+        waiting = [self.public] + ([self.metrics_server] if self.metrics_server else [])
+        while not all(s.started for s in waiting):
+            done = [t for t in servers if t.done()]
+            if done:
+                done[0].result()  # a bind failure: uvicorn logged it and exits
+                raise RuntimeError("a listener stopped during startup")
+            await asyncio.sleep(0.02)
+
+    async def _start_service(self) -> bool:
+        """Load the model; READY=1 once it is loaded and a canary generation passed."""
+        load = asyncio.ensure_future(self.service.start())
+        stop = asyncio.ensure_future(self._shutdown.wait())
+        await asyncio.wait([load, stop], return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not load.done():
+            return True  # asked to stop while loading; the drain handles it
+        if load.exception() is not None:
+            error = self.service.load_error or str(load.exception())
+            log.error("the model could not be loaded: %s", error)
+            sdnotify.notify(f"STATUS=failed: {error}"[:1000])
+            return False
+        while self.service.last_canary_ok is None and not self._shutdown.is_set():
+            sdnotify.notify(f"STATUS=canary failing: {self.service.last_canary_error}")
+            await asyncio.sleep(1.0)
+            await self.service.run_canary()
+        sdnotify.notify("READY=1")
+        sdnotify.notify(f"STATUS=serving {self.service.model_name}")
+        log.info("ready: serving %s", self.service.model_name)
+        self.started.set()
+        return True
+
+    async def _watchdog_loop(self) -> None:
+        """WATCHDOG=1 only while the engine loop advances: a hung engine gets us restarted."""
+        interval = sdnotify.watchdog_interval_s()
+        if interval is None:
+            return
+        while True:
+            engine = self.service.async_engine
+            if engine is None:
+                fresh = self.service.state in ("starting", "loading")
+            else:
+                fresh = engine.is_alive and time.monotonic() - engine.loop_heartbeat < max(interval, 1.0)
+            if fresh:
+                sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL_S)
+            stats = self.service.async_engine.stats()
+            ok, body = self.service.readiness()
+            state = "serving" if ok else "not ready: " + "; ".join(body["reasons"])
+            sdnotify.notify(f"STATUS={state}; running {stats.num_running}, waiting {stats.num_waiting}, "
+                            f"KV {stats.kv_usage:.0%}")
+
+
+def _bound_port(server: uvicorn.Server | None) -> int | None:
+    if server is None or not getattr(server, "servers", None):
+        return None
+    for s in server.servers:
+        for sock in s.sockets:
+            return sock.getsockname()[1]
+    return None

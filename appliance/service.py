@@ -1,0 +1,376 @@
+"""The service object behind the public API: owns the engine, admission, readiness and drain.
+
+Route handlers call it; it never formats HTTP answers (errors leave it as APIError). Anything
+that blocks (model loading, key-store SQLite, template rendering) runs off the event loop.
+"""
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from appliance.config import Config
+from appliance.errors import APIError, from_engine_error
+from appliance.metrics import Metrics
+from appliance.requestlog import log_request
+
+log = logging.getLogger("appliance.service")
+
+FAULT_STALL_ENV = "APPLIANCE_FAULT_STALL_ENGINE"
+CANARY_PROMPT = "Hello"
+
+
+@dataclass
+class RequestContext:
+    """One API request (possibly several engine requests: n > 1, several prompts)."""
+
+    request_id: str
+    endpoint: str
+    model: str
+    key_id: str | None = None
+    prompt_text: str | None = None  # logged only when config.log_prompts
+    started: float = field(default_factory=time.monotonic)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    queue_time_s: float | None = None
+    ttft_s: float | None = None
+    status: str = "ok"
+
+
+class _InFlight:
+    __slots__ = ("task", "ended_by_drain")
+
+    def __init__(self, task: asyncio.Task | None):
+        self.task = task
+        self.ended_by_drain = False
+
+
+class Service:
+    def __init__(self, config: Config, keystore=None):
+        self.config = config
+        self.keys = keystore
+        self.model_name = config.model_name
+        self.engine = None
+        self.async_engine = None
+        self.metrics = Metrics(self._stats, lambda: self.model_name)
+        self.state = "starting"  # starting, loading, ready, failed, draining
+        self.load_error: str | None = None
+        self.draining = False
+        self.max_model_len: int | None = None
+        self.created = int(time.time())
+        self.last_canary_ok: float | None = None  # monotonic time of the last proof of generation
+        self.last_canary_error: str | None = None
+        self._inflight: dict[str, _InFlight] = {}
+        self._stall_task: asyncio.Task | None = None
+        self._token_text: dict[int, str] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load the model (off the loop), start the engine thread, pass a first canary."""
+        from engine import AsyncEngine, Engine
+
+        self.state = "loading"
+        try:
+            engine = Engine(self.config.engine.to_engine_config())
+            await asyncio.to_thread(lambda: engine.load_model(self._resolve_model_path()))  # may install
+        except Exception as e:
+            self.state = "failed"
+            self.load_error = f"{type(e).__name__}: {e}"
+            raise
+        self.engine = engine
+        self.max_model_len = engine.max_model_len
+        self.async_engine = AsyncEngine(engine)
+        self.async_engine.start()
+        self.state = "ready"
+        await self.run_canary()
+
+    def _resolve_model_path(self):
+        path = self.config.model_path
+        if not self.config.model_is_path and not path.exists():
+            from appliance.default_model import MODEL_NAME, install_default_model
+
+            if self.config.model == MODEL_NAME:
+                log.info("installing the default model into %s", self.config.models_dir)
+                return install_default_model(self.config.models_dir, self.config.downloads_dir)
+        return path
+
+    async def stop(self) -> None:
+        if self.async_engine is not None:
+            await asyncio.to_thread(self.async_engine.shutdown)
+
+    async def drain(self) -> int:
+        """Refuse new work, let in-flight requests finish within drain_timeout_s, end the rest.
+
+        Returns how many requests had to be ended early.
+        """
+        self.draining = True
+        deadline = time.monotonic() + self.config.drain_timeout_s
+        while self._inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        leftovers = list(self._inflight.values())
+        for handle in leftovers:
+            handle.ended_by_drain = True
+            if handle.task is not None:
+                handle.task.cancel()
+        unwind = time.monotonic() + 5.0
+        while self._inflight and time.monotonic() < unwind:
+            await asyncio.sleep(0.02)
+        return len(leftovers)
+
+    # -- health ---------------------------------------------------------------------------------
+    def engine_progressing(self) -> bool:
+        """True while the engine loop advances (or the model is still loading)."""
+        if self.async_engine is None:
+            return self.state in ("starting", "loading")
+        age = time.monotonic() - self.async_engine.loop_heartbeat
+        return self.async_engine.is_alive and age < self.config.engine_stall_timeout_s
+
+    def health(self) -> tuple[bool, dict]:
+        if self.async_engine is None:
+            ok = self.state != "failed"
+            return ok, {"status": "ok" if ok else "failed", "state": self.state, "error": self.load_error}
+        age = time.monotonic() - self.async_engine.loop_heartbeat
+        ok = self.engine_progressing()
+        body = {"status": "ok" if ok else "unhealthy", "state": self.state, "engine_loop_age_s": round(age, 3)}
+        if not self.async_engine.is_alive:
+            body["reason"] = "the engine loop thread has died"
+        elif not ok:
+            body["reason"] = f"the engine loop has made no progress for {age:.1f} s"
+        return ok, body
+
+    def readiness(self) -> tuple[bool, dict]:
+        reasons = []
+        if self.draining:
+            reasons.append("draining: the service is shutting down")
+        if self.state in ("starting", "loading"):
+            reasons.append("the model is loading")
+        elif self.state == "failed":
+            reasons.append(f"the model failed to load: {self.load_error}")
+        elif not self.engine_progressing():
+            reasons.append("the engine loop is not making progress")
+        if self.state == "ready":
+            age = None if self.last_canary_ok is None else time.monotonic() - self.last_canary_ok
+            if self.last_canary_error is not None:
+                reasons.append(f"the canary generation failed: {self.last_canary_error}")
+            elif age is None or age > self.config.canary_max_age_s:
+                reasons.append("no canary generation has succeeded in the last minute")
+        body = {"status": "ready" if not reasons else "not ready", "model": self.model_name, "reasons": reasons}
+        return not reasons, body
+
+    async def run_canary(self) -> bool:
+        """A 1-token greedy generation; its result drives /ready."""
+        from engine import SamplingParams
+
+        async def once():
+            async for out in self.async_engine.generate(
+                CANARY_PROMPT, SamplingParams(max_tokens=1, temperature=0.0), request_id=f"canary-{uuid.uuid4().hex[:8]}"
+            ):
+                if out.finished and out.finish_reason == "abort":
+                    raise RuntimeError(out.stop_reason or "aborted")
+
+        try:
+            await asyncio.wait_for(once(), self.config.canary_timeout_s)
+        except Exception as e:
+            self.last_canary_error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            log.warning("canary failed: %s", self.last_canary_error)
+            return False
+        self.last_canary_ok = time.monotonic()
+        self.last_canary_error = None
+        return True
+
+    async def canary_loop(self) -> None:
+        """Run the canary when idle and due; watch the fault-injection switch."""
+        while True:
+            await asyncio.sleep(1.0)
+            self._check_fault_injection()
+            if self.async_engine is None or self.draining or self._stall_task is not None:
+                continue
+            stats = self.async_engine.stats()
+            idle = not self._inflight and stats.num_running == 0 and stats.num_waiting == 0
+            due = self.last_canary_ok is None or time.monotonic() - self.last_canary_ok >= self.config.canary_interval_s
+            if (idle and due) or self.last_canary_error is not None:
+                await self.run_canary()
+
+    def _check_fault_injection(self) -> None:
+        """APPLIANCE_FAULT_STALL_ENGINE=1 or <state_dir>/fault-stall-engine holds the engine thread still."""
+        if self.async_engine is None or self._stall_task is not None or not self._stall_requested():
+            return
+        log.warning("fault injection: stalling the engine loop")
+
+        def stall(_engine):
+            while self._stall_requested():
+                time.sleep(0.2)
+
+        self._stall_task = asyncio.ensure_future(self.async_engine.call(stall))
+        self._stall_task.add_done_callback(lambda _: setattr(self, "_stall_task", None))
+
+    def _stall_requested(self) -> bool:
+        return os.environ.get(FAULT_STALL_ENV) == "1" or self.config.fault_stall_file.exists()
+
+    # -- admission ------------------------------------------------------------------------------
+    def check_accepting(self) -> None:
+        retry = self.config.retry_after_s
+        if self.draining:
+            raise APIError(503, "the service is draining for shutdown; retry on another replica or later",
+                           code="draining", retry_after_s=retry)
+        if self.state != "ready":
+            message = f"no model is loaded ({self.state}); retry later"
+            raise APIError(503, message, code="no_model_loaded", retry_after_s=retry)
+
+    async def authorize(self, api_key: str | None, model: str | None, ctx: RequestContext | None = None):
+        """Key check (401/403), model check (404/403), limits (429). Returns the key record."""
+        from appliance.keys import AuthError, RateLimited
+
+        self.check_accepting()
+        if self.keys is None:
+            raise APIError(503, "the key store is not available", retry_after_s=self.config.retry_after_s)
+        try:
+            record = await asyncio.to_thread(self.keys.authenticate, api_key)
+        except AuthError as e:
+            raise APIError(e.status, e.message, code="invalid_api_key" if e.status == 401 else "key_not_active") from None
+        if model is not None:
+            if model != self.model_name and model != self.config.model:
+                raise APIError(404, f"the model {model!r} does not exist; this server serves {self.model_name!r}",
+                               param="model", code="model_not_found")
+            try:
+                await asyncio.to_thread(self.keys.check_request, record, self.model_name)
+            except AuthError as e:
+                raise APIError(e.status, e.message, param="model", code="model_not_allowed") from None
+            except RateLimited as e:
+                raise APIError(429, e.message, code="rate_limit_exceeded", retry_after_s=e.retry_after_s) from None
+        if ctx is not None:
+            ctx.key_id = record.id
+        return record
+
+    # -- generation -----------------------------------------------------------------------------
+    async def render_chat(self, messages: list[dict]) -> str:
+        tokenizer = self.engine.tokenizer
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise APIError(400, "this model has no chat template; use /v1/completions", param="messages")
+
+        def render():
+            return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+        try:
+            return await asyncio.to_thread(render)
+        except Exception as e:  # jinja raise_exception (role order...), template errors
+            raise APIError(400, f"the messages do not fit the model's chat template: {e}", param="messages") from None
+
+    async def generate(self, prompt, params, request_id: str, ctx: RequestContext,
+                       prompt_param: str = "prompt") -> AsyncIterator:
+        """Stream one engine request's outputs; errors come out as APIError.
+
+        Ends with a 503 APIError when the drain timeout cut the request short.
+        """
+        self.check_accepting()
+        handle = _InFlight(asyncio.current_task())
+        self._inflight[request_id] = handle
+        start = time.monotonic()
+        last = None
+        gaps: list[float] = []
+        ttft = queue = None
+        finish = None
+        try:
+            async for out in self.async_engine.generate(prompt, params, request_id=request_id):
+                now = time.monotonic()
+                if last is None:
+                    ttft = now - start
+                    if out.first_scheduled_time is not None:
+                        queue = max(0.0, out.first_scheduled_time - out.arrival_time)
+                else:
+                    gaps.append(now - last)
+                last = now
+                self.last_canary_ok = now  # tokens flowing prove the engine generates
+                if out.finished:
+                    finish = out.finish_reason
+                yield out
+                handle.task = asyncio.current_task()
+                if handle.ended_by_drain:  # the drain's cancel may have hit another task
+                    raise asyncio.CancelledError
+        except asyncio.CancelledError:
+            if not handle.ended_by_drain:
+                raise
+            task = asyncio.current_task()
+            if task is not None and hasattr(task, "uncancel"):
+                task.uncancel()
+            finish = "abort"
+            raise APIError(503, "the service is shutting down and the drain timeout ended this request",
+                           code="draining", retry_after_s=self.config.retry_after_s) from None
+        except APIError:
+            raise
+        except Exception as e:
+            from engine.errors import EngineError
+
+            if isinstance(e, EngineError):
+                raise from_engine_error(e, self.config.retry_after_s, prompt_param) from None
+            raise
+        finally:
+            self._inflight.pop(request_id, None)
+            if last is not None:
+                self.metrics.observe_request(self.model_name, finish or "abort", queue, ttft, time.monotonic() - start, gaps)
+                if ctx.ttft_s is None:
+                    ctx.ttft_s, ctx.queue_time_s = ttft, queue
+
+    def finish(self, ctx: RequestContext) -> None:
+        """Account one API request: key usage (memory), per-key metrics, the request log line."""
+        if ctx.key_id is not None:
+            if self.keys is not None:
+                self.keys.record_usage(ctx.key_id, ctx.prompt_tokens, ctx.completion_tokens)
+            self.metrics.observe_key(ctx.key_id, ctx.prompt_tokens, ctx.completion_tokens)
+        log_request(
+            request_id=ctx.request_id, key_id=ctx.key_id, model=ctx.model, endpoint=ctx.endpoint,
+            status=ctx.status, prompt_tokens=ctx.prompt_tokens, completion_tokens=ctx.completion_tokens,
+            queue_time_s=ctx.queue_time_s, ttft_s=ctx.ttft_s, total_time_s=time.monotonic() - ctx.started,
+            finish_reason=ctx.finish_reason, prompt=ctx.prompt_text if self.config.log_prompts else None,
+        )
+
+    async def embed(self, inputs: list) -> tuple[list[list[float]], int]:
+        """Mean-pooled embeddings of strings or token-id lists; returns (vectors, prompt tokens)."""
+        from engine import Engine
+
+        if not hasattr(Engine, "embed"):
+            raise APIError(400, "this engine cannot compute embeddings", param="model", code="embeddings_unsupported")
+        limit = self.max_model_len
+
+        def run(engine):
+            batch = [engine.tokenizer.encode(x, add_special_tokens=False) if isinstance(x, str) else list(x) for x in inputs]
+            vocab = engine.session.loaded.config.vocab_size
+            for ids in batch:
+                if not ids:
+                    raise APIError(400, "an input is empty", param="input")
+                if len(ids) > limit:
+                    raise APIError(400, f"an input has {len(ids)} tokens but the model's context is {limit} tokens",
+                                   param="input", code="context_length_exceeded")
+                if any(not 0 <= t < vocab for t in ids):
+                    raise APIError(400, f"token ids must be integers in [0, {vocab})", param="input")
+            return engine.embed(batch), sum(len(ids) for ids in batch)
+
+        try:
+            return await self.async_engine.call(run)
+        except (APIError, asyncio.CancelledError):
+            raise
+        except Exception as e:
+            from engine.errors import InvalidParameter, PromptTooLong
+
+            if isinstance(e, (InvalidParameter, PromptTooLong)):
+                raise from_engine_error(e, self.config.retry_after_s, "input") from None
+            raise APIError(400, f"this model cannot compute embeddings: {type(e).__name__}: {e}",
+                           param="model", code="embeddings_unsupported") from None
+
+    def token_text(self, token_id: int) -> str:
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = self.engine.tokenizer.decode([token_id]) if self.engine.tokenizer else str(token_id)
+            if len(self._token_text) < 100_000:
+                self._token_text[token_id] = text
+        return text
+
+    def new_request_id(self, prefix: str) -> str:
+        return f"{prefix}-{uuid.uuid4().hex}"
+
+    def _stats(self):
+        return self.async_engine.stats() if self.async_engine is not None else None

@@ -1,0 +1,143 @@
+"""The asyncio face of the engine: one thread owns the engine and runs its step loop.
+
+Callers on the event loop never block on a step: commands (add, abort, load...) go into a queue
+the engine thread drains between steps, and each request's outputs come back through its own
+asyncio.Queue. Cancelling the consumer (a client disconnect) aborts the request, which frees its
+KV blocks before the next step.
+"""
+
+import asyncio
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from engine.engine import Engine, EngineStats, RequestOutput
+from engine.sampling_params import SamplingParams
+
+IDLE_WAIT_S = 0.5  # how often an idle loop wakes up to report it is alive
+
+
+class AsyncEngine:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._commands: deque[Callable[[], None]] = deque()
+        self._wakeup = threading.Event()
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._ids = itertools.count()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.loop_heartbeat = time.monotonic()  # advanced by every loop iteration, busy or idle
+        self.last_error: BaseException | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._stopping = True
+        self._wakeup.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- calls from the event loop --------------------------------------------------------------
+    async def call(self, fn: Callable[[Engine], Any]) -> Any:
+        """Run fn(engine) on the engine thread between steps and return its result."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def command():
+            try:
+                result = fn(self.engine)
+            except BaseException as e:  # handed to the caller, who decides
+                loop.call_soon_threadsafe(_settle, future, None, e)
+            else:
+                loop.call_soon_threadsafe(_settle, future, result, None)
+
+        self._commands.append(command)
+        self._wakeup.set()
+        return await future
+
+    async def generate(
+        self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None
+    ) -> AsyncIterator[RequestOutput]:
+        """Stream a request's outputs; raises the engine's error if it is refused."""
+        request_id = request_id or f"req-{next(self._ids)}"
+        queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        self._streams[request_id] = (asyncio.get_running_loop(), queue)
+        finished = False
+        try:
+            await self.call(lambda e: e.add_request(request_id, prompt, params))
+            while not finished:
+                output = await queue.get()
+                finished = output.finished
+                yield output
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished:
+                self._commands.append(lambda: self.engine.abort(request_id))
+                self._wakeup.set()
+
+    def stats(self) -> EngineStats:
+        # Plain attribute reads; a snapshot that may straddle a step is fine for monitoring.
+        return self.engine.stats()
+
+    # -- the engine thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stopping:
+            self.loop_heartbeat = time.monotonic()
+            while self._commands:
+                self._commands.popleft()()
+            if self.engine.session is None or not self.engine.has_unfinished():
+                self._wakeup.wait(IDLE_WAIT_S)
+                self._wakeup.clear()
+                continue
+            try:
+                outputs = self.engine.step()
+            except Exception as e:  # a failing step must not kill the loop silently
+                self.last_error = e
+                self._fail_all(e)
+                continue
+            for output in outputs:
+                self._deliver(output)
+
+    def _deliver(self, output: RequestOutput) -> None:
+        stream = self._streams.get(output.request_id)
+        if stream is not None:
+            loop, queue = stream
+            loop.call_soon_threadsafe(queue.put_nowait, output)
+
+    def _fail_all(self, error: Exception) -> None:
+        """After a failed step, end every request with an abort so no client hangs."""
+        for request_id in list(self.engine.sequences):
+            seq = self.engine.sequences[request_id]
+            self.engine.abort(request_id)
+            self._deliver(
+                RequestOutput(
+                    request_id=request_id,
+                    new_token_ids=[],
+                    new_text="",
+                    finished=True,
+                    finish_reason="abort",
+                    num_prompt_tokens=seq.num_prompt_tokens,
+                    num_output_tokens=len(seq.output_token_ids),
+                    num_cached_tokens=seq.num_cached_tokens,
+                    stop_reason=f"engine error: {type(error).__name__}: {error}",
+                )
+            )
+
+
+def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

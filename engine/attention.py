@@ -1,0 +1,109 @@
+"""Paged attention for packed variable-length batches, plugged into transformers' model code.
+
+The model runs on one packed row of tokens ([1, T]) from many sequences. transformers hands each
+attention layer q/k/v after RoPE; this function writes the new keys and values into the paged
+cache, then attends each query over its own sequence's cached context:
+- prefill chunks (several query tokens) one sequence at a time, causal with an offset;
+- decode tokens (one query each) all together, over contexts gathered from the block tables.
+Per-step metadata arrives as one AttentionMetadata object passed through model(...).
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+
+ATTENTION_NAME = "appliance_paged"
+
+
+@dataclass
+class PrefillChunk:
+    query_start: int
+    query_len: int
+    context_len: int  # tokens of the sequence in the cache after this chunk is written
+    block_table: torch.Tensor  # [num_blocks] the sequence's blocks
+
+
+@dataclass
+class AttentionMetadata:
+    kv_caches: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: key, value [num_blocks, block_size, kv_heads, head_dim]
+    slot_mapping: torch.Tensor  # [T]: where each new token's key and value go (block * block_size + offset)
+    prefills: list[PrefillChunk]
+    decode_start: int  # decode tokens are packed after all prefill chunks
+    decode_block_tables: torch.Tensor | None  # [num_decodes, max_blocks]; padding points at block 0
+    decode_bias: torch.Tensor | None  # [num_decodes, 1, 1, max_blocks * block_size]: 0 where real, -inf for padding
+
+
+def gather_blocks(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
+    """[n, blocks] block ids -> [n, blocks * block_size, kv_heads, head_dim], whole blocks at a time.
+
+    index_select over whole blocks is many times faster on CPU than per-slot advanced indexing.
+    """
+    num_blocks, block_size, kv_heads, head_dim = cache.shape
+    rows = cache.view(num_blocks, -1).index_select(0, block_tables.flatten())
+    return rows.view(block_tables.shape[0], block_tables.shape[1] * block_size, kv_heads, head_dim)
+
+
+def _attend_prefill(q, key_cache, value_cache, chunk: PrefillChunk, scaling):
+    """q [heads, query_len, dim] -> [query_len, heads, dim], causal over the sequence's context."""
+    num_heads = q.shape[0]
+    k = gather_blocks(key_cache, chunk.block_table[None])[0, : chunk.context_len].transpose(0, 1)
+    v = gather_blocks(value_cache, chunk.block_table[None])[0, : chunk.context_len].transpose(0, 1)
+    group = num_heads // k.shape[0]
+    # 4-D inputs with repeated kv heads take SDPA's fast CPU kernels (3-D or enable_gqa fall back to math).
+    k = k.repeat_interleave(group, 0)[None]
+    v = v.repeat_interleave(group, 0)[None]
+    if chunk.query_len == chunk.context_len:
+        o = F.scaled_dot_product_attention(q[None], k, v, is_causal=True, scale=scaling)
+    else:
+        # Query i sits at position context_len - query_len + i and sees keys up to it.
+        allowed = torch.ones(chunk.query_len, chunk.context_len, dtype=torch.bool, device=q.device)
+        allowed = allowed.tril(chunk.context_len - chunk.query_len)
+        bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
+        o = F.scaled_dot_product_attention(q[None], k, v, attn_mask=bias, scale=scaling)
+    return o[0].transpose(0, 1)
+
+
+def _attend_decode(q, key_cache, value_cache, meta: AttentionMetadata, scaling):
+    """q [heads, num_decodes, dim] -> [num_decodes, heads, dim], one query token per sequence."""
+    num_heads, num_decodes, head_dim = q.shape
+    num_kv_heads = key_cache.shape[2]
+    # Query heads sharing a kv head become that head's rows: no kv repeat needed.
+    q = q.transpose(0, 1).reshape(num_decodes, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    k = gather_blocks(key_cache, meta.decode_block_tables).transpose(1, 2)
+    v = gather_blocks(value_cache, meta.decode_block_tables).transpose(1, 2)
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=meta.decode_bias, scale=scaling)
+    return o.reshape(num_decodes, num_heads, head_dim)
+
+
+def paged_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    attention_metadata: AttentionMetadata | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    meta = attention_metadata
+    if meta is None:
+        raise RuntimeError("paged attention needs attention_metadata; the engine's model runner passes it")
+    key_cache, value_cache = meta.kv_caches[module.layer_idx]
+    slots_view = (-1, key_cache.shape[2], key_cache.shape[3])
+    key_cache.view(slots_view).index_copy_(0, meta.slot_mapping, key[0].transpose(0, 1))
+    value_cache.view(slots_view).index_copy_(0, meta.slot_mapping, value[0].transpose(0, 1))
+
+    q = query[0]  # [heads, T, dim]
+    out = torch.empty(q.shape[1], q.shape[0], q.shape[2], dtype=q.dtype, device=q.device)
+    for chunk in meta.prefills:
+        end = chunk.query_start + chunk.query_len
+        out[chunk.query_start : end] = _attend_prefill(q[:, chunk.query_start : end], key_cache, value_cache, chunk, scaling)
+    if meta.decode_block_tables is not None:
+        out[meta.decode_start :] = _attend_decode(q[:, meta.decode_start :], key_cache, value_cache, meta, scaling)
+    return out.unsqueeze(0), None
+
+
+AttentionInterface.register(ATTENTION_NAME, paged_attention)

@@ -1,0 +1,106 @@
+"""Per-request sampling settings, validated when built."""
+
+from dataclasses import dataclass, field
+
+from engine.errors import InvalidParameter
+
+MAX_STOP_STRINGS = 16
+MAX_STOP_STRING_CHARS = 256
+MAX_LOGPROBS = 20
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 16
+    min_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 or -1: no top-k
+    min_p: float = 0.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logprobs: int | None = None  # None: off; k >= 0: chosen token plus k alternatives
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+
+    def __post_init__(self):
+        self.stop = list(self.stop)
+        self.stop_token_ids = list(self.stop_token_ids)
+        if self.top_k == -1:
+            self.top_k = 0
+        self._check()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def has_penalties(self) -> bool:
+        return (
+            self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+            or self.repetition_penalty != 1.0
+        )
+
+    def _check(self):
+        def need(ok: bool, param: str, message: str):
+            if not ok:
+                raise InvalidParameter(param, message)
+
+        need(self.max_tokens >= 1, "max_tokens", f"max_tokens must be at least 1, got {self.max_tokens}")
+        need(
+            0 <= self.min_tokens <= self.max_tokens,
+            "min_tokens",
+            f"min_tokens must be between 0 and max_tokens ({self.max_tokens}), got {self.min_tokens}",
+        )
+        need(
+            0.0 <= self.temperature <= 100.0,
+            "temperature",
+            f"temperature must be between 0 and 100, got {self.temperature}",
+        )
+        need(0.0 < self.top_p <= 1.0, "top_p", f"top_p must be in (0, 1], got {self.top_p}")
+        need(self.top_k >= 0, "top_k", f"top_k must be -1, 0 (off) or positive, got {self.top_k}")
+        need(0.0 <= self.min_p <= 1.0, "min_p", f"min_p must be in [0, 1], got {self.min_p}")
+        need(
+            -2.0 <= self.presence_penalty <= 2.0,
+            "presence_penalty",
+            f"presence_penalty must be between -2 and 2, got {self.presence_penalty}",
+        )
+        need(
+            -2.0 <= self.frequency_penalty <= 2.0,
+            "frequency_penalty",
+            f"frequency_penalty must be between -2 and 2, got {self.frequency_penalty}",
+        )
+        need(
+            0.0 < self.repetition_penalty <= 2.0,
+            "repetition_penalty",
+            f"repetition_penalty must be in (0, 2], got {self.repetition_penalty}",
+        )
+        need(
+            self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
+            "logprobs",
+            f"logprobs must be between 0 and {MAX_LOGPROBS}, got {self.logprobs}",
+        )
+        need(
+            self.seed is None or -(2**63) <= self.seed < 2**64,
+            "seed",
+            "seed must fit in 64 bits",
+        )
+        need(
+            len(self.stop) <= MAX_STOP_STRINGS,
+            "stop",
+            f"at most {MAX_STOP_STRINGS} stop strings are allowed, got {len(self.stop)}",
+        )
+        for s in self.stop:
+            need(isinstance(s, str) and s != "", "stop", "stop strings must be non-empty strings")
+            need(
+                len(s) <= MAX_STOP_STRING_CHARS,
+                "stop",
+                f"a stop string may be at most {MAX_STOP_STRING_CHARS} characters",
+            )
+        for t in self.stop_token_ids:
+            need(isinstance(t, int) and t >= 0, "stop_token_ids", "stop_token_ids must be non-negative integers")

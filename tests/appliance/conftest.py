@@ -1,0 +1,148 @@
+"""Live-server fixtures: `appliance serve` in a background thread on random ports, with keys."""
+
+import asyncio
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+
+from appliance.config import Config, EngineSettings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_config(model_path: Path, state_dir: Path, **overrides) -> Config:
+    engine = EngineSettings(num_kv_blocks=256, max_num_seqs=16, max_num_batched_tokens=512)
+    for name in list(overrides):
+        if hasattr(engine, name):
+            setattr(engine, name, overrides.pop(name))
+    values = dict(
+        model=str(model_path), host="127.0.0.1", port=0, metrics_port=free_port(), state_dir=state_dir,
+        control_socket=state_dir / "control.sock", drain_timeout_s=10.0, canary_interval_s=5.0, engine=engine,
+    )
+    values.update(overrides)
+    return Config(**values)
+
+
+@dataclass
+class LiveServer:
+    app: object
+    thread: threading.Thread
+    keys: dict[str, str] = field(default_factory=dict)  # name -> secret key
+    key_ids: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.app.public_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.app.metrics_port}/metrics"
+
+    @property
+    def service(self):
+        return self.app.service
+
+    @property
+    def model(self) -> str:
+        return self.app.service.model_name
+
+    @property
+    def key(self) -> str:
+        return self.keys["main"]
+
+    def headers(self, key: str | None = None) -> dict:
+        return {"Authorization": f"Bearer {key or self.key}"}
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self.app.request_shutdown()
+        self.thread.join(timeout_s)
+        assert not self.thread.is_alive(), "the server did not stop"
+
+
+def start_server(config: Config, timeout_s: float = 60.0) -> LiveServer:
+    from appliance.serve import Appliance
+
+    app = Appliance(config)
+    thread = threading.Thread(target=lambda: asyncio.run(app.run(install_signal_handlers=False)), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not app.started.is_set():
+        if not thread.is_alive():
+            raise RuntimeError(f"the server exited during startup (code {app.exit_code})")
+        if time.monotonic() > deadline:
+            raise RuntimeError("the server did not become ready")
+        time.sleep(0.05)
+    return LiveServer(app, thread)
+
+
+def add_keys(server: LiveServer, db_path: Path) -> None:
+    from appliance.keys import KeyStore
+
+    store = KeyStore(db_path)
+    try:
+        past = datetime.now(timezone.utc) - timedelta(days=1)
+        specs = {
+            "main": {},
+            "other-model-only": {"allowed_models": ["some-other-model"]},
+            "rpm1": {"rpm_limit": 1},
+            "expired": {"expires_at": past},
+            "revoked": {},
+        }
+        for name, limits in specs.items():
+            record, secret = store.create(name, **limits)
+            server.keys[name], server.key_ids[name] = secret, record.id
+        store.revoke(server.key_ids["revoked"])
+    finally:
+        store.close()
+
+
+@pytest.fixture(scope="session")
+def live_server(tiny_model_path, tmp_path_factory) -> LiveServer:
+    """One shared server on the tiny model; tests must leave it idle and undrained."""
+    state = tmp_path_factory.mktemp("appliance-state")
+    server = start_server(make_config(tiny_model_path, state))
+    add_keys(server, server.app.config.keys_db_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def http(live_server):
+    with httpx.Client(base_url=live_server.base_url, headers=live_server.headers(), timeout=30.0) as client:
+        yield client
+
+
+@pytest.fixture
+def client(live_server):
+    import openai
+
+    return openai.OpenAI(base_url=live_server.base_url + "/v1", api_key=live_server.key, max_retries=0, timeout=30.0)
+
+
+@pytest.fixture
+def async_client(live_server):
+    import openai
+
+    return openai.AsyncOpenAI(base_url=live_server.base_url + "/v1", api_key=live_server.key, max_retries=0, timeout=30.0)
+
+
+def wait_engine_idle(service, timeout_s: float = 5.0) -> object:
+    """Poll until nothing runs or waits and no KV block is held; returns the last stats."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats = service.async_engine.stats()
+        if stats.num_running == 0 and stats.num_waiting == 0 and stats.kv_blocks_used == 0:
+            return stats
+        if time.monotonic() > deadline:
+            return stats
+        time.sleep(0.02)

@@ -1,0 +1,415 @@
+"""The API key store, on real SQLite files in temporary folders."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from appliance.keys import AuthError, KeyNotFound, KeyStore, KeyStoreError, RateLimited
+
+
+class FakeClock:
+    """Monotonic seconds and UTC time that move only when told to."""
+
+    def __init__(self, start: datetime = datetime(2026, 3, 14, 12, 0, tzinfo=timezone.utc)):
+        self.seconds = 1000.0
+        self.start = start
+
+    def monotonic(self) -> float:
+        return self.seconds
+
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=self.seconds - 1000.0)
+
+    def advance(self, seconds: float) -> None:
+        self.seconds += seconds
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = KeyStore(tmp_path / "state" / "keys.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def timed_store(tmp_path, clock):
+    s = KeyStore(tmp_path / "keys.db", clock=clock.monotonic, now=clock.now)
+    yield s
+    s.close()
+
+
+def test_created_key_authenticates_to_its_record(store):
+    record, api_key = store.create("ci-bot", rpm_limit=10, allowed_models=["m1"])
+    assert api_key.startswith(f"sk-app-{record.id}-")
+    assert len(api_key) > len(f"sk-app-{record.id}-") + 30  # a real secret follows the id
+    assert store.authenticate(api_key) == record
+    assert record.name == "ci-bot" and record.rpm_limit == 10 and record.allowed_models == ["m1"]
+    assert store.db_path.exists() and store.db_path.parent.name == "state"
+
+
+def test_each_key_gets_its_own_id_and_secret(store):
+    keys = [store.create(f"k{i}") for i in range(20)]
+    assert len({r.id for r, _ in keys}) == 20
+    assert len({k for _, k in keys}) == 20
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [None, "", "sk-app-", "Bearer x", "sk-app-abcd", "sk-app-abcd-", "sk-other-abcd-secret", "sk-app-" + "x" * 500],
+)
+def test_missing_or_malformed_key_is_401(store, bad):
+    store.create("someone")
+    with pytest.raises(AuthError) as e:
+        store.authenticate(bad)
+    assert e.value.status == 401
+
+
+def test_wrong_secret_and_unknown_id_are_401(store):
+    record, api_key = store.create("a")
+    with pytest.raises(AuthError) as e:
+        store.authenticate(api_key[:-1] + ("A" if api_key[-1] != "A" else "B"))
+    assert e.value.status == 401
+    with pytest.raises(AuthError) as e:
+        store.authenticate(api_key.replace(record.id, "ffffffff" if record.id != "ffffffff" else "00000000"))
+    assert e.value.status == 401
+
+
+def test_revoked_key_is_403(store):
+    record, api_key = store.create("a")
+    revoked = store.revoke(record.id)
+    assert revoked.revoked_at is not None
+    with pytest.raises(AuthError) as e:
+        store.authenticate(api_key)
+    assert e.value.status == 403 and "revoked" in e.value.message
+    assert store.revoke(record.id).revoked_at == revoked.revoked_at  # revoking twice keeps the first time
+
+
+def test_expired_key_is_403(timed_store, clock):
+    record, api_key = timed_store.create("a", expires_at=clock.now() + timedelta(seconds=10))
+    timed_store.authenticate(api_key)
+    clock.advance(10)
+    with pytest.raises(AuthError) as e:
+        timed_store.authenticate(api_key)
+    assert e.value.status == 403 and "expired" in e.value.message
+
+
+def test_model_not_allowed_is_403(store):
+    record, api_key = store.create("a", allowed_models=["small"])
+    store.check_request(record, "small")
+    with pytest.raises(AuthError) as e:
+        store.check_request(record, "large")
+    assert e.value.status == 403 and "large" in e.value.message
+
+
+def test_rpm_limit_rejects_with_time_until_oldest_request_leaves(timed_store, clock):
+    record, _ = timed_store.create("a", rpm_limit=3)
+    for _ in range(3):
+        timed_store.check_request(record, "m")
+        clock.advance(10)
+    with pytest.raises(RateLimited) as e:
+        timed_store.check_request(record, "m")
+    assert e.value.retry_after_s == pytest.approx(30.0)  # first request at t=0 leaves at t=60; now t=30
+    assert "3 requests per minute" in e.value.message
+    clock.advance(30.01)
+    timed_store.check_request(record, "m")
+
+
+def test_tpm_limit_counts_recorded_tokens(timed_store, clock):
+    record, _ = timed_store.create("a", tpm_limit=1000)
+    timed_store.check_request(record, "m")
+    timed_store.record_usage(record.id, 400, 200)  # t=0: 600
+    clock.advance(20)
+    timed_store.check_request(record, "m")
+    timed_store.record_usage(record.id, 300, 200)  # t=20: 1100 in the window
+    clock.advance(5)
+    with pytest.raises(RateLimited) as e:
+        timed_store.check_request(record, "m")
+    assert e.value.retry_after_s == pytest.approx(35.0)  # the t=0 tokens leave at t=60; now t=25
+    clock.advance(35.01)
+    timed_store.check_request(record, "m")
+
+
+def test_other_keys_are_not_limited_by_a_full_key(timed_store):
+    busy, _ = timed_store.create("busy", rpm_limit=1)
+    idle, _ = timed_store.create("idle", rpm_limit=1)
+    timed_store.check_request(busy, "m")
+    with pytest.raises(RateLimited):
+        timed_store.check_request(busy, "m")
+    timed_store.check_request(idle, "m")
+
+
+def test_daily_budget_rejects_until_midnight_utc(timed_store, clock):
+    record, _ = timed_store.create("a", budget_tokens=1000, budget_period="day")
+    timed_store.check_request(record, "m")
+    timed_store.record_usage(record.id, 600, 300)
+    timed_store.check_request(record, "m")  # 900 < 1000
+    timed_store.record_usage(record.id, 50, 50)
+    with pytest.raises(RateLimited) as e:
+        timed_store.check_request(record, "m")
+    assert e.value.retry_after_s == pytest.approx(12 * 3600)  # clock is at 12:00 UTC
+    assert "1000 of 1000" in e.value.message
+    clock.advance(12 * 3600)
+    timed_store.check_request(record, "m")  # a new day, a new budget
+
+
+def test_monthly_budget_counts_flushed_usage_from_earlier_days(tmp_path, clock):
+    path = tmp_path / "keys.db"
+    with KeyStore(path, clock=clock.monotonic, now=clock.now) as s:
+        record, _ = s.create("a", budget_tokens=500, budget_period="month")
+        s.record_usage(record.id, 200, 100)
+    clock.advance(3 * 86400)  # March 17th, same month, a new process
+    with KeyStore(path, clock=clock.monotonic, now=clock.now) as s:
+        s.check_request(record, "m")
+        s.record_usage(record.id, 150, 50)  # 500 this month
+        with pytest.raises(RateLimited) as e:
+            s.check_request(record, "m")
+        april_first = datetime(2026, 4, 1, tzinfo=timezone.utc)
+        assert e.value.retry_after_s == pytest.approx((april_first - clock.now()).total_seconds())
+
+
+def test_budget_is_exact_across_a_concurrent_flush(timed_store):
+    record, _ = timed_store.create("a", budget_tokens=10_000)
+    timed_store.check_request(record, "m")  # loads the period total into memory
+    for _ in range(99):
+        timed_store.record_usage(record.id, 50, 50)
+        timed_store.flush()
+    timed_store.check_request(record, "m")  # 9,900 < 10,000: counted once, not twice
+    timed_store.record_usage(record.id, 50, 50)
+    with pytest.raises(RateLimited):
+        timed_store.check_request(record, "m")
+
+
+def test_usage_is_counted_per_day_and_survives_reopening(tmp_path, clock):
+    path = tmp_path / "keys.db"
+    with KeyStore(path, clock=clock.monotonic, now=clock.now) as s:
+        record, _ = s.create("a")
+        s.record_usage(record.id, 10, 5)
+        s.record_usage(record.id, 20, 7)
+        clock.advance(86400)
+        s.record_usage(record.id, 1, 1)
+        unflushed = s.usage(record.id)
+    with KeyStore(path, clock=clock.monotonic, now=clock.now) as s:
+        days = s.usage(record.id)
+        assert [(d.day.isoformat(), d.requests, d.prompt_tokens, d.completion_tokens) for d in days] == [
+            ("2026-03-14", 2, 30, 12),
+            ("2026-03-15", 1, 1, 1),
+        ]
+        assert days == unflushed
+        assert s.get(record.id).last_used_at == clock.now()
+        assert [d.day.isoformat() for d in s.usage(record.id, days=1)] == ["2026-03-15"]
+
+
+def test_background_thread_flushes_within_seconds(tmp_path):
+    s = KeyStore(tmp_path / "keys.db", flush_interval_s=0.2)
+    try:
+        record, _ = s.create("a")
+        s.record_usage(record.id, 3, 4)
+        deadline = time.monotonic() + 5
+        row = None
+        while time.monotonic() < deadline and row is None:
+            time.sleep(0.05)
+            with sqlite3.connect(s.db_path) as other:
+                row = other.execute("SELECT requests, prompt_tokens, completion_tokens FROM usage").fetchone()
+        assert row == (1, 3, 4)
+    finally:
+        s.close()
+
+
+CRASH_CHILD = """
+import sys, time
+from pathlib import Path
+from appliance.keys import KeyStore
+store = KeyStore(Path(sys.argv[1]))
+key_id = sys.argv[2]
+n = 0
+while True:
+    store.record_usage(key_id, 2, 3)
+    n += 1
+    print(n, time.monotonic(), flush=True)
+    time.sleep(0.005)
+"""
+
+
+def test_crash_loses_at_most_a_few_seconds_and_never_corrupts(tmp_path):
+    path = tmp_path / "keys.db"
+    with KeyStore(path) as s:
+        record, _ = s.create("a")
+    child = subprocess.Popen(
+        [sys.executable, "-c", CRASH_CHILD, str(path), record.id], stdout=subprocess.PIPE, text=True
+    )
+    progress: list[tuple[int, float]] = []
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < 5.0:
+            line = child.stdout.readline()
+            if not line:
+                break
+            n, t = line.split()
+            progress.append((int(n), float(t)))
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    killed_at = time.monotonic()
+    # Drain what the child wrote before it died, so the last count is known.
+    for line in child.stdout.read().splitlines():
+        n, t = line.split()
+        progress.append((int(n), float(t)))
+    with KeyStore(path) as s:
+        assert s._conn().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        saved = sum(d.requests for d in s.usage(record.id))
+        assert sum(d.prompt_tokens for d in s.usage(record.id)) == 2 * saved  # whole requests only
+    recorded = progress[-1][0]
+    assert 0 < saved <= recorded
+    # The moment the child had recorded `saved` requests: everything after it was lost.
+    saved_at = next(t for n, t in progress if n >= saved)
+    assert killed_at - saved_at <= 4.0, f"lost {recorded - saved} requests ({killed_at - saved_at:.1f} s)"
+
+
+def test_secret_is_never_stored_in_clear(tmp_path):
+    path = tmp_path / "keys.db"
+    s = KeyStore(path)
+    record, api_key = s.create("a")
+    secret = api_key.split("-", 3)[3]
+    s.record_usage(record.id, 1, 1)
+    s.flush()
+    for f in tmp_path.iterdir():  # keys.db, keys.db-wal, keys.db-shm
+        assert secret.encode() not in f.read_bytes(), f.name
+    s.close()
+    assert secret.encode() not in path.read_bytes()
+    assert secret not in json.dumps(record.to_dict())
+    assert not any("secret" in k or "hash" in k for k in record.to_dict())
+
+
+def test_to_dict_is_json_with_iso_dates(store):
+    record, _ = store.create("a", expires_at=datetime(2030, 1, 1), budget_tokens=5)
+    data = json.loads(json.dumps(record.to_dict()))
+    assert data["expires_at"] == "2030-01-01T00:00:00+00:00"  # naive datetimes are taken as UTC
+    assert data["budget_tokens"] == 5 and data["revoked_at"] is None
+
+
+def test_update_changes_and_clears_limits(store):
+    record, api_key = store.create("a", rpm_limit=5, allowed_models=["x"])
+    updated = store.update(record.id, rpm_limit=None, tpm_limit=100, allowed_models=None, name="b")
+    assert (updated.rpm_limit, updated.tpm_limit, updated.allowed_models, updated.name) == (None, 100, None, "b")
+    assert store.get(record.id) == updated
+    assert store.authenticate(api_key).tpm_limit == 100
+
+
+def test_unknown_key_id_raises_key_not_found(store):
+    with pytest.raises(KeyNotFound):
+        store.revoke("nope")
+    with pytest.raises(KeyNotFound):
+        store.update("nope", rpm_limit=1)
+    assert store.get("nope") is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"name": ""}, "name"),
+        ({"name": "   "}, "name"),
+        ({"name": "a", "rpm_limit": -1}, "rpm_limit"),
+        ({"name": "a", "tpm_limit": -5}, "tpm_limit"),
+        ({"name": "a", "budget_tokens": -1}, "budget_tokens"),
+        ({"name": "a", "rpm_limit": 1.5}, "rpm_limit"),
+        ({"name": "a", "rpm_limit": True}, "rpm_limit"),
+        ({"name": "a", "budget_period": "week"}, "budget_period"),
+        ({"name": "a", "allowed_models": []}, "allowed_models"),
+        ({"name": "a", "allowed_models": "m1"}, "allowed_models"),
+        ({"name": "a", "expires_at": "2030-01-01"}, "expires_at"),
+    ],
+)
+def test_invalid_fields_are_rejected_by_name(store, kwargs, field):
+    name = kwargs.pop("name")
+    with pytest.raises(ValueError, match=field):
+        store.create(name, **kwargs)
+    assert store.list() == []
+
+
+def test_update_rejects_unknown_fields(store):
+    record, _ = store.create("a")
+    with pytest.raises(ValueError, match="colour"):
+        store.update(record.id, colour="red")
+
+
+def test_list_returns_every_key_in_creation_order(store):
+    ids = [store.create(f"k{i}")[0].id for i in range(5)]
+    assert [r.id for r in store.list()] == ids
+
+
+def test_unwritable_state_dir_raises_key_store_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(KeyStoreError, match=str(blocker)):
+        KeyStore(blocker / "keys.db")
+
+
+def test_concurrent_threads_count_every_request(store):
+    record, api_key = store.create("shared")
+    other, other_key = store.create("other")
+    errors = []
+
+    def worker(key: str, key_id: str):
+        try:
+            for _ in range(200):
+                r = store.authenticate(key)
+                store.check_request(r, "m")
+                store.record_usage(key_id, 3, 2)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(api_key, record.id)) for _ in range(6)]
+    threads += [threading.Thread(target=worker, args=(other_key, other.id)) for _ in range(2)]
+    flusher_stop = threading.Event()
+    flushes = threading.Thread(target=lambda: [store.flush() for _ in iter(lambda: flusher_stop.wait(0.01), True)])
+    flushes.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    flusher_stop.set()
+    flushes.join()
+    assert errors == []
+    store.flush()
+    [day] = store.usage(record.id)
+    assert (day.requests, day.prompt_tokens, day.completion_tokens) == (1200, 3600, 2400)
+    assert store.usage(other.id)[0].requests == 400
+
+
+def test_a_second_process_sees_keys_created_by_the_cli_store(tmp_path):
+    path = tmp_path / "keys.db"
+    server = KeyStore(path)
+    try:
+        with KeyStore(path) as cli:
+            record, api_key = cli.create("made-later")
+        assert server.authenticate(api_key).id == record.id
+        with KeyStore(path) as cli:
+            cli.revoke(record.id)
+        with pytest.raises(AuthError) as e:
+            server.authenticate(api_key)
+        assert e.value.status == 403
+    finally:
+        server.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to create as another user")
+def test_store_created_by_root_belongs_to_the_state_dir_owner(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 12345, 12345)
+    KeyStore(state / "keys.db").close()
+    assert (state / "keys.db").stat().st_uid == 12345

@@ -1,0 +1,55 @@
+"""/metrics on its own listener: vLLM names with model_name, per-key appliance_* counters."""
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+VLLM_NAMES = [
+    "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc", "vllm:prompt_tokens",
+    "vllm:generation_tokens", "vllm:request_success", "vllm:num_preemptions", "vllm:prefix_cache_queries",
+    "vllm:prefix_cache_hits", "vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds",
+    "vllm:e2e_request_latency_seconds", "vllm:request_queue_time_seconds", "vllm:cache_config_info",
+]
+
+
+def scrape(live_server) -> dict:
+    text = httpx.get(live_server.metrics_url, timeout=5).text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def value(samples, name, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_listener_is_separate_and_local(live_server):
+    assert live_server.app.config.metrics_host == "127.0.0.1"
+    assert live_server.app.metrics_port != live_server.app.public_port
+    public = httpx.get(live_server.base_url + "/metrics")
+    assert public.status_code == 404  # not on the public listener
+
+
+def test_vllm_names_and_counts_move_with_a_request(live_server, client):
+    model = live_server.model
+    key_id = live_server.key_ids["main"]
+    before = scrape(live_server)
+    r = client.completions.create(model=model, prompt="count me", max_tokens=5, extra_body={"ignore_eos": True})
+    after = scrape(live_server)
+    names = {name for name, _ in after}
+    for name in VLLM_NAMES:
+        assert any(n == name or n.startswith(name + "_") for n in names), name
+    assert all(dict(labels).get("model_name") == model for name, labels in after if name.startswith("vllm:"))
+    assert value(after, "vllm:generation_tokens_total", model_name=model) - value(before, "vllm:generation_tokens_total", model_name=model) >= 5
+    assert value(after, "vllm:prompt_tokens_total", model_name=model) > value(before, "vllm:prompt_tokens_total", model_name=model)
+    assert value(after, "vllm:request_success_total", model_name=model, finished_reason="length") == \
+        value(before, "vllm:request_success_total", model_name=model, finished_reason="length") + 1
+    assert value(after, "vllm:time_to_first_token_seconds_count", model_name=model) > value(before, "vllm:time_to_first_token_seconds_count", model_name=model)
+    assert value(after, "vllm:inter_token_latency_seconds_count", model_name=model) - value(before, "vllm:inter_token_latency_seconds_count", model_name=model) == 4
+    stats = live_server.service.async_engine.stats()
+    assert value(after, "vllm:cache_config_info", block_size=str(stats.block_size), num_gpu_blocks=str(stats.kv_blocks_total), model_name=model) == 1.0
+    # per key
+    assert value(after, "appliance_key_requests_total", key_id=key_id) == value(before, "appliance_key_requests_total", key_id=key_id) + 1
+    assert value(after, "appliance_key_completion_tokens_total", key_id=key_id) - value(before, "appliance_key_completion_tokens_total", key_id=key_id) == 5
+    assert value(after, "appliance_key_prompt_tokens_total", key_id=key_id) - value(before, "appliance_key_prompt_tokens_total", key_id=key_id) == r.usage.prompt_tokens

@@ -1,0 +1,150 @@
+"""The KV block pool: allocation, reference counts, prefix caching and LRU eviction."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.block_manager import BlockManager
+from engine.sampling_params import SamplingParams
+from engine.sequence import Sequence
+
+BLOCK = 4
+
+
+def make_seq(tokens, rid="r"):
+    return Sequence(rid, list(tokens), SamplingParams())
+
+
+def admit(bm: BlockManager, seq: Sequence) -> bool:
+    """What the scheduler does for a waiting sequence: reuse the cached prefix, allocate the rest."""
+    cached = bm.find_cached_prefix(seq)
+    computed = len(cached) * BLOCK
+    needed = -(-seq.num_tokens // BLOCK) - len(cached)
+    if not bm.can_allocate(needed, cached):
+        return False
+    bm.take_cached_prefix(seq, cached)
+    assert bm.allocate(seq, seq.num_tokens - computed)
+    seq.num_computed_tokens = seq.num_tokens
+    bm.cache_full_blocks(seq)
+    return True
+
+
+def test_allocate_covers_tokens_and_free_returns_blocks():
+    bm = BlockManager(num_blocks=8, block_size=BLOCK)
+    seq = make_seq(range(10))
+    assert bm.allocate(seq, 10)
+    assert len(seq.block_table) == 3
+    assert bm.num_free_blocks == 5
+    bm.free(seq)
+    assert bm.num_free_blocks == 8
+    assert seq.block_table == []
+
+
+def test_allocate_refuses_without_partial_change_when_pool_is_short():
+    bm = BlockManager(num_blocks=2, block_size=BLOCK)
+    seq = make_seq(range(12))
+    assert not bm.allocate(seq, 12)
+    assert seq.block_table == [] and bm.num_free_blocks == 2
+
+
+def test_shared_prefix_is_reused_and_reference_counted():
+    bm = BlockManager(num_blocks=16, block_size=BLOCK)
+    a = make_seq([1, 2, 3, 4, 5, 6, 7, 8, 9], "a")
+    b = make_seq([1, 2, 3, 4, 5, 6, 7, 8, 42, 43], "b")
+    assert admit(bm, a)
+    assert admit(bm, b)
+    assert b.block_table[:2] == a.block_table[:2]
+    assert b.num_cached_tokens == 8
+    assert [bm.blocks[i].ref_count for i in a.block_table[:2]] == [2, 2]
+    bm.free(a)
+    assert [bm.blocks[i].ref_count for i in b.block_table[:2]] == [1, 1]
+
+
+def test_whole_prompt_hit_still_leaves_one_token_to_compute():
+    bm = BlockManager(num_blocks=16, block_size=BLOCK)
+    a = make_seq(range(8), "a")
+    assert admit(bm, a)
+    bm.free(a)
+    b = make_seq(range(8), "b")
+    assert len(bm.find_cached_prefix(b)) == 1  # 7 tokens may be reused, the 8th is recomputed
+
+
+def test_freed_cached_blocks_count_as_free_and_are_revived_by_a_hit():
+    bm = BlockManager(num_blocks=4, block_size=BLOCK)
+    a = make_seq(range(9), "a")
+    assert admit(bm, a)
+    bm.free(a)
+    assert bm.usage == 0.0  # evictable cached blocks count as free
+    b = make_seq(range(9), "b")
+    assert admit(bm, b)
+    assert b.num_cached_tokens == 8
+
+
+def test_eviction_takes_least_recently_freed_and_forgets_its_hash():
+    bm = BlockManager(num_blocks=4, block_size=BLOCK)
+    old = make_seq([1] * 4 + [9], "old")
+    assert admit(bm, old)
+    bm.free(old)
+    newer = make_seq([2] * 4 + [9], "newer")
+    assert admit(bm, newer)
+    bm.free(newer)
+    # Fill the pool: the oldest freed blocks go first.
+    filler = make_seq([3] * 12, "filler")
+    assert admit(bm, filler)
+    assert bm.find_cached_prefix(make_seq([1] * 4 + [9])) == []
+    assert len(bm.find_cached_prefix(make_seq([2] * 4 + [9]))) == 1
+
+
+def test_prefix_cache_off_never_shares():
+    bm = BlockManager(num_blocks=8, block_size=BLOCK, enable_prefix_caching=False)
+    a = make_seq(range(9), "a")
+    assert admit(bm, a)
+    b = make_seq(range(9), "b")
+    assert admit(bm, b)
+    assert not set(a.block_table) & set(b.block_table)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["admit", "grow", "free"]),
+            st.integers(0, 5),  # which sequence
+            st.lists(st.integers(0, 3), min_size=1, max_size=14),  # tokens (small alphabet: many shared prefixes)
+        ),
+        max_size=60,
+    ),
+    num_blocks=st.integers(1, 12),
+)
+def test_random_operations_never_leak_or_go_negative(ops, num_blocks):
+    bm = BlockManager(num_blocks=num_blocks, block_size=BLOCK)
+    live: dict[int, Sequence] = {}
+    for op, slot, tokens in ops:
+        if op == "admit" and slot not in live:
+            seq = make_seq(tokens, str(slot))
+            if admit(bm, seq):
+                live[slot] = seq
+            else:
+                assert seq.block_table == []
+        elif op == "grow" and slot in live:
+            seq = live[slot]
+            for t in tokens[:3]:
+                seq.append_token(t)
+            if bm.allocate(seq, seq.num_tokens - seq.num_computed_tokens):
+                seq.num_computed_tokens = seq.num_tokens
+                bm.cache_full_blocks(seq)
+        elif op == "free" and slot in live:
+            bm.free(live.pop(slot))
+        # Invariants after every operation.
+        refs = [0] * num_blocks
+        for seq in live.values():
+            assert len(seq.block_table) >= -(-seq.num_computed_tokens // BLOCK)
+            for b in seq.block_table:
+                refs[b] += 1
+        assert [blk.ref_count for blk in bm.blocks] == refs
+        assert all(r >= 0 for r in refs)
+        assert set(bm.free_queue) == {i for i, r in enumerate(refs) if r == 0}
+        for h, b in bm.hash_to_block.items():
+            assert bm.blocks[b].hash == h
+    for seq in live.values():
+        bm.free(seq)
+    assert bm.num_free_blocks == num_blocks

@@ -1,0 +1,1 @@
+"""The operator TUI; talks to the service only over the control socket."""

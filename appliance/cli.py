@@ -18,6 +18,7 @@ from pathlib import Path
 LAZY_COMMANDS = {
     "serve": ("appliance.serve", "run the OpenAI-compatible service"),
     "bench": ("appliance.bench", "load-test a running service over HTTP (like `vllm bench serve`)"),
+    "health": ("appliance.health", "check the driver, GPUs, disk and the service; exit 1 when something is wrong"),
 }
 
 

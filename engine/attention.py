@@ -4,7 +4,8 @@ The model runs on one packed row of tokens ([1, T]) from many sequences. transfo
 attention layer q/k/v after RoPE; this function writes the new keys and values into the paged
 cache, then attends each query over its own sequence's cached context:
 - prefill chunks (several query tokens) one sequence at a time, causal with an offset;
-- decode tokens (one query each) all together, over contexts gathered from the block tables.
+- decode tokens (one query each) in a few groups of similar context length (less padding),
+  each group at once over contexts gathered from the block tables.
 Per-step metadata arrives as one AttentionMetadata object passed through model(...).
 """
 
@@ -26,13 +27,18 @@ class PrefillChunk:
 
 
 @dataclass
+class DecodeGroup:
+    query_start: int  # the group's decode tokens are packed together from here
+    block_tables: torch.Tensor  # [num_seqs, max_blocks]; padding points at block 0
+    bias: torch.Tensor | None  # [num_seqs, 1, 1, max_blocks * block_size]: 0 where real, -inf for padding
+
+
+@dataclass
 class AttentionMetadata:
     kv_caches: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: key, value [num_blocks, block_size, kv_heads, head_dim]
     slot_mapping: torch.Tensor  # [T]: where each new token's key and value go (block * block_size + offset)
     prefills: list[PrefillChunk]
-    decode_start: int  # decode tokens are packed after all prefill chunks
-    decode_block_tables: torch.Tensor | None  # [num_decodes, max_blocks]; padding points at block 0
-    decode_bias: torch.Tensor | None  # [num_decodes, 1, 1, max_blocks * block_size]: 0 where real, -inf for padding
+    decodes: list[DecodeGroup]
 
 
 def gather_blocks(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
@@ -45,11 +51,18 @@ def gather_blocks(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tens
     return rows.view(block_tables.shape[0], block_tables.shape[1] * block_size, kv_heads, head_dim)
 
 
-def _attend_prefill(q, key_cache, value_cache, chunk: PrefillChunk, scaling):
-    """q [heads, query_len, dim] -> [query_len, heads, dim], causal over the sequence's context."""
+def _attend_prefill(q, k_new, v_new, key_cache, value_cache, chunk: PrefillChunk, scaling):
+    """q [heads, query_len, dim] -> [query_len, heads, dim], causal over the sequence's context.
+
+    k_new, v_new [kv_heads, query_len, dim] are this chunk's own keys and values: when the chunk
+    is the whole context they are used as they are, otherwise the context comes from the cache.
+    """
     num_heads = q.shape[0]
-    k = gather_blocks(key_cache, chunk.block_table[None])[0, : chunk.context_len].transpose(0, 1)
-    v = gather_blocks(value_cache, chunk.block_table[None])[0, : chunk.context_len].transpose(0, 1)
+    if chunk.query_len == chunk.context_len:
+        k, v = k_new, v_new
+    else:
+        k = gather_blocks(key_cache, chunk.block_table[None])[0, : chunk.context_len].transpose(0, 1)
+        v = gather_blocks(value_cache, chunk.block_table[None])[0, : chunk.context_len].transpose(0, 1)
     group = num_heads // k.shape[0]
     # 4-D inputs with repeated kv heads take SDPA's fast CPU kernels (3-D or enable_gqa fall back to math).
     k = k.repeat_interleave(group, 0)[None]
@@ -65,15 +78,15 @@ def _attend_prefill(q, key_cache, value_cache, chunk: PrefillChunk, scaling):
     return o[0].transpose(0, 1)
 
 
-def _attend_decode(q, key_cache, value_cache, meta: AttentionMetadata, scaling):
+def _attend_decode(q, key_cache, value_cache, group: DecodeGroup, scaling):
     """q [heads, num_decodes, dim] -> [num_decodes, heads, dim], one query token per sequence."""
     num_heads, num_decodes, head_dim = q.shape
     num_kv_heads = key_cache.shape[2]
     # Query heads sharing a kv head become that head's rows: no kv repeat needed.
     q = q.transpose(0, 1).reshape(num_decodes, num_kv_heads, num_heads // num_kv_heads, head_dim)
-    k = gather_blocks(key_cache, meta.decode_block_tables).transpose(1, 2)
-    v = gather_blocks(value_cache, meta.decode_block_tables).transpose(1, 2)
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=meta.decode_bias, scale=scaling)
+    k = gather_blocks(key_cache, group.block_tables).transpose(1, 2)
+    v = gather_blocks(value_cache, group.block_tables).transpose(1, 2)
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=group.bias, scale=scaling)
     return o.reshape(num_decodes, num_heads, head_dim)
 
 
@@ -100,9 +113,11 @@ def paged_attention(
     out = torch.empty(q.shape[1], q.shape[0], q.shape[2], dtype=q.dtype, device=q.device)
     for chunk in meta.prefills:
         end = chunk.query_start + chunk.query_len
-        out[chunk.query_start : end] = _attend_prefill(q[:, chunk.query_start : end], key_cache, value_cache, chunk, scaling)
-    if meta.decode_block_tables is not None:
-        out[meta.decode_start :] = _attend_decode(q[:, meta.decode_start :], key_cache, value_cache, meta, scaling)
+        rows = slice(chunk.query_start, end)
+        out[rows] = _attend_prefill(q[:, rows], key[0, :, rows], value[0, :, rows], key_cache, value_cache, chunk, scaling)
+    for group in meta.decodes:
+        end = group.query_start + group.block_tables.shape[0]
+        out[group.query_start : end] = _attend_decode(q[:, group.query_start : end], key_cache, value_cache, group, scaling)
     return out.unsqueeze(0), None
 
 

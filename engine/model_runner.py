@@ -5,10 +5,15 @@ The portable torch path: it runs on CPU (the reference for tests) and on CUDA.
 
 import torch
 
-from engine.attention import ATTENTION_NAME, AttentionMetadata, PrefillChunk
+from engine.attention import ATTENTION_NAME, AttentionMetadata, DecodeGroup, PrefillChunk
 from engine.config import EngineConfig
 from engine.loader import LoadedModel
 from engine.scheduler import ScheduledSequence
+
+# Decode attention gathers each group's contexts padded to its longest: a new group starts when a
+# context is shorter than this fraction of the group's longest (at most MAX_DECODE_GROUPS groups).
+DECODE_GROUP_FILL = 0.75
+MAX_DECODE_GROUPS = 4
 
 
 def kv_bytes_per_block(hf_config, block_size: int, dtype: torch.dtype) -> int:
@@ -34,6 +39,7 @@ class ModelRunner:
             for _ in range(hf.num_hidden_layers)
         ]
         self.model.set_attn_implementation(ATTENTION_NAME)
+        self.dtype = dtype
 
     @torch.inference_mode()
     def embed(self, token_ids: list[int]) -> list[float]:
@@ -45,58 +51,67 @@ class ModelRunner:
             self.model.set_attn_implementation(ATTENTION_NAME)
         return hidden.last_hidden_state[0].float().mean(0).tolist()
 
-    def _slots(self, block_table: list[int], start: int, end: int) -> torch.Tensor:
-        """Cache slots of token positions [start, end) of a sequence."""
-        positions = torch.arange(start, end)
-        table = torch.tensor(block_table, dtype=torch.long)
-        return table[positions // self.block_size] * self.block_size + positions % self.block_size
+    def _slot(self, block_table: list[int], position: int) -> int:
+        return block_table[position // self.block_size] * self.block_size + position % self.block_size
+
+    def _decode_groups(self, decodes: list[ScheduledSequence]) -> list[list[ScheduledSequence]]:
+        """Decodes sorted by context length, cut where padding to the group's longest would waste a lot."""
+        groups: list[list[ScheduledSequence]] = []
+        for s in sorted(decodes, key=lambda s: s.seq.num_computed_tokens, reverse=True):
+            starts_group = not groups or (
+                len(groups) < MAX_DECODE_GROUPS
+                and s.seq.num_computed_tokens < DECODE_GROUP_FILL * groups[-1][0].seq.num_computed_tokens
+            )
+            if starts_group:
+                groups.append([s])
+            else:
+                groups[-1].append(s)
+        return groups
+
+    def _prepare(self, scheduled: list[ScheduledSequence]):
+        """Packed input ids and positions, attention metadata, and each sequence's last row."""
+        input_ids, positions, slots, chunks, groups = [], [], [], [], []
+        last_row = {}
+        for s in scheduled:
+            if s.num_new_tokens == 1:
+                continue
+            seq, begin = s.seq, s.seq.num_computed_tokens
+            end = begin + s.num_new_tokens
+            chunks.append(PrefillChunk(len(input_ids), s.num_new_tokens, end, torch.tensor(
+                seq.block_table[: -(-end // self.block_size)], device=self.device)))
+            input_ids.extend(seq.token_ids[begin:end])
+            positions.extend(range(begin, end))
+            slots.extend(self._slot(seq.block_table, p) for p in range(begin, end))
+            last_row[id(s)] = len(input_ids) - 1
+        for group in self._decode_groups([s for s in scheduled if s.num_new_tokens == 1]):
+            context_lens = [s.seq.num_computed_tokens + 1 for s in group]
+            max_blocks = -(-context_lens[0] // self.block_size)
+            start, tables = len(input_ids), []
+            for s in group:
+                seq, position = s.seq, s.seq.num_computed_tokens
+                table = seq.block_table[: -(-(position + 1) // self.block_size)]
+                tables.append(table + [0] * (max_blocks - len(table)))
+                input_ids.append(seq.token_ids[position])
+                positions.append(position)
+                slots.append(self._slot(table, position))
+                last_row[id(s)] = len(input_ids) - 1
+            groups.append(DecodeGroup(start, torch.tensor(tables, device=self.device), self._padding_bias(context_lens)))
+        meta = AttentionMetadata(self.kv_caches, torch.tensor(slots, device=self.device), chunks, groups)
+        return input_ids, positions, meta, last_row
+
+    def _padding_bias(self, context_lens: list[int]) -> torch.Tensor | None:
+        """-inf over the gathered slots past each context; None when no slot is padding."""
+        width = -(-context_lens[0] // self.block_size) * self.block_size
+        if all(n == width for n in context_lens):
+            return None
+        padding = torch.arange(width)[None, :] >= torch.tensor(context_lens)[:, None]
+        bias = torch.zeros(padding.shape, dtype=self.dtype).masked_fill_(padding, float("-inf"))
+        return bias[:, None, None, :].to(self.device)
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSequence]) -> torch.Tensor:
         """Logits [n, vocab] for the scheduled sequences that complete their known tokens, in order."""
-        prefills = [s for s in scheduled if s.num_new_tokens > 1]
-        decodes = [s for s in scheduled if s.num_new_tokens == 1]
-        input_ids, positions, slot_mapping, chunks = [], [], [], []
-        last_token_index = {}
-        start = 0
-        for s in prefills:
-            seq, begin = s.seq, s.seq.num_computed_tokens
-            end = begin + s.num_new_tokens
-            input_ids.extend(seq.token_ids[begin:end])
-            positions.extend(range(begin, end))
-            slot_mapping.append(self._slots(seq.block_table, begin, end))
-            table = torch.tensor(seq.block_table[: -(-end // self.block_size)], device=self.device)
-            chunks.append(PrefillChunk(start, s.num_new_tokens, end, table))
-            start += s.num_new_tokens
-            last_token_index[id(s)] = start - 1
-
-        decode_tables = decode_bias = None
-        if decodes:
-            context_lens = torch.tensor([s.seq.num_computed_tokens + 1 for s in decodes])
-            max_blocks = -(-int(context_lens.max()) // self.block_size)
-            tables, decode_slots = [], []
-            for row, s in enumerate(decodes):
-                position = s.seq.num_computed_tokens
-                input_ids.append(s.seq.token_ids[position])
-                positions.append(position)
-                table = s.seq.block_table[: -(-(position + 1) // self.block_size)]
-                tables.append(table + [0] * (max_blocks - len(table)))
-                decode_slots.append(table[position // self.block_size] * self.block_size + position % self.block_size)
-                last_token_index[id(s)] = start + row
-            slot_mapping.append(torch.tensor(decode_slots))
-            padding = torch.arange(max_blocks * self.block_size)[None, :] >= context_lens[:, None]
-            bias = torch.zeros(padding.shape, dtype=self.kv_caches[0][0].dtype).masked_fill_(padding, float("-inf"))
-            decode_tables = torch.tensor(tables, device=self.device)
-            decode_bias = bias[:, None, None, :].to(self.device)
-
-        meta = AttentionMetadata(
-            kv_caches=self.kv_caches,
-            slot_mapping=torch.cat(slot_mapping).to(self.device),
-            prefills=chunks,
-            decode_start=start,
-            decode_block_tables=decode_tables,
-            decode_bias=decode_bias,
-        )
+        input_ids, positions, meta, last_token_index = self._prepare(scheduled)
         keep = [last_token_index[id(s)] for s in scheduled if s.completes_prompt]
         if not keep:
             keep = [0]  # the model needs at least one row; the caller expects none

@@ -1,0 +1,156 @@
+"""install.sh under a real systemd (booted in namespaces by tests/system/sandbox.py).
+
+One sandbox for the module, in order: install → service active with its STATUS → the health
+timer fires → kill -9 → restarted and ready → drop-in + key + config edit → re-run install.sh
+keeps them → fault switch → the watchdog restarts it → `systemctl stop` during a stream lets the
+stream finish → --uninstall removes everything but the data.
+
+Speed: the venv is built for real from requirements.lock (pip's cache and the host's wheel folder
+make it about a minute); the default model comes from the tests' cache through
+APPLIANCE_MODEL_CACHE when present.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CACHE_DIR
+from tests.system.sandbox import Sandbox, unavailable
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+WHY_NOT = unavailable()
+pytestmark = [pytest.mark.skipif(WHY_NOT is not None, reason=str(WHY_NOT))]
+
+INSTALL_ENV = {"APPLIANCE_MIN_DISK_GB": "2", "APPLIANCE_READY_TIMEOUT": "240"}
+if (CACHE_DIR / "models" / "smollm2-135m-instruct" / "manifest.json").exists():
+    INSTALL_ENV["APPLIANCE_MODEL_CACHE"] = str(CACHE_DIR)
+TIMINGS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory):
+    sandbox = Sandbox(tmp_path_factory.mktemp("sandbox"))
+    TIMINGS["boot"] = sandbox.start()
+    yield sandbox
+    sandbox.stop()
+    print("\nsystemd sandbox timings (s):", {k: round(v, 1) for k, v in TIMINGS.items()})
+
+
+def install(box, *args) -> str:
+    started = time.monotonic()
+    result = box.run("bash", "-c", f"cd {CHECKOUT} && ./install.sh {' '.join(args)}", env=INSTALL_ENV,
+                     check=False, timeout_s=900)
+    name = " ".join(["install.sh", *args])
+    runs = sum(1 for k in TIMINGS if k.startswith(name + " #"))
+    TIMINGS[f"{name} #{runs + 1}"] = time.monotonic() - started
+    assert result.returncode == 0, f"install.sh failed\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+def ready(box) -> bool:
+    return box.run("curl", "-sf", "http://127.0.0.1:8000/ready", check=False).returncode == 0
+
+
+def main_pid(box) -> int:
+    return int(box.show("appliance.service", "MainPID")["MainPID"])
+
+
+def wait_restarted(box, old_pid: int, timeout_s: float) -> int:
+    box.wait_for(lambda: main_pid(box) not in (0, old_pid), timeout_s, "a new main process")
+    box.wait_for(lambda: ready(box), 120, "/ready after the restart")
+    return main_pid(box)
+
+
+def test_install_starts_the_service_with_status(box):
+    out = install(box)
+    assert "ready after" in out and "appliance keys create" in out and "appliance tui" in out
+    props = box.show("appliance.service", "ActiveState", "StatusText", "User", "NRestarts")
+    assert props["ActiveState"] == "active" and props["User"] == "appliance"
+    assert props["StatusText"].startswith("serving smollm2-135m-instruct"), props
+    assert box.run("systemctl", "is-enabled", "appliance.service", "appliance-health.timer").returncode == 0
+    assert "appliance" in box.run("id", "-nG", "appliance").stdout
+    assert box.run("stat", "-c", "%U:%G %a", "/var/lib/appliance/health.key").stdout.strip() == "appliance:appliance 640"
+
+
+def test_health_timer_fires(box):
+    # The timer's first run is 2 min after boot; make it fire now through a drop-in (like an operator).
+    box.sh("mkdir -p /etc/systemd/system/appliance-health.timer.d && "
+           "printf '[Timer]\\nOnActiveSec=1s\\n' > /etc/systemd/system/appliance-health.timer.d/test.conf && "
+           "systemctl daemon-reload && systemctl restart appliance-health.timer")
+    box.wait_for(lambda: box.show("appliance-health.service", "ExecMainExitTimestampMonotonic")
+                 ["ExecMainExitTimestampMonotonic"] not in ("0", ""), 60, "appliance-health.service to run")
+    props = box.show("appliance-health.service", "Result", "ExecMainStatus")
+    report = json.loads(box.run("cat", "/var/lib/appliance/health.json").stdout)
+    statuses = {c["name"]: c["status"] for c in report["checks"]}
+    assert statuses["ready"] == "ok" and statuses["canary"] == "ok", report
+    assert statuses["driver"] == "n/a"  # no GPU in CI
+    assert props["Result"] == "success" and report["ok"] is True, (props, report)
+
+
+def test_kill_9_restarts_and_becomes_ready(box):
+    old = main_pid(box)
+    box.run("kill", "-9", str(old))
+    new = wait_restarted(box, old, 30)
+    assert new != old
+    assert int(box.show("appliance.service", "NRestarts")["NRestarts"]) >= 1
+
+
+def test_rerun_is_an_upgrade_that_keeps_config_keys_and_dropins(box):
+    key = json.loads(box.run("appliance", "keys", "create", "my-app", "--json", "--state-dir", "/var/lib/appliance").stdout)
+    box.sh("chown appliance:appliance /var/lib/appliance/keys.db*")
+    box.sh("echo '# edited by the operator' >> /etc/appliance/config.toml")
+    box.sh("mkdir -p /etc/systemd/system/appliance.service.d && "
+           "printf '[Service]\\nWatchdogSec=6\\n' > /etc/systemd/system/appliance.service.d/watchdog.conf")
+    old = main_pid(box)
+    out = install(box)
+    assert "keeping the existing /etc/appliance/config.toml" in out
+    assert "# edited by the operator" in box.run("cat", "/etc/appliance/config.toml").stdout
+    assert box.run("cat", "/etc/systemd/system/appliance.service.d/watchdog.conf").stdout == "[Service]\nWatchdogSec=6\n"
+    assert main_pid(box) != old  # restarted once, with the new code
+    assert box.show("appliance.service", "WatchdogUSec")["WatchdogUSec"] == "6s"
+    status = box.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:8000/v1/models",
+                     "-H", f"Authorization: Bearer {key['api_key']}").stdout
+    assert status == "200"
+
+
+def test_watchdog_restarts_a_stalled_engine(box):
+    old = main_pid(box)
+    restarts = int(box.show("appliance.service", "NRestarts")["NRestarts"])
+    box.run("install", "-o", "appliance", "-g", "appliance", "/dev/null", "/var/lib/appliance/fault-stall-engine")
+    try:
+        box.wait_for(lambda: int(box.show("appliance.service", "NRestarts")["NRestarts"]) > restarts, 60,
+                     "the watchdog to restart the service")
+    finally:
+        box.run("rm", "-f", "/var/lib/appliance/fault-stall-engine")
+    journal = box.run("journalctl", "-u", "appliance.service", "--no-pager", "-n", "200").stdout
+    assert "Watchdog timeout" in journal, journal[-3000:]
+    wait_restarted(box, old, 60)
+
+
+def test_stop_during_a_stream_lets_it_finish(box):
+    key = box.run("cat", "/var/lib/appliance/health.key").stdout.strip()
+    box.sh(f"""curl -sN http://127.0.0.1:8000/v1/completions -H 'Authorization: Bearer {key}' \
+        -H 'content-type: application/json' \
+        -d '{{"model": "smollm2-135m-instruct", "prompt": "Count: 1 2 3", "max_tokens": 40, "stream": true,
+             "temperature": 0, "ignore_eos": true}}' > /tmp/stream.out 2>&1 &
+        sleep 2; systemctl stop appliance.service""", timeout_s=120)
+    out = box.run("cat", "/tmp/stream.out").stdout
+    assert out.rstrip().endswith("data: [DONE]"), out[-2000:]
+    assert '"finish_reason":"length"' in out.replace(" ", ""), out[-2000:]
+    assert box.show("appliance.service", "Result")["Result"] == "success"
+
+
+def test_uninstall_removes_all_but_the_data(box):
+    install(box, "--uninstall")
+    for path in ("/opt/appliance", "/etc/systemd/system/appliance.service", "/etc/systemd/system/appliance-health.timer",
+                 "/usr/local/bin/appliance"):
+        assert box.run("test", "-e", path, check=False).returncode != 0, f"{path} is still there"
+    assert box.run("systemctl", "is-active", "appliance.service", check=False).stdout.strip() != "active"
+    for path in ("/var/lib/appliance/keys.db", "/var/lib/appliance/models/smollm2-135m-instruct/manifest.json",
+                 "/etc/appliance/config.toml"):
+        assert box.run("test", "-e", path, check=False).returncode == 0, f"{path} was removed"
+    install(box, "--uninstall", "--purge")
+    assert box.run("test", "-e", "/var/lib/appliance", check=False).returncode != 0
+    assert box.run("getent", "passwd", "appliance", check=False).returncode != 0

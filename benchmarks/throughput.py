@@ -14,6 +14,7 @@ import argparse
 import json
 import platform
 import random
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -106,28 +107,33 @@ def run_transformers_cb(model, workload: list[Request]) -> Result:
     return Result("transformers continuous batching (generate_batch manager)", seconds, produced)
 
 
-def decode_batch1_ours(model: str, prompt: list[int], n: int, dtype: str) -> float:
+def decode_batch1(model: str, reference, prompt: list[int], n: int, dtype: str, rounds: int = 3) -> dict:
+    """Decode tokens/s at batch 1, ours and generate() in alternating rounds (medians).
+
+    Alternating keeps a change in machine load from favouring whichever ran second.
+    """
     engine = Engine(EngineConfig(dtype=dtype))
     engine.load_model(model)
-    engine.add_request("x", prompt, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True))
-    times = []
-    while engine.has_unfinished():
-        engine.step()
-        times.append(time.perf_counter())
-    return (n - 1) / (times[-1] - times[0])  # decode only: from the first token to the last
-
-
-@torch.inference_mode()
-def decode_batch1_generate(model, prompt: list[int], n: int) -> float:
     ids = torch.tensor([prompt])
     mask = torch.ones_like(ids)
-    model.generate(ids, attention_mask=mask, generation_config=greedy_config(4, 0))  # warm-up
-    t0 = time.perf_counter()
-    model.generate(ids, attention_mask=mask, generation_config=greedy_config(1, 0))
-    t1 = time.perf_counter()
-    model.generate(ids, attention_mask=mask, generation_config=greedy_config(n, 0))
-    t2 = time.perf_counter()
-    return (n - 1) / ((t2 - t1) - (t1 - t0))
+    with torch.inference_mode():
+        reference.generate(ids, attention_mask=mask, generation_config=greedy_config(4, 0))  # warm-up
+    ours, theirs = [], []
+    for r in range(rounds):
+        engine.add_request(f"b1-{r}", prompt, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True))
+        times = []
+        while engine.has_unfinished():
+            engine.step()
+            times.append(time.perf_counter())
+        ours.append((n - 1) / (times[-1] - times[0]))  # from the first token to the last: decode only
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            reference.generate(ids, attention_mask=mask, generation_config=greedy_config(1, 0))
+            t1 = time.perf_counter()
+            reference.generate(ids, attention_mask=mask, generation_config=greedy_config(n, 0))
+            t2 = time.perf_counter()
+        theirs.append((n - 1) / ((t2 - t1) - (t1 - t0)))
+    return {"ours": statistics.median(ours), "generate": statistics.median(theirs)}
 
 
 def main() -> None:
@@ -158,11 +164,7 @@ def main() -> None:
         print(f"  {results[-1].name}: {results[-1].tokens_per_s:.1f} tok/s", flush=True)
     batch1 = {}
     if "batch1" not in args.skip:
-        prompt = workload[0].prompt[:64]
-        batch1 = {
-            "ours": decode_batch1_ours(args.model, prompt, args.decode_tokens, args.dtype),
-            "generate": decode_batch1_generate(reference, prompt, args.decode_tokens),
-        }
+        batch1 = decode_batch1(args.model, reference, workload[0].prompt[:64], args.decode_tokens, args.dtype)
 
     print(f"\n{'system':<62}{'seconds':>9}{'out tok':>9}{'tok/s':>9}{'ours ×':>8}")
     for r in results:

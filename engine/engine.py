@@ -206,6 +206,7 @@ class Engine:
         if seq.first_token_time is None:
             seq.first_token_time = self.last_step_time
         params = seq.params
+        num_cached = seq.num_cached_tokens  # freeing the blocks at the finish resets it
         detok = self.detokenizers.get(seq.request_id)
         text, finish, stop_reason = "", None, None
         if detok is not None:
@@ -235,7 +236,7 @@ class Engine:
             finish_reason=finish,
             num_prompt_tokens=seq.num_prompt_tokens,
             num_output_tokens=num_out,
-            num_cached_tokens=seq.num_cached_tokens,
+            num_cached_tokens=num_cached,
             logprobs=[token] if params.logprobs is not None else [],
             stop_reason=stop_reason,
             arrival_time=seq.arrival_time,

@@ -16,9 +16,12 @@ DECODE_GROUP_FILL = 0.75
 MAX_DECODE_GROUPS = 4
 
 
+def head_dim(hf_config) -> int:
+    return getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
+
+
 def kv_bytes_per_block(hf_config, block_size: int, dtype: torch.dtype) -> int:
-    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
-    per_token = 2 * hf_config.num_hidden_layers * hf_config.num_key_value_heads * head_dim
+    per_token = 2 * hf_config.num_hidden_layers * hf_config.num_key_value_heads * head_dim(hf_config)
     return per_token * block_size * dtype.itemsize
 
 
@@ -32,8 +35,7 @@ class ModelRunner:
         self.num_blocks = config.num_kv_blocks or max(
             1, config.kv_cache_bytes // kv_bytes_per_block(hf, config.block_size, dtype)
         )
-        head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
-        shape = (self.num_blocks, config.block_size, hf.num_key_value_heads, head_dim)
+        shape = (self.num_blocks, config.block_size, hf.num_key_value_heads, head_dim(hf))
         self.kv_caches = [
             (torch.zeros(shape, dtype=dtype, device=self.device), torch.zeros(shape, dtype=dtype, device=self.device))
             for _ in range(hf.num_hidden_layers)

@@ -46,6 +46,16 @@ def test_requests_finish_with_length_and_report_usage(engine):
     assert stats.kv_blocks_used == 0 and stats.num_running == 0
 
 
+def test_a_repeated_prompt_reports_its_cached_prefix(engine):
+    prompt = list(range(100, 150))
+    params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
+    engine.add_request("first", prompt, params)
+    assert drain(engine)["first"][-1].num_cached_tokens == 0
+    engine.add_request("second", prompt, params)
+    assert drain(engine)["second"][-1].num_cached_tokens == 48  # three full blocks of 16
+    assert engine.stats().prefix_cache_hits == 48
+
+
 def test_stop_string_ends_the_request_and_is_not_emitted(engine):
     params = SamplingParams(max_tokens=30, temperature=0, ignore_eos=True)
     engine.add_request("probe", "Hello there", params)
@@ -146,3 +156,22 @@ async def test_async_engine_streams_and_cancel_frees_blocks(engine):
                 pass
     finally:
         async_engine.shutdown()
+
+
+def test_mixed_context_lengths_match_generate_alone(tiny_model_path):
+    """Decodes of very different lengths run in separate padded groups; tokens must not change."""
+    import torch
+
+    engine = Engine(EngineConfig(block_size=8))
+    engine.load_model(tiny_model_path)
+    prompts = [list(range(200, 200 + n)) for n in (3, 21, 70, 150, 301)]
+    for i, prompt in enumerate(prompts):
+        engine.add_request(str(i), prompt, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True))
+    got = {k: [t for o in v for t in o.new_token_ids] for k, v in drain(engine).items()}
+    model = engine.session.loaded.model
+    model.set_attn_implementation("sdpa")
+    model.generation_config.eos_token_id = None
+    for i, prompt in enumerate(prompts):
+        ids = torch.tensor([prompt])
+        want = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
+        assert got[str(i)] == want[0, len(prompt):].tolist(), f"prompt of {len(prompt)} tokens"

@@ -232,6 +232,9 @@ install_driver() {
     exit 0
 }
 
+# The installed driver and CUDA packages ("name version" lines), from dpkg's database alone: this,
+# not a loaded kernel module, decides what pin_driver holds, so a driver installed but not yet
+# loaded (a reboot pending) is pinned too.
 installed_nvidia_packages() {
     dpkg-query -W -f='${Package} ${Version} ${db:Status-Status}\n' 2>/dev/null \
         | awk -v re="$NVIDIA_PACKAGE_RE" '$3 == "installed" && $1 ~ re { print $1, $2 }'
@@ -250,6 +253,11 @@ pin_driver() {
     version=${DRIVER_VERSION:-$(echo "$versions" | tail -1)}
     if [ -n "$DRIVER_VERSION" ] && [ -n "$versions" ] && [ "$versions" != "$DRIVER_VERSION" ]; then
         warn "the loaded driver is $DRIVER_VERSION but the packages are at $(echo "$versions" | tr '\n' ' '): a reboot is pending"
+    fi
+    if [ -z "$DRIVER_VERSION" ]; then
+        # What dpkg says is installed is what gets pinned, whether or not the module is loaded.
+        note "NVIDIA driver packages are installed but no NVIDIA kernel module is loaded (a reboot pending, or no GPU here);"
+        note "pinning the packages anyway: $packages"
     fi
     local to_hold
     to_hold=$(comm -23 <(tr ' ' '\n' <<<"$packages" | sort) <(apt-mark showhold 2>/dev/null | sort) | tr '\n' ' ')

@@ -199,7 +199,10 @@ def small_queue_server(tiny_model_path, tmp_path_factory):
     from tests.appliance.conftest import add_keys
 
     state = tmp_path_factory.mktemp("small-queue")
-    server = start_server(make_config(tiny_model_path, state, max_num_seqs=1, max_waiting_requests=1, metrics_port=0))
+    # No periodic canary: it would take the one running or waiting slot at a random moment.
+    config = make_config(tiny_model_path, state, max_num_seqs=1, max_waiting_requests=1, metrics_port=0,
+                         canary_interval_s=3600.0)
+    server = start_server(config)
     add_keys(server, server.app.config.keys_db_path)
     yield server
     server.stop()
@@ -216,7 +219,7 @@ def test_503_with_retry_after_when_the_queue_is_full(small_queue_server):
             next(lines)  # one request runs...
             waiting = threading.Thread(target=lambda: http.post("/v1/completions", json={**body, "max_tokens": 1}))
             waiting.start()  # ...one waits (headers come with its first token)
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 20
             while server.service.async_engine.stats().num_waiting < 1 and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert server.service.async_engine.stats().num_waiting == 1

@@ -9,6 +9,15 @@ vanishes at stop(). Never boot systemd on the host root itself: systemd-tmpfiles
 
 Needs root, unshare/nsenter (util-linux), overlayfs and a cgroup2 hierarchy; `unavailable()`
 says why not when one is missing, so tests can skip.
+
+`Sandbox(dir, root=DIR, overlay=False)` boots another root filesystem instead (a debootstrapped
+Debian, with its own systemd), written in place. `Container(box)` is a namespace inside a running
+sandbox whose PID 1 is a plain reaper and whose /run is empty: systemd is not PID 1 there, as in a
+docker container, while the filesystem (and whatever is installed in it) is the sandbox's.
+
+As a command, it boots, runs one command inside (output streamed), and halts:
+
+    python3 tests/system/sandbox.py [--root DIR [--no-overlay]] [--dir WORKDIR] -- CMD...
 """
 
 from __future__ import annotations
@@ -29,11 +38,15 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Runs as PID 1 of the new pid namespace, inside new mount/cgroup/uts/ipc namespaces.
 INNER = r"""
 set -e
-D=$1; TMPFS_SIZE=$2; MASK=$3
+D=$1; TMPFS_SIZE=$2; MASK=$3; LOWER=$4; OVERLAY=$5
 R=$D/root
-mount -t tmpfs -o size=$TMPFS_SIZE,mode=755 sbtmp "$D/ovl"
-mkdir -p "$D/ovl/upper" "$D/ovl/work"
-mount -t overlay overlay -o "lowerdir=/,upperdir=$D/ovl/upper,workdir=$D/ovl/work" "$R"
+if [ "$OVERLAY" = 1 ]; then
+    mount -t tmpfs -o size=$TMPFS_SIZE,mode=755 sbtmp "$D/ovl"
+    mkdir -p "$D/ovl/upper" "$D/ovl/work"
+    mount -t overlay overlay -o "lowerdir=$LOWER,upperdir=$D/ovl/upper,workdir=$D/ovl/work" "$R"
+else
+    mount --bind "$LOWER" "$R"
+fi
 mkdir -p "$R/oldroot"
 mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
 mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$R/sys"
@@ -79,9 +92,14 @@ def unavailable() -> str | None:
 
 
 class Sandbox:
-    def __init__(self, workdir: Path, tmpfs_size: str = "6g", mask: list[str] | None = None):
+    def __init__(self, workdir: Path, tmpfs_size: str = "6g", mask: list[str] | None = None, root: str = "/",
+                 overlay: bool = True):
+        """root: the filesystem to boot (default the host's); overlay: keep it pristine under a
+        throwaway tmpfs (else it is written in place, e.g. a fresh root too big for a tmpfs)."""
         self.dir = Path(workdir)
         self.tmpfs_size = tmpfs_size
+        self.root = str(Path(root).resolve())
+        self.overlay = overlay
         self.mask = MASK + (mask or [])
         base = Path("/sys/fs/cgroup/unified") if Path("/sys/fs/cgroup/unified").is_dir() else Path("/sys/fs/cgroup")
         self.cgroup = base / f"appliance-test-{os.getpid()}-{self.dir.name}"
@@ -97,10 +115,10 @@ class Sandbox:
         self.cgroup.mkdir(exist_ok=True)
         # Move into a dedicated cgroup first, so that the new cgroup namespace is rooted there.
         script = ('echo $$ > "$1/cgroup.procs"; exec unshare --pid --fork --mount --cgroup --uts --ipc '
-                  '--propagation private --kill-child -- bash -c "$2" inner "$3" "$4" "$5"')
+                  '--propagation private --kill-child -- bash -c "$2" inner "$3" "$4" "$5" "$6" "$7"')
         self._outer = subprocess.Popen(
             ["setsid", "bash", "-c", script, "_", str(self.cgroup), INNER, str(self.dir), self.tmpfs_size,
-             " ".join(self.mask)],
+             " ".join(self.mask), self.root, "1" if self.overlay else "0"],
             stdin=subprocess.DEVNULL, stdout=open(self.dir / "outer.log", "wb"), stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout_s
@@ -159,13 +177,17 @@ class Sandbox:
         self.stop()
 
     # -- inside ---------------------------------------------------------------------------------
+    def command(self, *argv: str, env: dict | None = None) -> list[str]:
+        """The host command line that runs argv inside every namespace, with a clean environment."""
+        variables = {"PATH": PATH, "TERM": "dumb", "LANG": "C.UTF-8", "HOME": "/root"}
+        variables.update(env or {})
+        return ["nsenter", "-t", str(self.pid1), "-m", "-u", "-i", "-p", "-C", "-r", "-w", "--",
+                "env", "-i", *(f"{k}={v}" for k, v in variables.items()), *argv]
+
     def run(self, *argv: str, check: bool = True, timeout_s: float = 120.0, env: dict | None = None,
             input: str | None = None) -> subprocess.CompletedProcess:
         """Run a command inside every namespace of the sandbox, with a clean environment."""
-        variables = {"PATH": PATH, "TERM": "dumb", "LANG": "C.UTF-8", "HOME": "/root"}
-        variables.update(env or {})
-        cmd = ["nsenter", "-t", str(self.pid1), "-m", "-u", "-i", "-p", "-C", "-r", "-w", "--",
-               "env", "-i", *(f"{k}={v}" for k, v in variables.items()), *argv]
+        cmd = self.command(*argv, env=env)
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, input=input)
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(argv)} exited {result.returncode}\n"
@@ -196,6 +218,67 @@ class Sandbox:
             time.sleep(interval_s)
 
 
+# PID 1 of a Container: reaps whatever is orphaned to it (as tini or docker --init do), exits on SIGTERM.
+REAPER = """
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        time.sleep(0.2)
+"""
+
+
+class Container(Sandbox):
+    """A container-like namespace inside a running Sandbox: a new pid namespace whose PID 1 is a
+    plain reaper (not systemd), a new mount namespace with its own /proc and an empty /run (so no
+    /run/systemd/system); the filesystem is the sandbox's, so what was installed there is reused."""
+
+    MARK = "appliance-container-init"
+
+    def __init__(self, box: Sandbox):
+        self.box = box
+        self.dir = box.dir
+        self.pid1 = None
+        self._outer = None
+
+    def start(self, timeout_s: float = 30.0) -> float:
+        started = time.monotonic()
+        inner = f'mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run && exec /usr/bin/python3 -c "$1" {self.MARK}'
+        cmd = self.box.command("unshare", "--pid", "--fork", "--mount-proc", "--propagation", "private",
+                               "--kill-child", "--", "bash", "-c", inner, "_", REAPER)
+        self._outer = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=open(self.dir / "container.log", "wb"),
+                                       stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while self.pid1 is None:
+            for pid in _descendants(self._outer.pid):
+                try:
+                    if "python" in os.readlink(f"/proc/{pid}/exe") and \
+                            self.MARK in Path(f"/proc/{pid}/cmdline").read_text():
+                        self.pid1 = pid
+                except OSError:
+                    continue
+            if self.pid1 is None:
+                if self._outer.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the container did not start: " + (self.dir / "container.log").read_text()[-2000:])
+                time.sleep(0.05)
+        return time.monotonic() - started
+
+    def stop(self) -> None:
+        if self.pid1 is not None:
+            try:
+                os.kill(self.pid1, signal.SIGKILL)  # PID 1 gone: the kernel kills the whole pid namespace
+            except ProcessLookupError:
+                pass
+            self.pid1 = None
+        if self._outer is not None:
+            try:
+                self._outer.wait(10)
+            except subprocess.TimeoutExpired:
+                self._outer.kill()
+
+
 def _children(pid: int) -> list[int]:
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
@@ -218,3 +301,33 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Boot a sandbox, run one command inside with its output streamed, halt; exit with its status."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--root", default="/", help="the root filesystem to boot (default: the host's, under an overlay)")
+    parser.add_argument("--no-overlay", action="store_true", help="write into --root in place (no tmpfs layer)")
+    parser.add_argument("--dir", help="working folder (default: a new one under /tmp)")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="for the command")
+    parser.add_argument("cmd", nargs="+", help="the command to run inside (after --)")
+    args = parser.parse_args(argv)
+    why = unavailable()
+    if why:
+        print(f"sandbox: cannot boot here: {why}", flush=True)
+        return 2
+    workdir = Path(args.dir or tempfile.mkdtemp(prefix="appliance-sandbox-"))
+    box = Sandbox(workdir, root=args.root, overlay=not args.no_overlay)
+    try:
+        print(f"sandbox: booted systemd in {box.start(timeout_s=120):.1f} s", flush=True)
+        env = dict(item.split("=", 1) for item in args.env)
+        return subprocess.run(box.command(*args.cmd, env=env)).returncode
+    finally:
+        box.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

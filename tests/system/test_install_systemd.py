@@ -1,9 +1,13 @@
 """install.sh under a real systemd (booted in namespaces by tests/system/sandbox.py).
 
 One sandbox for the module, in order: install → service active with its STATUS → the health
-timer fires → kill -9 → restarted and ready → drop-in + key + config edit → re-run install.sh
-keeps them → fault switch → the watchdog restarts it → `systemctl stop` during a stream lets the
-stream finish → --uninstall removes everything but the data.
+timer fires → kill -9 → restarted and ready → drop-in + key + config edit, and dummy NVIDIA driver
+packages installed (tests/system/fake_driver.py) → re-run install.sh keeps them and holds the driver
+packages → the operator upgrades the "driver" and `appliance health` reports the drift → fault
+switch → the watchdog restarts it → `systemctl stop` during a stream lets the stream finish →
+without systemd as PID 1 (a Container inside the same sandbox, reusing its venv): install.sh starts
+the supervisor, kill -9 → restarted, stopping the supervisor drains a stream → --uninstall removes
+everything but the data, and the holds.
 
 Speed: the venv is built for real from requirements.lock (pip's cache and the host's wheel folder
 make it about a minute); the default model comes from the tests' cache through
@@ -11,16 +15,20 @@ APPLIANCE_MODEL_CACHE when present.
 """
 
 import json
+import shutil
+import socket
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import CACHE_DIR
-from tests.system.sandbox import Sandbox, unavailable
+from tests.system import fake_driver
+from tests.system.sandbox import Container, Sandbox, unavailable
 
 CHECKOUT = Path(__file__).resolve().parents[2]
-WHY_NOT = unavailable()
+WHY_NOT = unavailable() or (None if shutil.which("dpkg-deb") and shutil.which("apt-get")
+                            else "install.sh and the pinning tests need a Debian/Ubuntu host (dpkg-deb, apt-get)")
 pytestmark = [pytest.mark.skipif(WHY_NOT is not None, reason=str(WHY_NOT))]
 
 INSTALL_ENV = {"APPLIANCE_MIN_DISK_GB": "2", "APPLIANCE_READY_TIMEOUT": "240"}
@@ -29,28 +37,41 @@ if (CACHE_DIR / "models" / "smollm2-135m-instruct" / "manifest.json").exists():
 TIMINGS: dict[str, float] = {}
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The sandbox shares the host's network: ports of its own, so that nothing else listening on 8000
+# (a developer's `appliance serve`) answers in its place. Seeded as an operator would, before install.
+PORT, METRICS_PORT = free_port(), free_port()
+SEED_CONFIG = f"# seeded by the tests\nport = {PORT}\nmetrics_port = {METRICS_PORT}\n"
+
+
 @pytest.fixture(scope="module")
 def box(tmp_path_factory):
     sandbox = Sandbox(tmp_path_factory.mktemp("sandbox"))
     TIMINGS["boot"] = sandbox.start()
+    sandbox.run("bash", "-c", "mkdir -p /etc/appliance && cat > /etc/appliance/config.toml", input=SEED_CONFIG)
     yield sandbox
     sandbox.stop()
     print("\nsystemd sandbox timings (s):", {k: round(v, 1) for k, v in TIMINGS.items()})
 
 
-def install(box, *args) -> str:
+def install(box, *args, label: str = "") -> str:
     started = time.monotonic()
     result = box.run("bash", "-c", f"cd {CHECKOUT} && ./install.sh {' '.join(args)}", env=INSTALL_ENV,
                      check=False, timeout_s=900)
-    name = " ".join(["install.sh", *args])
+    name = " ".join([label + "install.sh", *args])
     runs = sum(1 for k in TIMINGS if k.startswith(name + " #"))
     TIMINGS[f"{name} #{runs + 1}"] = time.monotonic() - started
     assert result.returncode == 0, f"install.sh failed\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result.stdout
+    return result.stdout + result.stderr
 
 
 def ready(box) -> bool:
-    return box.run("curl", "-sf", "http://127.0.0.1:8000/ready", check=False).returncode == 0
+    return box.run("curl", "-sf", f"http://127.0.0.1:{PORT}/ready", check=False).returncode == 0
 
 
 def main_pid(box) -> int:
@@ -98,6 +119,9 @@ def test_kill_9_restarts_and_becomes_ready(box):
 
 
 def test_rerun_is_an_upgrade_that_keeps_config_keys_and_dropins(box):
+    # Also a driver installed since (the dummy packages; no kernel module is loaded): this re-run pins it.
+    debs = fake_driver.build(box, fake_driver.PINNED)
+    box.sh(f"dpkg -i {debs}/*.deb")
     key = json.loads(box.run("appliance", "keys", "create", "my-app", "--json", "--state-dir", "/var/lib/appliance").stdout)
     box.sh("chown appliance:appliance /var/lib/appliance/keys.db*")
     box.sh("echo '# edited by the operator' >> /etc/appliance/config.toml")
@@ -110,9 +134,43 @@ def test_rerun_is_an_upgrade_that_keeps_config_keys_and_dropins(box):
     assert box.run("cat", "/etc/systemd/system/appliance.service.d/watchdog.conf").stdout == "[Service]\nWatchdogSec=6\n"
     assert main_pid(box) != old  # restarted once, with the new code
     assert box.show("appliance.service", "WatchdogUSec")["WatchdogUSec"] == "6s"
-    status = box.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:8000/v1/models",
+    status = box.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{PORT}/v1/models",
                      "-H", f"Authorization: Bearer {key['api_key']}").stdout
     assert status == "200"
+    assert f"pinned driver {fake_driver.PINNED}" in out
+
+
+def test_rerun_held_the_driver_packages_and_recorded_the_version(box):
+    held = box.run("apt-mark", "showhold").stdout.split()
+    assert sorted(held) == sorted(fake_driver.PACKAGES), held
+    record = box.run("cat", "/etc/appliance/driver.env").stdout
+    assert f"DRIVER_VERSION={fake_driver.PINNED}\n" in record, record
+    assert f"PACKAGES='{' '.join(sorted(fake_driver.PACKAGES))}'" in record, record
+    assert '"nvidia-";' in box.run("cat", "/etc/apt/apt.conf.d/51appliance-hold-nvidia").stdout
+    # The hold bites: apt refuses to upgrade them.
+    newer = fake_driver.build(box, fake_driver.NEWER)
+    refused = box.sh(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q {newer}/*.deb", check=False, timeout_s=120)
+    assert refused.returncode != 0 and "Held packages were changed" in refused.stderr, refused
+
+
+def health_driver(box) -> tuple[int, dict]:
+    """`appliance health --no-service --json`: the exit code and the driver check."""
+    report = box.run("appliance", "health", "--no-service", "--no-save", "--json", check=False)
+    return report.returncode, next(c for c in json.loads(report.stdout)["checks"] if c["name"] == "driver")
+
+
+def test_health_reports_a_changed_driver(box):
+    _, before = health_driver(box)
+    assert before["details"]["pinned"] == fake_driver.PINNED and "changed" not in before["message"], before
+    # The operator upgrades the driver past the hold.
+    newer = f"/var/tmp/fake-nvidia-{fake_driver.NEWER}"
+    box.sh(f"apt-mark unhold {' '.join(fake_driver.PACKAGES)} && "
+           f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q {newer}/*.deb", timeout_s=120)
+    code, driver = health_driver(box)
+    drift = f"the driver packages changed: pinned {fake_driver.PINNED}, installed now {fake_driver.NEWER}"
+    assert code == 1 and driver["status"] == "fail" and drift in driver["message"], driver
+    text = box.run("appliance", "health", "--no-service", "--no-save", check=False)
+    assert text.returncode == 1 and drift in text.stdout, text.stdout
 
 
 def test_watchdog_restarts_a_stalled_engine(box):
@@ -131,7 +189,7 @@ def test_watchdog_restarts_a_stalled_engine(box):
 
 def test_stop_during_a_stream_lets_it_finish(box):
     key = box.run("cat", "/var/lib/appliance/health.key").stdout.strip()
-    box.sh(f"""curl -sN http://127.0.0.1:8000/v1/completions -H 'Authorization: Bearer {key}' \
+    box.sh(f"""curl -sN http://127.0.0.1:{PORT}/v1/completions -H 'Authorization: Bearer {key}' \
         -H 'content-type: application/json' \
         -d '{{"model": "smollm2-135m-instruct", "prompt": "Count: 1 2 3", "max_tokens": 40, "stream": true,
              "temperature": 0, "ignore_eos": true}}' > /tmp/stream.out 2>&1 &
@@ -142,9 +200,51 @@ def test_stop_during_a_stream_lets_it_finish(box):
     assert box.show("appliance.service", "Result")["Result"] == "success"
 
 
+def test_without_systemd_the_supervisor_restarts_and_drains(box):
+    """A container (systemd not PID 1) in the same sandbox: the venv built above is reused."""
+    container = Container(box)
+    container.start()
+    try:
+        out = install(container, label="[container] ")
+        assert "warning: systemd is not PID 1 here" in out and "ready after" in out, out
+        assert "under /opt/appliance/bin/appliance-supervise (no systemd here)" in out, out
+        assert f"pinned driver {fake_driver.NEWER}" in out  # the re-run pins the driver found now
+        assert container.run("systemctl", "is-active", "appliance.service", check=False).stdout.strip() != "active"
+
+        def serve_pid() -> int:
+            found = container.run("pgrep", "-f", "-u", "appliance", "appliance serve", check=False).stdout.split()
+            return int(found[0]) if len(found) == 1 else 0
+
+        supervisor = int(container.run("cat", "/run/appliance/supervisor.pid").stdout)
+        old = container.wait_for(serve_pid, 10, "the service process")
+        started = time.monotonic()
+        container.run("kill", "-9", str(old))
+        container.wait_for(lambda: serve_pid() not in (0, old), 30, "the supervisor to restart the service")
+        container.wait_for(lambda: ready(container), 120, "/ready after the restart")
+        TIMINGS["container: kill -9 to ready"] = time.monotonic() - started
+        assert "restarting in 5 s" in container.run("cat", "/var/log/appliance/supervisor.log").stdout
+
+        # Stopping the supervisor passes SIGTERM on: a stream in flight completes, then all exit.
+        key = container.run("cat", "/var/lib/appliance/health.key").stdout.strip()
+        container.sh(f"""curl -sN http://127.0.0.1:{PORT}/v1/completions -H 'Authorization: Bearer {key}' \
+            -H 'content-type: application/json' \
+            -d '{{"model": "smollm2-135m-instruct", "prompt": "Count: 1 2 3", "max_tokens": 40, "stream": true,
+                 "temperature": 0, "ignore_eos": true}}' > /tmp/container-stream.out 2>&1 &
+            sleep 2; kill -TERM {supervisor}
+            while kill -0 {supervisor} 2>/dev/null; do sleep 0.2; done; wait""", timeout_s=120)
+        out = container.run("cat", "/tmp/container-stream.out").stdout
+        assert out.rstrip().endswith("data: [DONE]"), out[-2000:]
+        assert serve_pid() == 0
+        log = container.run("cat", "/var/log/appliance/serve.log").stdout
+        assert "draining" in log, log[-2000:]
+    finally:
+        container.stop()
+
+
 def test_uninstall_removes_all_but_the_data(box):
     install(box, "--uninstall")
-    for path in ("/opt/appliance", "/etc/systemd/system/appliance.service", "/etc/systemd/system/appliance-health.timer",
+    assert box.run("apt-mark", "showhold").stdout.strip() == ""
+    for path in ("/opt/appliance", "/etc/appliance/driver.env", "/etc/apt/apt.conf.d/51appliance-hold-nvidia", "/etc/systemd/system/appliance.service", "/etc/systemd/system/appliance-health.timer",
                  "/usr/local/bin/appliance"):
         assert box.run("test", "-e", path, check=False).returncode != 0, f"{path} is still there"
     assert box.run("systemctl", "is-active", "appliance.service", check=False).stdout.strip() != "active"

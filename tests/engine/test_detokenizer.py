@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -8,7 +6,6 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from engine.detokenizer import IncrementalDetokenizer
 
-SMOLLM2 = Path(__file__).resolve().parents[2] / ".models" / "smollm2-135m-instruct"
 IM_END = "<|im_end|>"
 SAMPLE_TEXT = "héllo wörld 日本語 🙂 naïve café 你好 😀🎉"
 
@@ -36,10 +33,8 @@ def byte_bpe():
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    if not (SMOLLM2 / "tokenizer.json").exists():
-        pytest.skip(f"the SmolLM2 tokenizer is not at {SMOLLM2}")
-    return AutoTokenizer.from_pretrained(SMOLLM2)
+def smollm2(default_model_path):
+    return AutoTokenizer.from_pretrained(default_model_path)
 
 
 @pytest.fixture(scope="module", params=["byte_bpe", "smollm2"])

@@ -38,7 +38,7 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Runs as PID 1 of the new pid namespace, inside new mount/cgroup/uts/ipc namespaces.
 INNER = r"""
 set -e
-D=$1; TMPFS_SIZE=$2; MASK=$3; LOWER=$4; OVERLAY=$5
+D=$1; TMPFS_SIZE=$2; MASK=$3; LOWER=$4; OVERLAY=$5; BINDS=$6
 R=$D/root
 if [ "$OVERLAY" = 1 ]; then
     mount -t tmpfs -o size=$TMPFS_SIZE,mode=755 sbtmp "$D/ovl"
@@ -53,6 +53,8 @@ mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$R/sys"
 mount -t cgroup2 -o nsdelegate,nosuid,nodev,noexec cgroup2 "$R/sys/fs/cgroup"
 mount -t tmpfs -o mode=755,nosuid,nodev tmpfs "$R/run"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/tmp"
+# Host folders that must stay visible at their own path (a checkout under /tmp, say).
+for b in $BINDS; do mkdir -p "$R$b"; mount --bind "$b" "$R$b"; done
 mount -t tmpfs -o mode=755,nosuid tmpfs "$R/dev"
 for n in null zero full random urandom tty; do touch "$R/dev/$n"; mount --bind "/dev/$n" "$R/dev/$n"; done
 mkdir -p "$R/dev/pts" "$R/dev/shm" "$R/dev/mqueue"
@@ -93,13 +95,15 @@ def unavailable() -> str | None:
 
 class Sandbox:
     def __init__(self, workdir: Path, tmpfs_size: str = "6g", mask: list[str] | None = None, root: str = "/",
-                 overlay: bool = True):
+                 overlay: bool = True, binds: list[Path] = ()):
         """root: the filesystem to boot (default the host's); overlay: keep it pristine under a
-        throwaway tmpfs (else it is written in place, e.g. a fresh root too big for a tmpfs)."""
+        throwaway tmpfs (else it is written in place, e.g. a fresh root too big for a tmpfs);
+        binds: host folders mounted at the same path inside (the sandbox has its own /tmp and /run)."""
         self.dir = Path(workdir)
         self.tmpfs_size = tmpfs_size
         self.root = str(Path(root).resolve())
         self.overlay = overlay
+        self.binds = [str(Path(b).resolve()) for b in binds]
         self.mask = MASK + (mask or [])
         base = Path("/sys/fs/cgroup/unified") if Path("/sys/fs/cgroup/unified").is_dir() else Path("/sys/fs/cgroup")
         self.cgroup = base / f"appliance-test-{os.getpid()}-{self.dir.name}"
@@ -115,10 +119,10 @@ class Sandbox:
         self.cgroup.mkdir(exist_ok=True)
         # Move into a dedicated cgroup first, so that the new cgroup namespace is rooted there.
         script = ('echo $$ > "$1/cgroup.procs"; exec unshare --pid --fork --mount --cgroup --uts --ipc '
-                  '--propagation private --kill-child -- bash -c "$2" inner "$3" "$4" "$5" "$6" "$7"')
+                  '--propagation private --kill-child -- bash -c "$2" inner "$3" "$4" "$5" "$6" "$7" "$8"')
         self._outer = subprocess.Popen(
             ["setsid", "bash", "-c", script, "_", str(self.cgroup), INNER, str(self.dir), self.tmpfs_size,
-             " ".join(self.mask), self.root, "1" if self.overlay else "0"],
+             " ".join(self.mask), self.root, "1" if self.overlay else "0", " ".join(self.binds)],
             stdin=subprocess.DEVNULL, stdout=open(self.dir / "outer.log", "wb"), stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout_s

@@ -162,16 +162,19 @@ class Sandbox:
             if _alive(self.pid1):
                 os.kill(self.pid1, signal.SIGKILL)
             self.pid1 = None
-        if self._outer is not None:
-            try:
-                self._outer.wait(10)
-            except subprocess.TimeoutExpired:
-                self._outer.kill()
+        self._reap_outer()
         deadline = time.monotonic() + 5
         while self.cgroup.exists() and time.monotonic() < deadline:  # leftover (empty) cgroups, bottom-up
             subprocess.run(["find", str(self.cgroup), "-depth", "-type", "d", "-exec", "rmdir", "{}", ";"],
                            capture_output=True)
             time.sleep(0.2)
+
+    def _reap_outer(self) -> None:
+        if self._outer is not None:
+            try:
+                self._outer.wait(10)
+            except subprocess.TimeoutExpired:
+                self._outer.kill()
 
     def __enter__(self) -> Sandbox:
         self.start()
@@ -276,11 +279,7 @@ class Container(Sandbox):
             except ProcessLookupError:
                 pass
             self.pid1 = None
-        if self._outer is not None:
-            try:
-                self._outer.wait(10)
-            except subprocess.TimeoutExpired:
-                self._outer.kill()
+        self._reap_outer()
 
 
 def _children(pid: int) -> list[int]:

@@ -15,6 +15,11 @@ from dataclasses import dataclass
 from engine.sequence import Sequence
 
 
+def blocks_for(num_tokens: int, block_size: int) -> int:
+    """How many blocks hold num_tokens tokens."""
+    return -(-num_tokens // block_size)
+
+
 @dataclass
 class Block:
     block_id: int
@@ -72,7 +77,7 @@ class BlockManager:
 
     def num_blocks_needed(self, seq: Sequence, num_new_tokens: int) -> int:
         total = seq.num_computed_tokens + num_new_tokens
-        return max(0, -(-total // self.block_size) - len(seq.block_table))
+        return max(0, blocks_for(total, self.block_size) - len(seq.block_table))
 
     def can_allocate(self, num_blocks: int, cached_blocks: list[int] = ()) -> bool:
         # Cached blocks that are free now stop being free once taken.

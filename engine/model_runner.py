@@ -6,6 +6,7 @@ The portable torch path: it runs on CPU (the reference for tests) and on CUDA.
 import torch
 
 from engine.attention import ATTENTION_NAME, AttentionMetadata, DecodeGroup, PrefillChunk
+from engine.block_manager import blocks_for
 from engine.config import EngineConfig
 from engine.loader import LoadedModel
 from engine.scheduler import ScheduledSequence
@@ -80,30 +81,29 @@ class ModelRunner:
             seq, begin = s.seq, s.seq.num_computed_tokens
             end = begin + s.num_new_tokens
             chunks.append(PrefillChunk(len(input_ids), s.num_new_tokens, end, torch.tensor(
-                seq.block_table[: -(-end // self.block_size)], device=self.device)))
+                seq.block_table[: blocks_for(end, self.block_size)], device=self.device)))
             input_ids.extend(seq.token_ids[begin:end])
             positions.extend(range(begin, end))
             slots.extend(self._slot(seq.block_table, p) for p in range(begin, end))
             last_row[id(s)] = len(input_ids) - 1
         for group in self._decode_groups([s for s in scheduled if s.num_new_tokens == 1]):
             context_lens = [s.seq.num_computed_tokens + 1 for s in group]
-            max_blocks = -(-context_lens[0] // self.block_size)
+            max_blocks = blocks_for(context_lens[0], self.block_size)
             start, tables = len(input_ids), []
             for s in group:
                 seq, position = s.seq, s.seq.num_computed_tokens
-                table = seq.block_table[: -(-(position + 1) // self.block_size)]
+                table = seq.block_table[: blocks_for(position + 1, self.block_size)]
                 tables.append(table + [0] * (max_blocks - len(table)))
                 input_ids.append(seq.token_ids[position])
                 positions.append(position)
                 slots.append(self._slot(table, position))
                 last_row[id(s)] = len(input_ids) - 1
-            groups.append(DecodeGroup(start, torch.tensor(tables, device=self.device), self._padding_bias(context_lens)))
+            groups.append(DecodeGroup(start, torch.tensor(tables, device=self.device), self._padding_bias(context_lens, max_blocks * self.block_size)))
         meta = AttentionMetadata(self.kv_caches, torch.tensor(slots, device=self.device), chunks, groups)
         return input_ids, positions, meta, last_row
 
-    def _padding_bias(self, context_lens: list[int]) -> torch.Tensor | None:
-        """-inf over the gathered slots past each context; None when no slot is padding."""
-        width = -(-context_lens[0] // self.block_size) * self.block_size
+    def _padding_bias(self, context_lens: list[int], width: int) -> torch.Tensor | None:
+        """-inf over the width gathered slots past each context; None when no slot is padding."""
         if all(n == width for n in context_lens):
             return None
         padding = torch.arange(width)[None, :] >= torch.tensor(context_lens)[:, None]

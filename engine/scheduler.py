@@ -11,7 +11,7 @@ Plain Python, no torch.
 from collections import deque
 from dataclasses import dataclass, field
 
-from engine.block_manager import BlockManager
+from engine.block_manager import BlockManager, blocks_for
 from engine.errors import QueueFull
 from engine.sequence import Sequence, SequenceStatus
 
@@ -95,7 +95,7 @@ class Scheduler:
             cached = self.block_manager.find_cached_prefix(seq)
             num_computed = len(cached) * self.block_manager.block_size
             num_new = min(seq.num_tokens - num_computed, budget)
-            needed = -(-(num_computed + num_new) // self.block_manager.block_size) - len(cached)
+            needed = blocks_for(num_computed + num_new, self.block_manager.block_size) - len(cached)
             if not self.block_manager.can_allocate(needed, cached):
                 break
             self.waiting.popleft()

@@ -3,7 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.block_manager import BlockManager
+from engine.block_manager import BlockManager, blocks_for
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
 
@@ -18,7 +18,7 @@ def admit(bm: BlockManager, seq: Sequence) -> bool:
     """What the scheduler does for a waiting sequence: reuse the cached prefix, allocate the rest."""
     cached = bm.find_cached_prefix(seq)
     computed = len(cached) * BLOCK
-    needed = -(-seq.num_tokens // BLOCK) - len(cached)
+    needed = blocks_for(seq.num_tokens, BLOCK) - len(cached)
     if not bm.can_allocate(needed, cached):
         return False
     bm.take_cached_prefix(seq, cached)

@@ -100,14 +100,14 @@ async def chat_completions(request: Request) -> Response:
     ctx = RequestContext(service.new_request_id("chatcmpl"), "chat", req.model)
     await service.authorize(api_key(request), req.model, ctx)
     messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})} for m in req.messages]
-    prompt = await service.render_chat(messages)
+    prompt = await service.render_chat(ctx, messages)
     ctx.prompt_text = prompt
     top = (req.top_logprobs or 0) if req.logprobs else None
-    max_tokens = req.max_completion_tokens or req.max_tokens or service.max_model_len
+    max_tokens = req.max_completion_tokens or req.max_tokens or ctx.served.max_model_len
     jobs = [(0, prompt, sampling_params(req, max_tokens, top, i)) for i in range(req.n)]
     gen = Generation(service, ctx, jobs, "messages")
     await gen.start()
-    model, rid, text = service.model_name, ctx.request_id, service.token_text
+    model, rid, text = service.served_name(ctx.served), ctx.request_id, ctx.served.token_text
     return await respond(
         request, gen, req.stream, bool(req.stream_options and req.stream_options.include_usage),
         whole=lambda states: fmt.chat_completion(rid, model, states, text, top),
@@ -142,7 +142,7 @@ async def completions(request: Request) -> Response:
     jobs = [(p, prompt, sampling_params(req, max_tokens, top, j)) for p, prompt in enumerate(prompts) for j in range(req.n)]
     gen = Generation(service, ctx, jobs, "prompt")
     await gen.start()
-    model, rid, text = service.model_name, ctx.request_id, service.token_text
+    model, rid, text = service.served_name(ctx.served), ctx.request_id, ctx.served.token_text
     return await respond(
         request, gen, req.stream, bool(req.stream_options and req.stream_options.include_usage),
         whole=lambda states: fmt.completion(rid, model, states, text, top),
@@ -158,7 +158,7 @@ async def embeddings(request: Request) -> Response:
     await service.authorize(api_key(request), req.model, ctx)
     inputs = completion_prompts(req.input)
     try:
-        vectors, tokens = await service.embed(inputs)
+        vectors, tokens = await service.embed(ctx, inputs)
     finally:
         service.finish(ctx)
     ctx.prompt_tokens = tokens
@@ -171,7 +171,7 @@ async def embeddings(request: Request) -> Response:
         else:
             value = vector
         data.append(Embedding(index=i, embedding=value))
-    body = EmbeddingList(data=data, model=service.model_name, usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
+    body = EmbeddingList(data=data, model=service.served_name(ctx.served), usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
     return Response(body.model_dump_json(), media_type="application/json")
 
 
@@ -206,6 +206,7 @@ async def openapi(request: Request) -> Response:
 
 # -- errors, rendered in one place --------------------------------------------------------------
 async def on_api_error(request: Request, exc: APIError) -> Response:
+    request.app.state.service.window.count_error()
     return exc.to_response()
 
 
@@ -220,6 +221,7 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
     if isinstance(exc, EngineError):
         return from_engine_error(exc, request.app.state.service.config.retry_after_s).to_response()
     log.exception("unexpected error on %s %s", request.method, request.url.path)
+    request.app.state.service.window.count_error()
     return APIError(500, "internal error; the server log has the details").to_response()
 
 

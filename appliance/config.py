@@ -54,6 +54,10 @@ class Config:
     state_dir: Path = Path("/var/lib/appliance")
     cache_dir: Path | None = None  # downloads (the default model's wheel); default state_dir/cache
     control_socket: Path = Path("/run/appliance/control.sock")
+    control_group: str = "appliance"  # besides root and the service's user, who may use the control socket
+    swap_mode: str = "auto"  # hot swap: auto (overlap when both models fit in memory), overlap, sequential
+    swap_drain_timeout_s: float = 60.0  # in-flight requests on the old model get this long after a swap
+    hf_endpoint: str | None = None  # Hugging Face hub for `models pull` (default: huggingface.co or $HF_ENDPOINT)
     drain_timeout_s: float = 30.0
     max_request_body_bytes: int = 8 << 20
     log_prompts: bool = False
@@ -176,7 +180,9 @@ def _check(config: Config) -> None:
         port = getattr(config, name)
         if not 0 <= port <= 65535:
             raise ConfigError(f"{name} must be between 0 and 65535, got {port}")
-    for name in ("drain_timeout_s", "canary_interval_s", "canary_max_age_s", "canary_timeout_s", "engine_stall_timeout_s"):
+    if config.swap_mode not in ("auto", "overlap", "sequential"):
+        raise ConfigError(f"swap_mode must be auto, overlap or sequential, got {config.swap_mode!r}")
+    for name in ("drain_timeout_s", "swap_drain_timeout_s", "canary_interval_s", "canary_max_age_s", "canary_timeout_s", "engine_stall_timeout_s"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
     if config.max_request_body_bytes < 1024:

@@ -163,6 +163,7 @@ async def respond(request: Request, gen: Generation, stream: bool, include_usage
                 yield sse(usage_chunk(created, gen.states))
         except APIError as e:
             ctx.status = f"error {e.status}"
+            service.window.count_error()
             yield sse(e.body())
         except BaseException:
             ctx.status = "disconnected"

@@ -53,6 +53,7 @@ class KeyRecord:
         out = asdict(self)
         for name in ("created_at", "expires_at", "revoked_at", "last_used_at"):
             out[name] = iso(out[name])
+        out["status"] = self.status(utcnow())
         return out
 
     @classmethod

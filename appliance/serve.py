@@ -19,6 +19,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from appliance import sdnotify
+from appliance.control import ControlPlane, build_control_app
 from appliance.config import Config, ConfigError, load_config
 from appliance.requestlog import setup_logging
 
@@ -93,10 +94,11 @@ class _Server(uvicorn.Server):
         return contextlib.nullcontext()
 
 
-def _uvicorn(app: Starlette, host: str, port: int) -> _Server:
+def _uvicorn(app: Starlette, host: str | None = None, port: int | None = None, http=None) -> _Server:
+    options = {"http": http} if http is not None else {}
     return _Server(uvicorn.Config(
-        app, host=host, port=port, log_config=None, access_log=False, lifespan="off",
-        server_header=False, timeout_keep_alive=5, timeout_graceful_shutdown=5,
+        app, host=host or "127.0.0.1", port=port or 0, log_config=None, access_log=False, lifespan="off",
+        server_header=False, timeout_keep_alive=5, timeout_graceful_shutdown=5, **options,
     ))
 
 
@@ -108,16 +110,21 @@ class Appliance:
         from appliance.keys import KeyStore
         from appliance.metrics import metrics_routes
         from appliance.service import Service
+        from appliance.telemetry import Telemetry, TelemetryCollector
 
         self.config = config
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.keys = KeyStore(config.keys_db_path)
         self.service = Service(config, self.keys)
+        self.telemetry = Telemetry([config.state_dir])
+        self.service.metrics.registry.register(TelemetryCollector(self.telemetry))
+        self.control = build_control_plane(self.service, self.telemetry)
         self.public = _uvicorn(build_app(self.service), config.host, config.port)
         self.metrics_server = None
         if config.metrics_port:
             metrics_app = Starlette(routes=metrics_routes(self.service.metrics))
             self.metrics_server = _uvicorn(metrics_app, config.metrics_host, config.metrics_port)
+        self.control_server = self._control_server()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shutdown: asyncio.Event | None = None
         self.started = threading.Event()  # set once READY=1 would be sent (tests wait on it)
@@ -136,21 +143,37 @@ class Appliance:
         if self._loop is not None and self._shutdown is not None:
             self._loop.call_soon_threadsafe(self._shutdown.set)
 
+    def _control_server(self) -> _Server | None:
+        from appliance.peer import PeerCredentialsProtocol, bind_control_socket
+
+        try:
+            self._control_socket = bind_control_socket(self.config.control_socket, self.config.control_group)
+        except OSError as e:
+            # The API still serves; the operator loses the TUI and CLI until this is fixed.
+            log.error("no control socket at %s: %s", self.config.control_socket, e)
+            self._control_socket = None
+            return None
+        return _uvicorn(build_control_app(self.control), http=PeerCredentialsProtocol)
+
     async def run(self, install_signal_handlers: bool = True) -> int:
         self._loop = asyncio.get_running_loop()
         self._shutdown = asyncio.Event()
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._shutdown.set)
+        logging.getLogger().addHandler(self.control.logs)
         servers = [asyncio.ensure_future(self.public.serve())]
         if self.metrics_server is not None:
             servers.append(asyncio.ensure_future(self.metrics_server.serve()))
-        helpers: list[asyncio.Task] = []
+        if self.control_server is not None:
+            servers.append(asyncio.ensure_future(self.control_server.serve(sockets=[self._control_socket])))
+        self.telemetry.start()
+        helpers: list[asyncio.Task] = [asyncio.ensure_future(self.control.monitor.run())]
         code = 0
         try:
             await self._wait_listening(servers)
-            log.info("listening on http://%s:%s (metrics on %s:%s)", self.config.host, self.public_port,
-                     self.config.metrics_host, self.metrics_port)
+            log.info("listening on http://%s:%s (metrics on %s:%s, control socket %s)", self.config.host,
+                     self.public_port, self.config.metrics_host, self.metrics_port, self.config.control_socket)
             helpers.append(asyncio.ensure_future(self._watchdog_loop()))
             sdnotify.notify(f"STATUS=loading model {self.config.model}")
             if not await self._start_service():
@@ -168,18 +191,22 @@ class Appliance:
         finally:
             for task in helpers:
                 task.cancel()
-            for server in (self.public, self.metrics_server):
+            for server in (self.public, self.metrics_server, self.control_server):
                 if server is not None:
                     server.should_exit = True
             await asyncio.gather(*servers, return_exceptions=True)
             await self.service.stop()
+            await asyncio.to_thread(self.telemetry.stop)
             self.keys.close()
+            if self.control_server is not None:
+                self.config.control_socket.unlink(missing_ok=True)
+            logging.getLogger().removeHandler(self.control.logs)
             self.exit_code = code
             log.info("stopped (exit code %d)", code)
         return code
 
     async def _wait_listening(self, servers: list[asyncio.Future]) -> None:
-        waiting = [self.public] + ([self.metrics_server] if self.metrics_server else [])
+        waiting = [s for s in (self.public, self.metrics_server, self.control_server) if s is not None]
         while not all(s.started for s in waiting):
             done = [t for t in servers if t.done()]
             if done:
@@ -233,6 +260,24 @@ class Appliance:
             state = "serving" if ok else "not ready: " + "; ".join(body["reasons"])
             sdnotify.notify(f"STATUS={state}; running {stats.num_running}, waiting {stats.num_waiting}, "
                             f"KV {stats.kv_usage:.0%}")
+
+
+def build_control_plane(service, telemetry):
+    from appliance.audit import AuditLog
+    from appliance.events import EventHub
+    from appliance.health import load_report
+    from appliance.logbuffer import LogBuffer
+    from appliance.models import ModelStore
+    from appliance.monitor import HealthSummary, Monitor
+    from appliance.peer import AccessPolicy
+    from appliance.tasks import Tasks
+
+    config = service.config
+    hub = EventHub()
+    tasks = Tasks(hub)
+    monitor = Monitor(service, tasks, telemetry, HealthSummary(config.state_dir, load_report), hub)
+    return ControlPlane(service, ModelStore(config.models_dir, config.hf_endpoint), monitor, tasks, hub,
+                        AuditLog(config.state_dir / "audit.log"), LogBuffer(), AccessPolicy(config.control_group))
 
 
 def _bound_port(server: uvicorn.Server | None) -> int | None:

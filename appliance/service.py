@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from appliance.config import Config
 from appliance.errors import APIError, from_engine_error
 from appliance.metrics import Metrics
+from appliance.monitor import RequestWindow
 from appliance.requestlog import log_request
+from appliance.served_model import InFlight, ServedModel
 
 log = logging.getLogger("appliance.service")
 
@@ -23,7 +25,7 @@ FAULT_STALL_ENV = "APPLIANCE_FAULT_STALL_ENGINE"
 CANARY_PROMPT = "Hello"
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: contexts live in a WeakSet
 class RequestContext:
     """One API request (possibly several engine requests: n > 1, several prompts)."""
 
@@ -39,54 +41,88 @@ class RequestContext:
     queue_time_s: float | None = None
     ttft_s: float | None = None
     status: str = "ok"
+    served: ServedModel | None = None  # the model the request was admitted to
 
-
-class _InFlight:
-    __slots__ = ("task", "ended_by_drain")
-
-    def __init__(self, task: asyncio.Task | None):
-        self.task = task
-        self.ended_by_drain = False
 
 
 class Service:
     def __init__(self, config: Config, keystore=None):
         self.config = config
         self.keys = keystore
-        self.model_name = config.model_name
-        self.engine = None
-        self.async_engine = None
+        self.active: ServedModel | None = None
+        self.retiring: list[ServedModel] = []  # swapped out, finishing their requests
+        self.swap = None  # the hot swap in progress (appliance.hot_swap.Swap)
         self.metrics = Metrics(self._stats, lambda: self.model_name)
-        self.state = "starting"  # starting, loading, ready, failed, draining
+        self.window = RequestWindow()
+        self.state = "starting"  # starting, loading, ready, failed
         self.load_error: str | None = None
         self.draining = False
-        self.max_model_len: int | None = None
         self.created = int(time.time())
         self.last_canary_ok: float | None = None  # monotonic time of the last proof of generation
         self.last_canary_error: str | None = None
-        self._inflight: dict[str, _InFlight] = {}
         self._stall_task: asyncio.Task | None = None
-        self._token_text: dict[int, str] = {}
+
+    # -- the active model -----------------------------------------------------------------------
+    @property
+    def async_engine(self):
+        return self.active.async_engine if self.active is not None else None
+
+    @property
+    def engine(self):
+        return self.active.engine if self.active is not None else None
+
+    @property
+    def max_model_len(self) -> int | None:
+        return self.active.max_model_len if self.active is not None else None
+
+    @property
+    def model_name(self) -> str:
+        """The id clients send and responses carry."""
+        return self.served_name(self.active)
+
+    def served_name(self, served: ServedModel | None) -> str:
+        if self.config.served_model_name:
+            return self.config.served_model_name
+        return served.name if served is not None else self.config.model_name
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Load the model (off the loop), start the engine thread, pass a first canary."""
-        from engine import AsyncEngine, Engine
-
+        """Load the configured model (off the loop), start its engine thread, pass a first canary."""
         self.state = "loading"
+        name = self.config.model_path.name if self.config.model_is_path else self.config.model
+        aliases = {self.config.model, self.config.model_name}
+        swapped_in = self.remembered_model()
         try:
-            engine = Engine(self.config.engine.to_engine_config())
-            await asyncio.to_thread(lambda: engine.load_model(self._resolve_model_path()))  # may install
+            if swapped_in is not None:
+                name, aliases, path = swapped_in, set(), self.config.models_dir / swapped_in
+            else:
+                path = await asyncio.to_thread(self._resolve_model_path)  # may install the default model
+            self.active = await asyncio.to_thread(
+                ServedModel.load, name, path, self.config.engine.to_engine_config(), aliases)
         except Exception as e:
             self.state = "failed"
             self.load_error = f"{type(e).__name__}: {e}"
             raise
-        self.engine = engine
-        self.max_model_len = engine.max_model_len
-        self.async_engine = AsyncEngine(engine)
-        self.async_engine.start()
         self.state = "ready"
         await self.run_canary()
+
+    @property
+    def _loaded_model_file(self):
+        return self.config.state_dir / "loaded-model"
+
+    def remember_loaded(self, name: str) -> None:
+        """A hot-swapped model stays loaded across restarts (until the next swap)."""
+        self._loaded_model_file.write_text(name + "\n")
+
+    def remembered_model(self) -> str | None:
+        try:
+            name = self._loaded_model_file.read_text().strip()
+        except OSError:
+            return None
+        if name and (self.config.models_dir / name / "manifest.json").exists():
+            return name
+        log.warning("the last hot-swapped model %r is no longer in the store; loading %s", name, self.config.model)
+        return None
 
     def _resolve_model_path(self):
         path = self.config.model_path
@@ -99,8 +135,9 @@ class Service:
         return path
 
     async def stop(self) -> None:
-        if self.async_engine is not None:
-            await asyncio.to_thread(self.async_engine.shutdown)
+        for served in [self.active, *self.retiring]:
+            if served is not None:
+                await asyncio.to_thread(served.async_engine.shutdown)
 
     async def drain(self) -> int:
         """Refuse new work, let in-flight requests finish within drain_timeout_s, end the rest.
@@ -108,18 +145,10 @@ class Service:
         Returns how many requests had to be ended early.
         """
         self.draining = True
-        deadline = time.monotonic() + self.config.drain_timeout_s
-        while self._inflight and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        leftovers = list(self._inflight.values())
-        for handle in leftovers:
-            handle.ended_by_drain = True
-            if handle.task is not None:
-                handle.task.cancel()
-        unwind = time.monotonic() + 5.0
-        while self._inflight and time.monotonic() < unwind:
-            await asyncio.sleep(0.02)
-        return len(leftovers)
+        models = [m for m in (self.active, *self.retiring) if m is not None]
+        return sum(await asyncio.gather(*(
+            drain_requests(m, self.config.drain_timeout_s, "the service is shutting down and the drain timeout "
+                                                           "ended this request") for m in models)))
 
     # -- health ---------------------------------------------------------------------------------
     def engine_progressing(self) -> bool:
@@ -161,12 +190,12 @@ class Service:
         body = {"status": "ready" if not reasons else "not ready", "model": self.model_name, "reasons": reasons}
         return not reasons, body
 
-    async def run_canary(self) -> bool:
-        """A 1-token greedy generation; its result drives /ready."""
+    async def canary(self, served: ServedModel) -> str | None:
+        """A 1-token greedy generation on `served`: None when it worked, else why not."""
         from engine import SamplingParams
 
         async def once():
-            async for out in self.async_engine.generate(
+            async for out in served.async_engine.generate(
                 CANARY_PROMPT, SamplingParams(max_tokens=1, temperature=0.0), request_id=f"canary-{uuid.uuid4().hex[:8]}"
             ):
                 if out.finished and out.finish_reason == "abort":
@@ -175,8 +204,15 @@ class Service:
         try:
             await asyncio.wait_for(once(), self.config.canary_timeout_s)
         except Exception as e:
-            self.last_canary_error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            log.warning("canary failed: %s", self.last_canary_error)
+            return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        return None
+
+    async def run_canary(self) -> bool:
+        """The canary on the active model; its result drives /ready."""
+        error = await self.canary(self.active)
+        if error is not None:
+            self.last_canary_error = error
+            log.warning("canary failed: %s", error)
             return False
         self.last_canary_ok = time.monotonic()
         self.last_canary_error = None
@@ -190,7 +226,7 @@ class Service:
             if self.async_engine is None or self.draining or self._stall_task is not None:
                 continue
             stats = self.async_engine.stats()
-            idle = not self._inflight and stats.num_running == 0 and stats.num_waiting == 0
+            idle = not self.active.inflight and stats.num_running == 0 and stats.num_waiting == 0
             due = self.last_canary_ok is None or time.monotonic() - self.last_canary_ok >= self.config.canary_interval_s
             if (idle and due) or self.last_canary_error is not None:
                 await self.run_canary()
@@ -217,9 +253,27 @@ class Service:
         if self.draining:
             raise APIError(503, "the service is draining for shutdown; retry on another replica or later",
                            code="draining", retry_after_s=retry)
-        if self.state != "ready":
+        if self.state != "ready" or self.active is None:
             message = f"no model is loaded ({self.state}); retry later"
             raise APIError(503, message, code="no_model_loaded", retry_after_s=retry)
+
+    async def admit(self, model: str | None) -> ServedModel:
+        """The model that serves a request naming `model`; waits while a hot swap must finish first.
+
+        A request for the incoming model, or any request while a swap that cannot overlap has
+        taken the old model down, queues until the swap ends instead of failing.
+        """
+        while True:
+            swap = self.swap
+            if swap is None or not swap.holds(model, self):
+                break
+            await swap.finished.wait()
+        self.check_accepting()
+        active = self.active
+        if model is not None and model not in active.aliases and model != self.config.served_model_name:
+            raise APIError(404, f"the model {model!r} does not exist; this server serves {self.model_name!r}",
+                           param="model", code="model_not_found")
+        return active
 
     async def authorize(self, api_key: str | None, model: str | None, ctx: RequestContext | None = None):
         """Key check (401/403), model check (404/403), limits (429). Returns the key record."""
@@ -233,22 +287,23 @@ class Service:
         except AuthError as e:
             raise APIError(e.status, e.message, code="invalid_api_key" if e.status == 401 else "key_not_active") from None
         if model is not None:
-            if model != self.model_name and model != self.config.model:
-                raise APIError(404, f"the model {model!r} does not exist; this server serves {self.model_name!r}",
-                               param="model", code="model_not_found")
+            served = await self.admit(model)
             try:
-                await asyncio.to_thread(self.keys.check_request, record, self.model_name)
+                await asyncio.to_thread(self.keys.check_request, record, self.served_name(served))
             except AuthError as e:
                 raise APIError(e.status, e.message, param="model", code="model_not_allowed") from None
             except RateLimited as e:
                 raise APIError(429, e.message, code="rate_limit_exceeded", retry_after_s=e.retry_after_s) from None
+            if ctx is not None:
+                ctx.served = served
+                served.admitted.add(ctx)
         if ctx is not None:
             ctx.key_id = record.id
         return record
 
     # -- generation -----------------------------------------------------------------------------
-    async def render_chat(self, messages: list[dict]) -> str:
-        tokenizer = self.engine.tokenizer
+    async def render_chat(self, ctx: RequestContext, messages: list[dict]) -> str:
+        tokenizer = ctx.served.engine.tokenizer
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise APIError(400, "this model has no chat template; use /v1/completions", param="messages")
 
@@ -262,20 +317,24 @@ class Service:
 
     async def generate(self, prompt, params, request_id: str, ctx: RequestContext,
                        prompt_param: str = "prompt") -> AsyncIterator:
-        """Stream one engine request's outputs; errors come out as APIError.
+        """Stream one engine request's outputs on the request's model; errors come out as APIError.
 
-        Ends with a 503 APIError when the drain timeout cut the request short.
+        Ends with a 503 APIError when a drain (shutdown, or a hot swap's) cut the request short.
         """
+        served = ctx.served
         self.check_accepting()
-        handle = _InFlight(asyncio.current_task())
-        self._inflight[request_id] = handle
+        if served.retired:
+            raise APIError(503, f"the model {served.name} was swapped out before this request started; retry",
+                           code="model_swapped", retry_after_s=1)
+        handle = InFlight(asyncio.current_task())
+        served.inflight[request_id] = handle
         start = time.monotonic()
         last = None
         gaps: list[float] = []
         ttft = queue = None
         finish = None
         try:
-            async for out in self.async_engine.generate(prompt, params, request_id=request_id):
+            async for out in served.async_engine.generate(prompt, params, request_id=request_id):
                 now = time.monotonic()
                 if last is None:
                     ttft = now - start
@@ -298,8 +357,7 @@ class Service:
             if task is not None and hasattr(task, "uncancel"):
                 task.uncancel()
             finish = "abort"
-            raise APIError(503, "the service is shutting down and the drain timeout ended this request",
-                           code="draining", retry_after_s=self.config.retry_after_s) from None
+            raise APIError(503, handle.drain_reason, code="draining", retry_after_s=self.config.retry_after_s) from None
         except APIError:
             raise
         except Exception as e:
@@ -309,14 +367,17 @@ class Service:
                 raise from_engine_error(e, self.config.retry_after_s, prompt_param) from None
             raise
         finally:
-            self._inflight.pop(request_id, None)
+            served.inflight.pop(request_id, None)
             if last is not None:
-                self.metrics.observe_request(self.model_name, finish or "abort", queue, ttft, time.monotonic() - start, gaps)
+                elapsed = time.monotonic() - start
+                self.metrics.observe_request(self.served_name(served), finish or "abort", queue, ttft, elapsed, gaps)
+                self.window.observe(ttft, gaps)
                 if ctx.ttft_s is None:
                     ctx.ttft_s, ctx.queue_time_s = ttft, queue
 
     def finish(self, ctx: RequestContext) -> None:
         """Account one API request: key usage (memory), per-key metrics, the request log line."""
+        self.window.count_request()
         if ctx.key_id is not None:
             if self.keys is not None:
                 self.keys.record_usage(ctx.key_id, ctx.prompt_tokens, ctx.completion_tokens)
@@ -328,13 +389,9 @@ class Service:
             finish_reason=ctx.finish_reason, prompt=ctx.prompt_text if self.config.log_prompts else None,
         )
 
-    async def embed(self, inputs: list) -> tuple[list[list[float]], int]:
+    async def embed(self, ctx: RequestContext, inputs: list) -> tuple[list[list[float]], int]:
         """Mean-pooled embeddings of strings or token-id lists; returns (vectors, prompt tokens)."""
-        from engine import Engine
-
-        if not hasattr(Engine, "embed"):
-            raise APIError(400, "this engine cannot compute embeddings", param="model", code="embeddings_unsupported")
-        limit = self.max_model_len
+        limit = ctx.served.max_model_len
 
         def run(engine):
             batch = [engine.tokenizer.encode(x, add_special_tokens=False) if isinstance(x, str) else list(x) for x in inputs]
@@ -350,7 +407,7 @@ class Service:
             return engine.embed(batch), sum(len(ids) for ids in batch)
 
         try:
-            return await self.async_engine.call(run)
+            return await ctx.served.async_engine.call(run)
         except (APIError, asyncio.CancelledError):
             raise
         except Exception as e:
@@ -361,16 +418,28 @@ class Service:
             raise APIError(400, f"this model cannot compute embeddings: {type(e).__name__}: {e}",
                            param="model", code="embeddings_unsupported") from None
 
-    def token_text(self, token_id: int) -> str:
-        text = self._token_text.get(token_id)
-        if text is None:
-            text = self.engine.tokenizer.decode([token_id]) if self.engine.tokenizer else str(token_id)
-            if len(self._token_text) < 100_000:
-                self._token_text[token_id] = text
-        return text
-
     def new_request_id(self, prefix: str) -> str:
         return f"{prefix}-{uuid.uuid4().hex}"
 
     def _stats(self):
         return self.async_engine.stats() if self.async_engine is not None else None
+
+
+async def drain_requests(served: ServedModel, timeout_s: float, reason: str, admitted: bool = False) -> int:
+    """Let a model's in-flight requests finish within timeout_s, then end the rest with `reason`.
+
+    With `admitted`, also wait for requests admitted to the model that have not reached the engine
+    yet (a hot swap; at shutdown those are refused anyway). Returns how many were ended early.
+    """
+    deadline = time.monotonic() + timeout_s
+    while (served.busy if admitted else served.inflight) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    leftovers = list(served.inflight.values())
+    for handle in leftovers:
+        handle.ended_by_drain, handle.drain_reason = True, reason
+        if handle.task is not None:
+            handle.task.cancel()
+    unwind = time.monotonic() + 5.0
+    while served.inflight and time.monotonic() < unwind:
+        await asyncio.sleep(0.02)
+    return len(leftovers)

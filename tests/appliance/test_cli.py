@@ -136,7 +136,7 @@ def test_config_file_sets_the_state_dir(tmp_path):
     state = tmp_path / "from-config"
     config = tmp_path / "config.toml"
     config.write_text(f'state_dir = "{state}"\n')
-    result = appliance("keys", "create", "a", "--config", str(config), "--json")
+    result = appliance("keys", "create", "a", "--config", str(config), "--offline", "--json")
     assert result.returncode == 0, result.stderr
     assert (state / "keys.db").exists()
     bad = tmp_path / "bad.toml"
@@ -175,10 +175,10 @@ def test_no_subcommand_shows_help_and_exits_2():
     assert result.returncode == 2 and "create" in result.stderr and "revoke" in result.stderr
 
 
-def test_dev_flag_uses_the_state_dir_of_serve_dev(tmp_path):
+def test_dev_flag_offline_uses_the_state_dir_of_serve_dev(tmp_path):
     env_home = tmp_path / "home"
     result = subprocess.run(
-        [sys.executable, "-m", "appliance.cli", "keys", "create", "dev-key", "--dev", "--json"],
+        [sys.executable, "-m", "appliance.cli", "keys", "create", "dev-key", "--dev", "--offline", "--json"],
         capture_output=True, text=True, cwd=REPO, timeout=60,
         env={**os.environ, "PYTHONPATH": str(REPO), "HOME": str(env_home)},
     )

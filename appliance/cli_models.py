@@ -1,0 +1,222 @@
+"""`appliance status` and `appliance models ...`, through the control socket.
+
+Long operations (pull, import, load) start a task in the service; the command follows it and
+prints its progress until it ends (Ctrl-C stops following, not the task).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from appliance.cli import CliError, control_options, format_table, load_settings, open_client, print_json, show_help, store_options
+
+
+def call(args, method: str, *params, **fields):
+    from appliance.control_client import ControlError
+
+    with open_client(args) as client:
+        try:
+            return getattr(client, method)(*params, **fields)
+        except ControlError as e:
+            raise CliError(e.message, 2 if e.status == 400 else 1) from None
+
+
+# -- status --------------------------------------------------------------------------------------
+
+
+def add_status_command(commands) -> None:
+    status = commands.add_parser("status", parents=[control_options()], help="the service at a glance: model, "
+                                 "queue, KV cache, latency, GPUs, host, health")
+    status.set_defaults(handler=show_status)
+
+
+def show_status(args) -> int:
+    snapshot = call(args, "status")
+    if args.json:
+        print_json(snapshot)
+    else:
+        print(format_status(snapshot))
+    return 0 if snapshot["service"]["ready"] else 1
+
+
+def format_status(s: dict) -> str:
+    service, engine, host = s["service"], s["engine"], s.get("host") or {}
+    ready = "ready" if service["ready"] else "NOT READY: " + "; ".join(service["ready_reasons"])
+    lines = [
+        f"service   {service['state']}, {ready}; up {duration(service['uptime_s'])}",
+        f"model     {service['model']} ({service['loaded_model'] or 'none loaded'})",
+        f"queue     {engine['running']} running, {engine['waiting']} waiting; {engine['requests_per_s']:.2f} req/s, "
+        f"{engine['errors']} errors, {engine['preemptions']} preemptions",
+        f"kv cache  {engine['kv_usage']:.0%} ({engine['kv_blocks_used']}/{engine['kv_blocks_total']} blocks), "
+        f"prefix hits {percent(engine['prefix_cache_hit_rate'])}",
+        f"tokens/s  {engine['prompt_tokens_per_s']:.1f} in, {engine['generation_tokens_per_s']:.1f} out",
+        f"latency   TTFT p50 {ms(engine['ttft_s']['p50'])} p99 {ms(engine['ttft_s']['p99'])}; "
+        f"ITL p50 {ms(engine['itl_s']['p50'])} p99 {ms(engine['itl_s']['p99'])}",
+    ]
+    if service.get("task"):
+        task = service["task"]
+        lines.append(f"task      {task['kind']} {task['target']}: {task['message'] or task['stage']}")
+    if not s["gpus"]:
+        lines.append(f"gpu       {s['gpu_status']}")
+    for gpu in s["gpus"]:
+        lines.append(f"gpu {gpu['index']}     {gpu['name']}: {percent(gpu['utilization_pct'], 100)} busy, "
+                     f"{gib(gpu['memory_used_bytes'])}/{gib(gpu['memory_total_bytes'])} GiB, "
+                     f"{gpu['temperature_c']} °C, {gpu['power_w']} W"
+                     + (f", throttled: {', '.join(gpu['throttle_reasons'])}" if gpu.get("throttle_reasons") else ""))
+    if host:
+        lines.append(f"host      cpu {percent(host.get('cpu_pct'), 100)}, memory {gib(host['memory_used_bytes'])}/"
+                     f"{gib(host['memory_total_bytes'])} GiB")
+    health = s.get("health") or {}
+    if health.get("checked_at"):
+        verdict = "ok" if health["ok"] else "PROBLEMS"
+        lines.append(f"health    {verdict} (checked {health['checked_at']})")
+        lines.extend(f"          {p}" for p in health["problems"])
+    return "\n".join(lines)
+
+
+def duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def percent(value, scale: float = 1.0) -> str:
+    return "-" if value is None else f"{value / scale:.0%}"
+
+
+def ms(value) -> str:
+    return "-" if value is None else f"{value * 1000:.0f} ms"
+
+
+def gib(value) -> str:
+    return "-" if value is None else f"{value / 2**30:.1f}"
+
+
+# -- models --------------------------------------------------------------------------------------
+
+
+def add_models_commands(commands) -> None:
+    models = commands.add_parser("models", help="list, pull, import, delete and load (hot swap) models")
+    models.set_defaults(handler=lambda args: show_help(models))
+    sub = models.add_subparsers(title="model commands", metavar="COMMAND")
+    common = control_options()
+
+    sub.add_parser("list", parents=[common], help="the models in the store").set_defaults(handler=models_list)
+
+    pull = sub.add_parser("pull", parents=[common], help="download a model from the Hugging Face hub at a pinned commit")
+    pull.add_argument("repo", help="repository id, e.g. HuggingFaceTB/SmolLM2-360M-Instruct")
+    pull.add_argument("--revision", default="main", help="branch, tag or commit (recorded as the commit; default main)")
+    pull.add_argument("--name", help="name in the store (default: from the repository)")
+    pull.set_defaults(handler=models_pull)
+
+    imp = sub.add_parser("import", parents=[common], help="copy a local model folder or convert a .gguf file into the store")
+    imp.add_argument("path", type=Path, help="a Hugging Face model folder or a .gguf file (readable by the service)")
+    imp.add_argument("--name", help="name in the store (default: from the path)")
+    imp.set_defaults(handler=models_import)
+
+    delete = sub.add_parser("delete", parents=[common], help="delete a model from the store (not the loaded one)")
+    delete.add_argument("name")
+    delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    delete.set_defaults(handler=models_delete)
+
+    load = sub.add_parser("load", parents=[common], help="serve another model (hot swap: requests keep flowing)")
+    load.add_argument("name")
+    load.add_argument("--no-wait", action="store_true", help="start the swap and return")
+    load.set_defaults(handler=models_load)
+
+    install = sub.add_parser("install-default", parents=[store_options()],
+                             help="install the embedded default model (SmolLM2-135M) without the service")
+    install.set_defaults(handler=models_install_default)
+
+
+def models_list(args) -> int:
+    answer = call(args, "models")
+    if args.json:
+        print_json(answer)
+        return 0
+    if not answer["models"]:
+        print("No models in the store. Add one: appliance models pull REPO or appliance models import PATH")
+        return 0
+    rows = [[m["name"], "*" if m["loaded"] else "", gib(m["size_bytes"]) + " GiB", m["architecture"] or "-",
+             m["dtype"] or "-", m["source"], (m["revision"] or "-")[:12]] for m in answer["models"]]
+    print(format_table(["NAME", "LOADED", "SIZE", "ARCHITECTURE", "DTYPE", "SOURCE", "REVISION"], rows))
+    return 0
+
+
+def models_pull(args) -> int:
+    return follow(args, call(args, "pull_model", args.repo, args.revision, args.name))
+
+
+def models_import(args) -> int:
+    return follow(args, call(args, "import_model", str(args.path.resolve()), args.name))
+
+
+def models_load(args) -> int:
+    task = call(args, "load_model", args.name)
+    if not args.no_wait:
+        return follow(args, task)
+    print_json(task) if args.json else print(f"started {task['id']}: follow it with appliance status")
+    return 0
+
+
+def models_delete(args) -> int:
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CliError(f"deleting {args.name} needs confirmation: add --yes", 2)
+        if input(f"Delete the model {args.name} and its files? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("Not deleted.")
+            return 1
+    answer = call(args, "delete_model", args.name)
+    if args.json:
+        print_json(answer)
+    else:
+        print(f"Deleted {answer['deleted']}.")
+    return 0
+
+
+def follow(args, task: dict) -> int:
+    """Print a task's progress until it ends; exit 0 when it is done, 1 when it failed."""
+    shown = None
+    while True:
+        line = progress_line(task)
+        if line != shown and not args.json:
+            print(line, file=sys.stderr, flush=True)
+            shown = line
+        if task["state"] != "running":
+            break
+        time.sleep(0.5)
+        task = call(args, "task", task["id"])
+    if args.json:
+        print_json(task)
+    elif task["state"] == "done":
+        print(f"{task['kind']} {task['target']}: done")
+    else:
+        print(f"{task['kind']} {task['target']} failed: {task['error']}", file=sys.stderr)
+    return 0 if task["state"] == "done" else 1
+
+
+def progress_line(task: dict) -> str:
+    fraction = f"{task['fraction']:.0%} " if task.get("fraction") is not None else ""
+    sizes = ""
+    if task.get("bytes_total"):
+        sizes = f" ({gib(task.get('bytes_done') or 0)}/{gib(task['bytes_total'])} GiB)"
+    return f"[{task['stage']}] {fraction}{task['message']}{sizes}"
+
+
+def models_install_default(args) -> int:
+    from appliance.default_model import MODEL_NAME, DefaultModelError, install_default_model
+
+    settings = load_settings(args)
+    try:
+        path = install_default_model(settings.models_dir, settings.downloads_dir)
+    except DefaultModelError as e:
+        raise CliError(str(e)) from None
+    except PermissionError as e:
+        raise CliError(f"cannot write {e.filename}: permission denied; use --state-dir DIR or sudo") from None
+    if args.json:
+        print_json({"name": MODEL_NAME, "path": str(path)})
+    else:
+        print(f"Default model {MODEL_NAME} is installed at {path}")
+    return 0

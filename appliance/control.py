@@ -1,0 +1,351 @@
+"""The control listener: JSON over HTTP on a Unix socket, for the CLI and the TUI.
+
+Every request's peer (SO_PEERCRED, see appliance.peer) is checked before routing; every change is
+written to the audit log with the peer's uid and user name. Handlers are thin: parse, call the
+key store / model store / hot swap, answer. Errors are APIError, rendered as {"error": {...}}.
+"""
+
+import asyncio
+import json
+from datetime import datetime
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from appliance.audit import AuditLog
+from appliance.errors import APIError
+from appliance.events import EventHub
+from appliance.health import load_report
+from appliance.hot_swap import SwapError, hot_swap
+from appliance.logbuffer import LogBuffer
+from appliance.monitor import Monitor
+from appliance.peer import AccessPolicy, Peer
+from appliance.service import Service
+from appliance.tasks import Tasks
+
+KEY_FIELDS = ("name", "rpm_limit", "tpm_limit", "budget_tokens", "budget_period", "expires_at", "allowed_models")
+
+
+class ControlPlane:
+    """What the control routes act on; one per serve process."""
+
+    def __init__(self, service: Service, models, monitor: Monitor, tasks: Tasks, hub: EventHub,
+                 audit: AuditLog, logs: LogBuffer, policy: AccessPolicy):
+        self.service, self.models, self.monitor, self.tasks = service, models, monitor, tasks
+        self.hub, self.audit, self.logs, self.policy = hub, audit, logs, policy
+
+    def record(self, request: Request, action: str, target: str | None, details: dict | None = None) -> None:
+        self.audit.record(peer(request), action, target, details)
+
+
+def peer(request: Request) -> Peer | None:
+    return request.scope.get("state", {}).get("peer")
+
+
+def plane(request: Request) -> ControlPlane:
+    return request.app.state.plane
+
+
+async def body(request: Request) -> dict:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError as e:
+        raise APIError(400, f"the request body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    return data
+
+
+def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise APIError(400, f"{name} must be an integer, got {text!r}", param=name) from None
+    if not low <= value <= high:
+        raise APIError(400, f"{name} must be between {low} and {high}, got {value}", param=name)
+    return value
+
+
+# -- status and events ---------------------------------------------------------------------------
+async def status(request: Request) -> Response:
+    monitor = plane(request).monitor
+    return JSONResponse(monitor.latest or monitor.tick())
+
+
+async def history(request: Request) -> Response:
+    seconds = int_param(request, "seconds", 900, 1, 24 * 3600)
+    return JSONResponse({"snapshots": plane(request).monitor.snapshots(seconds)})
+
+
+async def events(request: Request) -> Response:
+    control = plane(request)
+
+    async def stream():
+        first = control.monitor.latest or control.monitor.tick()
+        yield f"event: snapshot\ndata: {json.dumps(first)}\n\n"
+        async for event, data in control.hub.subscribe():
+            yield f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+# -- keys ----------------------------------------------------------------------------------------
+def key_fields(data: dict, creating: bool) -> dict:
+    unknown = set(data) - set(KEY_FIELDS)
+    if unknown:
+        raise APIError(400, f"unknown field(s) {', '.join(sorted(unknown))}; expected {', '.join(KEY_FIELDS)}")
+    fields = dict(data)
+    if "expires_at" in fields and fields["expires_at"] is not None:
+        try:
+            fields["expires_at"] = datetime.fromisoformat(str(fields["expires_at"]).replace("Z", "+00:00"))
+        except ValueError:
+            raise APIError(400, f"expires_at must be an ISO-8601 time, got {data['expires_at']!r}",
+                           param="expires_at") from None
+    if creating and "name" not in fields:
+        raise APIError(400, "name is required: who or what the key is for", param="name")
+    return fields
+
+
+async def key_store_call(fn, *args, **kwargs):
+    from appliance.key_records import KeyNotFound
+
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except KeyNotFound as e:
+        raise APIError(404, f"{e}; list keys with `appliance keys list`") from None
+    except ValueError as e:
+        raise APIError(400, str(e)) from None
+
+
+def key_dict(record, usage_today=None) -> dict:
+    out = record.to_dict()
+    if usage_today is not None:
+        out["usage_today"] = usage_today
+    return out
+
+
+async def list_keys(request: Request) -> Response:
+    keys = plane(request).service.keys
+
+    def read():
+        rows = []
+        for record in keys.list():
+            days = keys.usage(record.id, days=1)
+            today = days[-1].to_dict() if days else {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+            rows.append(key_dict(record, {k: today[k] for k in ("requests", "prompt_tokens", "completion_tokens")}))
+        return rows
+
+    return JSONResponse({"keys": await key_store_call(read)})
+
+
+async def create_key(request: Request) -> Response:
+    control = plane(request)
+    fields = key_fields(await body(request), creating=True)
+    name = fields.pop("name")
+    record, api_key = await key_store_call(control.service.keys.create, name, **fields)
+    control.record(request, "key.create", record.id, {"name": record.name})
+    return JSONResponse({"key": key_dict(record), "api_key": api_key}, status_code=201)
+
+
+async def update_key(request: Request) -> Response:
+    control = plane(request)
+    key_id = request.path_params["key_id"]
+    fields = key_fields(await body(request), creating=False)
+    if not fields:
+        raise APIError(400, f"nothing to change: give at least one of {', '.join(KEY_FIELDS)}")
+    record = await key_store_call(control.service.keys.update, key_id, **fields)
+    control.record(request, "key.update", key_id, {k: str(v) if isinstance(v, datetime) else v for k, v in fields.items()})
+    return JSONResponse(key_dict(record))
+
+
+async def revoke_key(request: Request) -> Response:
+    control = plane(request)
+    key_id = request.path_params["key_id"]
+    record = await key_store_call(control.service.keys.revoke, key_id)
+    control.record(request, "key.revoke", key_id, {"name": record.name})
+    return JSONResponse(key_dict(record))
+
+
+async def key_usage(request: Request) -> Response:
+    keys = plane(request).service.keys
+    key_id = request.path_params["key_id"]
+    days = int_param(request, "days", 30, 1, 3660)
+    if await key_store_call(keys.get, key_id) is None:
+        raise APIError(404, f"no key with id {key_id!r}; list keys with `appliance keys list`")
+    usage = await key_store_call(keys.usage, key_id, days)
+    return JSONResponse({"key_id": key_id, "days": [d.to_dict() for d in usage]})
+
+
+# -- models --------------------------------------------------------------------------------------
+async def store_call(fn, *args, **kwargs):
+    from appliance.models import ModelStoreError
+
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except ModelStoreError as e:
+        raise APIError(e.status, e.message) from None
+
+
+def loaded_names(service: Service) -> set[str]:
+    return {m.name for m in (service.active, *service.retiring) if m is not None}
+
+
+async def list_models(request: Request) -> Response:
+    control = plane(request)
+    loaded = loaded_names(control.service)
+    infos = await store_call(control.models.list)
+    models = [{**info.to_dict(), "loaded": info.name in loaded} for info in infos]
+    task = control.tasks.running()
+    active = control.service.active
+    return JSONResponse({"models": models, "loaded": active.name if active else None,
+                         "task": task.to_dict() if task else None})
+
+
+def start_task(request: Request, kind: str, target: str, work) -> Response:
+    control = plane(request)
+    running = control.tasks.running()
+    if running is not None:
+        raise APIError(409, f"{running.kind} of {running.target} is still running ({running.id}); "
+                            "wait for it to finish")
+    who = peer(request)
+    task = control.tasks.start(kind, target, who.user if who else None, work)
+    return JSONResponse(task.to_dict(), status_code=202)
+
+
+async def pull_model(request: Request) -> Response:
+    control = plane(request)
+    data = await body(request)
+    repo = data.get("repo")
+    if not isinstance(repo, str) or "/" not in repo:
+        raise APIError(400, "repo must be a Hugging Face repository id such as HuggingFaceTB/SmolLM2-135M-Instruct",
+                       param="repo")
+    revision = data.get("revision") or "main"
+    control.record(request, "model.pull", repo, {"revision": revision, "name": data.get("name")})
+
+    async def work(progress):
+        info = await store_call(control.models.pull, repo, revision, data.get("name"), progress)
+        return info.to_dict()
+
+    return start_task(request, "pull", f"{repo}@{revision}", work)
+
+
+async def import_model(request: Request) -> Response:
+    control = plane(request)
+    data = await body(request)
+    path = data.get("path")
+    if not isinstance(path, str) or not path:
+        raise APIError(400, "path must name a model folder or a .gguf file on the server", param="path")
+    control.record(request, "model.import", path, {"name": data.get("name")})
+
+    async def work(progress):
+        info = await store_call(control.models.import_path, Path(path), data.get("name"), progress)
+        return info.to_dict()
+
+    return start_task(request, "import", path, work)
+
+
+async def delete_model(request: Request) -> Response:
+    control = plane(request)
+    name = request.path_params["name"]
+    await store_call(control.models.delete, name, loaded_names(control.service))
+    control.record(request, "model.delete", name)
+    return JSONResponse({"deleted": name})
+
+
+async def load_model(request: Request) -> Response:
+    control = plane(request)
+    name = request.path_params["name"]
+    info = await store_call(control.models.get, name)
+    control.record(request, "model.load", name)
+
+    async def work(progress):
+        try:
+            result = await hot_swap(control.service, name, info.path, progress)
+        except SwapError as e:
+            raise RuntimeError(e.message) from None
+        control.service.remember_loaded(name)
+        return result
+
+    return start_task(request, "load", name, work)
+
+
+async def get_task(request: Request) -> Response:
+    task = plane(request).tasks.get(request.path_params["task_id"])
+    if task is None:
+        raise APIError(404, f"no task {request.path_params['task_id']!r} (finished tasks are kept for a while only)")
+    return JSONResponse(task.to_dict())
+
+
+# -- health, logs, audit -------------------------------------------------------------------------
+async def health(request: Request) -> Response:
+    service = plane(request).service
+    ready, body_ = service.readiness()
+    report = await asyncio.to_thread(load_report, service.config.state_dir)
+    return JSONResponse({"report": report, "ready": ready, "ready_reasons": body_["reasons"]})
+
+
+async def logs(request: Request) -> Response:
+    after = int_param(request, "after", 0, 0, 2**62)
+    limit = int_param(request, "limit", 200, 1, 2000)
+    return JSONResponse(plane(request).logs.since(after, limit))
+
+
+async def audit(request: Request) -> Response:
+    limit = int_param(request, "limit", 100, 1, 10_000)
+    return JSONResponse({"entries": await asyncio.to_thread(plane(request).audit.recent, limit)})
+
+
+# -- the app -------------------------------------------------------------------------------------
+class PeerCheck:
+    """Refuse any request whose peer the access policy does not admit (even if the socket mode allows it)."""
+
+    def __init__(self, app, policy: AccessPolicy):
+        self.app = app
+        self.policy = policy
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            refusal = self.policy.refusal(scope.get("state", {}).get("peer"))
+            if refusal is not None:
+                await APIError(403, refusal).to_response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def on_api_error(request: Request, exc: APIError) -> Response:
+    return exc.to_response()
+
+
+def build_control_app(control: ControlPlane) -> Starlette:
+    routes = [
+        Route("/v1/status", status),
+        Route("/v1/history", history),
+        Route("/v1/events", events),
+        Route("/v1/keys", list_keys),
+        Route("/v1/keys", create_key, methods=["POST"]),
+        Route("/v1/keys/{key_id}", update_key, methods=["PATCH"]),
+        Route("/v1/keys/{key_id}/revoke", revoke_key, methods=["POST"]),
+        Route("/v1/keys/{key_id}/usage", key_usage),
+        Route("/v1/models", list_models),
+        Route("/v1/models/pull", pull_model, methods=["POST"]),
+        Route("/v1/models/import", import_model, methods=["POST"]),
+        Route("/v1/models/{name}", delete_model, methods=["DELETE"]),
+        Route("/v1/models/{name}/load", load_model, methods=["POST"]),
+        Route("/v1/tasks/{task_id}", get_task),
+        Route("/v1/health", health),
+        Route("/v1/logs", logs),
+        Route("/v1/audit", audit),
+    ]
+    app = Starlette(routes=routes, exception_handlers={APIError: on_api_error})
+    app.state.plane = control
+    app.add_middleware(PeerCheck, policy=control.policy)
+    return app

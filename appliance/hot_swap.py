@@ -1,0 +1,153 @@
+"""Hot swap: replace the served model while requests keep flowing.
+
+Where both models fit in memory the new one loads while the old one serves; at the switch new
+requests go to the new model and the old one finishes its in-flight requests (bounded by a
+timeout) before it is stopped. Where they do not fit, new requests queue while the old model
+drains, unloads and the new one loads. A load that fails leaves the old model serving (reloading
+it in the sequential case) and the task reports why.
+"""
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+
+from appliance.served_model import ServedModel
+from appliance.service import Service, drain_requests
+from appliance.tasks import Progress
+
+log = logging.getLogger("appliance.hot_swap")
+
+SWAP_MODES = ("auto", "overlap", "sequential")
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+
+
+class SwapError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Swap:
+    """A swap in progress, as admission sees it."""
+
+    def __init__(self, target: str, sequential: bool):
+        self.target = target
+        self.sequential = sequential
+        self.finished = asyncio.Event()
+
+    def holds(self, model: str | None, service: Service) -> bool:
+        """Whether a request naming `model` must wait for the swap to end before admission."""
+        if self.sequential:
+            return True  # the old model is draining or gone
+        return model == self.target and (service.active is None or model not in service.active.aliases)
+
+
+def model_bytes_needed(path: Path, engine_settings) -> int:
+    """Weights at the serving dtype plus the KV cache the new engine will allocate."""
+    config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
+    stored = DTYPE_BYTES.get(str(config.get("dtype") or config.get("torch_dtype") or "float32"), 4)
+    serving = DTYPE_BYTES.get(engine_settings.dtype, 4)
+    files = path.glob("*.safetensors") if path.is_dir() else [path]
+    weights = sum(f.stat().st_size for f in files) * serving // stored
+    if engine_settings.num_kv_blocks is None:
+        return weights + engine_settings.kv_cache_bytes
+    layers = config.get("num_hidden_layers", 0)
+    heads = config.get("num_key_value_heads") or config.get("num_attention_heads", 0)
+    head_dim = config.get("head_dim") or config.get("hidden_size", 0) // max(1, config.get("num_attention_heads", 1))
+    return weights + 2 * layers * heads * head_dim * engine_settings.block_size * engine_settings.num_kv_blocks * serving
+
+
+def free_memory_bytes(device: str) -> int:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def can_overlap(service: Service, path: Path) -> bool:
+    mode = service.config.swap_mode
+    if mode != "auto":
+        return mode == "overlap"
+    needed = model_bytes_needed(path, service.config.engine)
+    return needed * 1.2 < free_memory_bytes(service.config.engine.device)  # headroom for activations
+
+
+async def hot_swap(service: Service, name: str, path: Path, progress: Progress) -> dict:
+    """Make `name` (a model folder at `path`) the served model; see the module docstring."""
+    if service.swap is not None:
+        raise SwapError(409, f"a model load is already in progress ({service.swap.target}); wait for it to finish")
+    if service.draining:
+        raise SwapError(503, "the service is shutting down")
+    old = service.active
+    if old is not None and old.name == name:
+        raise SwapError(409, f"{name} is already the loaded model")
+    sequential = old is not None and not await asyncio.to_thread(can_overlap, service, path)
+    swap = Swap(name, sequential)
+    service.swap = swap
+    timeout = service.config.swap_drain_timeout_s
+    started = time.monotonic()
+    try:
+        if sequential:
+            progress({"stage": "draining", "fraction": 0.05, "message": f"not enough memory for both models: "
+                      f"new requests wait while {old.name} finishes {len(old.inflight)} in-flight requests"})
+            ended = await drain_requests(old, timeout, f"the model {old.name} is being replaced and the swap's "
+                                                       "drain timeout ended this request; retry", admitted=True)
+            old.retired = True
+            service.active, service.state = None, "loading"
+            await asyncio.to_thread(old.stop)
+        progress({"stage": "loading", "fraction": 0.1,
+                  "message": f"loading {name}" + (f" while {old.name} serves" if old and not sequential else "")})
+        try:
+            new = await _load_and_check(service, name, path, progress)
+        except Exception as e:
+            if sequential:
+                progress({"stage": "restoring", "message": f"{name} failed to load; reloading {old.name}"})
+                await _restore(service, old)
+            raise SwapError(400, f"{name} could not be loaded, {old.name if old else 'nothing'} keeps serving: {e}") from None
+        service.active, service.state = new, "ready"
+        service.last_canary_ok, service.last_canary_error = time.monotonic(), None
+        log.info("hot swap: now serving %s", name)
+        if not sequential and old is not None:
+            service.retiring.append(old)
+            progress({"stage": "draining", "fraction": 0.9, "message": f"{name} serves new requests; waiting for "
+                      f"{len(old.inflight)} in-flight requests on {old.name}"})
+            ended = await drain_requests(old, timeout, f"the model {old.name} was replaced and the swap's drain "
+                                                       "timeout ended this request; retry", admitted=True)
+            old.retired = True
+            await asyncio.to_thread(old.stop)
+            service.retiring.remove(old)
+        elif old is None:
+            ended = 0
+        progress({"stage": "done", "fraction": 1.0, "message": f"serving {name}"})
+        return {"loaded": name, "previous": old.name if old else None, "mode": "sequential" if sequential else "overlap",
+                "ended_early": ended, "seconds": round(time.monotonic() - started, 2)}
+    finally:
+        service.swap = None
+        swap.finished.set()
+
+
+async def _load_and_check(service: Service, name: str, path: Path, progress: Progress) -> ServedModel:
+    new = await asyncio.to_thread(ServedModel.load, name, path, service.config.engine.to_engine_config())
+    progress({"stage": "canary", "fraction": 0.8, "message": f"{name} loaded; checking it generates"})
+    error = await service.canary(new)
+    if error is not None:
+        await asyncio.to_thread(new.stop)
+        raise RuntimeError(f"it loaded but a test generation failed: {error}")
+    return new
+
+
+async def _restore(service: Service, old: ServedModel) -> None:
+    try:
+        service.active = await asyncio.to_thread(
+            ServedModel.load, old.name, old.path, service.config.engine.to_engine_config(), old.aliases)
+    except Exception as e:
+        service.state, service.load_error = "failed", f"reloading {old.name} after a failed swap: {e}"
+        log.error("hot swap: %s", service.load_error)
+        raise
+    service.state = "ready"

@@ -1,0 +1,66 @@
+"""One loaded model with its own engine thread. Two exist at once only during a hot swap.
+
+A request is admitted to one ServedModel and stays with it to the end (chat template, engine,
+token texts), so a swap never mixes models inside one request.
+"""
+
+import time
+import weakref
+from pathlib import Path
+
+
+class InFlight:
+    """One engine request being consumed; the drain may end it early."""
+
+    __slots__ = ("task", "ended_by_drain", "drain_reason")
+
+    def __init__(self, task):
+        self.task = task
+        self.ended_by_drain = False
+        self.drain_reason = ""
+
+
+class ServedModel:
+    def __init__(self, name: str, path: Path, aliases: set[str], engine, async_engine):
+        self.name = name  # the store or folder name
+        self.path = path
+        self.aliases = aliases | {name}  # what a request's `model` may say for it
+        self.engine = engine
+        self.async_engine = async_engine
+        self.max_model_len: int = engine.max_model_len
+        self.loaded_at = time.time()
+        self.inflight: dict[str, InFlight] = {}
+        self.admitted: weakref.WeakSet = weakref.WeakSet()  # request contexts that may still use it
+        self.retired = False  # swapped out: no new engine requests
+        self._token_text: dict[int, str] = {}
+
+    @classmethod
+    def load(cls, name: str, path: Path, engine_config, aliases: set[str] = frozenset()) -> "ServedModel":
+        """Load weights and start the engine thread (blocking: run it off the event loop)."""
+        from engine import AsyncEngine, Engine
+
+        engine = Engine(engine_config)
+        engine.load_model(path)
+        async_engine = AsyncEngine(engine)
+        async_engine.start()
+        return cls(name, Path(path), set(aliases), engine, async_engine)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.inflight) or len(self.admitted) > 0
+
+    def token_text(self, token_id: int) -> str:
+        text = self._token_text.get(token_id)
+        if text is None:
+            tokenizer = self.engine.tokenizer
+            text = tokenizer.decode([token_id]) if tokenizer else str(token_id)
+            if len(self._token_text) < 100_000:
+                self._token_text[token_id] = text
+        return text
+
+    def stop(self) -> None:
+        """Stop the engine thread and drop the weights (blocking)."""
+        self.async_engine.shutdown()
+        for request_id in list(self.engine.sequences):  # ended by a drain; the thread is gone now
+            self.engine.abort(request_id)
+        self.engine.unload_model()

@@ -77,8 +77,7 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
 
 # -- status and events ---------------------------------------------------------------------------
 async def status(request: Request) -> Response:
-    monitor = plane(request).monitor
-    return JSONResponse(monitor.latest or monitor.tick())
+    return JSONResponse(plane(request).monitor.snapshot())
 
 
 async def history(request: Request) -> Response:

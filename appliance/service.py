@@ -51,6 +51,7 @@ class Service:
         self.keys = keystore
         self.active: ServedModel | None = None
         self.retiring: list[ServedModel] = []  # swapped out, finishing their requests
+        self.replaced_names: set[str] = set()  # names of swapped-out models: their replacement answers them
         self.swap = None  # the hot swap in progress (appliance.hot_swap.Swap)
         self.metrics = Metrics(self._stats, lambda: self.model_name)
         self.window = RequestWindow()
@@ -270,16 +271,22 @@ class Service:
             await swap.finished.wait()
         self.check_accepting()
         active = self.active
-        if model is not None and model not in active.aliases and model != self.config.served_model_name:
+        if model is not None and model not in self.accepted_names(active):
             raise APIError(404, f"the model {model!r} does not exist; this server serves {self.model_name!r}",
                            param="model", code="model_not_found")
         return active
+
+    def accepted_names(self, served: ServedModel) -> set[str]:
+        """What a request's `model` may say: the model, the served name, and the models it replaced."""
+        names = served.aliases | self.replaced_names
+        return names | {self.config.served_model_name} if self.config.served_model_name else names
 
     async def authorize(self, api_key: str | None, model: str | None, ctx: RequestContext | None = None):
         """Key check (401/403), model check (404/403), limits (429). Returns the key record."""
         from appliance.keys import AuthError, RateLimited
 
-        self.check_accepting()
+        if self.swap is None:  # during a swap, admission waits for it instead of refusing
+            self.check_accepting()
         if self.keys is None:
             raise APIError(503, "the key store is not available", retry_after_s=self.config.retry_after_s)
         try:

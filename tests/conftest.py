@@ -17,8 +17,12 @@ def default_model_path() -> Path:
     return install_default_model(CACHE_DIR / "models", CACHE_DIR / "downloads")
 
 
-def build_tiny_model(target: Path, tokenizer_from: Path, seed: int = 0, num_layers: int = 2) -> Path:
-    """A random Llama small enough for fast tests, with the default model's real tokenizer."""
+def build_tiny_model(target: Path, tokenizer_from: Path, seed: int = 0, num_layers: int = 2, tied: bool = True) -> Path:
+    """A random Llama small enough for fast tests, with the default model's real tokenizer.
+
+    Tied embeddings make greedy decoding repeat the last token (the logit of a token against its
+    own embedding dominates); an untied LM head gives another, equally deterministic, output.
+    """
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -34,7 +38,7 @@ def build_tiny_model(target: Path, tokenizer_from: Path, seed: int = 0, num_laye
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tied,
         architectures=["LlamaForCausalLM"],
     )
     torch.manual_seed(seed)
@@ -55,4 +59,4 @@ def tiny_model_path(default_model_path, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_path_b(default_model_path, tmp_path_factory) -> Path:
     """A second tiny model with other weights (for hot-swap tests)."""
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model-b"), default_model_path, seed=1, num_layers=3)
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model-b"), default_model_path, seed=1, num_layers=3, tied=False)

@@ -13,8 +13,8 @@ import logging
 import time
 from pathlib import Path
 
-from appliance.served_model import ServedModel
-from appliance.service import Service, drain_requests
+from appliance.served_model import ServedModel, drain_requests
+from appliance.service import Service
 from appliance.tasks import Progress
 
 log = logging.getLogger("appliance.hot_swap")

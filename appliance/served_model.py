@@ -4,6 +4,7 @@ A request is admitted to one ServedModel and stays with it to the end (chat temp
 token texts), so a swap never mixes models inside one request.
 """
 
+import asyncio
 import time
 import weakref
 from pathlib import Path
@@ -64,3 +65,23 @@ class ServedModel:
         for request_id in list(self.engine.sequences):  # ended by a drain; the thread is gone now
             self.engine.abort(request_id)
         self.engine.unload_model()
+
+
+async def drain_requests(served: ServedModel, timeout_s: float, reason: str, admitted: bool = False) -> int:
+    """Let a model's in-flight requests finish within timeout_s, then end the rest with `reason`.
+
+    With `admitted`, also wait for requests admitted to the model that have not reached the engine
+    yet (a hot swap; at shutdown those are refused anyway). Returns how many were ended early.
+    """
+    deadline = time.monotonic() + timeout_s
+    while (served.busy if admitted else served.inflight) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    leftovers = list(served.inflight.values())
+    for handle in leftovers:
+        handle.ended_by_drain, handle.drain_reason = True, reason
+        if handle.task is not None:
+            handle.task.cancel()
+    unwind = time.monotonic() + 5.0
+    while served.inflight and time.monotonic() < unwind:
+        await asyncio.sleep(0.02)
+    return len(leftovers)

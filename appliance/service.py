@@ -6,23 +6,21 @@ that blocks (model loading, key-store SQLite, template rendering) runs off the e
 
 import asyncio
 import logging
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from appliance.canary import FaultInjection, canary_generation
 from appliance.config import Config
 from appliance.errors import APIError, from_engine_error
 from appliance.metrics import Metrics
 from appliance.monitor import RequestWindow
 from appliance.requestlog import log_request
-from appliance.served_model import InFlight, ServedModel
+from appliance.served_model import InFlight, ServedModel, drain_requests
 
 log = logging.getLogger("appliance.service")
 
-FAULT_STALL_ENV = "APPLIANCE_FAULT_STALL_ENGINE"
-CANARY_PROMPT = "Hello"
 
 
 @dataclass(eq=False)  # identity semantics: contexts live in a WeakSet
@@ -61,7 +59,7 @@ class Service:
         self.created = int(time.time())
         self.last_canary_ok: float | None = None  # monotonic time of the last proof of generation
         self.last_canary_error: str | None = None
-        self._stall_task: asyncio.Task | None = None
+        self.fault = FaultInjection(config.fault_stall_file)
 
     # -- the active model -----------------------------------------------------------------------
     @property
@@ -193,20 +191,7 @@ class Service:
 
     async def canary(self, served: ServedModel) -> str | None:
         """A 1-token greedy generation on `served`: None when it worked, else why not."""
-        from engine import SamplingParams
-
-        async def once():
-            async for out in served.async_engine.generate(
-                CANARY_PROMPT, SamplingParams(max_tokens=1, temperature=0.0), request_id=f"canary-{uuid.uuid4().hex[:8]}"
-            ):
-                if out.finished and out.finish_reason == "abort":
-                    raise RuntimeError(out.stop_reason or "aborted")
-
-        try:
-            await asyncio.wait_for(once(), self.config.canary_timeout_s)
-        except Exception as e:
-            return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        return None
+        return await canary_generation(served.async_engine, self.config.canary_timeout_s)
 
     async def run_canary(self) -> bool:
         """The canary on the active model; its result drives /ready."""
@@ -223,30 +208,14 @@ class Service:
         """Run the canary when idle and due; watch the fault-injection switch."""
         while True:
             await asyncio.sleep(1.0)
-            self._check_fault_injection()
-            if self.async_engine is None or self.draining or self._stall_task is not None:
+            self.fault.check(self.async_engine)
+            if self.async_engine is None or self.draining or self.fault.stalling:
                 continue
             stats = self.async_engine.stats()
             idle = not self.active.inflight and stats.num_running == 0 and stats.num_waiting == 0
             due = self.last_canary_ok is None or time.monotonic() - self.last_canary_ok >= self.config.canary_interval_s
             if (idle and due) or self.last_canary_error is not None:
                 await self.run_canary()
-
-    def _check_fault_injection(self) -> None:
-        """APPLIANCE_FAULT_STALL_ENGINE=1 or <state_dir>/fault-stall-engine holds the engine thread still."""
-        if self.async_engine is None or self._stall_task is not None or not self._stall_requested():
-            return
-        log.warning("fault injection: stalling the engine loop")
-
-        def stall(_engine):
-            while self._stall_requested():
-                time.sleep(0.2)
-
-        self._stall_task = asyncio.ensure_future(self.async_engine.call(stall))
-        self._stall_task.add_done_callback(lambda _: setattr(self, "_stall_task", None))
-
-    def _stall_requested(self) -> bool:
-        return os.environ.get(FAULT_STALL_ENV) == "1" or self.config.fault_stall_file.exists()
 
     # -- admission ------------------------------------------------------------------------------
     def check_accepting(self) -> None:
@@ -431,22 +400,3 @@ class Service:
     def _stats(self):
         return self.async_engine.stats() if self.async_engine is not None else None
 
-
-async def drain_requests(served: ServedModel, timeout_s: float, reason: str, admitted: bool = False) -> int:
-    """Let a model's in-flight requests finish within timeout_s, then end the rest with `reason`.
-
-    With `admitted`, also wait for requests admitted to the model that have not reached the engine
-    yet (a hot swap; at shutdown those are refused anyway). Returns how many were ended early.
-    """
-    deadline = time.monotonic() + timeout_s
-    while (served.busy if admitted else served.inflight) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    leftovers = list(served.inflight.values())
-    for handle in leftovers:
-        handle.ended_by_drain, handle.drain_reason = True, reason
-        if handle.task is not None:
-            handle.task.cancel()
-    unwind = time.monotonic() + 5.0
-    while served.inflight and time.monotonic() < unwind:
-        await asyncio.sleep(0.02)
-    return len(leftovers)

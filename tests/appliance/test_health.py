@@ -1,7 +1,6 @@
 """`appliance health`: each check against real files, a real HTTP server, and a fake NVML."""
 
 import json
-from pathlib import Path
 
 import pytest
 

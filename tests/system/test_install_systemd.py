@@ -93,6 +93,10 @@ def test_install_starts_the_service_with_status(box):
     assert box.run("systemctl", "is-enabled", "appliance.service", "appliance-health.timer").returncode == 0
     assert "appliance" in box.run("id", "-nG", "appliance").stdout
     assert box.run("stat", "-c", "%U:%G %a", "/var/lib/appliance/health.key").stdout.strip() == "appliance:appliance 640"
+    # The control socket: only root and the appliance group may reach it; the CLI talks through it.
+    assert box.run("stat", "-c", "%U:%G %a", "/run/appliance/control.sock").stdout.strip() == "appliance:appliance 660"
+    status = json.loads(box.run("/opt/appliance/bin/appliance", "status", "--json").stdout)
+    assert status["service"]["ready"] and status["engine"]["model"] == "smollm2-135m-instruct"
 
 
 def test_health_timer_fires(box):

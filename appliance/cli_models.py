@@ -7,7 +7,6 @@ prints its progress until it ends (Ctrl-C stops following, not the task).
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 from appliance.cli import CliError, control_options, format_table, load_settings, open_client, print_json, show_help, store_options
@@ -177,17 +176,26 @@ def models_delete(args) -> int:
 
 
 def follow(args, task: dict) -> int:
-    """Print a task's progress until it ends; exit 0 when it is done, 1 when it failed."""
+    """Print a task's progress events until it ends; exit 0 when it is done, 1 when it failed."""
+    from appliance.control_client import ControlError
+
     shown = None
-    while True:
-        line = progress_line(task)
-        if line != shown and not args.json:
-            print(line, file=sys.stderr, flush=True)
-            shown = line
-        if task["state"] != "running":
-            break
-        time.sleep(0.5)
-        task = call(args, "task", task["id"])
+    with open_client(args) as client:
+        try:
+            for event, data in client.events():
+                if event == "snapshot":  # about once a second: also catches a task that ended before we listened
+                    data = client.task(task["id"])
+                elif data.get("id") != task["id"]:
+                    continue
+                line = progress_line(data)
+                if line != shown and not args.json:
+                    print(line, file=sys.stderr, flush=True)
+                    shown = line
+                if data["state"] != "running":
+                    task = data
+                    break
+        except ControlError as e:
+            raise CliError(f"lost the service while following {task['id']}: {e.message}") from None
     if args.json:
         print_json(task)
     elif task["state"] == "done":

@@ -5,8 +5,12 @@ Greedy outputs tell the models apart, so each answer's text must be the output o
 """
 
 import asyncio
+import os
 import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,6 +19,7 @@ from appliance.control_client import ControlClient
 from appliance.models import write_manifest
 from tests.appliance.conftest import add_keys, make_config, start_server
 
+REPO = Path(__file__).resolve().parents[2]
 PROMPT = "The weather today is"
 MAX_TOKENS = 24
 SAMPLING = {"temperature": 0, "ignore_eos": True}  # greedy: each model's answer is fixed
@@ -153,3 +158,48 @@ def test_deleting_the_loaded_model_is_refused(swapper):
         with pytest.raises(ControlError) as refused:
             client.delete_model(loaded)
     assert refused.value.status == 409
+
+
+def wait_task(client: ControlClient, task: dict) -> dict:
+    while task["state"] == "running":
+        time.sleep(0.05)
+        task = client.task(task["id"])
+    return task
+
+
+def test_import_through_the_socket_reports_progress_and_lists_the_model(swapper, tiny_model_path):
+    with ControlClient(swapper.app.config.control_socket) as client:
+        task = wait_task(client, client.import_model(str(tiny_model_path), "imported-tiny"))
+        assert task["state"] == "done", task
+        listed = {m["name"]: m for m in client.models()["models"]}
+        assert listed["imported-tiny"]["architecture"] == "LlamaForCausalLM" and not listed["imported-tiny"]["loaded"]
+        assert listed["imported-tiny"]["source"] == f"local:{tiny_model_path}"
+        failed = wait_task(client, client.import_model("/no/such/folder", "nothing"))
+        assert failed["state"] == "failed" and "/no/such/folder" in failed["error"]
+        client.delete_model("imported-tiny")
+        assert "imported-tiny" not in {m["name"] for m in client.models()["models"]}
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "appliance.cli", *args], capture_output=True, text=True,
+                          timeout=120, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_cli_talks_to_the_service_over_the_socket(swapper):
+    socket = str(swapper.app.config.control_socket)
+    listed = cli("models", "list", "--socket", socket)
+    assert listed.returncode == 0 and "model-a" in listed.stdout and "model-b" in listed.stdout
+    target = "model-b" if swapper.service.active.name == "model-a" else "model-a"
+    loaded = cli("models", "load", target, "--socket", socket)
+    assert loaded.returncode == 0, loaded.stderr
+    assert "[loading]" in loaded.stderr and f"load {target}: done" in loaded.stdout
+    status = cli("status", "--socket", socket)
+    assert status.returncode == 0 and f"model     {target}" in status.stdout
+    created = cli("keys", "create", "from-cli", "--rpm", "5", "--socket", socket)
+    assert created.returncode == 0 and created.stdout.count("sk-app-") == 1
+    listed_keys = cli("keys", "list", "--socket", socket)
+    assert "from-cli" in listed_keys.stdout and "sk-app-" not in listed_keys.stdout
+    refused = cli("models", "delete", target, "--yes", "--socket", socket)
+    assert refused.returncode == 1 and "unload it first" in refused.stderr
+    missing = cli("status", "--socket", socket + ".missing")
+    assert missing.returncode == 1 and "is the service running?" in missing.stderr

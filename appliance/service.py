@@ -92,7 +92,8 @@ class Service:
         aliases = {self.config.model, self.config.model_name}
         swapped_in = self.remembered_model()
         try:
-            if swapped_in is not None:
+            if swapped_in is not None:  # the configured model's names still reach its replacement
+                self.replaced_names = aliases - {swapped_in}
                 name, aliases, path = swapped_in, set(), self.config.models_dir / swapped_in
             else:
                 path = await asyncio.to_thread(self._resolve_model_path)  # may install the default model

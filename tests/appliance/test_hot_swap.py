@@ -203,3 +203,23 @@ def test_cli_talks_to_the_service_over_the_socket(swapper):
     assert refused.returncode == 1 and "unload it first" in refused.stderr
     missing = cli("status", "--socket", socket + ".missing")
     assert missing.returncode == 1 and "is the service running?" in missing.stderr
+
+
+def test_swapped_in_model_stays_loaded_after_a_restart(tiny_model_path, tiny_model_path_b, tmp_path):
+    state = tmp_path / "state"
+    put_in_store(state / "models", tiny_model_path, "model-a")
+    put_in_store(state / "models", tiny_model_path_b, "model-b")
+    config = make_config("model-a", state)
+    server = start_server(config)
+    try:
+        assert load(server, "model-b")["state"] == "done"
+    finally:
+        server.stop()
+    again = start_server(make_config("model-a", state))
+    add_keys(again, again.app.config.keys_db_path)
+    try:
+        assert again.service.active.name == "model-b"
+        answer = complete(again, model="model-a")  # the configured name reaches its replacement
+        assert answer.status_code == 200 and answer.json()["model"] == "model-b"
+    finally:
+        again.stop()

@@ -228,13 +228,14 @@ async def pull_model(request: Request) -> Response:
         raise APIError(400, "repo must be a Hugging Face repository id such as HuggingFaceTB/SmolLM2-135M-Instruct",
                        param="repo")
     revision = data.get("revision") or "main"
-    control.record(request, "model.pull", repo, {"revision": revision, "name": data.get("name")})
 
     async def work(progress):
         info = await store_call(control.models.pull, repo, revision, data.get("name"), progress)
         return info.to_dict()
 
-    return start_task(request, "pull", f"{repo}@{revision}", work)
+    response = start_task(request, "pull", f"{repo}@{revision}", work)
+    control.record(request, "model.pull", repo, {"revision": revision, "name": data.get("name")})
+    return response
 
 
 async def import_model(request: Request) -> Response:
@@ -243,13 +244,14 @@ async def import_model(request: Request) -> Response:
     path = data.get("path")
     if not isinstance(path, str) or not path:
         raise APIError(400, "path must name a model folder or a .gguf file on the server", param="path")
-    control.record(request, "model.import", path, {"name": data.get("name")})
 
     async def work(progress):
         info = await store_call(control.models.import_path, Path(path), data.get("name"), progress)
         return info.to_dict()
 
-    return start_task(request, "import", path, work)
+    response = start_task(request, "import", path, work)
+    control.record(request, "model.import", path, {"name": data.get("name")})
+    return response
 
 
 async def delete_model(request: Request) -> Response:
@@ -264,7 +266,8 @@ async def load_model(request: Request) -> Response:
     control = plane(request)
     name = request.path_params["name"]
     info = await store_call(control.models.get, name)
-    control.record(request, "model.load", name)
+    if control.service.active is not None and control.service.active.name == name:
+        raise APIError(409, f"{name} is already the loaded model")
 
     async def work(progress):
         try:
@@ -274,7 +277,9 @@ async def load_model(request: Request) -> Response:
         control.service.remember_loaded(name)
         return result
 
-    return start_task(request, "load", name, work)
+    response = start_task(request, "load", name, work)
+    control.record(request, "model.load", name)
+    return response
 
 
 async def get_task(request: Request) -> Response:

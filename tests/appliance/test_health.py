@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from appliance import health
+from appliance import gpu_checks, health
 from appliance.cli import main as cli_main
 from tests.appliance.conftest import free_port
 
@@ -32,7 +32,7 @@ def machine(tmp_path):
             self.packages = {p: f"{version}-0ubuntu1" for p in packages}
 
         def check(self):
-            return health.check_driver(self.proc, self.pin, self.reboot,
+            return gpu_checks.check_driver(self.proc, self.pin, self.reboot,
                                        package_versions=lambda names: {p: v for p, v in self.packages.items() if p in names})
     return Machine()
 
@@ -87,8 +87,8 @@ def test_driver_loaded_but_not_pinned_warns(machine):
 
 
 def test_upstream_version_of_debian_and_ubuntu_packages():
-    assert health.upstream_version("550.54.15-0ubuntu1") == "550.54.15"
-    assert health.upstream_version("1:535.183.01-1~deb12u1") == "535.183.01"
+    assert gpu_checks.upstream_version("550.54.15-0ubuntu1") == "550.54.15"
+    assert gpu_checks.upstream_version("1:535.183.01-1~deb12u1") == "535.183.01"
 
 
 class FakeNVML:
@@ -130,21 +130,21 @@ class FakeNVML:
 
 
 def test_nvml_without_module_or_gpu_is_not_applicable(tmp_path):
-    checks = health.check_nvml(tmp_path / "none", nvml_module=lambda: None)
+    checks = gpu_checks.check_nvml(tmp_path / "none", nvml_module=lambda: None)
     assert [(c.name, c.status) for c in checks] == [("nvml", health.NA)]
-    checks = health.check_nvml(tmp_path / "none", nvml_module=lambda: FakeNVML(init_error="Driver Not Loaded"))
+    checks = gpu_checks.check_nvml(tmp_path / "none", nvml_module=lambda: FakeNVML(init_error="Driver Not Loaded"))
     assert checks[0].status == health.NA
 
 
 def test_nvml_unreachable_with_a_driver_fails(machine):
     machine.load("550.54.15")
-    checks = health.check_nvml(machine.proc, nvml_module=lambda: FakeNVML(init_error="Driver/library version mismatch"))
+    checks = gpu_checks.check_nvml(machine.proc, nvml_module=lambda: FakeNVML(init_error="Driver/library version mismatch"))
     assert checks[0].status == health.FAIL and "mismatch" in checks[0].message
 
 
 def test_nvml_temperatures_and_ecc(machine):
     machine.load("550.54.15")
-    checks = {c.name: c for c in health.check_nvml(machine.proc, nvml_module=lambda: FakeNVML(temps=(60, 92), ecc=(0, 3)))}
+    checks = {c.name: c for c in gpu_checks.check_nvml(machine.proc, nvml_module=lambda: FakeNVML(temps=(60, 92), ecc=(0, 3)))}
     assert checks["nvml"].status == health.OK and "2 GPU(s)" in checks["nvml"].message
     assert checks["gpu0.temperature"].status == health.OK and checks["gpu0.ecc"].status == health.OK
     assert checks["gpu1.temperature"].status == health.FAIL and "throttling" in checks["gpu1.temperature"].message
@@ -152,18 +152,18 @@ def test_nvml_temperatures_and_ecc(machine):
 
 
 def test_cuda_check(machine):
-    assert health.check_cuda(proc_file=machine.proc).status == health.NA
+    assert gpu_checks.check_cuda(proc_file=machine.proc).status == health.NA
     machine.load("550.54.15")
-    assert health.check_cuda(lambda: "12.4", lambda: "12.4", machine.proc).status == health.OK
-    too_new = health.check_cuda(lambda: "12.8", lambda: "12.4", machine.proc)
+    assert gpu_checks.check_cuda(lambda: "12.4", lambda: "12.4", machine.proc).status == health.OK
+    too_new = gpu_checks.check_cuda(lambda: "12.8", lambda: "12.4", machine.proc)
     assert too_new.status == health.FAIL and "supports up to 12.4" in too_new.message
-    assert health.check_cuda(lambda: None, lambda: "12.4", machine.proc).status == health.FAIL
+    assert gpu_checks.check_cuda(lambda: None, lambda: "12.4", machine.proc).status == health.FAIL
 
 
 def test_torch_cuda_version_read_without_import():
     import torch
 
-    assert health.torch_cuda_version() == torch.version.cuda
+    assert gpu_checks.torch_cuda_version() == torch.version.cuda
 
 
 def test_disk_check(tmp_path):

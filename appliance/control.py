@@ -89,7 +89,7 @@ async def events(request: Request) -> Response:
     control = plane(request)
 
     async def stream():
-        first = control.monitor.latest or control.monitor.tick()
+        first = control.monitor.snapshot()
         yield f"event: snapshot\ndata: {json.dumps(first)}\n\n"
         async for event, data in control.hub.subscribe():
             yield f"event: {event}\ndata: {json.dumps(data)}\n\n"

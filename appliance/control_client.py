@@ -181,7 +181,10 @@ class ControlClient:
         return self.request("GET", "/v1/health")
 
     def logs(self, after: int = 0, limit: int = 200) -> dict:
-        """{"lines": [{"seq", "time", "level", "logger", "message"}], "next": seq to pass as after}."""
+        """{"lines": [{"seq", "time", "level", "logger", "message"}], "next": seq to pass as after, "boot_id"}.
+
+        "boot_id" changes when the service restarts (and its numbering with it).
+        """
         return self.request("GET", "/v1/logs", after=after, limit=limit)
 
     def audit(self, limit: int = 100) -> list[dict]:

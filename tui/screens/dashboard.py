@@ -1,0 +1,68 @@
+"""Dashboard: the engine, the host and each GPU, live, with history graphs.
+
+The panels stack: engine, host, then the GPUs (scroll for more than one at 80×24). From 120
+columns the graphs get longer (more seconds of history) and several GPUs sit two abreast.
+"""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Vertical, VerticalScroll
+from textual.events import Resize
+from textual.widgets import Static
+
+from tui.screens.base import LiveScreen
+from tui.state import ServiceState
+from tui.widgets.panels import EnginePanel, GpuPanel, HostPanel
+
+WIDE_COLUMNS = 120
+
+
+class DashboardScreen(LiveScreen):
+    MODE = "dashboard"
+
+    def compose_body(self) -> ComposeResult:
+        with VerticalScroll(id="dashboard"):
+            yield Static("waiting for the first snapshot from the service…", id="waiting")
+            yield EnginePanel(id="engine")
+            yield HostPanel(id="host")
+            yield Static(id="gpu-notice")
+            yield Vertical(id="gpus")
+
+    _rebuilding = False
+
+    def on_resize(self, event: Resize) -> None:
+        self.set_class(event.size.width >= WIDE_COLUMNS, "-wide")
+
+    def show_state(self, state: ServiceState) -> None:
+        super().show_state(state)
+        snapshot = state.latest
+        self.query_one("#waiting").display = snapshot is None
+        for panel in (self.query_one(EnginePanel), self.query_one(HostPanel)):
+            panel.display = snapshot is not None
+            if snapshot is not None:
+                panel.show(state)
+        if snapshot is None:
+            return
+        gpus = snapshot.get("gpus") or []
+        notice = self.query_one("#gpu-notice", Static)
+        notice.display = not gpus
+        if not gpus:
+            notice.update(f"No GPU: {snapshot.get('gpu_status') or 'the service reports no GPU'}")
+        indices = [g["index"] for g in gpus]
+        panels = list(self.query_one("#gpus").query(GpuPanel))
+        if [p.index for p in panels] == indices:
+            for panel in panels:
+                panel.show(state)
+        elif not self._rebuilding:
+            self._rebuilding = True
+            self.call_later(self._rebuild_gpu_panels, indices)
+
+    async def _rebuild_gpu_panels(self, indices: list[int]) -> None:
+        """New panels when the set of GPUs changed (the first snapshot, a driver reload, a GPU lost)."""
+        container = self.query_one("#gpus", Vertical)
+        container.set_class(len(indices) > 1, "-several")
+        await container.remove_children()
+        await container.mount_all(GpuPanel(i) for i in indices)
+        self._rebuilding = False
+        self.show_state(self.app.state)

@@ -1,0 +1,1 @@
+"""Reusable widgets: a gauge bar, a history graph, the top bar, modals."""

@@ -211,7 +211,7 @@ async def list_models(request: Request) -> Response:
 
 def start_task(request: Request, kind: str, target: str, work) -> Response:
     control = plane(request)
-    running = control.tasks.running()
+    running = control.tasks.running(kind)  # one of each kind at a time: a long pull must not block a swap
     if running is not None:
         raise APIError(409, f"{running.kind} of {running.target} is still running ({running.id}); "
                             "wait for it to finish")

@@ -172,8 +172,10 @@ class Appliance:
         code = 0
         try:
             await self._wait_listening(servers)
-            log.info("listening on http://%s:%s (metrics on %s:%s, control socket %s)", self.config.host,
-                     self.public_port, self.config.metrics_host, self.metrics_port, self.config.control_socket)
+            metrics = f"{self.config.metrics_host}:{self.metrics_port}" if self.metrics_server else "off"
+            control = self.config.control_socket if self.control_server else "none"
+            log.info("listening on http://%s:%s (metrics %s, control socket %s)", self.config.host,
+                     self.public_port, metrics, control)
             helpers.append(asyncio.ensure_future(self._watchdog_loop()))
             sdnotify.notify(f"STATUS=loading model {self.config.model}")
             if not await self._start_service():

@@ -40,7 +40,3 @@ class EventHub:
                 yield item
         finally:
             self._queues.discard(queue)
-
-    @property
-    def subscribers(self) -> int:
-        return len(self._queues)

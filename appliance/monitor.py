@@ -73,7 +73,6 @@ class Monitor:
         self.hub = hub
         self.interval_s = interval_s
         self.history: deque[dict] = deque(maxlen=int(history_s / interval_s))
-        self.latest: dict | None = None
         self._previous: tuple[float, object, str | None] | None = None  # (time, stats, model) of the last tick
         self.started = time.monotonic()
 
@@ -89,7 +88,6 @@ class Monitor:
 
     def tick(self) -> dict:
         snapshot = self.snapshot(advance=True)
-        self.latest = snapshot
         self.history.append(snapshot)
         return snapshot
 
@@ -128,7 +126,7 @@ class Monitor:
 
     def _engine(self, now: float, advance: bool) -> dict:
         service = self.service
-        stats = service._stats()
+        stats = service.engine_stats()
         model = service.active.name if service.active is not None else None
         rates = {"prompt_tokens_per_s": 0.0, "generation_tokens_per_s": 0.0}
         if stats is not None and self._previous is not None:

@@ -51,7 +51,7 @@ class Service:
         self.retiring: list[ServedModel] = []  # swapped out, finishing their requests
         self.replaced_names: set[str] = set()  # names of swapped-out models: their replacement answers them
         self.swap = None  # the hot swap in progress (appliance.hot_swap.Swap)
-        self.metrics = Metrics(self._stats, lambda: self.model_name)
+        self.metrics = Metrics(self.engine_stats, lambda: self.model_name)
         self.window = RequestWindow()
         self.state = "starting"  # starting, loading, ready, failed
         self.load_error: str | None = None
@@ -398,6 +398,6 @@ class Service:
     def new_request_id(self, prefix: str) -> str:
         return f"{prefix}-{uuid.uuid4().hex}"
 
-    def _stats(self):
+    def engine_stats(self):
         return self.async_engine.stats() if self.async_engine is not None else None
 

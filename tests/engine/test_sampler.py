@@ -209,3 +209,32 @@ def test_a_mixed_batch_gives_each_row_what_it_would_get_alone():
     alone = [Sampler({EOS})(logits[i : i + 1], [r])[0] for i, r in enumerate(rows())]
     assert batched == alone
     assert batched[4].token_id != EOS
+
+
+def nucleus_by_full_sort(logits: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:
+    """The kept tokens by definition: sort every row, keep top_k, then the smallest prefix reaching top_p."""
+    keep = torch.zeros_like(logits, dtype=torch.bool)
+    for row, (k, p) in enumerate(zip(top_k, top_p)):
+        values, ids = logits[row].sort(descending=True)
+        values = values[: k or len(values)]
+        probs = values.softmax(dim=-1)
+        before = probs.cumsum(dim=-1) - probs
+        kept = max(1, int((before < p).sum()))
+        keep[row, ids[:kept]] = True
+        keep[row] |= logits[row] >= values[kept - 1]  # ties with the cutoff stay
+    return keep
+
+
+def test_top_p_without_top_k_keeps_what_a_full_sort_keeps_for_peaked_and_flat_rows():
+    from engine.sampler import NUCLEUS_CANDIDATES, _top_k_top_p
+
+    torch.manual_seed(0)
+    vocab = 4 * NUCLEUS_CANDIDATES
+    # Peaked rows find their nucleus among the first candidates; flat ones need more than them.
+    scales = [8.0, 4.0, 0.01, 0.5, 8.0, 0.01]
+    logits = torch.randn(len(scales), vocab) * torch.tensor(scales).unsqueeze(1)
+    top_k, top_p = [0, 0, 0, 0, 50, 3000], [0.9, 0.5, 0.95, 0.99, 0.8, 0.9]
+    kept = _top_k_top_p(logits, top_k, torch.tensor(top_p).unsqueeze(1)) > float("-inf")
+    expected = nucleus_by_full_sort(logits, top_k, top_p)
+    assert torch.equal(kept, expected)
+    assert int(expected[2].sum()) > NUCLEUS_CANDIDATES  # the flat row did need the full sort

@@ -61,6 +61,14 @@ async def wait_for(pilot, condition, timeout_s: float = 10.0, what: str = "the c
         await pilot.pause(0.05)
 
 
+async def show_screen(pilot, key: str, mode: str) -> None:
+    """Press a screen's key and wait until that screen is the one shown (switching is not instant)."""
+    from tui.app import SCREEN_CLASSES
+
+    await pilot.press(key)
+    await wait_for(pilot, lambda: type(pilot.app.screen) is SCREEN_CLASSES[mode], what=f"the {mode} screen")
+
+
 def text(widget) -> str:
     """What a widget shows, as plain text."""
     rendered = widget.render()

@@ -9,7 +9,7 @@ import time
 from textual.widgets import RichLog
 
 from appliance.control_client import ControlClient
-from tests.tui.conftest import text, wait_for
+from tests.tui.conftest import show_screen, text, wait_for
 from tui.app import ApplianceTUI
 from tui.screens.help import HelpScreen
 
@@ -22,7 +22,7 @@ async def test_health_screen_shows_readiness_and_follows_the_service_log(service
     app = ApplianceTUI(ControlClient(service.app.config.control_socket))
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: app.state.connection.state == "connected", what="the connection")
-        await pilot.press("4")
+        await show_screen(pilot, "4", "health")
         await wait_for(pilot, lambda: "Ready: serving requests" in text(app.screen.query_one("#readiness")),
                        what="readiness")
         assert "No health report yet" in text(app.screen.query_one("#checks"))  # `appliance health` never ran here

@@ -4,7 +4,7 @@ import httpx
 from textual.widgets import DataTable, Input
 
 from appliance.control_client import ControlClient
-from tests.tui.conftest import text, wait_for
+from tests.tui.conftest import show_screen, text, wait_for
 from tui.app import ApplianceTUI
 from tui.screens.key_forms import KeyFormScreen, SecretScreen
 from tui.widgets.confirm import ConfirmScreen
@@ -17,7 +17,7 @@ def table_text(app) -> str:
 
 async def open_keys(pilot, app) -> DataTable:
     await wait_for(pilot, lambda: app.state.connection.state == "connected", what="the connection")
-    await pilot.press("3")
+    await show_screen(pilot, "3", "keys")
     return app.screen.query_one(DataTable)
 
 

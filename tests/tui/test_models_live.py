@@ -3,7 +3,7 @@
 from textual.widgets import DataTable, Input
 
 from appliance.control_client import ControlClient
-from tests.tui.conftest import SECOND_MODEL, text, wait_for
+from tests.tui.conftest import SECOND_MODEL, show_screen, text, wait_for
 from tui.app import ApplianceTUI
 from tui.messages import TaskProgress
 from tui.screens.model_forms import PullFormScreen
@@ -12,7 +12,7 @@ from tui.widgets.confirm import ConfirmScreen
 
 async def open_models(pilot, app) -> DataTable:
     await wait_for(pilot, lambda: app.state.connection.state == "connected", what="the connection")
-    await pilot.press("2")
+    await show_screen(pilot, "2", "models")
     table = app.screen.query_one(DataTable)
     await wait_for(pilot, lambda: table.row_count >= 1, what="the store's models")
     return table

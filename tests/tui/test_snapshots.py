@@ -8,6 +8,7 @@ import pytest
 from textual.widgets import DataTable, RichLog
 
 from tests.tui.recorded import KEYS, PULL_TASK, RecordedClient
+from tests.tui.conftest import show_screen, wait_for
 from tui.app import ApplianceTUI
 from tui.screens.key_forms import KeyFormScreen, SecretScreen
 from tui.widgets.confirm import ConfirmScreen
@@ -18,12 +19,9 @@ FIXED_SECRET = "sk-app-k1a2b3c4-9QqR2rW4f0k8Xy1mZcVb7TnLp3sDaE6h"
 
 
 async def until(pilot, condition) -> None:
-    for _ in range(200):
-        if condition():
-            await pilot.pause()
-            return
-        await pilot.pause(0.02)
-    raise AssertionError("the recorded service's data did not arrive")
+    """wait_for, then one more pause so that the screen has drawn what the condition saw."""
+    await wait_for(pilot, condition, what="the recorded service's data")
+    await pilot.pause()
 
 
 def app_with(**recorded) -> ApplianceTUI:
@@ -38,20 +36,20 @@ async def dashboard(pilot) -> None:
 
 async def models(pilot) -> None:
     await dashboard(pilot)
-    await pilot.press("2")
+    await show_screen(pilot, "2", "models")
     await until(pilot, lambda: pilot.app.screen.query_one(DataTable).row_count == 2)
 
 
 async def keys(pilot) -> None:
     await dashboard(pilot)
-    await pilot.press("3")
+    await show_screen(pilot, "3", "keys")
     await until(pilot, lambda: pilot.app.screen.query_one(DataTable).row_count == len(KEYS)
                 and pilot.app.screen.query_one("#key-usage-graph").values)
 
 
 async def health(pilot) -> None:
     await dashboard(pilot)
-    await pilot.press("4")
+    await show_screen(pilot, "4", "health")
     await until(pilot, lambda: pilot.app.screen.query_one(RichLog).lines
                 and "driver" in str(pilot.app.screen.query_one("#checks").render()))
 

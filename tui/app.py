@@ -112,6 +112,8 @@ class ApplianceTUI(App):
 
     def _tick(self) -> None:
         # Between snapshots only the retry countdown and "no data for N s" move.
+        if not self.screen_stack:  # the app is shutting down
+            return
         screen = self.screen
         if isinstance(screen, LiveScreen) and (self.state.connection.state != "connected" or self.state.stale()):
             screen.show_connection(self.state)

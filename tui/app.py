@@ -96,27 +96,32 @@ class ApplianceTUI(App):
         elif task.get("state") == "failed":
             self.notify(f"{task.get('kind')} of {task.get('target')} failed: {task.get('error')}",
                         title="Failed", severity="error", timeout=15)
-        screen = self.screen
-        if isinstance(screen, LiveScreen):
+        screen = self._drawable_screen()
+        if screen is not None:
             screen.show_task(self.state)
             if task.get("state") != "running":
                 screen.reload()
 
     def _show(self, reload: bool = False) -> None:
         """Redraw the visible main screen; `reload`: also refetch what it lists (models, keys, health)."""
-        screen = self.screen
-        if isinstance(screen, LiveScreen):
+        screen = self._drawable_screen()
+        if screen is not None:
             screen.show_state(self.state)
             if reload:
                 screen.reload()
 
     def _tick(self) -> None:
         # Between snapshots only the retry countdown and "no data for N s" move.
-        if not self.screen_stack:  # the app is shutting down
-            return
-        screen = self.screen
-        if isinstance(screen, LiveScreen) and (self.state.connection.state != "connected" or self.state.stale()):
+        screen = self._drawable_screen()
+        if screen is not None and (self.state.connection.state != "connected" or self.state.stale()):
             screen.show_connection(self.state)
+
+    def _drawable_screen(self) -> LiveScreen | None:
+        """The visible main screen, unless a screen switch or shutdown is half done (nothing to draw on)."""
+        if not self.screen_stack:
+            return None
+        screen = self.screen
+        return screen if isinstance(screen, LiveScreen) and screen.composed else None
 
     # -- actions ------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:

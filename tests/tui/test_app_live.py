@@ -10,7 +10,9 @@ from textual.widgets import RichLog
 
 from appliance.control_client import ControlClient
 from tests.tui.conftest import show_screen, text, wait_for
+from tests.tui.recorded import RecordedClient
 from tui.app import ApplianceTUI
+from tui.messages import SnapshotReceived
 from tui.screens.help import HelpScreen
 
 
@@ -104,3 +106,16 @@ async def test_mouse_switches_screens_by_their_tabs(service):
             await pilot.click("#tabs", offset=(tabs.index(title) + 1, 0))
             await pilot.pause()
             assert app.current_mode == mode
+
+
+async def test_snapshots_arriving_while_screens_switch_never_break_the_app():
+    """A snapshot lands while a screen is still being mounted (CI caught this crashing the app)."""
+    app = ApplianceTUI(RecordedClient())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.state.latest is not None, what="the first snapshot")
+        for mode in ("models", "keys", "health", "dashboard") * 10:
+            app.switch_mode(mode)  # not awaited: the snapshot is handled while the screen mounts
+            app.post_message(SnapshotReceived(app.state.latest))
+            await pilot.pause()
+        await show_screen(pilot, "2", "models")
+    assert app.return_code in (None, 0)

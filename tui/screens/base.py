@@ -26,6 +26,9 @@ class LiveScreen(Screen):
     """A main screen. The app calls `show_state` on the visible one whenever the state changes."""
 
     MODE = ""
+    # False until the screen is first resumed, when its widgets are mounted: a snapshot that arrives
+    # while a screen switch is still mounting it must wait for on_screen_resume to draw it.
+    composed = False
     POLL_S: float | None = None  # reload this often while the screen is shown (what snapshots do not carry)
     # Tab moves between screens, not focus: each main screen has a single focusable widget.
     BINDINGS = [
@@ -48,6 +51,7 @@ class LiveScreen(Screen):
         self._poll = self.set_interval(self.POLL_S, self._poll_tick, pause=True) if self.POLL_S else None
 
     def on_screen_resume(self) -> None:
+        self.composed = True
         self.show_state(self.app.state)
         if self.app.state.connection.state == "connected":
             self.reload()

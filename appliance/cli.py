@@ -11,7 +11,6 @@ import argparse
 import importlib
 import json
 import sys
-from datetime import datetime
 from pathlib import Path
 
 # Subcommands whose module defines add_arguments(parser) and run(args); imported only when chosen.
@@ -113,13 +112,11 @@ def show_help(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def short_time(value: str | datetime | None, missing: str = "-") -> str:
-    """An ISO time (or datetime) as 2026-11-22 13:56, local to the reader's eye in UTC."""
-    if value is None:
-        return missing
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return value.strftime("%Y-%m-%d %H:%M")
+def short_time(value: str | None, missing: str = "-") -> str:
+    """A key record's ISO time (UTC, as the key store writes it) as 2026-11-22 13:56."""
+    from appliance.key_records import parse_dt
+
+    return parse_dt(value).strftime("%Y-%m-%d %H:%M") if value is not None else missing
 
 
 def dash(value) -> str:

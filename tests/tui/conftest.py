@@ -49,7 +49,7 @@ def control(service):
         yield client
 
 
-async def wait_for(pilot, condition, timeout_s: float = 10.0, what: str = "the condition"):
+async def wait_for(pilot, condition, timeout_s: float = 10.0, what: str = "the condition", poll_s: float = 0.05):
     """Let the app run until condition() is true; the app's workers run meanwhile."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -58,7 +58,7 @@ async def wait_for(pilot, condition, timeout_s: float = 10.0, what: str = "the c
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await pilot.pause(0.05)
+        await pilot.pause(poll_s)
 
 
 async def show_screen(pilot, key: str, mode: str) -> None:

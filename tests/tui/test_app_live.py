@@ -109,10 +109,13 @@ async def test_mouse_switches_screens_by_their_tabs(service):
 
 
 async def test_snapshots_arriving_while_screens_switch_never_break_the_app():
-    """A snapshot lands while a screen is still being mounted (CI caught this crashing the app)."""
+    """A snapshot lands while a screen or a GPU panel is still being mounted (CI caught both crashing the app)."""
     app = ApplianceTUI(RecordedClient())
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: app.state.latest is not None, what="the first snapshot")
+        await wait_for(pilot, lambda: app.state.latest is not None, poll_s=0.001, what="the first snapshot")
+        for _ in range(20):  # sent at once: the first snapshot's GPU panels are still mounting
+            app.post_message(SnapshotReceived(app.state.latest))
+            await pilot.pause(0)
         for mode in ("models", "keys", "health", "dashboard") * 10:
             app.switch_mode(mode)  # not awaited: the snapshot is handled while the screen mounts
             app.post_message(SnapshotReceived(app.state.latest))

@@ -49,12 +49,14 @@ class DashboardScreen(LiveScreen):
         notice.display = not gpus
         if not gpus:
             notice.update(f"No GPU: {snapshot.get('gpu_status') or 'the service reports no GPU'}")
+        if self._rebuilding:  # new panels are still mounting their widgets; the rebuild draws them
+            return
         indices = [g["index"] for g in gpus]
         panels = list(self.query_one("#gpus").query(GpuPanel))
         if [p.index for p in panels] == indices:
             for panel in panels:
                 panel.show(state)
-        elif not self._rebuilding:
+        else:
             self._rebuilding = True
             self.call_later(self._rebuild_gpu_panels, indices)
 

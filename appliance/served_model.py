@@ -37,13 +37,17 @@ class ServedModel:
 
     @classmethod
     def load(cls, name: str, path: Path, engine_config, aliases: set[str] = frozenset()) -> "ServedModel":
-        """Load weights and start the engine thread (blocking: run it off the event loop)."""
+        """Start the engine thread and load the weights on it (blocking: run it off the event loop)."""
         from engine import AsyncEngine, Engine
 
         engine = Engine(engine_config)
-        engine.load_model(path)
         async_engine = AsyncEngine(engine)
         async_engine.start()
+        try:
+            async_engine.submit(lambda e: e.load_model(path)).result()
+        except BaseException:
+            async_engine.shutdown()
+            raise
         return cls(name, Path(path), set(aliases), engine, async_engine)
 
     @property

@@ -158,6 +158,29 @@ async def test_async_engine_streams_and_cancel_frees_blocks(engine):
         async_engine.shutdown()
 
 
+def test_submitted_calls_run_on_the_engine_thread_and_a_cancelled_one_never_runs(tiny_model_path):
+    """Loading and stepping share one thread: each thread running torch on CPU costs an OpenMP team."""
+    import threading
+
+    async_engine = AsyncEngine(Engine(EngineConfig()))
+    async_engine.start()
+    try:
+        ran_on = async_engine.submit(lambda e: (e.load_model(tiny_model_path), threading.get_ident())[1]).result()
+        assert ran_on == async_engine._thread.ident != threading.get_ident()
+        assert async_engine.engine.model_name is not None
+
+        gate, ran = threading.Event(), []
+        blocker = async_engine.submit(lambda e: gate.wait(5))
+        cancelled = async_engine.submit(lambda e: ran.append(1))
+        assert cancelled.cancel()
+        gate.set()
+        assert blocker.result() is True
+        async_engine.submit(lambda e: None).result()  # everything queued before it has run
+        assert ran == []
+    finally:
+        async_engine.shutdown()
+
+
 def test_mixed_context_lengths_match_generate_alone(tiny_model_path):
     """Decodes of very different lengths run in separate padded groups; tokens must not change."""
     import torch

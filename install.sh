@@ -378,7 +378,8 @@ write_config() {
 # device = "cuda"                   # "cpu" without a GPU
 # dtype = "bfloat16"
 # max_num_seqs = 64
-# kv_cache_bytes = 2147483648
+# gpu_memory_fraction = 0.85         # weights + activations + KV cache; the KV cache gets the rest
+# kv_cache_bytes = 2147483648       # a fixed KV cache instead (the default on CPU)
 EOF
     if [ "$GPU_FOUND" = 1 ] && [ "$DRY_RUN" = 0 ]; then
         printf '\n[engine]\ndevice = "cuda"\ndtype = "bfloat16"\n' >> "$CONFIG_FILE"

@@ -29,13 +29,16 @@ class EngineSettings:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     block_size: int = 16
-    kv_cache_bytes: int = 2 << 30
+    kv_cache_bytes: int | None = None  # None: on CUDA what gpu_memory_fraction leaves, on CPU 2 GiB
     num_kv_blocks: int | None = None
+    gpu_memory_fraction: float = 0.85
     enable_prefix_caching: bool = True
     max_model_len: int | None = None
     max_waiting_requests: int = 1024
     dtype: str = "float32"
     device: str = "cpu"
+    attention_backend: str = "auto"
+    cuda_graphs: bool = True
 
     def to_engine_config(self):
         from engine import EngineConfig

@@ -45,15 +45,28 @@ class Swap:
         return model == self.target and (service.active is None or model not in service.active.aliases)
 
 
+def new_engine_config(service: Service, overlap: bool):
+    """The engine.EngineConfig for the incoming model."""
+    config = service.config.engine.to_engine_config()
+    old = service.active
+    if overlap and old is not None and config.on_cuda and config.kv_cache_bytes is None and config.num_kv_blocks is None:
+        # Sized from free memory next to the old model, the new cache would get only what the old
+        # one leaves, for good: it gets the old model's size instead.
+        config.kv_cache_bytes = old.engine.kv_cache_bytes
+    return config
+
+
 def model_bytes_needed(path: Path, engine_settings) -> int:
-    """Weights at the serving dtype plus the KV cache the new engine will allocate."""
+    """Weights at the serving dtype plus the KV cache the new engine (its EngineConfig) will allocate."""
+    from engine.config import CPU_KV_CACHE_BYTES
+
     config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
     stored = DTYPE_BYTES.get(str(config.get("dtype") or config.get("torch_dtype") or "float32"), 4)
     serving = DTYPE_BYTES.get(engine_settings.dtype, 4)
     files = path.glob("*.safetensors") if path.is_dir() else [path]
     weights = sum(f.stat().st_size for f in files) * serving // stored
     if engine_settings.num_kv_blocks is None:
-        return weights + engine_settings.kv_cache_bytes
+        return weights + (engine_settings.kv_cache_bytes or CPU_KV_CACHE_BYTES)
     layers = config.get("num_hidden_layers", 0)
     heads = config.get("num_key_value_heads") or config.get("num_attention_heads", 0)
     head_dim = config.get("head_dim") or config.get("hidden_size", 0) // max(1, config.get("num_attention_heads", 1))
@@ -74,7 +87,7 @@ def can_overlap(service: Service, path: Path) -> bool:
     mode = service.config.swap_mode
     if mode != "auto":
         return mode == "overlap"
-    needed = model_bytes_needed(path, service.config.engine)
+    needed = model_bytes_needed(path, new_engine_config(service, overlap=True))
     return needed * 1.2 < free_memory_bytes(service.config.engine.device)  # headroom for activations
 
 
@@ -104,7 +117,7 @@ async def hot_swap(service: Service, name: str, path: Path, progress: Progress) 
         progress({"stage": "loading", "fraction": 0.1,
                   "message": f"loading {name}" + (f" while {old.name} serves" if old and not sequential else "")})
         try:
-            new = await _load_and_check(service, name, path, progress)
+            new = await _load_and_check(service, name, path, progress, new_engine_config(service, not sequential))
         except Exception as e:
             if sequential:
                 progress({"stage": "restoring", "message": f"{name} failed to load; reloading {old.name}"})
@@ -134,8 +147,8 @@ async def hot_swap(service: Service, name: str, path: Path, progress: Progress) 
         swap.finished.set()
 
 
-async def _load_and_check(service: Service, name: str, path: Path, progress: Progress) -> ServedModel:
-    new = await asyncio.to_thread(ServedModel.load, name, path, service.config.engine.to_engine_config())
+async def _load_and_check(service: Service, name: str, path: Path, progress: Progress, config) -> ServedModel:
+    new = await asyncio.to_thread(ServedModel.load, name, path, config)
     progress({"stage": "canary", "fraction": 0.8, "message": f"{name} loaded; checking it generates"})
     error = await service.canary(new)
     if error is not None:

@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--max-model-len", type=int)
     engine.add_argument("--num-kv-blocks", type=int)
     engine.add_argument("--kv-cache-bytes", type=int)
+    engine.add_argument("--gpu-memory-fraction", type=float)
+    engine.add_argument("--attention-backend", choices=["auto", "torch", "triton"])
+    engine.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None)
     engine.add_argument("--max-waiting-requests", type=int)
     engine.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     engine.add_argument("--device")
@@ -55,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 ENGINE_FLAGS = ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "num_kv_blocks", "kv_cache_bytes",
-                "max_waiting_requests", "dtype", "device", "enable_prefix_caching")
+                "gpu_memory_fraction", "max_waiting_requests", "dtype", "device", "enable_prefix_caching",
+                "attention_backend", "cuda_graphs")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -55,6 +55,11 @@ def make_workload(n: int, vocab: int, seed: int, prompt_range=(32, 512), output_
 def run_ours(model: str, workload: list[Request], dtype: str) -> Result:
     engine = Engine(EngineConfig(dtype=dtype))
     engine.load_model(model)
+    return run_engine(engine, workload)
+
+
+def run_engine(engine: Engine, workload: list[Request]) -> Result:
+    """The workload through a loaded engine, all requests submitted at once, after a short warm-up."""
     engine.add_request("warmup", workload[0].prompt, SamplingParams(max_tokens=2, temperature=0, ignore_eos=True))
     while engine.has_unfinished():
         engine.step()
@@ -83,19 +88,34 @@ def run_static_generate(model, workload: list[Request], batch_size: int = 16) ->
     for b in range(0, len(workload), batch_size):
         batch = workload[b : b + batch_size]
         width = max(len(r.prompt) for r in batch)
-        ids = torch.tensor([[pad] * (width - len(r.prompt)) + r.prompt for r in batch])
-        mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in batch])
+        ids = torch.tensor([[pad] * (width - len(r.prompt)) + r.prompt for r in batch], device=model.device)
+        mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in batch], device=model.device)
         model.generate(ids, attention_mask=mask, generation_config=greedy_config(max(r.output_len for r in batch), pad))
     seconds = time.perf_counter() - start
     return Result(f"transformers generate(), static batches of {batch_size}", seconds, sum(r.output_len for r in workload))
 
 
-def run_transformers_cb(model, workload: list[Request]) -> Result:
+def run_transformers_cb(
+    model, workload: list[Request], exclude_setup: bool = False, hints: bool = False, cb_config=None
+) -> Result:
+    """exclude_setup: time from the first request to the last result, leaving out building and
+    warming up the manager (on a GPU it captures CUDA graphs), as run_engine's warm-up is left out.
+    hints: size the manager from the workload's lengths and count, as generate_batch() does.
+    cb_config: a transformers ContinuousBatchingConfig (None: transformers' defaults)."""
     # generate_batch fails on inference tensors, so no inference_mode here (no_grad is applied inside).
     config = greedy_config(max(r.output_len for r in workload), 0)
     config.eos_token_id = -1
+    workload_hints = None
+    if hints:
+        from transformers.generation.continuous_batching.utils import WorkloadHints
+
+        workload_hints = WorkloadHints(max(len(r.prompt) for r in workload), config.max_new_tokens, len(workload))
     start = time.perf_counter()
-    with model.continuous_batching_context_manager(generation_config=config, warmup=True) as manager:
+    with model.continuous_batching_context_manager(
+        generation_config=config, warmup=True, workload_hints=workload_hints, continuous_batching_config=cb_config
+    ) as manager:
+        if exclude_setup:
+            start = time.perf_counter()
         ids = [manager.add_request(r.prompt, max_new_tokens=r.output_len, eos_token_id=-1) for r in workload]
         produced, finished = 0, 0
         while finished < len(ids):
@@ -103,8 +123,19 @@ def run_transformers_cb(model, workload: list[Request]) -> Result:
             if result is not None and result.is_finished():
                 finished += 1
                 produced += len(result.generated_tokens)
-    seconds = time.perf_counter() - start
+        last_result = time.perf_counter()
+    seconds = (last_result if exclude_setup else time.perf_counter()) - start
     return Result("transformers continuous batching (generate_batch manager)", seconds, produced)
+
+
+def engine_decode_rate(engine: Engine, request_id: str, prompt: list[int], n: int) -> float:
+    """Decode tokens/s of one request alone in a loaded engine, from its first token to its last (no prefill)."""
+    engine.add_request(request_id, prompt, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True))
+    times = []
+    while engine.has_unfinished():
+        if engine.step():  # a step that only prefills a chunk of a long prompt yields no token
+            times.append(time.perf_counter())
+    return (n - 1) / (times[-1] - times[0])
 
 
 def decode_batch1(model: str, reference, prompt: list[int], n: int, dtype: str, rounds: int = 3) -> dict:
@@ -120,12 +151,7 @@ def decode_batch1(model: str, reference, prompt: list[int], n: int, dtype: str, 
         reference.generate(ids, attention_mask=mask, generation_config=greedy_config(4, 0))  # warm-up
     ours, theirs = [], []
     for r in range(rounds):
-        engine.add_request(f"b1-{r}", prompt, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True))
-        times = []
-        while engine.has_unfinished():
-            engine.step()
-            times.append(time.perf_counter())
-        ours.append((n - 1) / (times[-1] - times[0]))  # from the first token to the last: decode only
+        ours.append(engine_decode_rate(engine, f"b1-{r}", prompt, n))
         with torch.inference_mode():
             t0 = time.perf_counter()
             reference.generate(ids, attention_mask=mask, generation_config=greedy_config(1, 0))

@@ -1,5 +1,6 @@
 """Engine settings in one validated dataclass; units are in the names."""
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -7,6 +8,8 @@ import torch
 from engine.errors import InvalidParameter
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ATTENTION_BACKENDS = ("auto", "torch", "triton")
+CPU_KV_CACHE_BYTES = 2 << 30
 
 
 @dataclass
@@ -14,22 +17,51 @@ class EngineConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     block_size: int = 16
-    kv_cache_bytes: int = 2 << 30
+    kv_cache_bytes: int | None = None  # None: on CUDA what gpu_memory_fraction leaves, on CPU 2 GiB
     num_kv_blocks: int | None = None  # overrides kv_cache_bytes (tests force preemption with it)
+    gpu_memory_fraction: float = 0.85  # of the GPU's memory: weights + activation peak + KV cache
     enable_prefix_caching: bool = True
     max_model_len: int | None = None  # None: the model's own limit
     max_waiting_requests: int = 1024
     dtype: str = "float32"
     device: str = "cpu"
+    attention_backend: str = "auto"  # auto: triton on CUDA, torch on CPU
+    cuda_graphs: bool = True  # decode steps replay captured graphs (CUDA with the triton backend)
 
     def __post_init__(self):
-        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "kv_cache_bytes", "max_waiting_requests"):
+        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "max_waiting_requests"):
             if getattr(self, name) < 1:
                 raise InvalidParameter(name, f"{name} must be positive, got {getattr(self, name)}")
-        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
-            raise InvalidParameter("num_kv_blocks", f"num_kv_blocks must be positive, got {self.num_kv_blocks}")
+        for name in ("kv_cache_bytes", "num_kv_blocks"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise InvalidParameter(name, f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.gpu_memory_fraction <= 1:
+            raise InvalidParameter(
+                "gpu_memory_fraction", f"gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction}"
+            )
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise InvalidParameter(
+                "attention_backend",
+                f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}, got {self.attention_backend!r}",
+            )
+        if self.attention_backend == "triton" and not self.on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise InvalidParameter(
+                "attention_backend",
+                "the triton attention backend needs a CUDA device (tests run it on CPU with TRITON_INTERPRET=1); "
+                "use attention_backend = \"auto\" or \"torch\"",
+            )
         if self.dtype not in DTYPES:
             raise InvalidParameter("dtype", f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    @property
+    def resolved_attention_backend(self) -> str:
+        if self.attention_backend != "auto":
+            return self.attention_backend
+        return "triton" if self.on_cuda else "torch"
 
     @property
     def torch_dtype(self) -> torch.dtype:

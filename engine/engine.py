@@ -78,8 +78,7 @@ class _Session:
             eos = loaded.config.eos_token_id
         self.eos_token_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.sampler = Sampler(self.eos_token_ids)
-        model_len = config.max_model_len or getattr(loaded.config, "max_position_embeddings", 2048)
-        self.max_model_len = min(model_len, self.runner.num_blocks * config.block_size)
+        self.max_model_len = self.runner.max_model_len
 
 
 class Engine:
@@ -111,6 +110,10 @@ class Engine:
     @property
     def model_name(self) -> str | None:
         return self.session.loaded.name if self.session else None
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        return sum(k.nbytes + v.nbytes for k, v in self._session().runner.kv_caches)
 
     @property
     def tokenizer(self):

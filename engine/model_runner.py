@@ -1,20 +1,29 @@
 """Turns one scheduled batch into logits: packs the tokens, runs the model, keeps the KV cache.
 
-The portable torch path: it runs on CPU (the reference for tests) and on CUDA.
+Two attention backends share the packing: "torch" (portable, the reference for tests; CPU) and
+"triton" (one paged kernel per layer, CUDA; decode steps replay CUDA graphs).
 """
+
+import logging
 
 import torch
 
 from engine.attention import ATTENTION_NAME, AttentionMetadata, DecodeGroup, PrefillChunk
 from engine.block_manager import blocks_for
-from engine.config import EngineConfig
+from engine.config import CPU_KV_CACHE_BYTES, EngineConfig
+from engine.errors import ModelLoadError
 from engine.loader import LoadedModel
+from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledSequence
+from engine.sequence import Sequence
+
+log = logging.getLogger(__name__)
 
 # Decode attention gathers each group's contexts padded to its longest: a new group starts when a
 # context is shorter than this fraction of the group's longest (at most MAX_DECODE_GROUPS groups).
 DECODE_GROUP_FILL = 0.75
 MAX_DECODE_GROUPS = 4
+GIB = 1 << 30
 
 
 def head_dim(hf_config) -> int:
@@ -26,23 +35,103 @@ def kv_bytes_per_block(hf_config, block_size: int, dtype: torch.dtype) -> int:
     return per_token * block_size * dtype.itemsize
 
 
+def kv_blocks_for_gpu(total: int, free: int, activation_peak: int, fraction: float, block_bytes: int, min_blocks: int) -> int:
+    """KV blocks that fit in the allowed share of the GPU (fraction of total) once what is already
+    taken (weights, torch's cache, other processes: total - free) and a full step's peak are set aside."""
+    in_use = total - free
+    budget = int(total * fraction) - in_use - activation_peak
+    if budget // block_bytes < min_blocks:
+        raise ModelLoadError(
+            f"only {max(budget, 0) / GIB:.2f} GiB of GPU memory is left for the KV cache ({total / GIB:.1f} GiB x "
+            f"gpu_memory_fraction {fraction} - {in_use / GIB:.1f} GiB in use - {activation_peak / GIB:.2f} GiB for a "
+            f"full step); at least {min_blocks * block_bytes / GIB:.2f} GiB is needed. Raise gpu_memory_fraction, "
+            "lower max_num_batched_tokens, or free the GPU (nvidia-smi lists what holds it)"
+        )
+    return budget // block_bytes
+
+
 class ModelRunner:
     def __init__(self, loaded: LoadedModel, config: EngineConfig):
         self.model = loaded.model
+        self.hf_config = loaded.config
+        self.config = config
         self.device = torch.device(config.device)
         self.block_size = config.block_size
-        hf = loaded.config
-        dtype = config.torch_dtype
-        self.num_blocks = config.num_kv_blocks or max(
-            1, config.kv_cache_bytes // kv_bytes_per_block(hf, config.block_size, dtype)
-        )
-        shape = (self.num_blocks, config.block_size, hf.num_key_value_heads, head_dim(hf))
-        self.kv_caches = [
-            (torch.zeros(shape, dtype=dtype, device=self.device), torch.zeros(shape, dtype=dtype, device=self.device))
-            for _ in range(hf.num_hidden_layers)
+        self.dtype = config.torch_dtype
+        self.backend = config.resolved_attention_backend
+        if self.backend == "triton":
+            from engine.triton_attention import ATTENTION_NAME as TRITON_ATTENTION_NAME
+
+            self.attention_name = TRITON_ATTENTION_NAME
+        else:
+            self.attention_name = ATTENTION_NAME
+        self.model.set_attn_implementation(self.attention_name)
+        self.graphs = None
+        self.num_blocks = self._num_blocks()
+        model_len = config.max_model_len or getattr(self.hf_config, "max_position_embeddings", 2048)
+        self.max_model_len = min(model_len, self.num_blocks * config.block_size)
+        use_graphs = config.cuda_graphs and config.on_cuda and self.backend == "triton"
+        # Graph replays pad the batch; padding tokens write their keys into one spare block.
+        self.kv_caches = self._allocate(self.num_blocks + (1 if use_graphs else 0))
+        if use_graphs:
+            from engine.cuda_graphs import DecodeGraphs
+
+            self.graphs = DecodeGraphs.capture(self, padding_block=self.num_blocks)
+
+    def _allocate(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        shape = (num_blocks, self.block_size, self.hf_config.num_key_value_heads, head_dim(self.hf_config))
+        return [
+            (torch.zeros(shape, dtype=self.dtype, device=self.device), torch.zeros(shape, dtype=self.dtype, device=self.device))
+            for _ in range(self.hf_config.num_hidden_layers)
         ]
-        self.model.set_attn_implementation(ATTENTION_NAME)
-        self.dtype = dtype
+
+    def _num_blocks(self) -> int:
+        config = self.config
+        per_block = kv_bytes_per_block(self.hf_config, config.block_size, self.dtype)
+        if config.num_kv_blocks:
+            return config.num_kv_blocks
+        if config.kv_cache_bytes is not None:
+            return max(1, config.kv_cache_bytes // per_block)
+        if not config.on_cuda:
+            return max(1, CPU_KV_CACHE_BYTES // per_block)
+        peak = self._cuda_activation_peak()
+        free, total = torch.cuda.mem_get_info(self.device)
+        blocks = kv_blocks_for_gpu(total, free, peak, config.gpu_memory_fraction, per_block,
+                                   min_blocks=blocks_for(config.max_num_batched_tokens, config.block_size))
+        log.info("KV cache: %.2f GiB (%d blocks); a full step peaks at %.2f GiB", blocks * per_block / GIB, blocks, peak / GIB)
+        return blocks
+
+    def _cuda_activation_peak(self) -> int:
+        """GPU memory a full step adds on top of the weights, measured by running one."""
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        scratch_bytes = self.warm_up()
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) - before - scratch_bytes
+        torch.cuda.empty_cache()
+        return peak
+
+    def warm_up(self) -> int:
+        """Run one step as large as the scheduler allows (max_num_batched_tokens prompt tokens over as
+        many sequences as may run) on a scratch KV cache; returns the scratch cache's bytes."""
+        tokens = self.config.max_num_batched_tokens
+        num_seqs = min(self.config.max_num_seqs, tokens)
+        per_seq = tokens // num_seqs
+        blocks_each = blocks_for(per_seq, self.block_size)
+        saved = getattr(self, "kv_caches", None)
+        self.kv_caches = self._allocate(num_seqs * blocks_each)
+        scratch_bytes = sum(k.nbytes + v.nbytes for k, v in self.kv_caches)
+        batch = []
+        for i in range(num_seqs):
+            seq = Sequence(f"warm-up-{i}", [0] * per_seq, SamplingParams(max_tokens=1))
+            seq.block_table = list(range(i * blocks_each, (i + 1) * blocks_each))
+            batch.append(ScheduledSequence(seq, per_seq))
+        try:
+            self.execute(batch)
+        finally:
+            self.kv_caches = saved
+        return scratch_bytes
 
     @torch.inference_mode()
     def embed(self, token_ids: list[int]) -> list[float]:
@@ -51,7 +140,7 @@ class ModelRunner:
         try:
             hidden = self.model.model(input_ids=torch.tensor([token_ids], device=self.device), use_cache=False)
         finally:
-            self.model.set_attn_implementation(ATTENTION_NAME)
+            self.model.set_attn_implementation(self.attention_name)
         return hidden.last_hidden_state[0].float().mean(0).tolist()
 
     def _slot(self, block_table: list[int], position: int) -> int:
@@ -100,7 +189,7 @@ class ModelRunner:
                 last_row[id(s)] = len(input_ids) - 1
             groups.append(DecodeGroup(start, torch.tensor(tables, device=self.device), self._padding_bias(context_lens, max_blocks * self.block_size)))
         meta = AttentionMetadata(self.kv_caches, torch.tensor(slots, device=self.device), chunks, groups)
-        return input_ids, positions, meta, last_row
+        return torch.tensor(input_ids, device=self.device), torch.tensor(positions, device=self.device), meta, last_row
 
     def _padding_bias(self, context_lens: list[int], width: int) -> torch.Tensor | None:
         """-inf over the width gathered slots past each context; None when no slot is padding."""
@@ -110,19 +199,61 @@ class ModelRunner:
         bias = torch.zeros(padding.shape, dtype=self.dtype).masked_fill_(padding, float("-inf"))
         return bias[:, None, None, :].to(self.device)
 
+    def _prepare_packed(self, scheduled: list[ScheduledSequence]):
+        """The triton backend's batch: sequences in order, their rows and slots computed by tensor ops."""
+        from engine.triton_attention import PackedMetadata
+
+        input_ids, starts, lens, contexts, tables = [], [], [], [], []
+        for s in scheduled:
+            begin = s.seq.num_computed_tokens
+            end = begin + s.num_new_tokens
+            starts.append(len(input_ids))
+            lens.append(s.num_new_tokens)
+            contexts.append(end)
+            input_ids.extend(s.seq.token_ids[begin:end])
+            tables.append(s.seq.block_table[: blocks_for(end, self.block_size)])
+        width = max(map(len, tables))
+        block_tables = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
+        query_start = torch.tensor(starts, dtype=torch.int32)
+        query_len = torch.tensor(lens, dtype=torch.int32)
+        context_len = torch.tensor(contexts, dtype=torch.int32)
+        seq_of_row = torch.arange(len(scheduled)).repeat_interleave(query_len)
+        # Row r of sequence s holds position context_len[s] - query_len[s] + (r - query_start[s]).
+        first_position = (context_len - query_len - query_start).long()
+        positions = first_position[seq_of_row] + torch.arange(len(input_ids))
+        slots = block_tables[seq_of_row, positions // self.block_size].long() * self.block_size + positions % self.block_size
+        meta = PackedMetadata(
+            self.kv_caches,
+            slots.to(self.device),
+            query_start.to(self.device),
+            query_len.to(self.device),
+            context_len.to(self.device),
+            block_tables.to(self.device),
+            max(lens),
+        )
+        last_row = {id(s): start + n - 1 for s, start, n in zip(scheduled, starts, lens)}
+        return torch.tensor(input_ids, device=self.device), positions.to(self.device), meta, last_row
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta, logits_to_keep) -> torch.Tensor:
+        """Logits [rows, vocab] for the packed tokens; logits_to_keep: row indices, or 0 for all rows."""
+        output = self.model(
+            input_ids=input_ids[None],
+            position_ids=positions[None],
+            attention_metadata=meta,
+            use_cache=False,
+            logits_to_keep=logits_to_keep,
+        )
+        return output.logits[0]
+
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSequence]) -> torch.Tensor:
         """Logits [n, vocab] for the scheduled sequences that complete their known tokens, in order."""
-        input_ids, positions, meta, last_token_index = self._prepare(scheduled)
-        keep = [last_token_index[id(s)] for s in scheduled if s.completes_prompt]
-        if not keep:
-            keep = [0]  # the model needs at least one row; the caller expects none
-        output = self.model(
-            input_ids=torch.tensor([input_ids], device=self.device),
-            position_ids=torch.tensor([positions], device=self.device),
-            attention_metadata=meta,
-            use_cache=False,
-            logits_to_keep=torch.tensor(keep, device=self.device),
-        )
-        logits = output.logits[0]
-        return logits if any(s.completes_prompt for s in scheduled) else logits[:0]
+        if self.backend == "triton":
+            input_ids, positions, meta, last_row = self._prepare_packed(scheduled)
+        else:
+            input_ids, positions, meta, last_row = self._prepare(scheduled)
+        keep = [last_row[id(s)] for s in scheduled if s.completes_prompt]
+        if self.graphs is not None and self.graphs.fits(meta):
+            return self.graphs.replay(input_ids, positions, meta)[keep]
+        logits = self.forward(input_ids, positions, meta, torch.tensor(keep or [0], device=self.device))
+        return logits if keep else logits[:0]  # the model needs at least one row; the caller expects none

@@ -4,6 +4,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # Triton kernels run in Triton's interpreter without a GPU; that is fixed when triton is first
+    # imported (transformers imports it), so it is set before anything else loads.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from appliance.default_model import install_default_model
 

@@ -1,0 +1,164 @@
+"""Paged attention as one Triton kernel per layer for a whole packed batch (the CUDA path).
+
+Every sequence in the step is a run of query tokens at the end of its context: a prefill chunk
+(after any cached prefix) or a single decode token. One rule covers both: query i of a sequence
+with query_len q and context_len c sits at position c - q + i and sees keys 0..c-q+i. A program
+takes one sequence's tile of query tokens for one kv head; the query heads sharing that kv head
+are rows of the same tile, so each key and value is read once for all of them. Keys and values
+come straight from the paged cache through the block table (no gather copy, no padding), with an
+online softmax in float32.
+
+Runs on CUDA. On CPU it runs only under TRITON_INTERPRET=1 (set before this module is imported),
+which is how the tests check it against the portable torch path.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from transformers import AttentionInterface
+
+ATTENTION_NAME = "appliance_paged_triton"
+
+# Query rows per program: decode tiles hold one token's heads (tl.dot needs at least 16 rows);
+# prefill tiles hold several tokens so keys are reused across them.
+DECODE_ROWS = 16
+PREFILL_ROWS = 64
+KEYS_PER_ITERATION = 64
+
+
+@dataclass
+class PackedMetadata:
+    kv_caches: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: key, value [num_blocks, block_size, kv_heads, head_dim]
+    slot_mapping: torch.Tensor  # [T] int64: where each new token's key and value go
+    query_start: torch.Tensor  # [S] int32: first packed row of each sequence
+    query_len: torch.Tensor  # [S] int32: its new tokens this step (0: a padding sequence)
+    context_len: torch.Tensor  # [S] int32: its tokens in the cache once this step's are written
+    block_tables: torch.Tensor  # [S, max_blocks] int32
+    max_query_len: int  # host-side, so launching needs no device sync
+
+
+@triton.jit
+def _paged_attention_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,
+    block_tables_ptr, query_start_ptr, query_len_ptr, context_len_ptr,
+    scale,
+    stride_q_token, stride_q_head,
+    stride_o_token, stride_o_head,
+    stride_cache_block, stride_cache_slot, stride_cache_head,
+    stride_table,
+    GROUP: tl.constexpr,  # query heads per kv head
+    TILE_Q: tl.constexpr,  # query tokens per program
+    BLOCK_M: tl.constexpr,  # TILE_Q * GROUP rounded up to a power of two
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PAD: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,  # tokens per KV-cache block
+    BLOCK_N: tl.constexpr,  # keys per loop iteration
+):
+    seq = tl.program_id(0)
+    tile = tl.program_id(1)
+    kv_head = tl.program_id(2)
+    query_len = tl.load(query_len_ptr + seq)
+    if tile * TILE_Q >= query_len:
+        return
+    query_start = tl.load(query_start_ptr + seq)
+    context_len = tl.load(context_len_ptr + seq)
+
+    rows = tl.arange(0, BLOCK_M)
+    q_token = tile * TILE_Q + rows // GROUP
+    q_head = kv_head * GROUP + rows % GROUP
+    row_valid = (rows < TILE_Q * GROUP) & (q_token < query_len)
+    dims = tl.arange(0, HEAD_DIM_PAD)
+    dim_valid = dims < HEAD_DIM
+    q_offsets = (query_start + q_token)[:, None] * stride_q_token + q_head[:, None] * stride_q_head + dims[None, :]
+    q = tl.load(q_ptr + q_offsets, mask=row_valid[:, None] & dim_valid[None, :], other=0.0)
+    q_position = context_len - query_len + q_token
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
+    # Keys past this tile's last query are masked for every row: stop there.
+    num_keys = context_len - query_len + tl.minimum((tile + 1) * TILE_Q, query_len)
+    key_index = tl.arange(0, BLOCK_N)
+    for start in range(0, num_keys, BLOCK_N):
+        k_position = start + key_index
+        k_valid = k_position < num_keys
+        block = tl.load(block_tables_ptr + seq * stride_table + k_position // BLOCK_SIZE, mask=k_valid, other=0)
+        cache_offsets = block * stride_cache_block + (k_position % BLOCK_SIZE) * stride_cache_slot + kv_head * stride_cache_head
+        k = tl.load(
+            k_cache_ptr + cache_offsets[None, :] + dims[:, None], mask=k_valid[None, :] & dim_valid[:, None], other=0.0
+        )
+        scores = tl.dot(q, k) * scale
+        allowed = (k_position[None, :] <= q_position[:, None]) & k_valid[None, :]
+        scores = tl.where(allowed, scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        # A padding row may have no allowed key yet: keep its exponent finite (it is never stored).
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp(scores - m_safe[:, None])
+        alpha = tl.exp(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(
+            v_cache_ptr + cache_offsets[:, None] + dims[None, :], mask=k_valid[:, None] & dim_valid[None, :], other=0.0
+        )
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    out_offsets = (query_start + q_token)[:, None] * stride_o_token + q_head[:, None] * stride_o_head + dims[None, :]
+    tl.store(out_ptr + out_offsets, acc.to(out_ptr.dtype.element_ty), mask=row_valid[:, None] & dim_valid[None, :])
+
+
+def paged_attention_packed(
+    q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, meta: PackedMetadata, scale: float
+) -> torch.Tensor:
+    """q [T, heads, dim] -> [T, heads, dim]: each sequence's queries over its cached context."""
+    num_tokens, num_heads, head_dim = q.shape
+    _, block_size, num_kv_heads, _ = key_cache.shape
+    group = num_heads // num_kv_heads
+    rows = DECODE_ROWS if meta.max_query_len == 1 else PREFILL_ROWS
+    tile_q = max(1, rows // group)
+    out = torch.empty_like(q)
+    grid = (meta.block_tables.shape[0], triton.cdiv(max(meta.max_query_len, 1), tile_q), num_kv_heads)
+    _paged_attention_kernel[grid](
+        q, key_cache, value_cache, out,
+        meta.block_tables, meta.query_start, meta.query_len, meta.context_len,
+        scale,
+        q.stride(0), q.stride(1),
+        out.stride(0), out.stride(1),
+        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
+        meta.block_tables.stride(0),
+        GROUP=group,
+        TILE_Q=tile_q,
+        BLOCK_M=max(16, triton.next_power_of_2(tile_q * group)),
+        HEAD_DIM=head_dim,
+        HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)),
+        BLOCK_SIZE=block_size,
+        BLOCK_N=KEYS_PER_ITERATION,
+    )
+    return out
+
+
+def triton_paged_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    attention_metadata: PackedMetadata | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    meta = attention_metadata
+    if meta is None:
+        raise RuntimeError("paged attention needs attention_metadata; the engine's model runner passes it")
+    key_cache, value_cache = meta.kv_caches[module.layer_idx]
+    slots_view = (-1, key_cache.shape[2], key_cache.shape[3])
+    key_cache.view(slots_view).index_copy_(0, meta.slot_mapping, key[0].transpose(0, 1))
+    value_cache.view(slots_view).index_copy_(0, meta.slot_mapping, value[0].transpose(0, 1))
+    q = query[0].transpose(0, 1).contiguous()  # [T, heads, dim]
+    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+    return paged_attention_packed(q, key_cache, value_cache, meta, scale).unsqueeze(0), None
+
+
+AttentionInterface.register(ATTENTION_NAME, triton_paged_attention)

@@ -136,11 +136,12 @@ async def list_keys(request: Request) -> Response:
     keys = plane(request).service.keys
 
     def read():
+        today = keys.usage_today()
         rows = []
         for record in keys.list():
-            days = keys.usage(record.id, days=1)
-            today = days[-1].to_dict() if days else {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
-            rows.append(key_dict(record, {k: today[k] for k in ("requests", "prompt_tokens", "completion_tokens")}))
+            used = today.get(record.id)
+            counts = (used.requests, used.prompt_tokens, used.completion_tokens) if used else (0, 0, 0)
+            rows.append(key_dict(record, dict(zip(("requests", "prompt_tokens", "completion_tokens"), counts))))
         return rows
 
     return JSONResponse({"keys": await key_store_call(read)})

@@ -289,18 +289,33 @@ class KeyStore:
     def usage(self, key_id: str, days: int = 30) -> list[DayUsage]:
         """Per-day usage for the last `days` days (today included), oldest first; unflushed counts included."""
         first = (self._now().date() - timedelta(days=days - 1)).isoformat()
-        rows = self._conn().execute(
-            "SELECT day, requests, prompt_tokens, completion_tokens FROM usage WHERE key_id = ? AND day >= ?",
-            (key_id, first),
-        ).fetchall()
-        by_day = {row["day"]: [row["requests"], row["prompt_tokens"], row["completion_tokens"]] for row in rows}
+        totals = self._usage_since(first, key_id)
+        return [DayUsage(date.fromisoformat(day), *totals[key, day]) for key, day in sorted(totals)]
+
+    def usage_today(self) -> dict[str, DayUsage]:
+        """Today's usage of every key that has any, by key id, in one query (the key list shows it)."""
+        today = self._now().date()
+        return {key: DayUsage(today, *counts) for (key, _), counts in self._usage_since(today.isoformat()).items()}
+
+    def _usage_since(self, first: str, key_id: str | None = None) -> dict[tuple[str, str], list[int]]:
+        """(key id, day) -> [requests, prompt tokens, completion tokens] from day `first` on, of one
+        key or of all; unflushed counts included."""
+        query = "SELECT key_id, day, requests, prompt_tokens, completion_tokens FROM usage WHERE day >= ?"
+        args = [first]
+        if key_id is not None:
+            query += " AND key_id = ?"
+            args.append(key_id)
+        totals = {
+            (row["key_id"], row["day"]): [row["requests"], row["prompt_tokens"], row["completion_tokens"]]
+            for row in self._conn().execute(query, args)
+        }
         with self._lock:
-            for (k, day), counts in self._pending.items():
-                if k == key_id and day >= first:
-                    total = by_day.setdefault(day, [0, 0, 0])
+            for (key, day), counts in self._pending.items():
+                if (key_id is None or key == key_id) and day >= first:
+                    total = totals.setdefault((key, day), [0, 0, 0])
                     for i in range(3):
                         total[i] += counts[i]
-        return [DayUsage(date.fromisoformat(day), *by_day[day]) for day in sorted(by_day)]
+        return totals
 
     # -- flushing -------------------------------------------------------------------------------
 

@@ -90,6 +90,18 @@ def _attend_decode(q, key_cache, value_cache, group: DecodeGroup, scaling):
     return o.reshape(num_decodes, num_heads, head_dim)
 
 
+def write_kv_cache(meta, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """This step's keys and values [1, kv_heads, T, dim] into the layer's paged cache (one
+    index_copy_ per cache, at meta.slot_mapping); returns the layer's (key, value) cache."""
+    if meta is None:
+        raise RuntimeError("paged attention needs attention_metadata; the engine's model runner passes it")
+    key_cache, value_cache = meta.kv_caches[layer_idx]
+    slots_view = (-1, key_cache.shape[2], key_cache.shape[3])
+    key_cache.view(slots_view).index_copy_(0, meta.slot_mapping, key[0].transpose(0, 1))
+    value_cache.view(slots_view).index_copy_(0, meta.slot_mapping, value[0].transpose(0, 1))
+    return key_cache, value_cache
+
+
 def paged_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -102,13 +114,7 @@ def paged_attention(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     meta = attention_metadata
-    if meta is None:
-        raise RuntimeError("paged attention needs attention_metadata; the engine's model runner passes it")
-    key_cache, value_cache = meta.kv_caches[module.layer_idx]
-    slots_view = (-1, key_cache.shape[2], key_cache.shape[3])
-    key_cache.view(slots_view).index_copy_(0, meta.slot_mapping, key[0].transpose(0, 1))
-    value_cache.view(slots_view).index_copy_(0, meta.slot_mapping, value[0].transpose(0, 1))
-
+    key_cache, value_cache = write_kv_cache(meta, module.layer_idx, key, value)
     q = query[0]  # [heads, T, dim]
     out = torch.empty(q.shape[1], q.shape[0], q.shape[2], dtype=q.dtype, device=q.device)
     for chunk in meta.prefills:

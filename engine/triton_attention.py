@@ -19,6 +19,8 @@ import triton
 import triton.language as tl
 from transformers import AttentionInterface
 
+from engine.attention import write_kv_cache
+
 ATTENTION_NAME = "appliance_paged_triton"
 
 # Query rows per program: decode tiles hold one token's heads (tl.dot needs at least 16 rows);
@@ -55,6 +57,7 @@ def _paged_attention_kernel(
     HEAD_DIM_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,  # tokens per KV-cache block
     BLOCK_N: tl.constexpr,  # keys per loop iteration
+    DOT_PRECISION: tl.constexpr,  # "ieee" for float32 (exact, as the torch path), "tf32" otherwise (ignored for 16-bit)
 ):
     seq = tl.program_id(0)
     tile = tl.program_id(1)
@@ -89,7 +92,7 @@ def _paged_attention_kernel(
         k = tl.load(
             k_cache_ptr + cache_offsets[None, :] + dims[:, None], mask=k_valid[None, :] & dim_valid[:, None], other=0.0
         )
-        scores = tl.dot(q, k) * scale
+        scores = tl.dot(q, k, input_precision=DOT_PRECISION) * scale
         allowed = (k_position[None, :] <= q_position[:, None]) & k_valid[None, :]
         scores = tl.where(allowed, scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
@@ -101,7 +104,7 @@ def _paged_attention_kernel(
         v = tl.load(
             v_cache_ptr + cache_offsets[:, None] + dims[None, :], mask=k_valid[:, None] & dim_valid[None, :], other=0.0
         )
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     out_offsets = (query_start + q_token)[:, None] * stride_o_token + q_head[:, None] * stride_o_head + dims[None, :]
@@ -134,6 +137,7 @@ def paged_attention_packed(
         HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)),
         BLOCK_SIZE=block_size,
         BLOCK_N=KEYS_PER_ITERATION,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
     )
     return out
 
@@ -150,12 +154,7 @@ def triton_paged_attention(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     meta = attention_metadata
-    if meta is None:
-        raise RuntimeError("paged attention needs attention_metadata; the engine's model runner passes it")
-    key_cache, value_cache = meta.kv_caches[module.layer_idx]
-    slots_view = (-1, key_cache.shape[2], key_cache.shape[3])
-    key_cache.view(slots_view).index_copy_(0, meta.slot_mapping, key[0].transpose(0, 1))
-    value_cache.view(slots_view).index_copy_(0, meta.slot_mapping, value[0].transpose(0, 1))
+    key_cache, value_cache = write_kv_cache(meta, module.layer_idx, key, value)
     q = query[0].transpose(0, 1).contiguous()  # [T, heads, dim]
     scale = scaling if scaling is not None else q.shape[-1] ** -0.5
     return paged_attention_packed(q, key_cache, value_cache, meta, scale).unsqueeze(0), None

@@ -212,6 +212,25 @@ def test_usage_is_counted_per_day_and_survives_reopening(tmp_path, clock):
         assert [d.day.isoformat() for d in s.usage(record.id, days=1)] == ["2026-03-15"]
 
 
+def test_usage_today_of_every_key_merges_flushed_and_unflushed_counts(tmp_path, clock):
+    with KeyStore(tmp_path / "keys.db", clock=clock.monotonic, now=clock.now) as s:
+        a, _ = s.create("a")
+        b, _ = s.create("b")
+        idle, _ = s.create("idle")
+        s.record_usage(a.id, 100, 1)  # yesterday: not today's
+        clock.advance(86400)
+        s.record_usage(a.id, 10, 5)
+        s.flush()
+        s.record_usage(a.id, 20, 7)  # still in memory
+        s.record_usage(b.id, 3, 4)
+        today = s.usage_today()
+        assert {k: (u.day.isoformat(), u.requests, u.prompt_tokens, u.completion_tokens) for k, u in today.items()} == {
+            a.id: ("2026-03-15", 2, 30, 12),
+            b.id: ("2026-03-15", 1, 3, 4),
+        }
+        assert idle.id not in today
+
+
 def test_background_thread_flushes_within_seconds(tmp_path):
     s = KeyStore(tmp_path / "keys.db", flush_interval_s=0.2)
     try:

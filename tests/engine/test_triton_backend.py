@@ -1,8 +1,9 @@
 """The engine on the triton attention backend gives generate()'s greedy tokens, as the torch path does.
 
-Without a GPU the kernel runs in Triton's interpreter (see tests/conftest.py), float32; a group of
-three query heads per kv head and a head size that needs no padding, chunked prefill, prefix
-caching and preemption all go through the one kernel.
+Float32, a group of three query heads per kv head, chunked prefill, prefix caching and preemption
+all go through the one kernel. Without a GPU the kernel runs in Triton's interpreter (see
+tests/conftest.py); on a GPU the same tests run it compiled, with CUDA graphs for the decode steps,
+and one more compares the CUDA path with the torch path in bfloat16.
 """
 
 import pytest
@@ -22,23 +23,29 @@ PROMPTS = [[7, 8, 9], list(range(200, 217)), list(range(300, 340)), list(range(5
 OUTPUT_LEN = 8
 
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def make_engine(**settings) -> Engine:
-    engine = Engine(EngineConfig(block_size=8, max_num_batched_tokens=48, **settings))
+    engine = Engine(EngineConfig(block_size=8, max_num_batched_tokens=48, device=DEVICE, **settings))
     engine.load_model(CONFIG)
     # Sharper logits than the default init, so greedy decoding has clear winners.
+    embedding = engine.session.loaded.model.model.embed_tokens.weight
     with torch.no_grad():
-        engine.session.loaded.model.model.embed_tokens.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
+        embedding.copy_(torch.randn(embedding.shape, generator=torch.Generator().manual_seed(0)))
     return engine
 
 
-def run(engine: Engine) -> list[list[int]]:
+def run(engine: Engine, logprobs: int | None = None) -> list[list]:
+    """Each request's greedy tokens (or, with logprobs, its SampledTokens)."""
     for i, prompt in enumerate(PROMPTS):
-        engine.add_request(str(i), prompt, SamplingParams(max_tokens=OUTPUT_LEN, temperature=0, ignore_eos=True))
-    tokens = {str(i): [] for i in range(len(PROMPTS))}
+        params = SamplingParams(max_tokens=OUTPUT_LEN, temperature=0, ignore_eos=True, logprobs=logprobs)
+        engine.add_request(str(i), prompt, params)
+    outputs = {str(i): [] for i in range(len(PROMPTS))}
     while engine.has_unfinished():
         for out in engine.step():
-            tokens[out.request_id] += out.new_token_ids
-    return [tokens[str(i)] for i in range(len(PROMPTS))]
+            outputs[out.request_id] += out.logprobs if logprobs else out.new_token_ids
+    return [outputs[str(i)] for i in range(len(PROMPTS))]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +55,7 @@ def expected() -> list[list[int]]:
     model.generation_config.eos_token_id = None
     outputs = []
     for prompt in PROMPTS:
-        ids = torch.tensor([prompt])
+        ids = torch.tensor([prompt], device=DEVICE)
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=OUTPUT_LEN, do_sample=False)
         outputs.append(out[0, len(prompt):].tolist())
     assert len({t for o in outputs for t in o}) > 10, "the reference should not be one repeated token"
@@ -84,3 +91,21 @@ def test_triton_backend_needs_cuda_outside_the_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="needs a CUDA device"):
         EngineConfig(attention_backend="triton")
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="the CUDA path (compiled kernel, CUDA graphs, bfloat16) needs a GPU")
+def test_cuda_path_in_bfloat16_stays_within_bf16_tolerance_of_the_torch_path():
+    """bfloat16 tolerance, as vLLM's logprob checks: each request's greedy tokens agree until a first
+    difference, and there each path's token is among the other's 5 most likely (near-ties may flip
+    on rounding); nothing after it is compared, since the contexts then differ."""
+    fast = make_engine(attention_backend="triton", dtype="bfloat16")
+    assert fast.session.runner.graphs is not None
+    reference = run(make_engine(attention_backend="torch", dtype="bfloat16", cuda_graphs=False), logprobs=5)
+    agreed = 0
+    for ours, theirs in zip(run(fast, logprobs=5), reference):
+        for a, b in zip(ours, theirs):
+            if a.token_id != b.token_id:
+                assert a.token_id in [t for t, _ in b.top_logprobs] and b.token_id in [t for t, _ in a.top_logprobs]
+                break
+            agreed += 1
+    assert agreed >= 0.8 * len(PROMPTS) * OUTPUT_LEN

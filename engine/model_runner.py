@@ -58,16 +58,12 @@ class ModelRunner:
         self.device = torch.device(config.device)
         self.block_size = config.block_size
         self.dtype = config.torch_dtype
-        self.backend = config.resolved_attention_backend
-        if self.backend == "triton":
-            from engine.triton_attention import ATTENTION_NAME as TRITON_ATTENTION_NAME
-
-            self.attention_name = TRITON_ATTENTION_NAME
-        else:
-            self.attention_name = ATTENTION_NAME
-        self.model.set_attn_implementation(self.attention_name)
+        self._use_backend(config.resolved_attention_backend)
         self.graphs = None
-        self.num_blocks = self._num_blocks()
+        # On CUDA a full-size step runs now: it compiles the kernels (not on the first request) and
+        # measures the activation peak the KV sizing leaves room for.
+        activation_peak = self._cuda_warm_up() if config.on_cuda else 0
+        self.num_blocks = self._num_blocks(activation_peak)
         model_len = config.max_model_len or getattr(self.hf_config, "max_position_embeddings", 2048)
         self.max_model_len = min(model_len, self.num_blocks * config.block_size)
         use_graphs = config.cuda_graphs and config.on_cuda and self.backend == "triton"
@@ -78,6 +74,28 @@ class ModelRunner:
 
             self.graphs = DecodeGraphs.capture(self, padding_block=self.num_blocks)
 
+    def _use_backend(self, backend: str) -> None:
+        self.backend = backend
+        if backend == "triton":
+            from engine.triton_attention import ATTENTION_NAME as TRITON_ATTENTION_NAME
+
+            self.attention_name = TRITON_ATTENTION_NAME
+        else:
+            self.attention_name = ATTENTION_NAME
+        self.model.set_attn_implementation(self.attention_name)
+
+    def _cuda_warm_up(self) -> int:
+        """The activation peak of a full step; where the triton backend was picked automatically and
+        fails on this GPU (a Triton that does not support it, say), the torch backend takes over."""
+        try:
+            return self._cuda_activation_peak()
+        except Exception as e:
+            if self.config.attention_backend != "auto" or self.backend != "triton":
+                raise
+            log.warning("the triton attention backend failed on this GPU; using the torch backend: %s", e)
+            self._use_backend("torch")
+            return self._cuda_activation_peak()
+
     def _allocate(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         shape = (num_blocks, self.block_size, self.hf_config.num_key_value_heads, head_dim(self.hf_config))
         return [
@@ -85,7 +103,7 @@ class ModelRunner:
             for _ in range(self.hf_config.num_hidden_layers)
         ]
 
-    def _num_blocks(self) -> int:
+    def _num_blocks(self, activation_peak: int) -> int:
         config = self.config
         per_block = kv_bytes_per_block(self.hf_config, config.block_size, self.dtype)
         if config.num_kv_blocks:
@@ -94,11 +112,11 @@ class ModelRunner:
             return max(1, config.kv_cache_bytes // per_block)
         if not config.on_cuda:
             return max(1, CPU_KV_CACHE_BYTES // per_block)
-        peak = self._cuda_activation_peak()
         free, total = torch.cuda.mem_get_info(self.device)
-        blocks = kv_blocks_for_gpu(total, free, peak, config.gpu_memory_fraction, per_block,
+        blocks = kv_blocks_for_gpu(total, free, activation_peak, config.gpu_memory_fraction, per_block,
                                    min_blocks=blocks_for(config.max_num_batched_tokens, config.block_size))
-        log.info("KV cache: %.2f GiB (%d blocks); a full step peaks at %.2f GiB", blocks * per_block / GIB, blocks, peak / GIB)
+        log.info("KV cache: %.2f GiB (%d blocks); a full step peaks at %.2f GiB",
+                 blocks * per_block / GIB, blocks, activation_peak / GIB)
         return blocks
 
     def _cuda_activation_peak(self) -> int:

@@ -111,17 +111,32 @@ def _paged_attention_kernel(
     tl.store(out_ptr + out_offsets, acc.to(out_ptr.dtype.element_ty), mask=row_valid[:, None] & dim_valid[None, :])
 
 
+def kernel_constants(num_heads: int, num_kv_heads: int, head_dim: int, block_size: int, max_query_len: int,
+                     dtype: torch.dtype) -> dict:
+    """The kernel's compile-time constants for a batch of this shape (one compiled variant each)."""
+    group = num_heads // num_kv_heads
+    tile_q = max(1, (DECODE_ROWS if max_query_len == 1 else PREFILL_ROWS) // group)
+    return dict(
+        GROUP=group,
+        TILE_Q=tile_q,
+        BLOCK_M=max(16, triton.next_power_of_2(tile_q * group)),
+        HEAD_DIM=head_dim,
+        HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)),
+        BLOCK_SIZE=block_size,
+        BLOCK_N=KEYS_PER_ITERATION,
+        DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
+    )
+
+
 def paged_attention_packed(
     q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, meta: PackedMetadata, scale: float
 ) -> torch.Tensor:
     """q [T, heads, dim] -> [T, heads, dim]: each sequence's queries over its cached context."""
-    num_tokens, num_heads, head_dim = q.shape
+    _, num_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = key_cache.shape
-    group = num_heads // num_kv_heads
-    rows = DECODE_ROWS if meta.max_query_len == 1 else PREFILL_ROWS
-    tile_q = max(1, rows // group)
+    constants = kernel_constants(num_heads, num_kv_heads, head_dim, block_size, meta.max_query_len, q.dtype)
     out = torch.empty_like(q)
-    grid = (meta.block_tables.shape[0], triton.cdiv(max(meta.max_query_len, 1), tile_q), num_kv_heads)
+    grid = (meta.block_tables.shape[0], triton.cdiv(max(meta.max_query_len, 1), constants["TILE_Q"]), num_kv_heads)
     _paged_attention_kernel[grid](
         q, key_cache, value_cache, out,
         meta.block_tables, meta.query_start, meta.query_len, meta.context_len,
@@ -130,14 +145,7 @@ def paged_attention_packed(
         out.stride(0), out.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         meta.block_tables.stride(0),
-        GROUP=group,
-        TILE_Q=tile_q,
-        BLOCK_M=max(16, triton.next_power_of_2(tile_q * group)),
-        HEAD_DIM=head_dim,
-        HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)),
-        BLOCK_SIZE=block_size,
-        BLOCK_N=KEYS_PER_ITERATION,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        **constants,
     )
     return out
 

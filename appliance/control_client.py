@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ class ControlClient:
             transport=httpx.HTTPTransport(uds=str(self.socket_path)),
             base_url="http://appliance", timeout=timeout_s,
         )
+        self._event_streams: set[httpx.Response] = set()
 
     def close(self) -> None:
         self._http.close()
@@ -95,16 +97,32 @@ class ControlClient:
                     response.read()
                     self._decode(response)
                 event, data = "message", []
-                for line in response.iter_lines():
-                    if line.startswith("event:"):
-                        event = line[6:].strip()
-                    elif line.startswith("data:"):
-                        data.append(line[5:].strip())
-                    elif not line and data:
-                        yield event, json.loads("\n".join(data))
-                        event, data = "message", []
+                self._event_streams.add(response)
+                try:
+                    for line in response.iter_lines():
+                        if line.startswith("event:"):
+                            event = line[6:].strip()
+                        elif line.startswith("data:"):
+                            data.append(line[5:].strip())
+                        elif not line and data:
+                            yield event, json.loads("\n".join(data))
+                            event, data = "message", []
+                finally:
+                    self._event_streams.discard(response)
         except httpx.TransportError as e:
             raise self._unreachable(e) from None
+
+    def interrupt_events(self) -> None:
+        """From another thread: end every events() stream of this client now, instead of at its next
+        event (shutting the socket down wakes a blocked read; closing it would not)."""
+        for response in list(self._event_streams):
+            stream = response.extensions.get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already closed
 
     def _unreachable(self, error: Exception) -> ControlError:
         cause = error.__cause__ or error.__context__

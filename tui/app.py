@@ -68,6 +68,7 @@ class ApplianceTUI(App):
 
     def on_unmount(self) -> None:
         self._stopping.set()  # wakes the worker from its back-off sleep
+        self.control.interrupt_events()  # and from a read waiting for the next event: quitting is immediate
 
     @work(thread=True, exclusive=True, group="connection", name="follow the service")
     def follow_service(self) -> None:

@@ -172,6 +172,28 @@ def test_status_and_events_show_requests_running(control):
     assert len(history) >= 1 and history[-1]["time"] <= time.time()
 
 
+def test_an_event_stream_ends_when_interrupted_from_another_thread(control):
+    """The service sends a snapshot every second, forever: only interrupt_events() ends this read."""
+    import threading
+
+    first, ended = threading.Event(), threading.Event()
+    with client_for(control) as client:
+
+        def read():
+            try:
+                for _ in client.events():
+                    first.set()
+            except ServiceUnreachable:
+                pass  # the stream was cut mid-read
+            ended.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        assert first.wait(10), "no first event"
+        client.interrupt_events()
+        assert ended.wait(10), "the stream did not end"
+        assert client.status()["engine"]["model"] == control.model  # the client still works
+
+
 def test_bad_requests_get_clear_errors(control):
     with client_for(control) as client:
         with pytest.raises(ControlError) as no_name:

@@ -130,6 +130,9 @@ class RecordedClient:
     def close(self) -> None:
         self._closed.set()
 
+    def interrupt_events(self) -> None:
+        self._closed.set()
+
     def history(self, seconds: float | None = None) -> list[dict]:
         return deepcopy(self.snapshots)
 

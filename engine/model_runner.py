@@ -60,6 +60,7 @@ class ModelRunner:
         self.dtype = config.torch_dtype
         self._use_backend(config.resolved_attention_backend)
         self.graphs = None
+        self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []  # allocated once their size is known
         # On CUDA a full-size step runs now: it compiles the kernels (not on the first request) and
         # measures the activation peak the KV sizing leaves room for.
         activation_peak = self._cuda_warm_up() if config.on_cuda else 0
@@ -137,7 +138,7 @@ class ModelRunner:
         num_seqs = min(self.config.max_num_seqs, tokens)
         per_seq = tokens // num_seqs
         blocks_each = blocks_for(per_seq, self.block_size)
-        saved = getattr(self, "kv_caches", None)
+        saved = self.kv_caches
         self.kv_caches = self._allocate(num_seqs * blocks_each)
         scratch_bytes = sum(k.nbytes + v.nbytes for k, v in self.kv_caches)
         batch = []

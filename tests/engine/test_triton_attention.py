@@ -92,3 +92,18 @@ def test_decode_only_batch_uses_the_same_rule():
         k = contiguous_context(key_cache, table, ctx)
         v = contiguous_context(value_cache, table, ctx)
         torch.testing.assert_close(out[start : start + 1].double(), reference(q[start : start + 1], k, v, 0.25), atol=1e-4, rtol=1e-4)
+
+
+def test_16_bit_inputs_take_the_16_bit_path_within_its_rounding():
+    """float16 (the interpreter cannot do bfloat16 dots; the GPU test covers those): the softmax
+    weights are rounded to the value dtype before the second dot, so the tolerance is float16's."""
+    shapes = [(7, 7), (5, 13), (1, 9), (1, 64)]
+    q, key_cache, value_cache, meta, tables, starts = build_batch(shapes, 4, 2, 16, seed=2)
+    q, key_cache, value_cache = q.half(), key_cache.half(), value_cache.half()
+    out = paged_attention_packed(q, key_cache, value_cache, meta, 0.25)
+    assert out.dtype == torch.float16
+    for (query_len, ctx), table, start in zip(shapes, tables, starts):
+        rows = slice(start, start + query_len)
+        k = contiguous_context(key_cache, table, ctx).float()
+        v = contiguous_context(value_cache, table, ctx).float()
+        torch.testing.assert_close(out[rows].double(), reference(q[rows].float(), k, v, 0.25), atol=2e-3, rtol=2e-3)

@@ -380,6 +380,9 @@ write_config() {
 # max_num_seqs = 64
 # gpu_memory_fraction = 0.85         # weights + activations + KV cache; the KV cache gets the rest
 # kv_cache_bytes = 2147483648       # a fixed KV cache instead (the default on CPU)
+# attention_backend = "auto"        # auto: triton on CUDA; "torch" is the portable path to fall back on
+# fused_layers = true               # Llama-family layers with merged projections and fused kernels (triton)
+# cuda_graphs = true                # decode steps replay captured CUDA graphs (triton)
 EOF
     if [ "$GPU_FOUND" = 1 ] && [ "$DRY_RUN" = 0 ]; then
         printf '\n[engine]\ndevice = "cuda"\ndtype = "bfloat16"\n' >> "$CONFIG_FILE"

@@ -39,6 +39,7 @@ class EngineSettings:
     device: str = "cpu"
     attention_backend: str = "auto"
     cuda_graphs: bool = True
+    fused_layers: bool = True
 
     def to_engine_config(self):
         from engine import EngineConfig

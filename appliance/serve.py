@@ -51,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--gpu-memory-fraction", type=float)
     engine.add_argument("--attention-backend", choices=["auto", "torch", "triton"])
     engine.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None)
+    engine.add_argument("--no-fused-layers", dest="fused_layers", action="store_false", default=None)
     engine.add_argument("--max-waiting-requests", type=int)
     engine.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     engine.add_argument("--device")
@@ -59,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 ENGINE_FLAGS = ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "num_kv_blocks", "kv_cache_bytes",
                 "gpu_memory_fraction", "max_waiting_requests", "dtype", "device", "enable_prefix_caching",
-                "attention_backend", "cuda_graphs")
+                "attention_backend", "cuda_graphs", "fused_layers")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

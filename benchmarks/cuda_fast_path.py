@@ -178,8 +178,10 @@ def run_ours(config: LlamaConfig, engine_config: EngineConfig, prompt: list[int]
     engine = Engine(engine_config)
     model = engine.load_model(config).model
     weights, weights_read = weight_bytes(model)
+    runner = engine.session.runner  # what ran: the warm-up may have handed triton over to torch
     out = {"weight_bytes": weights, "weight_bytes_without_embedding_table": weights_read,
-           "kv_cache_bytes": engine.kv_cache_bytes}
+           "kv_cache_bytes": engine.kv_cache_bytes, "attention_backend": runner.backend, "fused_layers": runner.fused,
+           "cuda_graphs": runner.graphs is not None}
     del model
     if "batch1" in args.parts:
         engine_decode_rate(engine, "warmup-b1", prompt, 4)
@@ -237,7 +239,7 @@ def bench_model(name: str, device: torch.device, dtype: torch.dtype, bandwidth: 
     engine_config = EngineConfig(
         device=str(device), dtype=args.dtype, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, attention_backend=args.attention_backend,
-        cuda_graphs=args.cuda_graphs,
+        cuda_graphs=args.cuda_graphs, fused_layers=args.fused_layers,
         # None: the engine sizes the KV cache from gpu_memory_fraction once the weights are loaded.
         kv_cache_bytes=None if args.kv_cache_gib is None else int(args.kv_cache_gib * 2**30),
     )
@@ -249,12 +251,14 @@ def bench_model(name: str, device: torch.device, dtype: torch.dtype, bandwidth: 
 
     ours = run_ours(config, engine_config, prompt, workload, args)
     free_device_memory(device)
-    for key in ("weight_bytes", "weight_bytes_without_embedding_table", "kv_cache_bytes"):
+    for key in ("weight_bytes", "weight_bytes_without_embedding_table", "kv_cache_bytes", "attention_backend",
+                "fused_layers", "cuda_graphs"):
         report[key] = ours[key]
     report["kv_bytes_per_context_token"] = kv_bytes_per_context_token(config, dtype)
     print(f"{name}: {report['weight_bytes'] / 1e9:.2f} GB of weights (all parameters, a tied embedding once), "
           f"{report['kv_bytes_per_context_token']} KV bytes per context token; our KV cache "
-          f"{report['kv_cache_bytes'] / 2**30:.2f} GiB, {engine_config.resolved_attention_backend} attention", flush=True)
+          f"{report['kv_cache_bytes'] / 2**30:.2f} GiB, {report['attention_backend']} attention, fused layers "
+          f"{'on' if report['fused_layers'] else 'off'}, CUDA graphs {'on' if report['cuda_graphs'] else 'off'}", flush=True)
     if "batch1" in args.parts:
         # Decode step j (1..n-1) reads the KV of prompt + j tokens: a mean context of prompt + n/2.
         mean_context = args.prompt_tokens + args.decode_tokens / 2
@@ -341,6 +345,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-num-batched-tokens", type=int, default=EngineConfig.max_num_batched_tokens)
     parser.add_argument("--attention-backend", default=EngineConfig.attention_backend, choices=ATTENTION_BACKENDS)
     parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=EngineConfig.cuda_graphs)
+    parser.add_argument("--fused-layers", action=argparse.BooleanOptionalAction, default=EngineConfig.fused_layers,
+                        help="merged projections and fused kernels on the triton backend (--no-fused-layers: transformers' layers)")
     parser.add_argument("--copy-gib", type=float, help="bandwidth copy size; default 1 on cuda, 1/16 on cpu")
     parser.add_argument("--seed", type=int, default=0, help="workload seed (the dummy weights use load_dummy's)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -370,7 +376,7 @@ def run(args: argparse.Namespace) -> dict:
         "dtype": args.dtype, "seed": args.seed, "torch": torch.__version__, "transformers": transformers.__version__,
         "engine": {"max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens,
                    "attention_backend": args.attention_backend, "cuda_graphs": args.cuda_graphs,
-                   "kv_cache_gib": args.kv_cache_gib},  # None: sized by the engine's gpu_memory_fraction
+                   "fused_layers": args.fused_layers, "kv_cache_gib": args.kv_cache_gib},  # None: sized by the engine's gpu_memory_fraction
         "models": {}, "targets": [],
     }
     print(f"device: {report['device']['name']} ({device.type}), {args.dtype}, torch {torch.__version__}, "

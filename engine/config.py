@@ -27,6 +27,7 @@ class EngineConfig:
     device: str = "cpu"
     attention_backend: str = "auto"  # auto: triton on CUDA, torch on CPU
     cuda_graphs: bool = True  # decode steps replay captured graphs (CUDA with the triton backend)
+    fused_layers: bool = True  # Llama-family layers with merged projections and fused kernels (triton backend)
 
     def __post_init__(self):
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "max_waiting_requests"):

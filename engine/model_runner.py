@@ -1,7 +1,8 @@
 """Turns one scheduled batch into logits: packs the tokens, runs the model, keeps the KV cache.
 
 Two attention backends share the packing: "torch" (portable, the reference for tests; CPU) and
-"triton" (one paged kernel per layer, CUDA; decode steps replay CUDA graphs).
+"triton" (one paged kernel per layer, CUDA; decode steps replay CUDA graphs; Llama-family layers
+rebuilt with merged projections and fused kernels, engine.fused_layers).
 """
 
 import logging
@@ -58,6 +59,7 @@ class ModelRunner:
         self.device = torch.device(config.device)
         self.block_size = config.block_size
         self.dtype = config.torch_dtype
+        self.fused = False
         self._use_backend(config.resolved_attention_backend)
         self.graphs = None
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []  # allocated once their size is known
@@ -81,9 +83,17 @@ class ModelRunner:
             from engine.triton_attention import ATTENTION_NAME as TRITON_ATTENTION_NAME
 
             self.attention_name = TRITON_ATTENTION_NAME
+            if self.config.fused_layers and not self.fused:
+                from engine.fused_layers import fuse_layers
+
+                self.fused = fuse_layers(self.model)
         else:
             self.attention_name = ATTENTION_NAME
         self.model.set_attn_implementation(self.attention_name)
+        if self.fused:
+            from engine.fused_layers import use_fused_kernels
+
+            use_fused_kernels(self.model, backend == "triton")
 
     def _cuda_warm_up(self) -> int:
         """The activation peak of a full step; where the triton backend was picked automatically and

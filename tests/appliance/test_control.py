@@ -6,6 +6,7 @@ without the control group in its group list, so the kernel reports their real ui
 
 import json
 import os
+import shutil
 import stat
 import tempfile
 import time
@@ -33,6 +34,7 @@ def control(tiny_model_path, tmp_path_factory):
                                       control_group=GROUP))
     yield server
     server.stop()
+    shutil.rmtree(socket_dir)
 
 
 def client_for(server) -> ControlClient:

@@ -23,6 +23,7 @@ def test_cpu_smoke_run_reports_every_figure_and_ours_makes_exactly_the_requested
     # The tiny shape ties its embedding: it is the LM head, read every token, so both counts agree.
     assert tiny["weight_bytes"] == tiny["weight_bytes_without_embedding_table"] > 0
     assert 0 < tiny["kv_cache_bytes"] <= 0.01 * 2**30
+    assert (tiny["attention_backend"], tiny["fused_layers"], tiny["cuda_graphs"]) == ("torch", False, False)  # CPU
 
     b1 = tiny["batch1"]
     assert b1["mean_context_tokens"] == 16 + 8 / 2

@@ -1,22 +1,22 @@
 """The engine on the triton attention backend gives generate()'s greedy tokens, as the torch path does.
 
 Float32, a group of three query heads per kv head, chunked prefill, prefix caching and preemption
-all go through the one kernel. Without a GPU the kernel runs in Triton's interpreter (see
+all go through the one kernel, with the layers fused (engine.fused_layers) and without. Without a GPU the kernel runs in Triton's interpreter (see
 tests/conftest.py); on a GPU the same tests run it compiled, with CUDA graphs for the decode steps,
 and one more compares the CUDA path with the torch path in bfloat16.
 """
 
 import pytest
 import torch
-from transformers import LlamaConfig
+from transformers import LlamaConfig, Qwen2Config
 
 from engine import Engine, EngineConfig, SamplingParams
 
-CONFIG = LlamaConfig(
+SHAPE = dict(
     vocab_size=512, hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=6,
     num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
-    architectures=["LlamaForCausalLM"],
 )
+CONFIG = LlamaConfig(**SHAPE, architectures=["LlamaForCausalLM"])
 PREFIX = list(range(100, 132))
 PROMPTS = [[7, 8, 9], list(range(200, 217)), list(range(300, 340)), list(range(50, 115)),
            PREFIX + [1, 2, 3], PREFIX + [4, 5, 6, 7, 8]]
@@ -26,9 +26,9 @@ OUTPUT_LEN = 8
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def make_engine(**settings) -> Engine:
+def make_engine(config=CONFIG, **settings) -> Engine:
     engine = Engine(EngineConfig(block_size=8, max_num_batched_tokens=48, device=DEVICE, **settings))
-    engine.load_model(CONFIG)
+    engine.load_model(config)
     # Sharper logits than the default init, so greedy decoding has clear winners.
     embedding = engine.session.loaded.model.model.embed_tokens.weight
     with torch.no_grad():
@@ -36,41 +36,63 @@ def make_engine(**settings) -> Engine:
     return engine
 
 
-def run(engine: Engine, logprobs: int | None = None) -> list[list]:
+def run(engine: Engine, logprobs: int | None = None, prompts=PROMPTS) -> list[list]:
     """Each request's greedy tokens (or, with logprobs, its SampledTokens)."""
-    for i, prompt in enumerate(PROMPTS):
+    for i, prompt in enumerate(prompts):
         params = SamplingParams(max_tokens=OUTPUT_LEN, temperature=0, ignore_eos=True, logprobs=logprobs)
         engine.add_request(str(i), prompt, params)
-    outputs = {str(i): [] for i in range(len(PROMPTS))}
+    outputs = {str(i): [] for i in range(len(prompts))}
     while engine.has_unfinished():
         for out in engine.step():
             outputs[out.request_id] += out.logprobs if logprobs else out.new_token_ids
-    return [outputs[str(i)] for i in range(len(PROMPTS))]
+    return [outputs[str(i)] for i in range(len(prompts))]
+
+
+def generate_greedy(config, prompts=PROMPTS) -> list[list[int]]:
+    model = make_engine(config, attention_backend="torch").session.loaded.model
+    model.set_attn_implementation("sdpa")
+    model.generation_config.eos_token_id = None
+    outputs = []
+    for prompt in prompts:
+        ids = torch.tensor([prompt], device=DEVICE)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=OUTPUT_LEN, do_sample=False)
+        outputs.append(out[0, len(prompt):].tolist())
+    assert len({t for o in outputs for t in o}) > len(prompts), "the reference should not be one repeated token"
+    return outputs
 
 
 @pytest.fixture(scope="module")
 def expected() -> list[list[int]]:
-    model = make_engine(attention_backend="torch").session.loaded.model
-    model.set_attn_implementation("sdpa")
-    model.generation_config.eos_token_id = None
-    outputs = []
-    for prompt in PROMPTS:
-        ids = torch.tensor([prompt], device=DEVICE)
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=OUTPUT_LEN, do_sample=False)
-        outputs.append(out[0, len(prompt):].tolist())
-    assert len({t for o in outputs for t in o}) > 10, "the reference should not be one repeated token"
-    return outputs
+    return generate_greedy(CONFIG)
 
 
 def test_triton_backend_matches_generate(expected):
     engine = make_engine(attention_backend="triton")
     assert engine.session.runner.backend == "triton"
+    assert engine.session.runner.fused
     assert run(engine) == expected
     assert engine.stats().prefix_cache_hits > 0
 
 
-def test_triton_backend_matches_generate_under_preemption(expected):
-    engine = make_engine(attention_backend="triton", num_kv_blocks=14)
+def test_fused_layers_with_projection_biases_match_generate():
+    config = Qwen2Config(**SHAPE, architectures=["Qwen2ForCausalLM"])
+    engine = make_engine(config, attention_backend="triton")
+    assert engine.session.runner.fused
+    prompts = PROMPTS[:3]  # 3, 17 and 40 tokens: prefills beside decodes
+    assert run(engine, prompts=prompts) == generate_greedy(config, prompts)
+
+
+def test_fused_model_handed_to_the_torch_backend_still_matches_generate(expected):
+    """What the runner does when the triton backend, picked automatically, fails its CUDA warm-up."""
+    engine = make_engine(attention_backend="triton")
+    engine.session.runner._use_backend("torch")
+    assert engine.session.runner.fused
+    assert run(engine) == expected
+
+
+def test_triton_backend_with_transformers_layers_matches_generate_under_preemption(expected):
+    engine = make_engine(attention_backend="triton", num_kv_blocks=14, fused_layers=False)
+    assert not engine.session.runner.fused
     assert run(engine) == expected
     assert engine.stats().num_preemptions > 0
 

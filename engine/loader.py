@@ -95,8 +95,9 @@ def _load_gguf(path: Path, dtype: torch.dtype, device: str) -> LoadedModel:
         arch = check_architecture(config)
         # GGUF loading logs a progress bar per tensor; keep service logs readable.
         logging.getLogger("transformers").setLevel(logging.ERROR)
+        # Passing the config saves from_pretrained parsing the file's metadata again (seconds each time).
         model = getattr(transformers, arch).from_pretrained(
-            path.parent, gguf_file=path.name, dtype=dtype, device_map=device
+            path.parent, gguf_file=path.name, config=config, dtype=dtype, device_map=device
         )
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except ModelLoadError:

@@ -78,7 +78,7 @@ def test_fused_layers_with_projection_biases_match_generate():
     config = Qwen2Config(**SHAPE, architectures=["Qwen2ForCausalLM"])
     engine = make_engine(config, attention_backend="triton")
     assert engine.session.runner.fused
-    prompts = PROMPTS[:3]  # 3, 17 and 40 tokens: prefills beside decodes
+    prompts = PROMPTS[:2]  # 3 and 17 tokens: the biases are what is new here
     assert run(engine, prompts=prompts) == generate_greedy(config, prompts)
 
 

@@ -6,9 +6,8 @@ hash (bcrypt, scrypt) protects low-entropy secrets chosen by people; ours are 19
 brute force is out of reach whatever the hash, and a fast hash keeps authentication off the
 request's critical path.
 
-Usage is counted in memory and flushed to SQLite by a background thread every couple of seconds
-in one transaction, so a crash loses at most that much and the database never half-applies a
-flush. Rate windows (rpm, tpm) live only in memory: they describe the last minute.
+Usage is counted in memory and flushed to SQLite in the background (appliance/usage_ledger.py).
+Rate windows (rpm, tpm) live only in memory: they describe the last minute.
 """
 
 from __future__ import annotations  # the KeyStore.list method shadows `list` in annotations
@@ -37,11 +36,11 @@ from appliance.key_records import (
     validate_limits,
 )
 from appliance.rate_limits import RateLimited, RateWindows, period_bounds
+from appliance.usage_ledger import FLUSH_INTERVAL_S, UsageLedger
 
 __all__ = ["AuthError", "DayUsage", "KeyNotFound", "KeyRecord", "KeyStore", "KeyStoreError", "RateLimited"]
 
 KEY_PREFIX = "sk-app-"
-FLUSH_INTERVAL_S = 2.0
 MAX_KEY_LENGTH = 256  # longer Authorization values are rejected before any hashing
 
 SCHEMA = """
@@ -83,19 +82,11 @@ class KeyStore:
         self._now = now  # for dates: expiry, budget periods, usage days
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()  # guards everything in memory below; never held during I/O
-        self._flush_lock = threading.Lock()  # one flush at a time; see _period_used
-        self._pending: dict[tuple[str, str], list[int]] = {}  # (key, day) -> [requests, prompt, completion]
-        self._pending_last_used: dict[str, datetime] = {}
+        self._lock = threading.Lock()  # guards the connection list
         self._windows = RateWindows(clock)
-        self._period_used: dict[str, dict[str, int]] = {}  # key -> {period start: tokens since}
         self._closed = False
         self._open_schema()
-        self._stop = threading.Event()
-        self._flusher = threading.Thread(
-            target=self._flush_loop, args=(flush_interval_s,), name="keystore-flush", daemon=True
-        )
-        self._flusher.start()
+        self._usage = UsageLedger(self._conn, now, flush_interval_s)
 
     # -- connections --------------------------------------------------------------------------
 
@@ -198,8 +189,7 @@ class KeyStore:
     def _record(self, row: sqlite3.Row) -> KeyRecord:
         # The last use not yet flushed is newer than what the database says.
         last_used = parse_dt(row["last_used_at"])
-        with self._lock:
-            pending = self._pending_last_used.get(row["id"])
+        pending = self._usage.last_used(row["id"])
         if pending is not None and (last_used is None or pending > last_used):
             last_used = pending
         return KeyRecord.from_row(row, last_used)
@@ -238,7 +228,7 @@ class KeyStore:
         if record.budget_tokens is None:
             return
         start, end = period_bounds(record.budget_period, self._now())
-        used = self._tokens_since(record.id, start)
+        used = self._usage.tokens_since(record.id, start)
         if used >= record.budget_tokens:
             retry = max((end - self._now()).total_seconds(), 1.0)
             raise RateLimited(
@@ -247,133 +237,32 @@ class KeyStore:
                 f" for key {record.id}; it renews at {end.isoformat()}",
             )
 
-    def _tokens_since(self, key_id: str, start: date) -> int:
-        """Tokens used since `start`: read from SQLite once per key and period, then kept in memory.
-
-        The first read holds the flush lock, so no flush is half-way (rows written but not yet
-        taken out of _pending): the database plus _pending then counts every token exactly once.
-        """
-        start_day = start.isoformat()
-        with self._lock:
-            cached = self._period_used.get(key_id, {}).get(start_day)
-            if cached is not None:
-                return cached
-        with self._flush_lock:
-            row = self._conn().execute(
-                "SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM usage WHERE key_id = ? AND day >= ?",
-                (key_id, start_day),
-            ).fetchone()
-            with self._lock:
-                pending = sum(c[1] + c[2] for (k, day), c in self._pending.items() if k == key_id and day >= start_day)
-                # Only the current period matters; older entries are dropped so memory stays flat.
-                self._period_used[key_id] = {start_day: row[0] + pending}
-                return row[0] + pending
-
     def record_usage(self, key_id: str, prompt_tokens: int, completion_tokens: int) -> None:
         """Count one finished request; memory only, written by the flush thread."""
-        now = self._now()
-        day = now.date().isoformat()
-        tokens = prompt_tokens + completion_tokens
-        self._windows.add_tokens(key_id, tokens)
-        with self._lock:
-            counts = self._pending.setdefault((key_id, day), [0, 0, 0])
-            counts[0] += 1
-            counts[1] += prompt_tokens
-            counts[2] += completion_tokens
-            self._pending_last_used[key_id] = now
-            periods = self._period_used.get(key_id, {})
-            for start in periods:
-                if start <= day:
-                    periods[start] += tokens
+        self._windows.add_tokens(key_id, prompt_tokens + completion_tokens)
+        self._usage.record(key_id, prompt_tokens, completion_tokens)
 
     def usage(self, key_id: str, days: int = 30) -> list[DayUsage]:
         """Per-day usage for the last `days` days (today included), oldest first; unflushed counts included."""
         first = (self._now().date() - timedelta(days=days - 1)).isoformat()
-        totals = self._usage_since(first, key_id)
+        totals = self._usage.since(first, key_id)
         return [DayUsage(date.fromisoformat(day), *totals[key, day]) for key, day in sorted(totals)]
 
     def usage_today(self) -> dict[str, DayUsage]:
         """Today's usage of every key that has any, by key id, in one query (the key list shows it)."""
         today = self._now().date()
-        return {key: DayUsage(today, *counts) for (key, _), counts in self._usage_since(today.isoformat()).items()}
-
-    def _usage_since(self, first: str, key_id: str | None = None) -> dict[tuple[str, str], list[int]]:
-        """(key id, day) -> [requests, prompt tokens, completion tokens] from day `first` on, of one
-        key or of all; unflushed counts included."""
-        query = "SELECT key_id, day, requests, prompt_tokens, completion_tokens FROM usage WHERE day >= ?"
-        args = [first]
-        if key_id is not None:
-            query += " AND key_id = ?"
-            args.append(key_id)
-        totals = {
-            (row["key_id"], row["day"]): [row["requests"], row["prompt_tokens"], row["completion_tokens"]]
-            for row in self._conn().execute(query, args)
-        }
-        with self._lock:
-            for (key, day), counts in self._pending.items():
-                if (key_id is None or key == key_id) and day >= first:
-                    total = totals.setdefault((key, day), [0, 0, 0])
-                    for i in range(3):
-                        total[i] += counts[i]
-        return totals
-
-    # -- flushing -------------------------------------------------------------------------------
+        return {key: DayUsage(today, *counts) for (key, _), counts in self._usage.since(today.isoformat()).items()}
 
     def flush(self) -> None:
-        """Write the counted usage to SQLite in one transaction."""
-        with self._flush_lock:
-            with self._lock:
-                pending, self._pending = self._pending, {}
-                last_used, self._pending_last_used = self._pending_last_used, {}
-            if not pending and not last_used:
-                return
-            try:
-                self._write(pending, last_used)
-            except sqlite3.Error:
-                with self._lock:  # put the counts back, to be retried at the next flush
-                    for slot, counts in pending.items():
-                        merged = self._pending.setdefault(slot, [0, 0, 0])
-                        for i in range(3):
-                            merged[i] += counts[i]
-                    for key_id, when in last_used.items():
-                        self._pending_last_used.setdefault(key_id, when)
-                raise
-
-    def _write(self, pending: dict, last_used: dict) -> None:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany(
-                "INSERT INTO usage (key_id, day, requests, prompt_tokens, completion_tokens) VALUES (?,?,?,?,?)"
-                " ON CONFLICT (key_id, day) DO UPDATE SET requests = requests + excluded.requests,"
-                " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
-                " completion_tokens = completion_tokens + excluded.completion_tokens",
-                [(k, day, *counts) for (k, day), counts in pending.items()],
-            )
-            conn.executemany(
-                "UPDATE keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
-                [(iso(when), k, iso(when)) for k, when in last_used.items()],
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-    def _flush_loop(self, interval_s: float) -> None:
-        while not self._stop.wait(interval_s):
-            try:
-                self.flush()
-            except sqlite3.Error:
-                pass  # counts were put back; the next flush retries (e.g. the database was busy)
+        """Write the counted usage to SQLite now."""
+        self._usage.flush()
 
     def close(self) -> None:
         """Stop the flush thread, write what is counted, close the connections."""
         if self._closed:
             return
         self._closed = True
-        self._stop.set()
-        self._flusher.join()
-        self.flush()
+        self._usage.close()
         with self._lock:
             connections, self._connections = self._connections, []
         for conn in connections:

@@ -1,4 +1,4 @@
-"""Live-server fixtures: `appliance serve` in a background thread on random ports, with keys."""
+"""Live-server fixtures: `appliance serve` in a background thread on random ports, with keys; a fake clock."""
 
 import asyncio
 import socket
@@ -146,3 +146,25 @@ def wait_engine_idle(service, timeout_s: float = 5.0) -> object:
         if time.monotonic() > deadline:
             return stats
         time.sleep(0.02)
+
+
+class FakeClock:
+    """Monotonic seconds and UTC time that move only when told to."""
+
+    def __init__(self, start: datetime = datetime(2026, 3, 14, 12, 0, tzinfo=timezone.utc)):
+        self.seconds = 1000.0
+        self.start = start
+
+    def monotonic(self) -> float:
+        return self.seconds
+
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=self.seconds - 1000.0)
+
+    def advance(self, seconds: float) -> None:
+        self.seconds += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()

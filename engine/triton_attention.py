@@ -8,6 +8,11 @@ are rows of the same tile, so each key and value is read once for all of them. K
 come straight from the paged cache through the block table (no gather copy, no padding), with an
 online softmax in float32.
 
+Decode batches with few (sequence, kv head) pairs split each context into partitions of
+PARTITION_KEYS keys, one program each, and a second kernel merges the partial softmaxes (as
+flash-decoding and vLLM's paged attention v2 do): at batch 1 an 8-kv-head model would otherwise
+read a long context with 8 programs, on a GPU with over a hundred multiprocessors.
+
 Runs on CUDA. On CPU it runs only under TRITON_INTERPRET=1 (set before this module is imported),
 which is how the tests check it against the portable torch path.
 """
@@ -28,6 +33,8 @@ ATTENTION_NAME = "appliance_paged_triton"
 DECODE_ROWS = 16
 PREFILL_ROWS = 64
 KEYS_PER_ITERATION = 64
+PARTITION_KEYS = 512  # keys per program when a decode batch is split
+SPLIT_BELOW_PROGRAMS = 512  # split decode batches with fewer (sequence, kv head) programs than this
 
 
 @dataclass
@@ -45,11 +52,13 @@ class PackedMetadata:
 def _paged_attention_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,
     block_tables_ptr, query_start_ptr, query_len_ptr, context_len_ptr,
+    partial_acc_ptr, partial_max_ptr, partial_sum_ptr,  # split decodes: [S, heads, partitions(, dims)] float32
     scale,
     stride_q_token, stride_q_head,
     stride_o_token, stride_o_head,
     stride_cache_block, stride_cache_slot, stride_cache_head,
     stride_table,
+    NUM_HEADS: tl.constexpr,
     GROUP: tl.constexpr,  # query heads per kv head
     TILE_Q: tl.constexpr,  # query tokens per program
     BLOCK_M: tl.constexpr,  # TILE_Q * GROUP rounded up to a power of two
@@ -58,9 +67,11 @@ def _paged_attention_kernel(
     BLOCK_SIZE: tl.constexpr,  # tokens per KV-cache block
     BLOCK_N: tl.constexpr,  # keys per loop iteration
     DOT_PRECISION: tl.constexpr,  # "ieee" for float32 (exact, as the torch path), "tf32" otherwise (ignored for 16-bit)
+    PARTITION: tl.constexpr,  # split decodes: keys per program (axis 1 numbers partitions); 0: no split
+    NUM_PARTITIONS: tl.constexpr,
 ):
     seq = tl.program_id(0)
-    tile = tl.program_id(1)
+    tile = tl.program_id(1) if PARTITION == 0 else 0
     kv_head = tl.program_id(2)
     query_len = tl.load(query_len_ptr + seq)
     if tile * TILE_Q >= query_len:
@@ -83,8 +94,14 @@ def _paged_attention_kernel(
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
     # Keys past this tile's last query are masked for every row: stop there.
     num_keys = context_len - query_len + tl.minimum((tile + 1) * TILE_Q, query_len)
+    first_key = 0
+    if PARTITION > 0:
+        first_key = tl.program_id(1) * PARTITION
+        if first_key >= num_keys:
+            return  # the merge leaves out partitions past the context
+        num_keys = tl.minimum(num_keys, first_key + PARTITION)
     key_index = tl.arange(0, BLOCK_N)
-    for start in range(0, num_keys, BLOCK_N):
+    for start in range(first_key, num_keys, BLOCK_N):
         k_position = start + key_index
         k_valid = k_position < num_keys
         block = tl.load(block_tables_ptr + seq * stride_table + k_position // BLOCK_SIZE, mask=k_valid, other=0)
@@ -106,17 +123,66 @@ def _paged_attention_kernel(
         )
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
+    if PARTITION > 0:  # unnormalised, with its running max and sum, for the merge
+        partial = (seq * NUM_HEADS + q_head) * NUM_PARTITIONS + tl.program_id(1)
+        tl.store(partial_max_ptr + partial, m_i, mask=row_valid)
+        tl.store(partial_sum_ptr + partial, l_i, mask=row_valid)
+        tl.store(partial_acc_ptr + partial[:, None] * HEAD_DIM_PAD + dims[None, :], acc, mask=row_valid[:, None])
+        return
     acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     out_offsets = (query_start + q_token)[:, None] * stride_o_token + q_head[:, None] * stride_o_head + dims[None, :]
     tl.store(out_ptr + out_offsets, acc.to(out_ptr.dtype.element_ty), mask=row_valid[:, None] & dim_valid[None, :])
 
 
+@triton.jit
+def _merge_partitions_kernel(
+    partial_acc_ptr, partial_max_ptr, partial_sum_ptr, out_ptr,
+    query_start_ptr, query_len_ptr, context_len_ptr,
+    stride_o_token, stride_o_head,
+    NUM_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PAD: tl.constexpr,
+    PARTITION: tl.constexpr,
+    NUM_PARTITIONS: tl.constexpr,
+    PARTITIONS_PAD: tl.constexpr,
+):
+    """One decode token's head: the partitions' softmaxes rescaled to their common max and summed."""
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    if tl.load(query_len_ptr + seq) == 0:
+        return
+    context_len = tl.load(context_len_ptr + seq)
+    parts = tl.arange(0, PARTITIONS_PAD)
+    valid = parts < tl.minimum(tl.cdiv(context_len, PARTITION), NUM_PARTITIONS)
+    base = (seq * NUM_HEADS + head) * NUM_PARTITIONS
+    m = tl.load(partial_max_ptr + base + parts, mask=valid, other=float("-inf"))
+    total_max = tl.max(m, 0)
+    weight = tl.where(valid, tl.exp(m - total_max), 0.0)
+    total = tl.sum(tl.load(partial_sum_ptr + base + parts, mask=valid, other=0.0) * weight, 0)
+    dims = tl.arange(0, HEAD_DIM_PAD)
+    acc = tl.load(partial_acc_ptr + (base + parts)[:, None] * HEAD_DIM_PAD + dims[None, :], mask=valid[:, None], other=0.0)
+    out = tl.sum(acc * weight[:, None], 0) / total
+    token = tl.load(query_start_ptr + seq)
+    tl.store(out_ptr + token * stride_o_token + head * stride_o_head + dims, out.to(out_ptr.dtype.element_ty),
+             mask=dims < HEAD_DIM)
+
+
+def decode_partitions(num_seqs: int, num_kv_heads: int, max_context: int, partition_keys: int = PARTITION_KEYS) -> int:
+    """How many partitions a decode batch's contexts are split into (0: not split), from shapes
+    known on the host: max_context is the block tables' width in tokens, so no device sync."""
+    partitions = triton.cdiv(max_context, partition_keys)
+    if partitions < 2 or num_seqs * num_kv_heads >= SPLIT_BELOW_PROGRAMS:
+        return 0
+    return partitions
+
+
 def kernel_constants(num_heads: int, num_kv_heads: int, head_dim: int, block_size: int, max_query_len: int,
-                     dtype: torch.dtype) -> dict:
+                     dtype: torch.dtype, num_partitions: int = 0, partition_keys: int = PARTITION_KEYS) -> dict:
     """The kernel's compile-time constants for a batch of this shape (one compiled variant each)."""
     group = num_heads // num_kv_heads
     tile_q = max(1, (DECODE_ROWS if max_query_len == 1 else PREFILL_ROWS) // group)
     return dict(
+        NUM_HEADS=num_heads,
         GROUP=group,
         TILE_Q=tile_q,
         BLOCK_M=max(16, triton.next_power_of_2(tile_q * group)),
@@ -125,21 +191,38 @@ def kernel_constants(num_heads: int, num_kv_heads: int, head_dim: int, block_siz
         BLOCK_SIZE=block_size,
         BLOCK_N=KEYS_PER_ITERATION,
         DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
+        PARTITION=partition_keys if num_partitions else 0,
+        NUM_PARTITIONS=max(num_partitions, 1),
     )
 
 
 def paged_attention_packed(
-    q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, meta: PackedMetadata, scale: float
+    q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, meta: PackedMetadata, scale: float,
+    partition_keys: int = PARTITION_KEYS,
 ) -> torch.Tensor:
     """q [T, heads, dim] -> [T, heads, dim]: each sequence's queries over its cached context."""
     _, num_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = key_cache.shape
-    constants = kernel_constants(num_heads, num_kv_heads, head_dim, block_size, meta.max_query_len, q.dtype)
-    out = torch.empty_like(q)
-    grid = (meta.block_tables.shape[0], triton.cdiv(max(meta.max_query_len, 1), constants["TILE_Q"]), num_kv_heads)
+    num_seqs, table_width = meta.block_tables.shape
+    num_partitions = 0
+    if meta.max_query_len == 1:
+        num_partitions = decode_partitions(num_seqs, num_kv_heads, table_width * block_size, partition_keys)
+    constants = kernel_constants(num_heads, num_kv_heads, head_dim, block_size, meta.max_query_len, q.dtype,
+                                 num_partitions, partition_keys)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if num_partitions:
+        partial = (num_seqs, num_heads, num_partitions)
+        partial_acc = torch.empty(*partial, constants["HEAD_DIM_PAD"], dtype=torch.float32, device=q.device)
+        partial_max = torch.empty(partial, dtype=torch.float32, device=q.device)
+        partial_sum = torch.empty(partial, dtype=torch.float32, device=q.device)
+        grid = (num_seqs, num_partitions, num_kv_heads)
+    else:
+        partial_acc = partial_max = partial_sum = out  # not read: the kernel writes the output itself
+        grid = (num_seqs, triton.cdiv(max(meta.max_query_len, 1), constants["TILE_Q"]), num_kv_heads)
     _paged_attention_kernel[grid](
         q, key_cache, value_cache, out,
         meta.block_tables, meta.query_start, meta.query_len, meta.context_len,
+        partial_acc, partial_max, partial_sum,
         scale,
         q.stride(0), q.stride(1),
         out.stride(0), out.stride(1),
@@ -147,6 +230,15 @@ def paged_attention_packed(
         meta.block_tables.stride(0),
         **constants,
     )
+    if num_partitions:
+        _merge_partitions_kernel[(num_seqs, num_heads)](
+            partial_acc, partial_max, partial_sum, out,
+            meta.query_start, meta.query_len, meta.context_len,
+            out.stride(0), out.stride(1),
+            NUM_HEADS=num_heads, HEAD_DIM=head_dim, HEAD_DIM_PAD=constants["HEAD_DIM_PAD"],
+            PARTITION=partition_keys, NUM_PARTITIONS=num_partitions,
+            PARTITIONS_PAD=triton.next_power_of_2(num_partitions),
+        )
     return out
 
 

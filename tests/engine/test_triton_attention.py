@@ -7,7 +7,7 @@ on a GPU the same tests run the compiled kernel.
 import pytest
 import torch
 
-from engine.triton_attention import PackedMetadata, paged_attention_packed
+from engine.triton_attention import PackedMetadata, decode_partitions, paged_attention_packed
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BLOCK_SIZE = 4
@@ -92,6 +92,29 @@ def test_decode_only_batch_uses_the_same_rule():
         k = contiguous_context(key_cache, table, ctx)
         v = contiguous_context(value_cache, table, ctx)
         torch.testing.assert_close(out[start : start + 1].double(), reference(q[start : start + 1], k, v, 0.25), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("num_heads, num_kv_heads", [(8, 2), (3, 3)])
+def test_split_decodes_merge_to_the_same_attention(num_heads, num_kv_heads):
+    """Contexts split into 64-key partitions: shorter than one, exactly one, one key into the next,
+    several with a partial last one; and a padding sequence, which the merge leaves alone."""
+    shapes = [(1, 3), (1, 64), (1, 65), (1, 200), (1, 130), (0, 0)]
+    q, key_cache, value_cache, meta, tables, starts = build_batch(shapes, num_heads, num_kv_heads, 16, seed=3)
+    width = meta.block_tables.shape[1] * BLOCK_SIZE
+    assert decode_partitions(len(shapes), num_kv_heads, width, partition_keys=64) == 4  # the path under test
+    out = paged_attention_packed(q, key_cache, value_cache, meta, 0.25, partition_keys=64)
+    for (query_len, ctx), table, start in zip(shapes, tables, starts):
+        if query_len == 0:
+            continue
+        k = contiguous_context(key_cache, table, ctx)
+        v = contiguous_context(value_cache, table, ctx)
+        torch.testing.assert_close(out[start : start + 1].double(), reference(q[start : start + 1], k, v, 0.25), atol=1e-4, rtol=1e-4)
+
+
+def test_only_small_decode_batches_with_long_contexts_are_split():
+    assert decode_partitions(1, 8, 8192) == 16  # batch 1, 8 kv heads: 8 programs would idle the GPU
+    assert decode_partitions(1, 8, 512) == 0  # one partition's worth: nothing to split
+    assert decode_partitions(64, 8, 8192) == 0  # 512 (sequence, kv head) programs already fill it
 
 
 def test_16_bit_inputs_take_the_16_bit_path_within_its_rounding():

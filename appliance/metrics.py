@@ -57,6 +57,15 @@ class _EngineCollector:
         )
         info.add_metric([str(stats.block_size), str(stats.kv_blocks_total), model], 1.0)
         yield info
+        if stats.execution is not None:
+            names = ["device", "dtype", "attention_backend", "fused_layers", "cuda_graphs"]
+            path = GaugeMetricFamily(
+                "appliance_engine_execution_info",
+                "What runs the model: device, dtype, attention backend, fused layers, CUDA graphs.",
+                labels=[*names, "model_name"],
+            )
+            path.add_metric([str(stats.execution[n]).lower() for n in names] + [model], 1.0)
+            yield path
 
 
 class Metrics:

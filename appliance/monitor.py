@@ -151,6 +151,7 @@ class Monitor:
             "preemptions": stats.num_preemptions if stats else 0,
             "prompt_tokens_total": stats.prompt_tokens_total if stats else 0,
             "generation_tokens_total": stats.generation_tokens_total if stats else 0,
+            "execution": stats.execution if stats else None,
             **rates,
         }
         engine.update(service.window.summary())

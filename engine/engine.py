@@ -55,6 +55,7 @@ class EngineStats:
     generation_tokens_total: int
     steps_total: int
     last_step_time: float  # time.monotonic() of the last step that ran
+    execution: dict | None = None  # ModelRunner.execution() of the loaded model
 
 
 def _checked_token_ids(ids: list[int], vocab: int, param: str) -> list[int]:
@@ -265,4 +266,5 @@ class Engine:
             generation_tokens_total=self.generation_tokens_total,
             steps_total=self.steps_total,
             last_step_time=self.last_step_time,
+            execution=s.runner.execution() if s else None,
         )

@@ -107,6 +107,12 @@ class ModelRunner:
             self._use_backend("torch")
             return self._cuda_activation_peak()
 
+    def execution(self) -> dict:
+        """What runs the model, for operators asking whether the fast path is on (the triton backend
+        may have handed over to torch at load, graph capture may have failed)."""
+        return {"device": str(self.device), "dtype": self.config.dtype, "attention_backend": self.backend,
+                "fused_layers": self.fused, "cuda_graphs": self.graphs is not None}
+
     def _allocate(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         shape = (num_blocks, self.block_size, self.hf_config.num_key_value_heads, head_dim(self.hf_config))
         return [

@@ -68,8 +68,8 @@ def expected() -> list[list[int]]:
 
 def test_triton_backend_matches_generate(expected):
     engine = make_engine(attention_backend="triton")
-    assert engine.session.runner.backend == "triton"
-    assert engine.session.runner.fused
+    assert engine.stats().execution == {"device": DEVICE, "dtype": "float32", "attention_backend": "triton",
+                                        "fused_layers": True, "cuda_graphs": DEVICE == "cuda"}
     assert run(engine) == expected
     assert engine.stats().prefix_cache_hits > 0
 
@@ -86,7 +86,8 @@ def test_fused_model_handed_to_the_torch_backend_still_matches_generate(expected
     """What the runner does when the triton backend, picked automatically, fails its CUDA warm-up."""
     engine = make_engine(attention_backend="triton")
     engine.session.runner._use_backend("torch")
-    assert engine.session.runner.fused
+    execution = engine.stats().execution
+    assert (execution["attention_backend"], execution["fused_layers"]) == ("torch", True)  # what the operator sees
     assert run(engine) == expected
 
 

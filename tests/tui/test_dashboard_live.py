@@ -33,6 +33,7 @@ async def test_dashboard_numbers_change_when_requests_run(service, control):
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: "ready" in summary(app), what="the first snapshot of a ready service")
         assert service.model in summary(app) and "requests 0 " in engine_text(app)
+        assert str(app.screen.query_one(EnginePanel).border_subtitle) == "torch · cpu float32"  # the path that runs it
         assert "No GPU" in text(app.screen.query_one("#gpu-notice"))  # these machines have none
         assert "cores" in text(app.screen.query_one(HostPanel).query_one("#cpu", Gauge))
 

@@ -20,6 +20,14 @@ def test_counts_fit_in_a_few_characters(value, shown):
     assert fmt.count(value) == shown
 
 
+def test_execution_path_in_a_few_words():
+    gpu = {"device": "cuda:0", "dtype": "bfloat16", "attention_backend": "triton", "fused_layers": True, "cuda_graphs": True}
+    assert fmt.execution(gpu) == "triton · fused · CUDA graphs · cuda:0 bfloat16"
+    fallback = gpu | {"attention_backend": "torch", "cuda_graphs": False}  # triton failed its warm-up
+    assert fmt.execution(fallback) == "torch · fused · cuda:0 bfloat16"
+    assert fmt.execution(None) == ""  # no model loaded
+
+
 def test_sizes_share_the_totals_unit():
     assert fmt.size_pair(12 * 1024**3, 80 * 1024**3) == "12.0/80.0 GiB"
     assert fmt.size_pair(512 * 1024**2, 80 * 1024**3) == "0.5/80.0 GiB"

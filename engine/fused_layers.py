@@ -121,6 +121,7 @@ def can_fuse(model: nn.Module) -> bool:
     )
 
 
+@torch.no_grad()
 def fuse_layers(model: nn.Module) -> bool:
     """Rebuild the model's decoder layers and final norm in place; False (and nothing changed) for
     an architecture these modules do not reproduce."""

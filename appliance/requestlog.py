@@ -49,6 +49,25 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
+# uvicorn logs its process's lifecycle once per server, and the service runs three in one process
+# (the API, /metrics, the control socket): each line would appear three times.
+UVICORN_LIFECYCLE = frozenset({"Started server process [%d]", "Shutting down", "Finished server process [%d]"})
+
+
+class FirstOfEachLifecycleLine(logging.Filter):
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg not in UVICORN_LIFECYCLE:
+            return True
+        message = record.getMessage()
+        first = message not in self.seen
+        self.seen.add(message)
+        return first
+
+
 def setup_logging(level: str = "info") -> None:
     """Plain message lines on stderr: request lines are JSON already; systemd adds the timestamp."""
     handler = logging.StreamHandler(sys.stderr)
@@ -56,6 +75,9 @@ def setup_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    uvicorn = logging.getLogger("uvicorn.error")
+    uvicorn.filters[:] = [f for f in uvicorn.filters if not isinstance(f, FirstOfEachLifecycleLine)]
+    uvicorn.addFilter(FirstOfEachLifecycleLine())
 
 
 def _under_journald() -> bool:

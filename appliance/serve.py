@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import transformers
 import uvicorn
 from starlette.applications import Starlette
 
@@ -84,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"appliance serve: error: {e}", file=sys.stderr)
         return 2
     setup_logging(config.log_level)
+    # A progress bar redrawn with carriage returns is noise in the journal; "ready: serving" says it loaded.
+    transformers.utils.logging.disable_progress_bar()
     try:
         return asyncio.run(Appliance(config).run())
     except KeyboardInterrupt:

@@ -91,6 +91,9 @@ def test_sigterm_drains_streams_and_exits_zero(tiny_model_path, tmp_path):
             proc.wait()
     log = proc.stdout.read()
     assert "draining" in log and "stopped (exit code 0)" in log
+    # Three uvicorn servers, one process: its lifecycle said once; no progress bar in the journal.
+    assert log.count("Started server process") == 1 and log.count("Finished server process") == 1, log
+    assert "Loading weights" not in log, log
 
 
 def test_requests_outliving_the_drain_timeout_end_with_an_error_event(tiny_model_path, tmp_path):

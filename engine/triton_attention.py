@@ -33,8 +33,10 @@ ATTENTION_NAME = "appliance_paged_triton"
 DECODE_ROWS = 16
 PREFILL_ROWS = 64
 KEYS_PER_ITERATION = 64
-PARTITION_KEYS = 512  # keys per program when a decode batch is split
+PARTITION_KEYS = 512  # keys per program when a decode batch is split (more past MAX_PARTITIONS of them)
+MAX_PARTITIONS = 64  # bounds the partial results' memory for 128k-token contexts
 SPLIT_BELOW_PROGRAMS = 512  # split decode batches with fewer (sequence, kv head) programs than this
+MERGE_CHUNK = 16  # partitions the merge reads at a time
 
 
 @dataclass
@@ -54,6 +56,7 @@ def _paged_attention_kernel(
     block_tables_ptr, query_start_ptr, query_len_ptr, context_len_ptr,
     partial_acc_ptr, partial_max_ptr, partial_sum_ptr,  # split decodes: [S, heads, partitions(, dims)] float32
     scale,
+    partition_keys, num_partitions,  # split decodes: keys per program (axis 1 numbers partitions), how many
     stride_q_token, stride_q_head,
     stride_o_token, stride_o_head,
     stride_cache_block, stride_cache_slot, stride_cache_head,
@@ -67,11 +70,10 @@ def _paged_attention_kernel(
     BLOCK_SIZE: tl.constexpr,  # tokens per KV-cache block
     BLOCK_N: tl.constexpr,  # keys per loop iteration
     DOT_PRECISION: tl.constexpr,  # "ieee" for float32 (exact, as the torch path), "tf32" otherwise (ignored for 16-bit)
-    PARTITION: tl.constexpr,  # split decodes: keys per program (axis 1 numbers partitions); 0: no split
-    NUM_PARTITIONS: tl.constexpr,
+    SPLIT: tl.constexpr,  # a split decode batch: partial results for the merge kernel
 ):
     seq = tl.program_id(0)
-    tile = tl.program_id(1) if PARTITION == 0 else 0
+    tile = 0 if SPLIT else tl.program_id(1)
     kv_head = tl.program_id(2)
     query_len = tl.load(query_len_ptr + seq)
     if tile * TILE_Q >= query_len:
@@ -95,11 +97,11 @@ def _paged_attention_kernel(
     # Keys past this tile's last query are masked for every row: stop there.
     num_keys = context_len - query_len + tl.minimum((tile + 1) * TILE_Q, query_len)
     first_key = 0
-    if PARTITION > 0:
-        first_key = tl.program_id(1) * PARTITION
+    if SPLIT:
+        first_key = tl.program_id(1) * partition_keys
         if first_key >= num_keys:
             return  # the merge leaves out partitions past the context
-        num_keys = tl.minimum(num_keys, first_key + PARTITION)
+        num_keys = tl.minimum(num_keys, first_key + partition_keys)
     key_index = tl.arange(0, BLOCK_N)
     for start in range(first_key, num_keys, BLOCK_N):
         k_position = start + key_index
@@ -123,8 +125,8 @@ def _paged_attention_kernel(
         )
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
-    if PARTITION > 0:  # unnormalised, with its running max and sum, for the merge
-        partial = (seq * NUM_HEADS + q_head) * NUM_PARTITIONS + tl.program_id(1)
+    if SPLIT:  # unnormalised, with its running max and sum, for the merge
+        partial = (seq * NUM_HEADS + q_head) * num_partitions + tl.program_id(1)
         tl.store(partial_max_ptr + partial, m_i, mask=row_valid)
         tl.store(partial_sum_ptr + partial, l_i, mask=row_valid)
         tl.store(partial_acc_ptr + partial[:, None] * HEAD_DIM_PAD + dims[None, :], acc, mask=row_valid[:, None])
@@ -138,46 +140,56 @@ def _paged_attention_kernel(
 def _merge_partitions_kernel(
     partial_acc_ptr, partial_max_ptr, partial_sum_ptr, out_ptr,
     query_start_ptr, query_len_ptr, context_len_ptr,
+    partition_keys, num_partitions,
     stride_o_token, stride_o_head,
     NUM_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PAD: tl.constexpr,
-    PARTITION: tl.constexpr,
-    NUM_PARTITIONS: tl.constexpr,
-    PARTITIONS_PAD: tl.constexpr,
+    CHUNK: tl.constexpr,  # partitions read at a time
 ):
     """One decode token's head: the partitions' softmaxes rescaled to their common max and summed."""
     seq = tl.program_id(0)
     head = tl.program_id(1)
     if tl.load(query_len_ptr + seq) == 0:
         return
-    context_len = tl.load(context_len_ptr + seq)
-    parts = tl.arange(0, PARTITIONS_PAD)
-    valid = parts < tl.minimum(tl.cdiv(context_len, PARTITION), NUM_PARTITIONS)
-    base = (seq * NUM_HEADS + head) * NUM_PARTITIONS
-    m = tl.load(partial_max_ptr + base + parts, mask=valid, other=float("-inf"))
-    total_max = tl.max(m, 0)
-    weight = tl.where(valid, tl.exp(m - total_max), 0.0)
-    total = tl.sum(tl.load(partial_sum_ptr + base + parts, mask=valid, other=0.0) * weight, 0)
+    used = tl.minimum(tl.cdiv(tl.load(context_len_ptr + seq), partition_keys), num_partitions)
+    base = (seq * NUM_HEADS + head) * num_partitions
+    parts = tl.arange(0, CHUNK)
+    total_max = tl.full([], float("-inf"), tl.float32)
+    for start in range(0, used, CHUNK):
+        m = tl.load(partial_max_ptr + base + start + parts, mask=start + parts < used, other=float("-inf"))
+        total_max = tl.maximum(total_max, tl.max(m, 0))
     dims = tl.arange(0, HEAD_DIM_PAD)
-    acc = tl.load(partial_acc_ptr + (base + parts)[:, None] * HEAD_DIM_PAD + dims[None, :], mask=valid[:, None], other=0.0)
-    out = tl.sum(acc * weight[:, None], 0) / total
+    total = tl.zeros([], tl.float32)
+    acc = tl.zeros([HEAD_DIM_PAD], tl.float32)
+    for start in range(0, used, CHUNK):
+        valid = start + parts < used
+        m = tl.load(partial_max_ptr + base + start + parts, mask=valid, other=float("-inf"))
+        weight = tl.where(valid, tl.exp(m - total_max), 0.0)
+        total += tl.sum(tl.load(partial_sum_ptr + base + start + parts, mask=valid, other=0.0) * weight, 0)
+        rows = (base + start + parts)[:, None] * HEAD_DIM_PAD + dims[None, :]
+        acc += tl.sum(tl.load(partial_acc_ptr + rows, mask=valid[:, None], other=0.0) * weight[:, None], 0)
     token = tl.load(query_start_ptr + seq)
-    tl.store(out_ptr + token * stride_o_token + head * stride_o_head + dims, out.to(out_ptr.dtype.element_ty),
+    tl.store(out_ptr + token * stride_o_token + head * stride_o_head + dims, (acc / total).to(out_ptr.dtype.element_ty),
              mask=dims < HEAD_DIM)
 
 
-def decode_partitions(num_seqs: int, num_kv_heads: int, max_context: int, partition_keys: int = PARTITION_KEYS) -> int:
-    """How many partitions a decode batch's contexts are split into (0: not split), from shapes
-    known on the host: max_context is the block tables' width in tokens, so no device sync."""
+def decode_partitions(num_seqs: int, num_kv_heads: int, max_context: int,
+                      partition_keys: int = PARTITION_KEYS) -> tuple[int, int]:
+    """(partitions, keys per partition) a decode batch's contexts are split into; (0, 0): not split.
+    From shapes known on the host (max_context is the block tables' width in tokens): no device sync.
+    Past MAX_PARTITIONS partitions grow instead, in whole key iterations."""
     partitions = triton.cdiv(max_context, partition_keys)
     if partitions < 2 or num_seqs * num_kv_heads >= SPLIT_BELOW_PROGRAMS:
-        return 0
-    return partitions
+        return 0, 0
+    if partitions > MAX_PARTITIONS:
+        partition_keys = triton.cdiv(triton.cdiv(max_context, MAX_PARTITIONS), KEYS_PER_ITERATION) * KEYS_PER_ITERATION
+        partitions = triton.cdiv(max_context, partition_keys)
+    return partitions, partition_keys
 
 
 def kernel_constants(num_heads: int, num_kv_heads: int, head_dim: int, block_size: int, max_query_len: int,
-                     dtype: torch.dtype, num_partitions: int = 0, partition_keys: int = PARTITION_KEYS) -> dict:
+                     dtype: torch.dtype, split: bool = False) -> dict:
     """The kernel's compile-time constants for a batch of this shape (one compiled variant each)."""
     group = num_heads // num_kv_heads
     tile_q = max(1, (DECODE_ROWS if max_query_len == 1 else PREFILL_ROWS) // group)
@@ -191,8 +203,7 @@ def kernel_constants(num_heads: int, num_kv_heads: int, head_dim: int, block_siz
         BLOCK_SIZE=block_size,
         BLOCK_N=KEYS_PER_ITERATION,
         DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
-        PARTITION=partition_keys if num_partitions else 0,
-        NUM_PARTITIONS=max(num_partitions, 1),
+        SPLIT=split,
     )
 
 
@@ -206,9 +217,9 @@ def paged_attention_packed(
     num_seqs, table_width = meta.block_tables.shape
     num_partitions = 0
     if meta.max_query_len == 1:
-        num_partitions = decode_partitions(num_seqs, num_kv_heads, table_width * block_size, partition_keys)
+        num_partitions, partition_keys = decode_partitions(num_seqs, num_kv_heads, table_width * block_size, partition_keys)
     constants = kernel_constants(num_heads, num_kv_heads, head_dim, block_size, meta.max_query_len, q.dtype,
-                                 num_partitions, partition_keys)
+                                 split=num_partitions > 0)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if num_partitions:
         partial = (num_seqs, num_heads, num_partitions)
@@ -224,6 +235,7 @@ def paged_attention_packed(
         meta.block_tables, meta.query_start, meta.query_len, meta.context_len,
         partial_acc, partial_max, partial_sum,
         scale,
+        partition_keys, num_partitions,
         q.stride(0), q.stride(1),
         out.stride(0), out.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
@@ -234,10 +246,9 @@ def paged_attention_packed(
         _merge_partitions_kernel[(num_seqs, num_heads)](
             partial_acc, partial_max, partial_sum, out,
             meta.query_start, meta.query_len, meta.context_len,
+            partition_keys, num_partitions,
             out.stride(0), out.stride(1),
-            NUM_HEADS=num_heads, HEAD_DIM=head_dim, HEAD_DIM_PAD=constants["HEAD_DIM_PAD"],
-            PARTITION=partition_keys, NUM_PARTITIONS=num_partitions,
-            PARTITIONS_PAD=triton.next_power_of_2(num_partitions),
+            NUM_HEADS=num_heads, HEAD_DIM=head_dim, HEAD_DIM_PAD=constants["HEAD_DIM_PAD"], CHUNK=MERGE_CHUNK,
         )
     return out
 

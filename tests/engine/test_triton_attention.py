@@ -101,7 +101,7 @@ def test_split_decodes_merge_to_the_same_attention(num_heads, num_kv_heads):
     shapes = [(1, 3), (1, 64), (1, 65), (1, 200), (1, 130), (0, 0)]
     q, key_cache, value_cache, meta, tables, starts = build_batch(shapes, num_heads, num_kv_heads, 16, seed=3)
     width = meta.block_tables.shape[1] * BLOCK_SIZE
-    assert decode_partitions(len(shapes), num_kv_heads, width, partition_keys=64) == 4  # the path under test
+    assert decode_partitions(len(shapes), num_kv_heads, width, partition_keys=64) == (4, 64)  # the path under test
     out = paged_attention_packed(q, key_cache, value_cache, meta, 0.25, partition_keys=64)
     for (query_len, ctx), table, start in zip(shapes, tables, starts):
         if query_len == 0:
@@ -111,10 +111,23 @@ def test_split_decodes_merge_to_the_same_attention(num_heads, num_kv_heads):
         torch.testing.assert_close(out[start : start + 1].double(), reference(q[start : start + 1], k, v, 0.25), atol=1e-4, rtol=1e-4)
 
 
+def test_split_decodes_merge_more_partitions_than_the_merge_reads_at_once():
+    shapes = [(1, 1100), (1, 70)]  # 18 partitions of 64 keys: two chunks of 16 for the merge
+    q, key_cache, value_cache, meta, tables, starts = build_batch(shapes, 2, 1, 16, seed=4)
+    assert decode_partitions(2, 1, meta.block_tables.shape[1] * BLOCK_SIZE, partition_keys=64)[0] == 18
+    out = paged_attention_packed(q, key_cache, value_cache, meta, 0.25, partition_keys=64)
+    for (_, ctx), table, start in zip(shapes, tables, starts):
+        k = contiguous_context(key_cache, table, ctx)
+        v = contiguous_context(value_cache, table, ctx)
+        torch.testing.assert_close(out[start : start + 1].double(), reference(q[start : start + 1], k, v, 0.25), atol=1e-4, rtol=1e-4)
+
+
 def test_only_small_decode_batches_with_long_contexts_are_split():
-    assert decode_partitions(1, 8, 8192) == 16  # batch 1, 8 kv heads: 8 programs would idle the GPU
-    assert decode_partitions(1, 8, 512) == 0  # one partition's worth: nothing to split
-    assert decode_partitions(64, 8, 8192) == 0  # 512 (sequence, kv head) programs already fill it
+    assert decode_partitions(1, 8, 8192) == (16, 512)  # batch 1, 8 kv heads: 8 programs would idle the GPU
+    assert decode_partitions(1, 8, 131072) == (64, 2048)  # at most 64 partitions: they grow instead
+    assert decode_partitions(1, 8, 130000) == (64, 2048)  # in whole 64-key iterations
+    assert decode_partitions(1, 8, 512) == (0, 0)  # one partition's worth: nothing to split
+    assert decode_partitions(64, 8, 8192) == (0, 0)  # 512 (sequence, kv head) programs already fill it
 
 
 def test_16_bit_inputs_take_the_16_bit_path_within_its_rounding():

@@ -19,9 +19,7 @@ from engine.fused_kernels import (
     _rms_norm_kernel, _rotary_and_write_kv_kernel, _silu_and_mul_kernel, rms_norm_constants, rotary_constants,
     silu_and_mul_constants,
 )
-from engine.triton_attention import (
-    PARTITION_KEYS, _merge_partitions_kernel, _paged_attention_kernel, decode_partitions, kernel_constants,
-)
+from engine.triton_attention import MERGE_CHUNK, _merge_partitions_kernel, _paged_attention_kernel, kernel_constants
 
 TARGETS = {"sm90": GPUTarget("cuda", 90, 32), "sm80": GPUTarget("cuda", 80, 32)}
 POINTER_TYPES = {torch.bfloat16: "*bf16", torch.float32: "*fp32"}
@@ -29,8 +27,7 @@ POINTER_TYPES = {torch.bfloat16: "*bf16", torch.float32: "*fp32"}
 SHAPES = {"smollm2-135m": (9, 3, 64, 576, 1536), "llama-3.1-8b": (32, 8, 128, 4096, 14336)}
 # Paged attention: (target, shape, dtype, max query length: 1 decodes only, split decode). SmolLM2-135M
 # (3 query heads a kv head, 64 dims) and Llama-3.1-8B (4, 128) on Hopper, decode and prefill tiles;
-# float32 (exact dots); the 8B prefill tile on Ampere; batch-1 decodes over 8k-token block tables,
-# split (with the merge kernel) on both.
+# float32 (exact dots); the 8B prefill tile on Ampere; split batch-1 decodes (with the merge kernel) on both.
 ATTENTION_VARIANTS = [
     ("sm90", "smollm2-135m", torch.bfloat16, 1, False),
     ("sm90", "smollm2-135m", torch.bfloat16, 512, False),
@@ -41,7 +38,6 @@ ATTENTION_VARIANTS = [
     ("sm90", "llama-3.1-8b", torch.bfloat16, 1, True),
     ("sm80", "llama-3.1-8b", torch.bfloat16, 1, True),
 ]
-SPLIT_CONTEXT = 8192
 # The fused layer kernels for both shapes in bfloat16 on Hopper, and the 8B's on Ampere.
 FUSED_VARIANTS = [("sm90", "smollm2-135m"), ("sm90", "llama-3.1-8b"), ("sm80", "llama-3.1-8b")]
 VARIANT_COUNT = len(ATTENTION_VARIANTS) + sum(split for *_, split in ATTENTION_VARIANTS) + 3 * len(FUSED_VARIANTS)
@@ -79,21 +75,18 @@ def report(compiled, **what) -> None:
 def main() -> None:
     for target, shape, dtype, max_query_len, split in ATTENTION_VARIANTS:
         heads, kv_heads, head_dim, _, _ = SHAPES[shape]
-        partitions = decode_partitions(1, kv_heads, SPLIT_CONTEXT) if split else 0
-        constants = kernel_constants(heads, kv_heads, head_dim, 16, max_query_len, dtype, partitions)
+        constants = kernel_constants(heads, kv_heads, head_dim, 16, max_query_len, dtype, split)
         pointer = POINTER_TYPES[dtype]
         pointers = dict(q_ptr=pointer, k_cache_ptr=pointer, v_cache_ptr=pointer, out_ptr=pointer,
                         partial_acc_ptr="*fp32", partial_max_ptr="*fp32", partial_sum_ptr="*fp32")
         compiled = compile_kernel(_paged_attention_kernel, target, constants, pointers, floats=("scale",))
         report(compiled, kernel="paged_attention", target=target, shape=shape, dtype=str(dtype),
-               max_query_len=max_query_len, partitions=partitions)
+               max_query_len=max_query_len, split=split)
         if split:
-            merge = dict(NUM_HEADS=heads, HEAD_DIM=head_dim, HEAD_DIM_PAD=constants["HEAD_DIM_PAD"],
-                         PARTITION=PARTITION_KEYS, NUM_PARTITIONS=partitions,
-                         PARTITIONS_PAD=triton.next_power_of_2(partitions))
+            merge = dict(NUM_HEADS=heads, HEAD_DIM=head_dim, HEAD_DIM_PAD=constants["HEAD_DIM_PAD"], CHUNK=MERGE_CHUNK)
             pointers = dict(partial_acc_ptr="*fp32", partial_max_ptr="*fp32", partial_sum_ptr="*fp32", out_ptr=pointer)
             compiled = compile_kernel(_merge_partitions_kernel, target, merge, pointers)
-            report(compiled, kernel="merge_partitions", target=target, shape=shape, partitions=partitions)
+            report(compiled, kernel="merge_partitions", target=target, shape=shape)
     bf16 = "*bf16"
     for target, shape in FUSED_VARIANTS:
         heads, kv_heads, head_dim, hidden, width = SHAPES[shape]

@@ -38,17 +38,17 @@ def _merged_linear(parts: list[nn.Linear]) -> nn.Linear:
 
 
 class FusedRMSNorm(nn.Module):
+    """transformers' RMSNorm as one kernel; the module itself is the torch equivalent."""
+
     def __init__(self, norm: nn.Module):
         super().__init__()
-        self.weight = norm.weight
-        self.variance_epsilon = norm.variance_epsilon
+        self.norm = norm
         self.use_kernels = True
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if self.use_kernels:
-            return rms_norm(hidden_states, self.weight, self.variance_epsilon)
-        variance = hidden_states.float().pow(2).mean(-1, keepdim=True)
-        return self.weight * (hidden_states.float() * torch.rsqrt(variance + self.variance_epsilon)).to(hidden_states.dtype)
+            return rms_norm(hidden_states, self.norm.weight, self.norm.variance_epsilon)
+        return self.norm(hidden_states)
 
 
 class FusedMLP(nn.Module):

@@ -106,7 +106,8 @@ def _paged_attention_kernel(
     for start in range(first_key, num_keys, BLOCK_N):
         k_position = start + key_index
         k_valid = k_position < num_keys
-        block = tl.load(block_tables_ptr + seq * stride_table + k_position // BLOCK_SIZE, mask=k_valid, other=0)
+        # int64: block * stride_cache_block passes 2**31 in a large cache (a small model on a big GPU).
+        block = tl.load(block_tables_ptr + seq * stride_table + k_position // BLOCK_SIZE, mask=k_valid, other=0).to(tl.int64)
         cache_offsets = block * stride_cache_block + (k_position % BLOCK_SIZE) * stride_cache_slot + kv_head * stride_cache_head
         k = tl.load(
             k_cache_ptr + cache_offsets[None, :] + dims[:, None], mask=k_valid[None, :] & dim_valid[:, None], other=0.0

@@ -143,3 +143,29 @@ def test_16_bit_inputs_take_the_16_bit_path_within_its_rounding():
         k = contiguous_context(key_cache, table, ctx).float()
         v = contiguous_context(value_cache, table, ctx).float()
         torch.testing.assert_close(out[rows].double(), reference(q[rows].float(), k, v, 0.25), atol=2e-3, rtol=2e-3)
+
+
+def test_blocks_past_2_31_cache_elements_are_addressed_in_64_bits():
+    """A small model's cache on a large GPU has more than 2**31 elements per layer; block * stride
+    in 32 bits wrapped to a negative offset (a crash, or another block's keys). torch.empty keeps
+    the 4 GiB caches untouched except for the two blocks written (on CPU)."""
+    heads, kv_heads, dim = 2, 1, 16
+    per_block = BLOCK_SIZE * kv_heads * dim
+    shape = ((1 << 31) // per_block + 4, BLOCK_SIZE, kv_heads, dim)
+    key_cache = torch.empty(shape, dtype=torch.float16, device=DEVICE)
+    value_cache = torch.empty(shape, dtype=torch.float16, device=DEVICE)
+    table = [5, shape[0] - 2]  # the second block starts past 2**31 elements
+    gen = torch.Generator().manual_seed(5)
+    k = torch.randn(2, *shape[1:], generator=gen).half().to(DEVICE)
+    v = torch.randn(2, *shape[1:], generator=gen).half().to(DEVICE)
+    key_cache[table], value_cache[table] = k, v
+    q = torch.randn(1, heads, dim, generator=gen).half().to(DEVICE)
+
+    def t(values):
+        return torch.tensor(values, dtype=torch.int32, device=DEVICE)
+
+    ctx = 2 * BLOCK_SIZE
+    meta = PackedMetadata([], torch.empty(0, dtype=torch.long, device=DEVICE), t([0]), t([1]), t([ctx]), t([table]), 1)
+    out = paged_attention_packed(q, key_cache, value_cache, meta, 0.25)
+    expected = reference(q.float(), k.flatten(0, 1).float(), v.flatten(0, 1).float(), 0.25)
+    torch.testing.assert_close(out.double(), expected, atol=2e-3, rtol=2e-3)

@@ -15,10 +15,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from appliance import formatting as fmt
 from appliance.errors import APIError, from_engine_error, from_validation_error, invalid
 from appliance.generation import Generation, respond
+from appliance.response_counter import ResponseCounter
 from appliance.schemas import (
     MAX_PROMPTS,
     ChatCompletionRequest,
@@ -206,7 +208,6 @@ async def openapi(request: Request) -> Response:
 
 # -- errors, rendered in one place --------------------------------------------------------------
 async def on_api_error(request: Request, exc: APIError) -> Response:
-    request.app.state.service.window.count_error()
     return exc.to_response()
 
 
@@ -221,11 +222,10 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
     if isinstance(exc, EngineError):
         return from_engine_error(exc, request.app.state.service.config.retry_after_s).to_response()
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    request.app.state.service.window.count_error()
     return APIError(500, "internal error; the server log has the details").to_response()
 
 
-def build_app(service: Service) -> Starlette:
+def build_app(service: Service) -> ASGIApp:
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
@@ -235,9 +235,14 @@ def build_app(service: Service) -> Starlette:
         Route("/ready", ready, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
+    def count_response(handler: str, method: str, status: int) -> None:
+        service.metrics.observe_response(handler, method, status)
+        if handler.startswith("/v1/") or handler == "none":  # API requests, not health probes
+            service.window.count_response(status)
+
     app = Starlette(
         routes=routes,
         exception_handlers={APIError: on_api_error, HTTPException: on_http_error, Exception: on_unexpected},
     )
     app.state.service = service
-    return app
+    return ResponseCounter(app, on_response=count_response)  # outermost: it sees the last-resort 500s too

@@ -20,6 +20,7 @@ from starlette.responses import Response, StreamingResponse
 
 from appliance import formatting as fmt
 from appliance.errors import APIError
+from appliance.response_counter import mark_stream_failed
 from appliance.service import RequestContext, Service
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -163,7 +164,7 @@ async def respond(request: Request, gen: Generation, stream: bool, include_usage
                 yield sse(usage_chunk(created, gen.states))
         except APIError as e:
             ctx.status = f"error {e.status}"
-            service.window.count_error()
+            mark_stream_failed(request, e.status)
             yield sse(e.body())
         except BaseException:
             ctx.status = "disconnected"

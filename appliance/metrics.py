@@ -94,6 +94,11 @@ class Metrics:
             "vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.",
             ["model_name"], buckets=LATENCY_BUCKETS, registry=r,
         )
+        # As prometheus-fastapi-instrumentator names it (vLLM's API server exports it so).
+        self.http_requests = Counter(
+            "http_requests", "HTTP requests by route, method and status class (2xx, 4xx, 5xx).",
+            ["handler", "method", "status"], registry=r,
+        )
         self.key_requests = Counter("appliance_key_requests", "Requests admitted per API key.", ["key_id"], registry=r)
         self.key_prompt_tokens = Counter("appliance_key_prompt_tokens", "Prompt tokens per API key.", ["key_id"], registry=r)
         self.key_completion_tokens = Counter(
@@ -114,6 +119,9 @@ class Metrics:
         itl = self.itl.labels(model)
         for gap in token_gaps_s:
             itl.observe(gap)
+
+    def observe_response(self, handler: str, method: str, status: int) -> None:
+        self.http_requests.labels(handler, method, f"{status // 100}xx").inc()
 
     def observe_key(self, key_id: str, prompt_tokens: int, completion_tokens: int) -> None:
         self.key_requests.labels(key_id).inc()

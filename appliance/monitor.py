@@ -34,7 +34,8 @@ class RequestWindow:
         self._itl: deque[tuple[float, float]] = deque(maxlen=max_samples)
         self._finished: deque[float] = deque(maxlen=max_samples)
         self.requests_total = 0
-        self.errors_total = 0
+        self.errors_total = 0  # server errors (5xx): what on-call looks at
+        self.rejected_total = 0  # refusals (4xx): bad keys, invalid bodies, rate limits
 
     def observe(self, ttft_s: float | None, gaps_s: list[float]) -> None:
         now = time.monotonic()
@@ -42,12 +43,14 @@ class RequestWindow:
             self._ttft.append((now, ttft_s))
         self._itl.extend((now, gap) for gap in gaps_s)
 
-    def count_request(self) -> None:
+    def count_response(self, status: int) -> None:
+        """One API request answered; 499 (its client left) is neither refused nor failed."""
         self.requests_total += 1
         self._finished.append(time.monotonic())
-
-    def count_error(self) -> None:
-        self.errors_total += 1
+        if status >= 500:
+            self.errors_total += 1
+        elif 400 <= status < 499:
+            self.rejected_total += 1
 
     def summary(self) -> dict:
         since = time.monotonic() - self.window_s
@@ -60,6 +63,7 @@ class RequestWindow:
             "requests_per_s": recent / self.window_s,
             "requests_total": self.requests_total,
             "errors": self.errors_total,
+            "rejected": self.rejected_total,
         }
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import transformers
 import uvicorn
 from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from appliance import sdnotify
 from appliance.control import ControlPlane, build_control_app
@@ -102,7 +103,7 @@ class _Server(uvicorn.Server):
         return contextlib.nullcontext()
 
 
-def _uvicorn(app: Starlette, host: str | None = None, port: int | None = None, http=None) -> _Server:
+def _uvicorn(app: ASGIApp, host: str | None = None, port: int | None = None, http=None) -> _Server:
     options = {"http": http} if http is not None else {}
     return _Server(uvicorn.Config(
         app, host=host or "127.0.0.1", port=port or 0, log_config=None, access_log=False, lifespan="off",

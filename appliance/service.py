@@ -354,7 +354,6 @@ class Service:
 
     def finish(self, ctx: RequestContext) -> None:
         """Account one API request: key usage (memory), per-key metrics, the request log line."""
-        self.window.count_request()
         if ctx.key_id is not None:
             if self.keys is not None:
                 self.keys.record_usage(ctx.key_id, ctx.prompt_tokens, ctx.completion_tokens)

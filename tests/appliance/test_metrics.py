@@ -56,3 +56,30 @@ def test_vllm_names_and_counts_move_with_a_request(live_server, client):
     assert value(after, "appliance_key_requests_total", key_id=key_id) == value(before, "appliance_key_requests_total", key_id=key_id) + 1
     assert value(after, "appliance_key_completion_tokens_total", key_id=key_id) - value(before, "appliance_key_completion_tokens_total", key_id=key_id) == 5
     assert value(after, "appliance_key_prompt_tokens_total", key_id=key_id) - value(before, "appliance_key_prompt_tokens_total", key_id=key_id) == r.usage.prompt_tokens
+
+
+def test_api_responses_are_counted_by_status_class_and_in_the_dashboard_totals(live_server, http):
+    model = live_server.model
+    window = live_server.service.window
+    before, totals_before = scrape(live_server), window.summary()
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    assert http.post("/v1/chat/completions", json=body).status_code == 200
+    assert http.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-app-nope"}).status_code == 401
+    assert http.post("/v1/chat/completions", json=body | {"model": "no-such-model"}).status_code == 404
+    assert http.post("/v1/chat/completions", json=body | {"max_tokens": -1}).status_code == 400
+    assert http.get("/v1/no-such-route").status_code == 404
+    assert http.get("/ready").status_code == 200
+    after, totals = scrape(live_server), window.summary()
+
+    def moved(handler, method, status):
+        labels = dict(handler=handler, method=method, status=status)
+        return value(after, "http_requests_total", **labels) - value(before, "http_requests_total", **labels)
+
+    assert moved("/v1/chat/completions", "POST", "2xx") == 1
+    assert moved("/v1/chat/completions", "POST", "4xx") == 3
+    assert moved("none", "GET", "4xx") == 1
+    assert moved("/ready", "GET", "2xx") == 1
+    # The dashboard counts API requests (not health probes): the refusals among them apart from errors.
+    assert totals["requests_total"] - totals_before["requests_total"] == 5
+    assert totals["rejected"] - totals_before["rejected"] == 4
+    assert totals["errors"] == totals_before["errors"]

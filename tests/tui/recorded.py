@@ -44,7 +44,7 @@ def snapshot(second: int, gpus: bool = True) -> dict:
                           "fused_layers": True, "cuda_graphs": True} if gpus else
                          {"device": "cpu", "dtype": "float32", "attention_backend": "torch",
                           "fused_layers": False, "cuda_graphs": False},
-            "preemptions": 3, "errors": 1, "requests_total": 48213,
+            "preemptions": 3, "errors": 1, "rejected": 27, "requests_total": 48213,
         },
         "gpu_status": "ok" if gpus else ("no NVIDIA GPU or driver found (nvidia-ml-py could not initialise NVML: "
                                          "NVML Shared Library Not Found); showing host telemetry only"),

@@ -87,10 +87,12 @@ class EnginePanel(Panel):
                                              f"ITL {fmt.latency(itl.get('p50'))}/{fmt.latency(itl.get('p99'))}"
                                              " (p50/p99)"))
         errors, preemptions = engine.get("errors") or 0, engine.get("preemptions") or 0
+        rejected = engine.get("rejected") or 0
         hit_rate = engine.get("prefix_cache_hit_rate")
         self.text("totals", line(
-            "totals", f"requests {fmt.number(engine.get('requests_total'))} · ",
-            (f"errors {errors:,}", "$text-error" if errors else ""), " · ",
+            "totals", f"requests {fmt.number(engine.get('requests_total'))} (",
+            (f"4xx {rejected:,}", "$text-warning" if rejected else ""), " · ",
+            (f"5xx {errors:,}", "$text-error" if errors else ""), ") · ",
             (f"preemptions {preemptions:,}", "$text-warning" if preemptions else ""),
             f" · prefix hits {fmt.percent(hit_rate)}"))
         self.graph("kv-history", state, lambda s: s["engine"]["kv_usage"])

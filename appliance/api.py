@@ -161,9 +161,12 @@ async def embeddings(request: Request) -> Response:
     inputs = completion_prompts(req.input)
     try:
         vectors, tokens = await service.embed(ctx, inputs)
+        ctx.prompt_tokens = tokens  # before finish: the key's usage, limits and the log line count them
+    except APIError as e:
+        ctx.status = f"error {e.status}"
+        raise
     finally:
         service.finish(ctx)
-    ctx.prompt_tokens = tokens
     data = []
     for i, vector in enumerate(vectors):
         if req.dimensions is not None:

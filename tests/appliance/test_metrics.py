@@ -83,3 +83,13 @@ def test_api_responses_are_counted_by_status_class_and_in_the_dashboard_totals(l
     assert totals["requests_total"] - totals_before["requests_total"] == 5
     assert totals["rejected"] - totals_before["rejected"] == 4
     assert totals["errors"] == totals_before["errors"]
+
+
+def test_embedding_tokens_are_charged_to_the_key(live_server, client):
+    key_id = live_server.key_ids["main"]
+    before = scrape(live_server)
+    r = client.embeddings.create(model=live_server.model, input=["charge these tokens", "and these"])
+    after = scrape(live_server)
+    assert r.usage.prompt_tokens > 0
+    assert value(after, "appliance_key_prompt_tokens_total", key_id=key_id) - \
+        value(before, "appliance_key_prompt_tokens_total", key_id=key_id) == r.usage.prompt_tokens

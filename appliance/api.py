@@ -20,6 +20,7 @@ from starlette.types import ASGIApp
 from appliance import formatting as fmt
 from appliance.errors import APIError, from_engine_error, from_validation_error, invalid
 from appliance.generation import Generation, respond
+from appliance.requestlog import log_refusal
 from appliance.response_counter import ResponseCounter
 from appliance.schemas import (
     MAX_PROMPTS,
@@ -57,6 +58,13 @@ async def read_json(request: Request, limit: int) -> dict:
     if not isinstance(data, dict):
         raise invalid(None, "the request body must be a JSON object")
     return data
+
+
+def new_context(request: Request, id_prefix: str, endpoint: str, model: str) -> RequestContext:
+    """The request's context, kept on the request so a refusal's log line can name its key and model."""
+    service: Service = request.app.state.service
+    request.state.context = RequestContext(service.new_request_id(id_prefix), endpoint, model)
+    return request.state.context
 
 
 def parse(model: type[BaseModel], data: dict):
@@ -99,7 +107,7 @@ def sampling_params(req, max_tokens: int | None, logprobs: int | None, index: in
 async def chat_completions(request: Request) -> Response:
     service: Service = request.app.state.service
     req = parse(ChatCompletionRequest, await read_json(request, service.config.max_request_body_bytes))
-    ctx = RequestContext(service.new_request_id("chatcmpl"), "chat", req.model)
+    ctx = new_context(request, "chatcmpl", "chat", req.model)
     await service.authorize(api_key(request), req.model, ctx)
     messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})} for m in req.messages]
     prompt = await service.render_chat(ctx, messages)
@@ -136,7 +144,7 @@ async def completions(request: Request) -> Response:
     prompts = completion_prompts(req.prompt)
     if len(prompts) * req.n > MAX_PROMPTS:
         raise invalid("n", f"prompts × n may be at most {MAX_PROMPTS}, got {len(prompts) * req.n}")
-    ctx = RequestContext(service.new_request_id("cmpl"), "completions", req.model)
+    ctx = new_context(request, "cmpl", "completions", req.model)
     await service.authorize(api_key(request), req.model, ctx)
     ctx.prompt_text = json.dumps(req.prompt) if not isinstance(req.prompt, str) else req.prompt
     top = req.logprobs
@@ -156,7 +164,7 @@ async def completions(request: Request) -> Response:
 async def embeddings(request: Request) -> Response:
     service: Service = request.app.state.service
     req = parse(EmbeddingRequest, await read_json(request, service.config.max_request_body_bytes))
-    ctx = RequestContext(service.new_request_id("embd"), "embeddings", req.model)
+    ctx = new_context(request, "embd", "embeddings", req.model)
     await service.authorize(api_key(request), req.model, ctx)
     inputs = completion_prompts(req.input)
     try:
@@ -211,6 +219,11 @@ async def openapi(request: Request) -> Response:
 
 # -- errors, rendered in one place --------------------------------------------------------------
 async def on_api_error(request: Request, exc: APIError) -> Response:
+    ctx: RequestContext | None = getattr(request.state, "context", None)
+    if ctx is None or not ctx.accounted:  # a request that ran has its own log line
+        known = {"request_id": ctx.request_id, "key_id": ctx.key_id, "model": ctx.model} if ctx else {}
+        log_refusal(method=request.method, path=request.url.path, status=exc.status, code=exc.code,
+                    message=exc.message, **known)
     return exc.to_response()
 
 

@@ -1,4 +1,4 @@
-"""Structured request log: one JSON line per finished API request (journald reads stderr).
+"""Structured request log: one JSON line per API request, run or refused (journald reads stderr).
 
 Never the key secret (only its id); prompt text only when the config sets log_prompts.
 """
@@ -42,6 +42,27 @@ def log_request(
     if prompt is not None:
         record["prompt"] = prompt
     logger.info(json.dumps(record, ensure_ascii=False))
+    return record
+
+
+def log_refusal(
+    *, method: str, path: str, status: int, code: str | None, message: str,
+    request_id: str | None = None, key_id: str | None = None, model: str | None = None,
+) -> dict:
+    """A request refused before it ran (bad body, key, model, limit, a full queue): no usage to
+    report, but on-call needs to see who was refused and why."""
+    record = {
+        "event": "refused",
+        "request_id": request_id,
+        "key_id": key_id,
+        "model": model,
+        "method": method,
+        "path": path,
+        "status": f"error {status}",
+        "code": code,
+        "message": message,
+    }
+    logger.log(logging.WARNING if status >= 500 else logging.INFO, json.dumps(record, ensure_ascii=False))
     return record
 
 

@@ -40,6 +40,7 @@ class RequestContext:
     ttft_s: float | None = None
     status: str = "ok"
     served: ServedModel | None = None  # the model the request was admitted to
+    accounted: bool = False  # finish() ran: usage recorded, the request log line written
 
 
 
@@ -263,6 +264,8 @@ class Service:
             record = await asyncio.to_thread(self.keys.authenticate, api_key)
         except AuthError as e:
             raise APIError(e.status, e.message, code="invalid_api_key" if e.status == 401 else "key_not_active") from None
+        if ctx is not None:
+            ctx.key_id = record.id  # a refusal below (model, rate limit) is logged with the key's id
         if model is not None:
             served = await self.admit(model)
             try:
@@ -274,8 +277,6 @@ class Service:
             if ctx is not None:
                 ctx.served = served
                 served.admitted.add(ctx)
-        if ctx is not None:
-            ctx.key_id = record.id
         return record
 
     # -- generation -----------------------------------------------------------------------------
@@ -354,6 +355,7 @@ class Service:
 
     def finish(self, ctx: RequestContext) -> None:
         """Account one API request: key usage (memory), per-key metrics, the request log line."""
+        ctx.accounted = True
         if ctx.key_id is not None:
             if self.keys is not None:
                 self.keys.record_usage(ctx.key_id, ctx.prompt_tokens, ctx.completion_tokens)

@@ -120,3 +120,25 @@ def test_client_leaving_a_non_streamed_request_aborts_it(live_server):
     stats = wait_engine_idle(service, timeout_s=5)
     assert (stats.num_running, stats.kv_blocks_used) == (0, 0)
     assert stats.generation_tokens_total - before < 600
+
+
+def test_refused_requests_get_a_log_line_naming_who_and_why(live_server, http, caplog):
+    import logging
+
+    body = {"model": live_server.model, "messages": [{"role": "user", "content": "secret prompt"}], "max_tokens": 2}
+    other_only = live_server.keys["other-model-only"]
+    with caplog.at_level(logging.INFO, logger="appliance.request"):
+        assert http.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-app-nope"}).status_code == 401
+        assert http.post("/v1/chat/completions", json=body, headers=live_server.headers(other_only)).status_code == 403
+        assert http.post("/v1/completions", content=b"{not json").status_code == 400
+    refused = [json.loads(r.getMessage()) for r in caplog.records if '"refused"' in r.getMessage()]
+    assert [(r["path"], r["status"], r["code"]) for r in refused] == [
+        ("/v1/chat/completions", "error 401", "invalid_api_key"),
+        ("/v1/chat/completions", "error 403", "model_not_allowed"),
+        ("/v1/completions", "error 400", "invalid_parameter"),
+    ]
+    assert refused[0]["key_id"] is None and refused[1]["key_id"] == live_server.key_ids["other-model-only"]
+    assert refused[1]["model"] == live_server.model and refused[1]["request_id"].startswith("chatcmpl-")
+    assert refused[2]["request_id"] is None  # refused before it had one: the body did not parse
+    assert all(r["message"] for r in refused)
+    assert not any(secret in caplog.text for secret in live_server.keys.values()) and "secret prompt" not in caplog.text

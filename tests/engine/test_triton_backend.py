@@ -91,6 +91,15 @@ def test_fused_model_handed_to_the_torch_backend_still_matches_generate(expected
     assert run(engine) == expected
 
 
+def test_embeddings_of_a_fused_model_equal_the_torch_backends():
+    """Embeddings bypass the paged cache (SDPA over the prompt): the fused modules' other path."""
+    fused, plain = make_engine(attention_backend="triton"), make_engine(attention_backend="torch")
+    assert fused.session.runner.fused and not plain.session.runner.fused
+    prompts = [[5, 6, 7, 8, 9], list(range(40, 60))]
+    for got, want in zip(fused.embed(prompts), plain.embed(prompts)):
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(want), atol=1e-5, rtol=1e-5)
+
+
 def test_triton_backend_with_transformers_layers_matches_generate_under_preemption(expected):
     engine = make_engine(attention_backend="triton", num_kv_blocks=14, fused_layers=False)
     assert not engine.session.runner.fused

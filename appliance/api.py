@@ -251,6 +251,7 @@ def build_app(service: Service) -> ASGIApp:
         Route("/ready", ready, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
+
     def count_response(handler: str, method: str, status: int) -> None:
         service.metrics.observe_response(handler, method, status)
         if handler.startswith("/v1/") or handler == "none":  # API requests, not health probes

@@ -38,10 +38,7 @@ class UsageLedger:
         day = now.date().isoformat()
         tokens = prompt_tokens + completion_tokens
         with self._lock:
-            counts = self._pending.setdefault((key_id, day), [0, 0, 0])
-            counts[0] += 1
-            counts[1] += prompt_tokens
-            counts[2] += completion_tokens
+            _add(self._pending.setdefault((key_id, day), [0, 0, 0]), [1, prompt_tokens, completion_tokens])
             self._pending_last_used[key_id] = now
             periods = self._period_used.get(key_id, {})
             for start in periods:

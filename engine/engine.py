@@ -114,7 +114,7 @@ class Engine:
 
     @property
     def kv_cache_bytes(self) -> int:
-        return sum(k.nbytes + v.nbytes for k, v in self._session().runner.kv_caches)
+        return self._session().runner.kv_cache_bytes
 
     @property
     def tokenizer(self):

@@ -113,6 +113,10 @@ class ModelRunner:
         return {"device": str(self.device), "dtype": self.config.dtype, "attention_backend": self.backend,
                 "fused_layers": self.fused, "cuda_graphs": self.graphs is not None}
 
+    @property
+    def kv_cache_bytes(self) -> int:
+        return sum(k.nbytes + v.nbytes for k, v in self.kv_caches)
+
     def _allocate(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         shape = (num_blocks, self.block_size, self.hf_config.num_key_value_heads, head_dim(self.hf_config))
         return [
@@ -156,7 +160,7 @@ class ModelRunner:
         blocks_each = blocks_for(per_seq, self.block_size)
         saved = self.kv_caches
         self.kv_caches = self._allocate(num_seqs * blocks_each)
-        scratch_bytes = sum(k.nbytes + v.nbytes for k, v in self.kv_caches)
+        scratch_bytes = self.kv_cache_bytes
         batch = []
         for i in range(num_seqs):
             seq = Sequence(f"warm-up-{i}", [0] * per_seq, SamplingParams(max_tokens=1))

@@ -20,10 +20,10 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
-from appliance import sdnotify
-from appliance.control import ControlPlane, build_control_app
+from appliance.ops import sdnotify
+from appliance.control.routes import ControlPlane, build_control_app
 from appliance.config import Config, ConfigError, load_config
-from appliance.requestlog import setup_logging
+from appliance.ops.requestlog import setup_logging
 
 log = logging.getLogger("appliance.serve")
 STATUS_INTERVAL_S = 10.0
@@ -115,11 +115,11 @@ class Appliance:
     """The serve process's parts, started and stopped in order."""
 
     def __init__(self, config: Config):
-        from appliance.api import build_app
+        from appliance.api.routes import build_app
         from appliance.keys import KeyStore
-        from appliance.metrics import metrics_routes
-        from appliance.service import Service
-        from appliance.telemetry import Telemetry, TelemetryCollector
+        from appliance.ops.metrics import metrics_routes
+        from appliance.serving.service import Service
+        from appliance.ops.telemetry import Telemetry, TelemetryCollector
 
         self.config = config
         config.state_dir.mkdir(parents=True, exist_ok=True)
@@ -153,7 +153,7 @@ class Appliance:
             self._loop.call_soon_threadsafe(self._shutdown.set)
 
     def _control_server(self) -> _Server | None:
-        from appliance.peer import PeerCredentialsProtocol, bind_control_socket
+        from appliance.control.peer import PeerCredentialsProtocol, bind_control_socket
 
         try:
             self._control_socket = bind_control_socket(self.config.control_socket, self.config.control_group)
@@ -275,14 +275,14 @@ class Appliance:
 
 
 def build_control_plane(service, telemetry):
-    from appliance.audit import AuditLog
-    from appliance.events import EventHub
-    from appliance.health import load_report
-    from appliance.logbuffer import LogBuffer
-    from appliance.models import ModelStore
-    from appliance.monitor import HealthSummary, Monitor
-    from appliance.peer import AccessPolicy
-    from appliance.tasks import Tasks
+    from appliance.control.audit import AuditLog
+    from appliance.control.events import EventHub
+    from appliance.ops.health import load_report
+    from appliance.control.logbuffer import LogBuffer
+    from appliance.models.store import ModelStore
+    from appliance.control.monitor import HealthSummary, Monitor
+    from appliance.control.peer import AccessPolicy
+    from appliance.control.tasks import Tasks
 
     config = service.config
     hub = EventHub()

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from appliance.control_client import ControlClient
+from appliance.control.client import ControlClient
 from appliance.keys import KeyStore
 from benchmarks.http_vs_engine import free_port, start_server
 from tests.conftest import CACHE_DIR

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from appliance.bench import BenchConfig, format_report, make_workload, run_benchmark
+from appliance.cli.bench import BenchConfig, format_report, make_workload, run_benchmark
 from appliance.keys import KeyStore
 from engine import Engine, EngineConfig, SamplingParams
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import psutil
 
-from appliance.control_client import ControlClient, ControlError
+from appliance.control.client import ControlClient, ControlError
 
 ESCAPES = re.compile(rb"\x1b(\[[0-9;?<>=]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
 FIRST_DATA_MARKER = "Engine · "  # the engine panel's title: shown only with a snapshot's data

@@ -11,7 +11,7 @@ if not torch.cuda.is_available():
     # imported (transformers imports it), so it is set before anything else loads.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from appliance.default_model import install_default_model
+from appliance.models.default_model import install_default_model
 
 # Built once per machine and reused: the download is verified by sha256 every time it is used.
 CACHE_DIR = Path(os.environ.get("APPLIANCE_TEST_CACHE", Path.home() / ".cache" / "appliance-tests"))

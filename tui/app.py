@@ -22,7 +22,7 @@ from textual.binding import Binding
 from textual.screen import ModalScreen, Screen
 from textual.worker import get_current_worker
 
-from appliance.control_client import ControlClient, resolve_socket
+from appliance.control.client import ControlClient, resolve_socket
 from tui import connection
 from tui.messages import ServiceConnected, ServiceDisconnected, SnapshotReceived, TaskProgress
 from tui.screens.base import MAIN_SCREENS, LiveScreen

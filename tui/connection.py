@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from textual.message import Message
 
-from appliance.control_client import ControlClient, ControlError
+from appliance.control.client import ControlClient, ControlError
 from tui.messages import ServiceConnected, ServiceDisconnected, SnapshotReceived, TaskProgress
 
 FIRST_RETRY_S = 0.5  # a restart (systemd's RestartSec=5) is caught within a few tries

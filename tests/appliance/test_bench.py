@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from appliance.bench import BenchConfig, BenchError, arrival_gaps, make_workload, percentile, run_benchmark
+from appliance.cli.bench import BenchConfig, BenchError, arrival_gaps, make_workload, percentile, run_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
 FIRST_TOKEN_DELAY_S = 0.05

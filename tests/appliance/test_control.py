@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from appliance.control_client import ControlClient, ControlError, ServiceUnreachable
+from appliance.control.client import ControlClient, ControlError, ServiceUnreachable
 from tests.appliance.conftest import make_config, start_server
 
 NOBODY = 65534

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from appliance import gpu_checks, health
-from appliance.cli import main as cli_main
+from appliance.ops import gpu_checks
+from appliance.ops import health
+from appliance.cli.main import main as cli_main
 from tests.appliance.conftest import free_port
 
 PROC_TEXT = ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  {v}  Wed Feb 27 15:44:50 UTC 2024\n"

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from appliance.control_client import ControlClient
-from appliance.models import write_manifest
+from appliance.control.client import ControlClient
+from appliance.models.store import write_manifest
 from tests.appliance.conftest import add_keys, make_config, start_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,7 +151,7 @@ def test_sequential_swap_queues_new_requests_instead_of_failing(swapper):
 
 
 def test_deleting_the_loaded_model_is_refused(swapper):
-    from appliance.control_client import ControlError
+    from appliance.control.client import ControlError
 
     with ControlClient(swapper.app.config.control_socket) as client:
         loaded = client.models()["loaded"]

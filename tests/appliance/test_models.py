@@ -13,8 +13,8 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from huggingface_hub import constants as hf_constants
 
-from appliance.default_model import GGUF_SHA256, WHEEL_NAME, extract_gguf
-from appliance.models import ModelStore, ModelStoreError
+from appliance.models.default_model import GGUF_SHA256, WHEEL_NAME, extract_gguf
+from appliance.models.store import ModelStore, ModelStoreError
 from tests.conftest import CACHE_DIR
 
 REPO_ID = "org/Tiny-LM"

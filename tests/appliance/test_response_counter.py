@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, StreamingRespon
 from starlette.routing import Route
 
 from appliance.errors import APIError
-from appliance.response_counter import ResponseCounter, mark_stream_failed
+from appliance.api.response_counter import ResponseCounter, mark_stream_failed
 
 
 async def ok(request: Request):

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from appliance.errors import APIError
-from appliance.service import Service
+from appliance.serving.service import Service
 from tests.appliance.conftest import make_config
 
 

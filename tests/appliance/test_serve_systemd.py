@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from appliance import sdnotify
+from appliance.ops import sdnotify
 from tests.appliance.conftest import make_config, start_server
 
 

@@ -14,8 +14,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from appliance import telemetry
-from appliance.telemetry import Telemetry, TelemetryCollector, decode_clock_event_reasons
+from appliance.ops import telemetry
+from appliance.ops.telemetry import Telemetry, TelemetryCollector, decode_clock_event_reasons
 
 GONE_PID = 2**31 - 1  # no such process
 H100 = "NVIDIA H100 80GB HBM3"

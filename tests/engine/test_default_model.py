@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from appliance.default_model import GGUF_SHA256, MODEL_NAME
+from appliance.models.default_model import GGUF_SHA256, MODEL_NAME
 from engine import Engine, EngineConfig, SamplingParams
 
 pytestmark = pytest.mark.slow

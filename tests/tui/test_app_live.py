@@ -8,7 +8,7 @@ import time
 
 from textual.widgets import RichLog
 
-from appliance.control_client import ControlClient
+from appliance.control.client import ControlClient
 from tests.tui.conftest import show_screen, text, wait_for
 from tests.tui.recorded import RecordedClient
 from tui.app import ApplianceTUI

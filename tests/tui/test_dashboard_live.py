@@ -4,7 +4,7 @@ import asyncio
 
 import httpx
 
-from appliance.control_client import ControlClient
+from appliance.control.client import ControlClient
 from tests.appliance.conftest import start_server
 from tests.tui.conftest import text, wait_for
 from tui.app import ApplianceTUI

@@ -3,7 +3,7 @@
 import httpx
 from textual.widgets import DataTable, Input
 
-from appliance.control_client import ControlClient
+from appliance.control.client import ControlClient
 from tests.tui.conftest import show_screen, text, wait_for
 from tui.app import ApplianceTUI
 from tui.screens.key_forms import KeyFormScreen, SecretScreen

@@ -2,7 +2,7 @@
 
 from textual.widgets import DataTable, Input
 
-from appliance.control_client import ControlClient
+from appliance.control.client import ControlClient
 from tests.tui.conftest import SECOND_MODEL, show_screen, text, wait_for
 from tui.app import ApplianceTUI
 from tui.messages import TaskProgress

@@ -10,7 +10,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from appliance.control_client import ControlClient, ControlError
+from appliance.control.client import ControlClient, ControlError
 from tui.messages import Answered
 from tui.state import ServiceState
 from tui.widgets.top_bar import TopBar

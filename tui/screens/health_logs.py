@@ -11,7 +11,7 @@ from textual.containers import VerticalScroll
 from textual.content import Content
 from textual.widgets import RichLog, Static
 
-from appliance.control_client import ControlClient
+from appliance.control.client import ControlClient
 from tui import format as fmt
 from tui.screens.base import LiveScreen
 

@@ -16,7 +16,7 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
-from appliance.control_client import ControlError
+from appliance.control.client import ControlError
 from tui.messages import Answered
 
 

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import httpx
 
-from appliance.checks import FAIL, NA, OK, WARN, Check, Report
+from appliance.ops.checks import FAIL, NA, OK, WARN, Check, Report
 from appliance.config import Config
-from appliance.gpu_checks import check_cuda, check_driver, check_nvml
+from appliance.ops.gpu_checks import check_cuda, check_driver, check_nvml
 
 HEALTH_KEY_NAME = "health.key"
 RESULTS_NAME = "health.json"

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from appliance.key_records import (
+from appliance.keys.records import (
     AuthError,
     DayUsage,
     KeyNotFound,
@@ -35,8 +35,8 @@ from appliance.key_records import (
     utcnow,
     validate_limits,
 )
-from appliance.rate_limits import RateLimited, RateWindows, period_bounds
-from appliance.usage_ledger import FLUSH_INTERVAL_S, UsageLedger
+from appliance.keys.rate_limits import RateLimited, RateWindows, period_bounds
+from appliance.keys.usage_ledger import FLUSH_INTERVAL_S, UsageLedger
 
 __all__ = ["AuthError", "DayUsage", "KeyNotFound", "KeyRecord", "KeyStore", "KeyStoreError", "RateLimited"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from datetime import datetime, timedelta, timezone
 
-from appliance.cli import (CliError, control_options, dash, format_table, load_settings, open_client,
+from appliance.cli.main import (CliError, control_options, dash, format_table, load_settings, open_client,
                            print_json, short_time, show_help, store_options)
 
 
@@ -167,7 +167,7 @@ class OnlineKeys:
         method = getattr(self.client, name)
 
         def call(*args, **fields):
-            from appliance.control_client import ControlError
+            from appliance.control.client import ControlError
 
             fields = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in fields.items()}
             try:

@@ -11,7 +11,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from appliance.events import EventHub
+from appliance.control.events import EventHub
 
 log = logging.getLogger("appliance.monitor")
 

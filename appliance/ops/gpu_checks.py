@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from appliance.checks import FAIL, NA, OK, WARN, Check
+from appliance.ops.checks import FAIL, NA, OK, WARN, Check
 
 PROC_DRIVER_VERSION = Path("/proc/driver/nvidia/version")
 PINNED_DRIVER_FILE = Path("/etc/appliance/driver.env")  # written by install.sh

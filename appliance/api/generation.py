@@ -18,10 +18,10 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from appliance import formatting as fmt
+from appliance.api import formatting as fmt
 from appliance.errors import APIError
-from appliance.response_counter import mark_stream_failed
-from appliance.service import RequestContext, Service
+from appliance.api.response_counter import mark_stream_failed
+from appliance.serving.service import RequestContext, Service
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from datetime import date, datetime
 
-from appliance.key_records import iso
+from appliance.keys.records import iso
 
 FLUSH_INTERVAL_S = 2.0
 Counts = list[int]  # [requests, prompt tokens, completion tokens]

@@ -15,16 +15,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from appliance.audit import AuditLog
+from appliance.control.audit import AuditLog
 from appliance.errors import APIError
-from appliance.events import EventHub
-from appliance.health import load_report
-from appliance.hot_swap import SwapError, hot_swap
-from appliance.logbuffer import LogBuffer
-from appliance.monitor import Monitor
-from appliance.peer import AccessPolicy, Peer
-from appliance.service import Service
-from appliance.tasks import Tasks
+from appliance.control.events import EventHub
+from appliance.ops.health import load_report
+from appliance.serving.hot_swap import SwapError, hot_swap
+from appliance.control.logbuffer import LogBuffer
+from appliance.control.monitor import Monitor
+from appliance.control.peer import AccessPolicy, Peer
+from appliance.serving.service import Service
+from appliance.control.tasks import Tasks
 
 KEY_FIELDS = ("name", "rpm_limit", "tpm_limit", "budget_tokens", "budget_period", "expires_at", "allowed_models")
 
@@ -115,7 +115,7 @@ def key_fields(data: dict, creating: bool) -> dict:
 
 
 async def key_store_call(fn, *args, **kwargs):
-    from appliance.key_records import KeyNotFound
+    from appliance.keys.records import KeyNotFound
 
     try:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -187,7 +187,7 @@ async def key_usage(request: Request) -> Response:
 
 # -- models --------------------------------------------------------------------------------------
 async def store_call(fn, *args, **kwargs):
-    from appliance.models import ModelStoreError
+    from appliance.models.store import ModelStoreError
 
     try:
         return await asyncio.to_thread(fn, *args, **kwargs)

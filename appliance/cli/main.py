@@ -16,8 +16,8 @@ from pathlib import Path
 # Subcommands whose module defines add_arguments(parser) and run(args); imported only when chosen.
 LAZY_COMMANDS = {
     "serve": ("appliance.serve", "run the OpenAI-compatible service"),
-    "bench": ("appliance.bench", "load-test a running service over HTTP (like `vllm bench serve`)"),
-    "health": ("appliance.health", "check the driver, GPUs, disk and the service; exit 1 when something is wrong"),
+    "bench": ("appliance.cli.bench", "load-test a running service over HTTP (like `vllm bench serve`)"),
+    "health": ("appliance.ops.health", "check the driver, GPUs, disk and the service; exit 1 when something is wrong"),
     "tui": ("tui.app", "the operator's dashboard: live telemetry, models, keys, health and logs"),
 }
 
@@ -56,8 +56,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
             module = importlib.import_module(module_name)
             module.add_arguments(sub)
             sub.set_defaults(handler=module.run)
-    from appliance.cli_keys import add_keys_commands
-    from appliance.cli_models import add_models_commands, add_status_command
+    from appliance.cli.keys import add_keys_commands
+    from appliance.cli.models import add_models_commands, add_status_command
 
     add_status_command(commands)
     add_keys_commands(commands)
@@ -98,7 +98,7 @@ def control_options() -> argparse.ArgumentParser:
 
 
 def open_client(args):
-    from appliance.control_client import ControlClient, resolve_socket
+    from appliance.control.client import ControlClient, resolve_socket
 
     socket = args.socket
     if socket is None and args.config is not None:
@@ -114,7 +114,7 @@ def show_help(parser: argparse.ArgumentParser) -> int:
 
 def short_time(value: str | None, missing: str = "-") -> str:
     """A key record's ISO time (UTC, as the key store writes it) as 2026-11-22 13:56."""
-    from appliance.key_records import parse_dt
+    from appliance.keys.records import parse_dt
 
     return parse_dt(value).strftime("%Y-%m-%d %H:%M") if value is not None else missing
 
@@ -131,11 +131,3 @@ def format_table(headers: list[str], rows: list[list]) -> str:
 
 def print_json(data) -> None:
     print(json.dumps(data, indent=2))
-
-
-if __name__ == "__main__":
-    # `python -m appliance.cli`: run the module the subcommand modules import, not this __main__ copy,
-    # so that there is one CliError class.
-    from appliance.cli import main as cli_main
-
-    sys.exit(cli_main())

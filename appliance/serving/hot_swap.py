@@ -13,9 +13,9 @@ import logging
 import time
 from pathlib import Path
 
-from appliance.served_model import ServedModel, drain_requests
-from appliance.service import Service
-from appliance.tasks import Progress
+from appliance.serving.served_model import ServedModel, drain_requests
+from appliance.serving.service import Service
+from appliance.control.tasks import Progress
 
 log = logging.getLogger("appliance.hot_swap")
 

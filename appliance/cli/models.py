@@ -9,11 +9,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from appliance.cli import CliError, control_options, format_table, load_settings, open_client, print_json, show_help, store_options
+from appliance.cli.main import CliError, control_options, format_table, load_settings, open_client, print_json, show_help, store_options
 
 
 def call(args, method: str, *params, **fields):
-    from appliance.control_client import ControlError
+    from appliance.control.client import ControlError
 
     with open_client(args) as client:
         try:
@@ -177,7 +177,7 @@ def models_delete(args) -> int:
 
 def follow(args, task: dict) -> int:
     """Print a task's progress events until it ends; exit 0 when it is done, 1 when it failed."""
-    from appliance.control_client import ControlError
+    from appliance.control.client import ControlError
 
     shown = None
     with open_client(args) as client:
@@ -214,7 +214,7 @@ def progress_line(task: dict) -> str:
 
 
 def models_install_default(args) -> int:
-    from appliance.default_model import MODEL_NAME, DefaultModelError, install_default_model
+    from appliance.models.default_model import MODEL_NAME, DefaultModelError, install_default_model
 
     settings = load_settings(args)
     try:

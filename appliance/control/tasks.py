@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 
-from appliance.events import EventHub
+from appliance.control.events import EventHub
 
 log = logging.getLogger("appliance.tasks")
 

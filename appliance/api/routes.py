@@ -17,12 +17,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from appliance import formatting as fmt
+from appliance.api import formatting as fmt
 from appliance.errors import APIError, from_engine_error, from_validation_error, invalid
-from appliance.generation import Generation, respond
-from appliance.requestlog import log_refusal
-from appliance.response_counter import ResponseCounter
-from appliance.schemas import (
+from appliance.api.generation import Generation, respond
+from appliance.ops.requestlog import log_refusal
+from appliance.api.response_counter import ResponseCounter
+from appliance.api.schemas import (
     MAX_PROMPTS,
     ChatCompletionRequest,
     CompletionRequest,
@@ -34,7 +34,7 @@ from appliance.schemas import (
     Usage,
     openapi_spec,
 )
-from appliance.service import RequestContext, Service
+from appliance.serving.service import RequestContext, Service
 
 log = logging.getLogger("appliance.api")
 

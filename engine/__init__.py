@@ -1,34 +1,38 @@
 """The inference engine: continuous batching, paged KV cache and prefix caching on transformers models.
 
-A library: no HTTP, no appliance imports.
+A library: no HTTP, no appliance imports. The names below are loaded on first use (PEP 562), so
+`import engine.scheduler` or `from engine import SamplingParams` does not pull in torch.
 """
 
-from engine.async_engine import AsyncEngine
-from engine.config import EngineConfig
-from engine.engine import Engine, EngineStats, RequestOutput
-from engine.errors import (
-    DuplicateRequest,
-    EngineError,
-    InvalidParameter,
-    ModelLoadError,
-    NoModelLoaded,
-    PromptTooLong,
-    QueueFull,
-)
-from engine.sampling_params import SamplingParams
+import importlib
 
-__all__ = [
-    "AsyncEngine",
-    "DuplicateRequest",
-    "Engine",
-    "EngineConfig",
-    "EngineError",
-    "EngineStats",
-    "InvalidParameter",
-    "ModelLoadError",
-    "NoModelLoaded",
-    "PromptTooLong",
-    "QueueFull",
-    "RequestOutput",
-    "SamplingParams",
-]
+_EXPORTS = {
+    "AsyncEngine": "engine.async_engine",
+    "DuplicateRequest": "engine.errors",
+    "Engine": "engine.engine",
+    "EngineConfig": "engine.config",
+    "EngineError": "engine.errors",
+    "EngineStats": "engine.engine",
+    "InvalidParameter": "engine.errors",
+    "ModelLoadError": "engine.errors",
+    "NoModelLoaded": "engine.errors",
+    "PromptTooLong": "engine.errors",
+    "QueueFull": "engine.errors",
+    "RequestOutput": "engine.engine",
+    "SamplingParams": "engine.sampling_params",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -2,12 +2,14 @@
 
 import os
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from engine.errors import InvalidParameter
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+if TYPE_CHECKING:
+    import torch
+
+DTYPES = ("float32", "bfloat16", "float16")  # torch dtype names; strings, so that torch stays unimported
 ATTENTION_BACKENDS = ("auto", "torch", "triton")
 CPU_KV_CACHE_BYTES = 2 << 30
 
@@ -65,5 +67,7 @@ class EngineConfig:
         return "triton" if self.on_cuda else "torch"
 
     @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+    def torch_dtype(self) -> "torch.dtype":
+        import torch
+
+        return getattr(torch, self.dtype)

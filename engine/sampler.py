@@ -3,8 +3,11 @@
 Order per row: log-probs of the raw logits; min_tokens masking of stop tokens; repetition,
 frequency and presence penalties; then greedy argmax, or temperature, min_p, top_k, top_p
 and a draw. Rows are independent: a seeded row gets the same token whatever else is batched.
+A seeded request's random generator belongs to the sampler, made from params.seed the first time
+the request is drawn for and dropped with the request.
 """
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -27,12 +30,14 @@ class SamplingRequest(Protocol):
     params: SamplingParams
     prompt_token_ids: list[int]
     output_token_ids: list[int]
-    generator: torch.Generator | None  # set when params.seed is not None
 
 
 class Sampler:
     def __init__(self, eos_token_ids: set[int]):
         self.eos_token_ids = sorted(eos_token_ids)
+        # Keyed by the request object itself: a preempted request keeps its place in its sequence
+        # of draws, and a finished one takes its generator with it.
+        self._generators: weakref.WeakKeyDictionary[SamplingRequest, torch.Generator] = weakref.WeakKeyDictionary()
 
     def __call__(self, logits: torch.Tensor, requests: Sequence[SamplingRequest]) -> list[SampledToken]:
         """logits: [len(requests), vocab], any float dtype, one row per request."""
@@ -51,12 +56,22 @@ class Sampler:
         token_ids = logits.argmax(dim=-1)
         random_rows = [i for i, r in enumerate(requests) if not r.params.greedy]
         if random_rows:
-            token_ids[random_rows] = _sample_random(logits[random_rows], [requests[i] for i in random_rows])
+            random_requests = [requests[i] for i in random_rows]
+            generators = [self._generator(r) for r in random_requests]
+            token_ids[random_rows] = _sample_random(logits[random_rows], random_requests, generators)
 
         sampled = [SampledToken(t) for t in token_ids.tolist()]
         if logprobs is not None:
             _attach_logprobs(sampled, logprobs, logprob_rows, token_ids, requests)
         return sampled
+
+    def _generator(self, r: SamplingRequest) -> torch.Generator | None:
+        if r.params.seed is None:
+            return None
+        generator = self._generators.get(r)
+        if generator is None:
+            generator = self._generators[r] = torch.Generator().manual_seed(r.params.seed % 2**64)
+        return generator
 
     def _mask_stop_tokens(self, logits: torch.Tensor, requests: Sequence[SamplingRequest]):
         """Until a request has min_tokens outputs, it must not end: EOS and its stop ids get -inf."""
@@ -114,7 +129,9 @@ def _token_counts(token_lists: list[list[int]], vocab_size: int, device: torch.d
     return counts[:, :vocab_size]
 
 
-def _sample_random(logits: torch.Tensor, requests: list[SamplingRequest]) -> torch.Tensor:
+def _sample_random(
+    logits: torch.Tensor, requests: list[SamplingRequest], generators: list[torch.Generator | None]
+) -> torch.Tensor:
     device = logits.device
 
     def column(values: list) -> torch.Tensor:
@@ -132,7 +149,7 @@ def _sample_random(logits: torch.Tensor, requests: list[SamplingRequest]) -> tor
         logits = _top_k_top_p(logits, top_k, column(top_p))
     probs = logits.softmax(dim=-1)
     # Gumbel-style draw: argmax(p / q) with q ~ Exp(1) picks token i with probability p_i.
-    return probs.div_(_exponential_noise(probs.shape, requests, device)).argmax(dim=-1)
+    return probs.div_(_exponential_noise(probs.shape, generators, device)).argmax(dim=-1)
 
 
 def _top_k_top_p(logits: torch.Tensor, top_k: list[int], top_p: torch.Tensor) -> torch.Tensor:
@@ -177,15 +194,17 @@ def _cutoff(logits: torch.Tensor, top_k: list[int], top_p: torch.Tensor, candida
     return cutoff, complete
 
 
-def _exponential_noise(shape: torch.Size, requests: list[SamplingRequest], device: torch.device) -> torch.Tensor:
+def _exponential_noise(
+    shape: torch.Size, generators: list[torch.Generator | None], device: torch.device
+) -> torch.Tensor:
     noise = torch.empty(shape, device=device)
-    unseeded = [i for i, r in enumerate(requests) if r.generator is None]
+    unseeded = [i for i, g in enumerate(generators) if g is None]
     if unseeded:
         noise[unseeded] = torch.empty(len(unseeded), shape[1], device=device).exponential_()
-    for i, r in enumerate(requests):
-        if r.generator is not None:
-            # Drawn where the generator lives (the engine may keep it on the CPU), then moved.
-            noise[i] = torch.empty(shape[1], device=r.generator.device).exponential_(generator=r.generator)
+    for i, g in enumerate(generators):
+        if g is not None:
+            # Drawn where the generator lives (the CPU), then moved.
+            noise[i] = torch.empty(shape[1], device=g.device).exponential_(generator=g)
     # A zero draw would turn a filtered token's 0 / 0 into NaN, which argmax would pick.
     return noise.clamp_(min=torch.finfo(noise.dtype).tiny)
 

@@ -3,8 +3,6 @@
 import enum
 import time
 
-import torch
-
 from engine.sampling_params import SamplingParams
 
 
@@ -32,9 +30,6 @@ class Sequence:
         self.arrival_time = time.monotonic()
         self.first_scheduled_time: float | None = None
         self.first_token_time: float | None = None
-        self.generator: torch.Generator | None = None
-        if params.seed is not None:
-            self.generator = torch.Generator().manual_seed(params.seed % 2**64)
 
     @property
     def num_tokens(self) -> int:

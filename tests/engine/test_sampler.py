@@ -9,22 +9,22 @@ from engine.sampling_params import SamplingParams
 EOS = 0
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: the sampler keys each request's generator by the object
 class Request:
     params: SamplingParams
     prompt_token_ids: list[int] = field(default_factory=list)
     output_token_ids: list[int] = field(default_factory=list)
-    generator: torch.Generator | None = None
 
 
 def request(prompt=(), output=(), **params) -> Request:
-    p = SamplingParams(max_tokens=64, **params)
-    generator = None if p.seed is None else torch.Generator().manual_seed(p.seed)
-    return Request(p, list(prompt), list(output), generator)
+    return Request(SamplingParams(max_tokens=64, **params), list(prompt), list(output))
+
+
+SAMPLER = Sampler({EOS})  # one, as an engine has one: a seeded request's draws go on from call to call
 
 
 def sample(logits, *requests):
-    return Sampler({EOS})(torch.as_tensor(logits, dtype=torch.float32).reshape(len(requests), -1), requests)
+    return SAMPLER(torch.as_tensor(logits, dtype=torch.float32).reshape(len(requests), -1), requests)
 
 
 def sample_ids(logits, *requests) -> list[int]:

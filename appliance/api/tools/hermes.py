@@ -1,0 +1,60 @@
+"""Hermes / Qwen tool calls: `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`, several in a row.
+
+The format of NousResearch's Hermes models, adopted by Qwen2.5, Qwen3 and SmolLM3. Text
+before, between and after the calls is content. The closing tag is optional (some models stop
+right after the JSON), so a call is announced as soon as its object is complete.
+"""
+
+from appliance.api.tools.stream import StreamParser
+
+START = "<tool_call>"
+END = "</tool_call>"
+
+
+class HermesParser(StreamParser):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._state = "text"
+
+    def _advance(self) -> None:
+        while self._step():
+            pass
+
+    def _step(self) -> bool:
+        """One move of the state machine; False when it needs more text."""
+        if self._state == "text":
+            if self._text_until((START,)) is None:
+                return False
+            self._state = "open"
+        if self._state == "open":
+            char = self._next_char()
+            if char is None:
+                return False
+            if char != "{":
+                self._fail()
+                self._state = "text"
+                return True
+            self._start_object()
+            self._state = "object"
+        if self._state == "object":
+            call = self._scan_call()
+            if call is None:
+                return False
+            if call is False:
+                self._fail()
+            else:
+                self._call(*call)
+                self._state = "close"
+                return True
+            self._state = "text"
+            return True
+        # "close": the optional closing tag, after optional whitespace.
+        rest = self._buffer.lstrip()
+        if rest.startswith(END):
+            self._buffer = rest[len(END):]
+        elif END.startswith(rest) and not self._final:
+            return False  # all whitespace, or the start of the closing tag
+        elif END.startswith(rest):
+            self._buffer = ""  # cut off inside the closing tag
+        self._state = "text"
+        return True

@@ -1,13 +1,17 @@
 """The service's settings: one TOML file, every value with a default, overridable by CLI flags.
 
-No heavy imports here (the CLI reads the config to find the key store): the engine section is
-plain data turned into an `engine.EngineConfig` only by the process that runs the engine.
+No heavy imports here (the CLI and the TUI's control client read it): the engine section is the
+engine's own `EngineConfig`, a plain dataclass imported when a config is built, so that importing
+this module (as the TUI does at start-up) loads nothing of the engine.
 """
 
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.config import EngineConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -16,35 +20,11 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 DEFAULT_CONFIG_PATH = Path("/etc/appliance/config.toml")
 DEFAULT_MODEL = "smollm2-135m-instruct"
+DEV_STATE_DIR = Path.home() / ".local" / "state" / "appliance"  # `--dev`: state kept in the user's home
 
 
 class ConfigError(ValueError):
     """The config file or an override is wrong; the message names the key."""
-
-
-@dataclass
-class EngineSettings:
-    """Mirrors engine.EngineConfig field for field (a test checks they stay in step)."""
-
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
-    block_size: int = 16
-    kv_cache_bytes: int | None = None  # None: on CUDA what gpu_memory_fraction leaves, on CPU 2 GiB
-    num_kv_blocks: int | None = None
-    gpu_memory_fraction: float = 0.85
-    enable_prefix_caching: bool = True
-    max_model_len: int | None = None
-    max_waiting_requests: int = 1024
-    dtype: str = "float32"
-    device: str = "cpu"
-    attention_backend: str = "auto"
-    cuda_graphs: bool = True
-    fused_layers: bool = True
-
-    def to_engine_config(self):
-        from engine import EngineConfig
-
-        return EngineConfig(**{f.name: getattr(self, f.name) for f in fields(self)})
 
 
 @dataclass
@@ -71,7 +51,7 @@ class Config:
     canary_timeout_s: float = 30.0
     engine_stall_timeout_s: float = 30.0  # /health fails when the engine loop is stuck this long
     retry_after_s: int = 5  # Retry-After on 503s
-    engine: EngineSettings = field(default_factory=EngineSettings)
+    engine: "EngineConfig" = field(default_factory=lambda: engine_config({}))
 
     @property
     def keys_db_path(self) -> Path:
@@ -134,14 +114,25 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         else:
             data[key] = value
     config = Config(**_typed(Config, data, prefix=""))
-    config.engine = EngineSettings(**_typed(EngineSettings, engine_data, prefix="engine."))
+    config.engine = engine_config(engine_data)
     _check(config)
     return config
 
 
+def engine_config(data: dict[str, Any]) -> "EngineConfig":
+    """The [engine] table as the engine's EngineConfig, whose own checks name the key on failure."""
+    from engine.config import EngineConfig
+    from engine.errors import InvalidParameter
+
+    try:
+        return EngineConfig(**_typed(EngineConfig, data, prefix="engine."))
+    except InvalidParameter as e:
+        raise ConfigError(f"engine.{e.param}: {e}") from None
+
+
 def _typed(cls, data: dict[str, Any], prefix: str) -> dict[str, Any]:
     """Check keys and types against the dataclass; convert paths. Errors name the key."""
-    hints = get_type_hints(cls)
+    hints = {f.name: f.type for f in fields(cls)}
     known = {f.name for f in fields(cls)} - {"engine"}
     out = {}
     for key, value in data.items():

@@ -6,6 +6,7 @@ on 429 and 503. Engine, key-store and validation errors are translated here, now
 
 import json
 import math
+from contextlib import contextmanager
 
 from starlette.responses import Response
 
@@ -45,8 +46,8 @@ class APIError(Exception):
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def to_response(self) -> Response:
-        headers = {}
+    def to_response(self, headers: dict[str, str] | None = None) -> Response:
+        headers = dict(headers or {})
         if self.retry_after_s is not None:
             headers["Retry-After"] = str(max(1, math.ceil(self.retry_after_s)))
         return Response(
@@ -80,6 +81,17 @@ def from_engine_error(error: Exception, retry_after_s: float, prompt_param: str 
     if isinstance(error, NoModelLoaded):
         return APIError(503, "no model is loaded yet; retry later", code="no_model_loaded", retry_after_s=retry_after_s)
     raise error
+
+
+@contextmanager
+def engine_errors(retry_after_s: float, prompt_param: str = "prompt"):
+    """Engine exceptions raised inside become the API's errors; anything else passes through."""
+    from engine.errors import EngineError
+
+    try:
+        yield
+    except EngineError as e:
+        raise from_engine_error(e, retry_after_s, prompt_param) from None
 
 
 def from_validation_error(error) -> APIError:

@@ -12,7 +12,6 @@ import logging
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 import transformers
@@ -22,7 +21,7 @@ from starlette.types import ASGIApp
 
 from appliance.ops import sdnotify
 from appliance.control.routes import ControlPlane, build_control_app
-from appliance.config import Config, ConfigError, load_config
+from appliance.config import DEV_STATE_DIR, Config, ConfigError, load_config
 from appliance.ops.requestlog import setup_logging
 
 log = logging.getLogger("appliance.serve")
@@ -72,7 +71,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "control_socket", "drain_timeout_s", "log_level", "log_prompts")}
     overrides["engine"] = {name: get(name) for name in ENGINE_FLAGS}
     if get("dev"):
-        state = get("state_dir") or Path.home() / ".local" / "state" / "appliance"
+        state = get("state_dir") or DEV_STATE_DIR
         overrides["state_dir"] = state
         overrides["host"] = get("host") or "127.0.0.1"
         overrides["control_socket"] = get("control_socket") or Path(state) / "control.sock"
@@ -115,7 +114,7 @@ class Appliance:
     """The serve process's parts, started and stopped in order."""
 
     def __init__(self, config: Config):
-        from appliance.api.routes import build_app
+        from appliance.api.app import build_app
         from appliance.keys import KeyStore
         from appliance.ops.metrics import metrics_routes
         from appliance.serving.service import Service
@@ -190,7 +189,7 @@ class Appliance:
             if not await self._start_service():
                 code = 1
             else:
-                helpers.append(asyncio.ensure_future(self.service.canary_loop()))
+                helpers.append(asyncio.ensure_future(self.service.readiness.canary_loop()))
                 helpers.append(asyncio.ensure_future(self._status_loop()))
                 await self._shutdown.wait()
             sdnotify.notify("STOPPING=1")
@@ -207,7 +206,7 @@ class Appliance:
                 if server is not None:
                     server.should_exit = True
             await asyncio.gather(*servers, return_exceptions=True)
-            await self.service.stop()
+            await self.service.pool.stop()
             await asyncio.to_thread(self.telemetry.stop)
             self.keys.close()
             if self.control_server is not None:
@@ -235,17 +234,18 @@ class Appliance:
         if not load.done():
             return True  # asked to stop while loading; the drain handles it
         if load.exception() is not None:
-            error = self.service.load_error or str(load.exception())
+            error = self.service.pool.load_error or str(load.exception())
             log.error("the model could not be loaded: %s", error)
             sdnotify.notify(f"STATUS=failed: {error}"[:1000])
             return False
-        while self.service.last_canary_ok is None and not self._shutdown.is_set():
-            sdnotify.notify(f"STATUS=canary failing: {self.service.last_canary_error}")
+        readiness = self.service.readiness
+        while readiness.last_canary_ok is None and not self._shutdown.is_set():
+            sdnotify.notify(f"STATUS=canary failing: {readiness.last_canary_error}")
             await asyncio.sleep(1.0)
-            await self.service.run_canary()
+            await readiness.run_canary()
         sdnotify.notify("READY=1")
-        sdnotify.notify(f"STATUS=serving {self.service.model_name}")
-        log.info("ready: serving %s", self.service.model_name)
+        sdnotify.notify(f"STATUS=serving {self.service.pool.model_name}")
+        log.info("ready: serving %s", self.service.pool.model_name)
         self.started.set()
         return True
 
@@ -255,23 +255,24 @@ class Appliance:
         if interval is None:
             return
         while True:
-            engine = self.service.async_engine
-            if engine is None:
-                fresh = self.service.state in ("starting", "loading")
-            else:
-                fresh = engine.is_alive and time.monotonic() - engine.loop_heartbeat < max(interval, 1.0)
-            if fresh:
+            if self.service.readiness.engine_progressing(max_age_s=max(interval, 1.0)):
                 sdnotify.notify("WATCHDOG=1")
             await asyncio.sleep(interval)
 
     async def _status_loop(self) -> None:
         while True:
             await asyncio.sleep(STATUS_INTERVAL_S)
-            stats = self.service.async_engine.stats()
-            ok, body = self.service.readiness()
-            state = "serving" if ok else "not ready: " + "; ".join(body["reasons"])
-            sdnotify.notify(f"STATUS={state}; running {stats.num_running}, waiting {stats.num_waiting}, "
-                            f"KV {stats.kv_usage:.0%}")
+            sdnotify.notify(f"STATUS={status_line(self.service)}")
+
+
+def status_line(service) -> str:
+    """systemd's STATUS text: readiness, and the engine's load when a model is loaded (none mid-swap)."""
+    ok, body = service.readiness.ready()
+    state = "serving" if ok else "not ready: " + "; ".join(body["reasons"])
+    stats = service.engine_stats()
+    if stats is None:
+        return state
+    return f"{state}; running {stats.num_running}, waiting {stats.num_waiting}, KV {stats.kv_usage:.0%}"
 
 
 def build_control_plane(service, telemetry):

@@ -1,6 +1,8 @@
 """Turn engine outputs into OpenAI response objects (schemas.py): choices, chunks, logprobs, usage."""
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from appliance.api.schemas import (
     ChatChoice,
@@ -153,3 +155,16 @@ def completion_usage_chunk(request_id: str, model: str, created: int, states: li
 
 def now_s() -> int:
     return int(time.time())
+
+
+@dataclass(frozen=True)
+class Formats:
+    """How one endpoint writes its answer: the whole body, a stream chunk, the final usage chunk."""
+
+    whole: Callable
+    chunk: Callable
+    usage_chunk: Callable
+
+
+CHAT = Formats(chat_completion, chat_chunk, chat_usage_chunk)
+COMPLETION = Formats(completion, completion_chunk, completion_usage_chunk)

@@ -21,7 +21,8 @@ from starlette.responses import Response, StreamingResponse
 from appliance.api import formatting as fmt
 from appliance.errors import APIError
 from appliance.api.response_counter import mark_stream_failed
-from appliance.serving.service import RequestContext, Service
+from appliance.serving.context import RequestContext
+from appliance.serving.service import Service
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -34,7 +35,7 @@ class Generation:
         self.ctx = ctx
         self.states = [fmt.ChoiceState(i, prompt_index) for i, (prompt_index, _, _) in enumerate(jobs)]
         self.streams = [
-            service.generate(prompt, params, f"{ctx.request_id}-{i}", ctx, prompt_param)
+            service.engine_stream.generate(prompt, params, f"{ctx.request_id}-{i}", ctx, prompt_param)
             for i, (_, prompt, params) in enumerate(jobs)
         ]
         self.firsts: list = []
@@ -153,7 +154,7 @@ async def respond(request: Request, gen: Generation, stream: bool, include_usage
             return Response(status_code=499)  # nobody reads it; as nginx logs a client that left
         finally:
             gen.account()
-            service.finish(ctx)
+            service.accounting.finish(ctx)
         return Response(whole(states).model_dump_json(), media_type="application/json")
 
     async def events():
@@ -172,7 +173,22 @@ async def respond(request: Request, gen: Generation, stream: bool, include_usage
         finally:
             await gen.close()
             gen.account()
-            service.finish(ctx)
+            service.accounting.finish(ctx)
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def generate_response(request: Request, ctx: RequestContext, jobs: list, prompt_param: str, req,
+                            top: int | None, formats: fmt.Formats) -> Response:
+    """The end every generating route shares: submit the jobs, then answer in JSON or SSE."""
+    service: Service = request.app.state.service
+    gen = Generation(service, ctx, jobs, prompt_param)
+    await gen.start()
+    model, rid, text = service.pool.served_name(ctx.served), ctx.request_id, ctx.served.token_text
+    return await respond(
+        request, gen, req.stream, bool(req.stream_options and req.stream_options.include_usage),
+        whole=lambda states: formats.whole(rid, model, states, text, top),
+        chunk=lambda created, state, out: formats.chunk(rid, model, created, state, out, text, top),
+        usage_chunk=lambda created, states: formats.usage_chunk(rid, model, created, states),
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from datetime import datetime, timedelta, timezone
 
-from appliance.cli.main import (CliError, control_options, dash, format_table, load_settings, open_client,
+from appliance.cli.common import (CliError, control_options, dash, format_table, load_settings, open_client,
                            print_json, short_time, show_help, store_options)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from appliance.cli.main import CliError, control_options, format_table, load_settings, open_client, print_json, show_help, store_options
+from appliance.cli.common import CliError, control_options, format_table, load_settings, open_client, print_json, show_help, store_options
 
 
 def call(args, method: str, *params, **fields):

@@ -16,8 +16,10 @@ from typing import Any
 
 import httpx
 
+from appliance.config import DEV_STATE_DIR
+
 DEFAULT_SOCKET = Path("/run/appliance/control.sock")
-DEV_SOCKET = Path.home() / ".local" / "state" / "appliance" / "control.sock"  # `appliance serve --dev`
+DEV_SOCKET = DEV_STATE_DIR / "control.sock"  # `appliance serve --dev`
 SOCKET_ENV = "APPLIANCE_CONTROL_SOCKET"
 GROUP = "appliance"
 

@@ -13,59 +13,8 @@ from pathlib import Path
 
 from appliance.control.events import EventHub
 
+
 log = logging.getLogger("appliance.monitor")
-
-WINDOW_S = 60.0  # latency percentiles and request rate cover this much recent time
-
-
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[index]
-
-
-class RequestWindow:
-    """Recent request latencies and counts, fed by the service as requests finish."""
-
-    def __init__(self, window_s: float = WINDOW_S, max_samples: int = 20_000):
-        self.window_s = window_s
-        self._ttft: deque[tuple[float, float]] = deque(maxlen=max_samples)
-        self._itl: deque[tuple[float, float]] = deque(maxlen=max_samples)
-        self._finished: deque[float] = deque(maxlen=max_samples)
-        self.requests_total = 0
-        self.errors_total = 0  # server errors (5xx): what on-call looks at
-        self.rejected_total = 0  # refusals (4xx): bad keys, invalid bodies, rate limits
-
-    def observe(self, ttft_s: float | None, gaps_s: list[float]) -> None:
-        now = time.monotonic()
-        if ttft_s is not None:
-            self._ttft.append((now, ttft_s))
-        self._itl.extend((now, gap) for gap in gaps_s)
-
-    def count_response(self, status: int) -> None:
-        """One API request answered; 499 (its client left) is neither refused nor failed."""
-        self.requests_total += 1
-        self._finished.append(time.monotonic())
-        if status >= 500:
-            self.errors_total += 1
-        elif 400 <= status < 499:
-            self.rejected_total += 1
-
-    def summary(self) -> dict:
-        since = time.monotonic() - self.window_s
-        ttft = sorted(v for t, v in self._ttft if t >= since)
-        itl = sorted(v for t, v in self._itl if t >= since)
-        recent = sum(1 for t in self._finished if t >= since)
-        return {
-            "ttft_s": {"p50": percentile(ttft, 0.50), "p99": percentile(ttft, 0.99)},
-            "itl_s": {"p50": percentile(itl, 0.50), "p99": percentile(itl, 0.99)},
-            "requests_per_s": recent / self.window_s,
-            "requests_total": self.requests_total,
-            "errors": self.errors_total,
-            "rejected": self.rejected_total,
-        }
-
 
 class Monitor:
     def __init__(self, service, tasks, telemetry, health_summary, hub: EventHub, history_s: int = 900,
@@ -105,16 +54,16 @@ class Monitor:
         """The picture now; `advance` makes it the baseline of the next rates (the 1 Hz tick does)."""
         service = self.service
         now = time.monotonic()
-        ready, body = service.readiness()
+        ready, body = service.readiness.ready()
         task = self.tasks.running()
         snapshot = {
             "time": time.time(),
             "service": {
-                "state": "draining" if service.draining else service.state,
-                "model": service.model_name,
-                "loaded_model": service.active.name if service.active is not None else None,
+                "state": "draining" if service.readiness.draining else service.pool.state,
+                "model": service.pool.model_name,
+                "loaded_model": service.pool.active.name if service.pool.active is not None else None,
                 "uptime_s": round(now - self.started, 1),
-                "draining": service.draining,
+                "draining": service.readiness.draining,
                 "ready": ready,
                 "ready_reasons": body["reasons"],
                 "task": task.to_dict() if task is not None else None,
@@ -131,7 +80,7 @@ class Monitor:
     def _engine(self, now: float, advance: bool) -> dict:
         service = self.service
         stats = service.engine_stats()
-        model = service.active.name if service.active is not None else None
+        model = service.pool.active.name if service.pool.active is not None else None
         rates = {"prompt_tokens_per_s": 0.0, "generation_tokens_per_s": 0.0}
         if stats is not None and self._previous is not None:
             then, before, before_model = self._previous

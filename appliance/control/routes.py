@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from appliance.control.audit import AuditLog
 from appliance.errors import APIError
+from appliance.keys.records import UPDATABLE
 from appliance.control.events import EventHub
 from appliance.ops.health import load_report
 from appliance.serving.hot_swap import SwapError, hot_swap
@@ -26,7 +27,7 @@ from appliance.control.peer import AccessPolicy, Peer
 from appliance.serving.service import Service
 from appliance.control.tasks import Tasks
 
-KEY_FIELDS = ("name", "rpm_limit", "tpm_limit", "budget_tokens", "budget_period", "expires_at", "allowed_models")
+KEY_FIELDS = UPDATABLE  # what a key record may be given; the key store owns the list
 
 
 class ControlPlane:
@@ -195,17 +196,13 @@ async def store_call(fn, *args, **kwargs):
         raise APIError(e.status, e.message) from None
 
 
-def loaded_names(service: Service) -> set[str]:
-    return {m.name for m in (service.active, *service.retiring) if m is not None}
-
-
 async def list_models(request: Request) -> Response:
     control = plane(request)
-    loaded = loaded_names(control.service)
+    loaded = control.service.pool.loaded_names
     infos = await store_call(control.models.list)
     models = [{**info.to_dict(), "loaded": info.name in loaded} for info in infos]
     task = control.tasks.running()
-    active = control.service.active
+    active = control.service.pool.active
     return JSONResponse({"models": models, "loaded": active.name if active else None,
                          "task": task.to_dict() if task else None})
 
@@ -258,7 +255,7 @@ async def import_model(request: Request) -> Response:
 async def delete_model(request: Request) -> Response:
     control = plane(request)
     name = request.path_params["name"]
-    await store_call(control.models.delete, name, loaded_names(control.service))
+    await store_call(control.models.delete, name, control.service.pool.loaded_names)
     control.record(request, "model.delete", name)
     return JSONResponse({"deleted": name})
 
@@ -267,7 +264,8 @@ async def load_model(request: Request) -> Response:
     control = plane(request)
     name = request.path_params["name"]
     info = await store_call(control.models.get, name)
-    if control.service.active is not None and control.service.active.name == name:
+    active = control.service.pool.active
+    if active is not None and active.name == name:
         raise APIError(409, f"{name} is already the loaded model")
 
     async def work(progress):
@@ -275,7 +273,7 @@ async def load_model(request: Request) -> Response:
             result = await hot_swap(control.service, name, info.path, progress)
         except SwapError as e:
             raise RuntimeError(e.message) from None
-        control.service.remember_loaded(name)
+        control.service.pool.remember_loaded(name)
         return result
 
     response = start_task(request, "load", name, work)
@@ -293,7 +291,7 @@ async def get_task(request: Request) -> Response:
 # -- health, logs, audit -------------------------------------------------------------------------
 async def health(request: Request) -> Response:
     service = plane(request).service
-    ready, body_ = service.readiness()
+    ready, body_ = service.readiness.ready()
     report = await asyncio.to_thread(load_report, service.config.state_dir)
     return JSONResponse({"report": report, "ready": ready, "ready_reasons": body_["reasons"]})
 

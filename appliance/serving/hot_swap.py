@@ -13,13 +13,15 @@ import logging
 import time
 from pathlib import Path
 
+from collections.abc import Callable
+
 from appliance.serving.served_model import ServedModel, drain_requests
 from appliance.serving.service import Service
-from appliance.control.tasks import Progress
+
+Progress = Callable[[dict], None]  # called with {"stage", "fraction", "message"} as the swap advances
 
 log = logging.getLogger("appliance.hot_swap")
 
-SWAP_MODES = ("auto", "overlap", "sequential")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 
@@ -30,25 +32,10 @@ class SwapError(Exception):
         self.message = message
 
 
-class Swap:
-    """A swap in progress, as admission sees it."""
-
-    def __init__(self, target: str, sequential: bool):
-        self.target = target
-        self.sequential = sequential
-        self.finished = asyncio.Event()
-
-    def holds(self, model: str | None, service: Service) -> bool:
-        """Whether a request naming `model` must wait for the swap to end before admission."""
-        if self.sequential:
-            return True  # the old model is draining or gone
-        return model == self.target and (service.active is None or model not in service.active.aliases)
-
-
 def new_engine_config(service: Service, overlap: bool):
     """The engine.EngineConfig for the incoming model."""
-    config = service.config.engine.to_engine_config()
-    old = service.active
+    config = service.pool.engine_config()
+    old = service.pool.active
     if overlap and old is not None and config.on_cuda and config.kv_cache_bytes is None and config.num_kv_blocks is None:
         # Sized from free memory next to the old model, the new cache would get only what the old
         # one leaves, for good: it gets the old model's size instead.
@@ -56,21 +43,21 @@ def new_engine_config(service: Service, overlap: bool):
     return config
 
 
-def model_bytes_needed(path: Path, engine_settings) -> int:
+def model_bytes_needed(path: Path, engine_config) -> int:
     """Weights at the serving dtype plus the KV cache the new engine (its EngineConfig) will allocate."""
     from engine.config import CPU_KV_CACHE_BYTES
 
     config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
     stored = DTYPE_BYTES.get(str(config.get("dtype") or config.get("torch_dtype") or "float32"), 4)
-    serving = DTYPE_BYTES.get(engine_settings.dtype, 4)
+    serving = DTYPE_BYTES.get(engine_config.dtype, 4)
     files = path.glob("*.safetensors") if path.is_dir() else [path]
     weights = sum(f.stat().st_size for f in files) * serving // stored
-    if engine_settings.num_kv_blocks is None:
-        return weights + (engine_settings.kv_cache_bytes or CPU_KV_CACHE_BYTES)
+    if engine_config.num_kv_blocks is None:
+        return weights + (engine_config.kv_cache_bytes or CPU_KV_CACHE_BYTES)
     layers = config.get("num_hidden_layers", 0)
     heads = config.get("num_key_value_heads") or config.get("num_attention_heads", 0)
     head_dim = config.get("head_dim") or config.get("hidden_size", 0) // max(1, config.get("num_attention_heads", 1))
-    return weights + 2 * layers * heads * head_dim * engine_settings.block_size * engine_settings.num_kv_blocks * serving
+    return weights + 2 * layers * heads * head_dim * engine_config.block_size * engine_config.num_kv_blocks * serving
 
 
 def free_memory_bytes(device: str) -> int:
@@ -93,26 +80,26 @@ def can_overlap(service: Service, path: Path) -> bool:
 
 async def hot_swap(service: Service, name: str, path: Path, progress: Progress) -> dict:
     """Make `name` (a model folder at `path`) the served model; see the module docstring."""
-    if service.swap is not None:
-        raise SwapError(409, f"a model load is already in progress ({service.swap.target}); wait for it to finish")
-    if service.draining:
+    pool = service.pool
+    if pool.swap is not None:
+        raise SwapError(409, f"a model load is already in progress ({pool.swap.target}); wait for it to finish")
+    if service.readiness.draining:
         raise SwapError(503, "the service is shutting down")
-    old = service.active
+    old = pool.active
     if old is not None and old.name == name:
         raise SwapError(409, f"{name} is already the loaded model")
     sequential = old is not None and not await asyncio.to_thread(can_overlap, service, path)
-    swap = Swap(name, sequential)
-    service.swap = swap
+    pool.begin_swap(name, sequential)
     timeout = service.config.swap_drain_timeout_s
     started = time.monotonic()
+    ended = 0
     try:
         if sequential:
             progress({"stage": "draining", "fraction": 0.05, "message": f"not enough memory for both models: "
                       f"new requests wait while {old.name} finishes {len(old.inflight)} in-flight requests"})
             ended = await drain_requests(old, timeout, f"the model {old.name} is being replaced and the swap's "
                                                        "drain timeout ended this request; retry", admitted=True)
-            old.retired = True
-            service.active, service.state = None, "loading"
+            pool.take_down(old)
             await asyncio.to_thread(old.stop)
         progress({"stage": "loading", "fraction": 0.1,
                   "message": f"loading {name}" + (f" while {old.name} serves" if old and not sequential else "")})
@@ -123,34 +110,28 @@ async def hot_swap(service: Service, name: str, path: Path, progress: Progress) 
                 progress({"stage": "restoring", "message": f"{name} failed to load; reloading {old.name}"})
                 await _restore(service, old)
             raise SwapError(400, f"{name} could not be loaded, {old.name if old else 'nothing'} keeps serving: {e}") from None
-        if old is not None:
-            service.replaced_names = (service.replaced_names | old.aliases) - new.aliases
-        service.active, service.state = new, "ready"
-        service.last_canary_ok, service.last_canary_error = time.monotonic(), None
+        pool.switch_to(new)
+        service.readiness.passed()
         log.info("hot swap: now serving %s", name)
         if not sequential and old is not None:
-            service.retiring.append(old)
             progress({"stage": "draining", "fraction": 0.9, "message": f"{name} serves new requests; waiting for "
                       f"{len(old.inflight)} in-flight requests on {old.name}"})
             ended = await drain_requests(old, timeout, f"the model {old.name} was replaced and the swap's drain "
                                                        "timeout ended this request; retry", admitted=True)
-            old.retired = True
+            old.retire()
             await asyncio.to_thread(old.stop)
-            service.retiring.remove(old)
-        elif old is None:
-            ended = 0
+            pool.stopped(old)
         progress({"stage": "done", "fraction": 1.0, "message": f"serving {name}"})
         return {"loaded": name, "previous": old.name if old else None, "mode": "sequential" if sequential else "overlap",
                 "ended_early": ended, "seconds": round(time.monotonic() - started, 2)}
     finally:
-        service.swap = None
-        swap.finished.set()
+        pool.end_swap()
 
 
 async def _load_and_check(service: Service, name: str, path: Path, progress: Progress, config) -> ServedModel:
     new = await asyncio.to_thread(ServedModel.load, name, path, config)
     progress({"stage": "canary", "fraction": 0.8, "message": f"{name} loaded; checking it generates"})
-    error = await service.canary(new)
+    error = await service.readiness.canary(new)
     if error is not None:
         await asyncio.to_thread(new.stop)
         raise RuntimeError(f"it loaded but a test generation failed: {error}")
@@ -159,10 +140,9 @@ async def _load_and_check(service: Service, name: str, path: Path, progress: Pro
 
 async def _restore(service: Service, old: ServedModel) -> None:
     try:
-        service.active = await asyncio.to_thread(
-            ServedModel.load, old.name, old.path, service.config.engine.to_engine_config(), old.aliases)
+        served = await asyncio.to_thread(ServedModel.load, old.name, old.path, service.pool.engine_config(), old.aliases)
     except Exception as e:
-        service.state, service.load_error = "failed", f"reloading {old.name} after a failed swap: {e}"
-        log.error("hot swap: %s", service.load_error)
+        service.pool.fail(f"reloading {old.name} after a failed swap: {e}")
+        log.error("hot swap: %s", service.pool.load_error)
         raise
-    service.state = "ready"
+    service.pool.restored(served)

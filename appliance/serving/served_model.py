@@ -63,6 +63,10 @@ class ServedModel:
                 self._token_text[token_id] = text
         return text
 
+    def retire(self) -> None:
+        """No new engine requests from now on (a swap replaced this model)."""
+        self.retired = True
+
     def stop(self) -> None:
         """Stop the engine thread and drop the weights (blocking)."""
         self.async_engine.shutdown()

@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from appliance.config import Config, EngineSettings
+from appliance.config import Config
+from engine.config import EngineConfig
 
 
 def free_port() -> int:
@@ -21,7 +22,7 @@ def free_port() -> int:
 
 
 def make_config(model_path: Path, state_dir: Path, **overrides) -> Config:
-    engine = EngineSettings(num_kv_blocks=256, max_num_seqs=16, max_num_batched_tokens=512)
+    engine = EngineConfig(num_kv_blocks=256, max_num_seqs=16, max_num_batched_tokens=512)
     for name in list(overrides):
         if hasattr(engine, name):
             setattr(engine, name, overrides.pop(name))
@@ -54,7 +55,7 @@ class LiveServer:
 
     @property
     def model(self) -> str:
-        return self.app.service.model_name
+        return self.app.service.pool.model_name
 
     @property
     def key(self) -> str:
@@ -140,7 +141,7 @@ def wait_engine_idle(service, timeout_s: float = 5.0) -> object:
     """Poll until nothing runs or waits and no KV block is held; returns the last stats."""
     deadline = time.monotonic() + timeout_s
     while True:
-        stats = service.async_engine.stats()
+        stats = service.pool.active.async_engine.stats()
         if stats.num_running == 0 and stats.num_waiting == 0 and stats.kv_blocks_used == 0:
             return stats
         if time.monotonic() > deadline:

@@ -1,12 +1,11 @@
 """The TOML config: defaults, overrides, errors that name the key, the engine section."""
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 
 from appliance import config as config_module
-from appliance.config import Config, ConfigError, EngineSettings, load_config
+from appliance.config import Config, ConfigError, load_config
 
 
 @pytest.fixture(autouse=True)
@@ -75,14 +74,13 @@ def test_model_as_path_or_name(tmp_path):
     assert by_name.model_path == tmp_path / "models" / "qwen" and by_name.model_name == "q"
 
 
-def test_engine_settings_mirror_engine_config():
+def test_the_engine_section_is_the_engine_config_and_its_checks_name_the_key(tmp_path):
     from engine import EngineConfig
 
-    ours = {f.name: f.default for f in dataclasses.fields(EngineSettings)}
-    theirs = {f.name: f.default for f in dataclasses.fields(EngineConfig)}
-    assert ours == theirs
-    built = EngineSettings(max_num_seqs=3).to_engine_config()
-    assert isinstance(built, EngineConfig) and built.max_num_seqs == 3
+    c = load_config(None, {"state_dir": tmp_path, "engine": {"max_num_seqs": 3}})
+    assert isinstance(c.engine, EngineConfig) and c.engine.max_num_seqs == 3
+    with pytest.raises(ConfigError, match=r"engine\.gpu_memory_fraction: .*\(0, 1\]"):
+        load_config(None, {"state_dir": tmp_path, "engine": {"gpu_memory_fraction": 1.5}})
 
 
 def test_serve_flags_become_overrides(tmp_path):

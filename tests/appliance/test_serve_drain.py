@@ -113,5 +113,5 @@ def test_requests_outliving_the_drain_timeout_end_with_an_error_event(tiny_model
     error = json.loads(events[-2])["error"]
     assert error["code"] == "draining" and error["type"] == "service_unavailable_error"
     assert server.app.exit_code == 0
-    assert not server.service.async_engine.is_alive
+    assert not server.service.pool.active.async_engine.is_alive
     assert os.path.exists(server.app.config.keys_db_path)

@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from appliance.cli.bench import BenchConfig, BenchError, arrival_gaps, make_workload, percentile, run_benchmark
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 FIRST_TOKEN_DELAY_S = 0.05
 TOKEN_GAP_S = 0.01
 API_KEY = "sk-app-test-good"

@@ -7,7 +7,7 @@ import pytest
 from appliance.api.tools.formats import ToolFormat, detect_format, marker_token_ids
 from appliance.api.tools.history import native_history
 from appliance.api.tools.parsers import parse
-from tests.appliance.tools.templates import (
+from tests.appliance.api.tools.templates import (
     HERMES_TEMPLATE,
     LLAMA3_SNIPPET,
     MISTRAL_SNIPPET,

@@ -6,7 +6,7 @@ from appliance.api.tools.formats import ToolFormat
 from appliance.api.tools.functions import check_tools
 from appliance.api.tools.generic import answer_schema, messages_with_tools
 from appliance.api.tools.parsers import parse
-from tests.appliance.tools.templates import PLAIN_TEMPLATE
+from tests.appliance.api.tools.templates import PLAIN_TEMPLATE
 
 TOOLS = [
     {

@@ -58,7 +58,7 @@ def test_400_names_the_invalid_parameter(client, live_server):
 
 
 def test_400_prompt_too_long_says_both_numbers(client, live_server):
-    limit = live_server.service.max_model_len
+    limit = live_server.service.pool.active.max_model_len
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model=live_server.model, prompt=[7] * (limit + 50), max_tokens=2)
     message = e.value.body["message"]
@@ -95,6 +95,12 @@ def test_429_rate_limit_with_retry_after(live_server):
 def test_unknown_route_is_an_openai_error(http):
     r = http.get("/v1/nothing-here")
     assert r.status_code == 404 and error_of(r)
+
+
+def test_405_names_the_allowed_methods(http):
+    r = http.get("/v1/chat/completions")
+    assert r.status_code == 405 and error_of(r)
+    assert r.headers["Allow"] == "POST"  # RFC 9110: a 405 must say what is allowed
 
 
 BAD_BODIES = [
@@ -166,7 +172,7 @@ def test_battery_of_bad_bodies_gets_4xx_openai_errors(live_server, http):
         r = http.post(path, content=body, headers={"Content-Type": "application/json"})
         assert 400 <= r.status_code < 500, (path, body[:200], r.status_code, r.text[:300])
         error_of(r)
-    assert live_server.service.health()[0]
+    assert live_server.service.readiness.health()[0]
 
 
 json_values = st.recursive(
@@ -220,9 +226,9 @@ def test_503_with_retry_after_when_the_queue_is_full(small_queue_server):
             waiting = threading.Thread(target=lambda: http.post("/v1/completions", json={**body, "max_tokens": 1}))
             waiting.start()  # ...one waits (headers come with its first token)
             deadline = time.monotonic() + 20
-            while server.service.async_engine.stats().num_waiting < 1 and time.monotonic() < deadline:
+            while server.service.pool.active.async_engine.stats().num_waiting < 1 and time.monotonic() < deadline:
                 time.sleep(0.01)
-            assert server.service.async_engine.stats().num_waiting == 1
+            assert server.service.pool.active.async_engine.stats().num_waiting == 1
             r = http.post("/v1/completions", json=body)
             assert r.status_code == 503, r.text
             assert error_of(r)["code"] == "overloaded"

@@ -19,7 +19,7 @@ from appliance.control.client import ControlClient
 from appliance.models.store import write_manifest
 from tests.appliance.conftest import add_keys, make_config, start_server
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PROMPT = "The weather today is"
 MAX_TOKENS = 24
 SAMPLING = {"temperature": 0, "ignore_eos": True}  # greedy: each model's answer is fixed
@@ -116,11 +116,11 @@ def test_swaps_under_load_fail_no_request_and_answer_from_the_admitting_model(sw
 
 
 def test_failing_load_leaves_the_old_model_serving_and_says_why(swapper):
-    before = swapper.service.active.name
+    before = swapper.service.pool.active.name
     task = load(swapper, "model-broken")
     assert task["state"] == "failed"
     assert "model-broken could not be loaded" in task["error"] and f"{before} keeps serving" in task["error"]
-    assert swapper.service.active.name == before
+    assert swapper.service.pool.active.name == before
     response = complete(swapper)
     assert response.status_code == 200 and response.json()["model"] == before
     with ControlClient(swapper.app.config.control_socket) as client:
@@ -132,7 +132,7 @@ def test_failing_load_leaves_the_old_model_serving_and_says_why(swapper):
 def test_sequential_swap_queues_new_requests_instead_of_failing(swapper):
     swapper.service.config.swap_mode = "sequential"  # as when both models do not fit in memory
     try:
-        target = "model-b" if swapper.service.active.name == "model-a" else "model-a"
+        target = "model-b" if swapper.service.pool.active.name == "model-a" else "model-a"
 
         async def scenario():
             async with httpx.AsyncClient(base_url=swapper.base_url, headers=swapper.headers(), timeout=60) as http:
@@ -147,7 +147,7 @@ def test_sequential_swap_queues_new_requests_instead_of_failing(swapper):
         swapper.service.config.swap_mode = "auto"
     assert task["state"] == "done" and task["result"]["mode"] == "sequential"
     assert [r.status_code for r in responses] == [200] * 6
-    assert swapper.service.active.name == target
+    assert swapper.service.pool.active.name == target
 
 
 def test_deleting_the_loaded_model_is_refused(swapper):
@@ -189,7 +189,7 @@ def test_cli_talks_to_the_service_over_the_socket(swapper):
     socket = str(swapper.app.config.control_socket)
     listed = cli("models", "list", "--socket", socket)
     assert listed.returncode == 0 and "model-a" in listed.stdout and "model-b" in listed.stdout
-    target = "model-b" if swapper.service.active.name == "model-a" else "model-a"
+    target = "model-b" if swapper.service.pool.active.name == "model-a" else "model-a"
     loaded = cli("models", "load", target, "--socket", socket)
     assert loaded.returncode == 0, loaded.stderr
     # Progress lines as the task goes (which stages a fast load shows depends on when the CLI listened).
@@ -220,7 +220,7 @@ def test_swapped_in_model_stays_loaded_after_a_restart(tiny_model_path, tiny_mod
     again = start_server(make_config("model-a", state))
     add_keys(again, again.app.config.keys_db_path)
     try:
-        assert again.service.active.name == "model-b"
+        assert again.service.pool.active.name == "model-b"
         answer = complete(again, model="model-a")  # the configured name reaches its replacement
         assert answer.status_code == 200 and answer.json()["model"] == "model-b"
     finally:

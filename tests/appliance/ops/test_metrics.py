@@ -47,7 +47,7 @@ def test_vllm_names_and_counts_move_with_a_request(live_server, client):
         value(before, "vllm:request_success_total", model_name=model, finished_reason="length") + 1
     assert value(after, "vllm:time_to_first_token_seconds_count", model_name=model) > value(before, "vllm:time_to_first_token_seconds_count", model_name=model)
     assert value(after, "vllm:inter_token_latency_seconds_count", model_name=model) - value(before, "vllm:inter_token_latency_seconds_count", model_name=model) == 4
-    stats = live_server.service.async_engine.stats()
+    stats = live_server.service.pool.active.async_engine.stats()
     assert value(after, "vllm:cache_config_info", block_size=str(stats.block_size), num_gpu_blocks=str(stats.kv_blocks_total), model_name=model) == 1.0
     # What runs the model: on these CPU machines, the portable torch path.
     assert value(after, "appliance_engine_execution_info", device="cpu", dtype="float32", attention_backend="torch",

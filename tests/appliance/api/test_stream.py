@@ -35,7 +35,7 @@ def test_client_disconnect_mid_stream_frees_the_blocks(live_server):
             lines = r.iter_lines()
             received = [next(lines) for _ in range(6)]
             assert all(line == "" or line.startswith("data: {") for line in received)
-            busy = service.async_engine.stats()
+            busy = service.pool.active.async_engine.stats()
             assert busy.num_running == 1 and busy.kv_blocks_used > 0
         # leaving the block closes the connection mid-stream
     stats = wait_engine_idle(service, timeout_s=5)
@@ -53,14 +53,14 @@ def test_health_and_ready(live_server, http):
 
 def test_failing_canary_turns_ready_503_with_the_reason(live_server, http):
     service = live_server.service
-    saved = service.last_canary_error
-    service.last_canary_error = "RuntimeError: injected"
+    saved = service.readiness.last_canary_error
+    service.readiness.last_canary_error = "RuntimeError: injected"
     try:
         r = http.get("/ready")
         assert r.status_code == 503
         assert any("canary" in reason and "injected" in reason for reason in r.json()["reasons"])
     finally:
-        service.last_canary_error = saved
+        service.readiness.last_canary_error = saved
     assert http.get("/ready").status_code == 200
 
 
@@ -68,10 +68,10 @@ def test_canary_runs_and_proves_generation(live_server):
     import asyncio
 
     service = live_server.service
-    before = service.last_canary_ok
-    future = asyncio.run_coroutine_threadsafe(service.run_canary(), live_server.app._loop)
+    before = service.readiness.last_canary_ok
+    future = asyncio.run_coroutine_threadsafe(service.readiness.run_canary(), live_server.app._loop)
     assert future.result(timeout=10) is True
-    assert service.last_canary_ok > before
+    assert service.readiness.last_canary_ok > before
 
 
 def test_openapi_describes_the_request_bodies(http):
@@ -112,7 +112,7 @@ def test_client_leaving_a_non_streamed_request_aborts_it(live_server):
     service = live_server.service
     wait_engine_idle(service)
     body = {"model": live_server.model, "prompt": "wait for me", "max_tokens": 900, "ignore_eos": True}
-    before = service.async_engine.stats().generation_tokens_total
+    before = service.pool.active.async_engine.stats().generation_tokens_total
     try:
         httpx.post(live_server.base_url + "/v1/completions", json=body, headers=live_server.headers(), timeout=0.5)
     except httpx.ReadTimeout:

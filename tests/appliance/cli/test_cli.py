@@ -10,7 +10,7 @@ import pytest
 
 from appliance.keys import AuthError, KeyStore
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def appliance(*args: str, state_dir: Path | None = None) -> subprocess.CompletedProcess:
@@ -159,7 +159,9 @@ def test_keys_commands_never_import_torch(state):
         "import sys\n"
         "from appliance import cli\n"
         "assert cli.main(['keys', 'list', '--state-dir', sys.argv[1]]) == 0\n"
-        "heavy = sorted(m for m in ('torch', 'transformers', 'engine', 'numpy', 'httpx') if m in sys.modules)\n"
+        # engine.config (the config's engine section) is plain Python; the engine itself must stay out.
+        "heavy = sorted(m for m in ('torch', 'transformers', 'engine.engine', 'engine.model_runner', 'numpy', 'httpx')"
+        " if m in sys.modules)\n"
         "print('HEAVY', heavy)\n"
     )
     result = subprocess.run(

@@ -1,0 +1,42 @@
+"""POST /v1/completions: one or more prompts (text or token ids), n choices each."""
+
+import json
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from appliance.api import formatting as fmt
+from appliance.api.generation import generate_response
+from appliance.api.request import admit, read_request
+from appliance.api.sampling import sampling_params
+from appliance.api.schemas import MAX_PROMPTS, CompletionRequest
+from appliance.errors import invalid
+from appliance.serving.service import Service
+
+
+def prompt_list(prompt) -> list:
+    """A prompt field as a list of prompts: a string, a token-id list, or a list of either."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt and isinstance(prompt[0], int):
+        return [prompt]
+    return list(prompt)
+
+
+async def completions(request: Request) -> Response:
+    service: Service = request.app.state.service
+    req = await read_request(request, CompletionRequest)
+    if req.echo:
+        raise invalid("echo", "echo is not supported")
+    if req.suffix:
+        raise invalid("suffix", "suffix is not supported")
+    prompts = prompt_list(req.prompt)
+    if len(prompts) * req.n > MAX_PROMPTS:
+        raise invalid("n", f"prompts × n may be at most {MAX_PROMPTS}, got {len(prompts) * req.n}")
+    ctx = await admit(request, "cmpl", "completions", req.model)
+    ctx.prompt_text = json.dumps(req.prompt) if not isinstance(req.prompt, str) else req.prompt
+    top = req.logprobs
+    retry = service.config.retry_after_s
+    jobs = [(p, prompt, sampling_params(req, req.max_tokens or 16, top, j, retry))
+            for p, prompt in enumerate(prompts) for j in range(req.n)]
+    return await generate_response(request, ctx, jobs, "prompt", req, top, fmt.COMPLETION)

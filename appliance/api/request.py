@@ -1,0 +1,62 @@
+"""What every API route does first: read the body, validate it, name the key, start the request's context."""
+
+import json
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from appliance.errors import APIError, from_validation_error, invalid
+from appliance.serving.context import RequestContext
+from appliance.serving.service import Service
+
+
+async def read_json(request: Request, limit: int) -> dict:
+    """The body as a JSON object; 413 as soon as it passes `limit` bytes, before parsing."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise APIError(413, f"the request body is {length} bytes; the limit is {limit}", code="request_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise APIError(413, f"the request body is over the limit of {limit} bytes", code="request_too_large")
+        chunks.append(chunk)
+    try:
+        data = json.loads(b"".join(chunks))
+    except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, 5000-digit numbers, deep nesting
+        raise invalid(None, f"the request body is not valid JSON: {str(e)[:200]}") from None
+    if not isinstance(data, dict):
+        raise invalid(None, "the request body must be a JSON object")
+    return data
+
+
+def parse(model: type[BaseModel], data: dict):
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise from_validation_error(e) from None
+    except RecursionError:
+        raise invalid(None, "the request body is nested too deeply") from None
+
+
+async def read_request(request: Request, model: type[BaseModel]):
+    """The validated body of an API request."""
+    service: Service = request.app.state.service
+    return parse(model, await read_json(request, service.config.max_request_body_bytes))
+
+
+def api_key(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+async def admit(request: Request, id_prefix: str, endpoint: str, model: str) -> RequestContext:
+    """Start the request's context and pass admission (key, model, limits).
+
+    The context is kept on the request first, so that a refusal's log line can name its key and model.
+    """
+    service: Service = request.app.state.service
+    ctx = request.state.context = RequestContext(service.new_request_id(id_prefix), endpoint, model)
+    await service.admission.authorize(api_key(request), model, ctx)
+    return ctx

@@ -1,0 +1,47 @@
+"""Admission, the first stage of a request: the key (401/403), the model (404/403), the limits (429).
+
+It ends with the request admitted to one served model, where it stays to the end.
+"""
+
+import asyncio
+
+from appliance.errors import APIError
+from appliance.keys import AuthError, KeyStore, RateLimited
+from appliance.serving.context import RequestContext
+from appliance.serving.pool import ModelPool
+from appliance.serving.readiness import Readiness
+
+
+class Admission:
+    def __init__(self, keys: KeyStore | None, pool: ModelPool, readiness: Readiness):
+        self.keys = keys
+        self.pool = pool
+        self.readiness = readiness
+
+    async def authorize(self, api_key: str | None, model: str | None, ctx: RequestContext | None = None):
+        """Check the key, then (when `model` is given) route and check limits. Returns the key record."""
+        retry = self.pool.config.retry_after_s
+        if self.pool.swap is None:  # during a swap, routing waits for it instead of refusing
+            self.readiness.check_accepting()
+        if self.keys is None:
+            raise APIError(503, "the key store is not available", retry_after_s=retry)
+        try:
+            record = await asyncio.to_thread(self.keys.authenticate, api_key)
+        except AuthError as e:
+            raise APIError(e.status, e.message, code="invalid_api_key" if e.status == 401 else "key_not_active") from None
+        if ctx is not None:
+            ctx.key_id = record.id  # a refusal below (model, rate limit) is logged with the key's id
+        if model is not None:
+            await self.pool.wait_for_swap(model)
+            self.readiness.check_accepting()
+            served = self.pool.resolve(model)
+            try:
+                await asyncio.to_thread(self.keys.check_request, record, self.pool.served_name(served))
+            except AuthError as e:
+                raise APIError(e.status, e.message, param="model", code="model_not_allowed") from None
+            except RateLimited as e:
+                raise APIError(429, e.message, code="rate_limit_exceeded", retry_after_s=e.retry_after_s) from None
+            if ctx is not None:
+                ctx.served = served
+                served.admitted.add(ctx)
+        return record

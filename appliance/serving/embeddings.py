@@ -1,0 +1,23 @@
+"""Embeddings on the admitted model: strings are tokenized here, the engine checks the token ids."""
+
+from appliance.errors import APIError, engine_errors
+from appliance.serving.context import RequestContext
+
+
+async def embed(ctx: RequestContext, inputs: list, retry_after_s: float) -> tuple[list[list[float]], int]:
+    """Mean-pooled embeddings of strings or token-id lists; returns (vectors, prompt tokens)."""
+
+    def run(engine):
+        batch = [engine.tokenizer.encode(x, add_special_tokens=False) if isinstance(x, str) else list(x) for x in inputs]
+        return engine.embed(batch), sum(len(ids) for ids in batch)
+
+    with engine_errors(retry_after_s, "input"):
+        try:
+            return await ctx.served.async_engine.call(run)
+        except Exception as e:
+            from engine.errors import EngineError
+
+            if isinstance(e, EngineError):
+                raise
+            raise APIError(400, f"this model cannot compute embeddings: {type(e).__name__}: {e}",
+                           param="model", code="embeddings_unsupported") from None

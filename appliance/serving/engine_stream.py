@@ -1,0 +1,76 @@
+"""Generation on an engine: one engine request's outputs, timed for the metrics, ended cleanly by a drain."""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from appliance.config import Config
+from appliance.errors import APIError, engine_errors
+from appliance.ops.metrics import Metrics
+from appliance.ops.request_window import RequestWindow
+from appliance.serving.context import RequestContext
+from appliance.serving.pool import ModelPool
+from appliance.serving.readiness import Readiness
+from appliance.serving.served_model import InFlight
+
+
+class EngineStream:
+    def __init__(self, config: Config, pool: ModelPool, readiness: Readiness, metrics: Metrics, window: RequestWindow):
+        self.config = config
+        self.pool = pool
+        self.readiness = readiness
+        self.metrics = metrics
+        self.window = window
+
+    async def generate(self, prompt, params, request_id: str, ctx: RequestContext,
+                       prompt_param: str = "prompt") -> AsyncIterator:
+        """Stream one engine request's outputs on the request's model; errors come out as APIError.
+
+        Ends with a 503 APIError when a drain (shutdown, or a hot swap's) cut the request short.
+        """
+        served = ctx.served
+        self.readiness.check_accepting()
+        if served.retired:
+            raise APIError(503, f"the model {served.name} was swapped out before this request started; retry",
+                           code="model_swapped", retry_after_s=1)
+        handle = InFlight(asyncio.current_task())
+        served.inflight[request_id] = handle
+        start = time.monotonic()
+        last = None
+        gaps: list[float] = []
+        ttft = queue = None
+        finish = None
+        try:
+            with engine_errors(self.config.retry_after_s, prompt_param):
+                async for out in served.async_engine.generate(prompt, params, request_id=request_id):
+                    now = time.monotonic()
+                    if last is None:
+                        ttft = now - start
+                        if out.first_scheduled_time is not None:
+                            queue = max(0.0, out.first_scheduled_time - out.arrival_time)
+                    else:
+                        gaps.append(now - last)
+                    last = now
+                    self.readiness.generated(now)
+                    if out.finished:
+                        finish = out.finish_reason
+                    yield out
+                    handle.task = asyncio.current_task()
+                    if handle.ended_by_drain:  # the drain's cancel may have hit another task
+                        raise asyncio.CancelledError
+        except asyncio.CancelledError:
+            if not handle.ended_by_drain:
+                raise
+            task = asyncio.current_task()
+            if task is not None and hasattr(task, "uncancel"):
+                task.uncancel()
+            finish = "abort"
+            raise APIError(503, handle.drain_reason, code="draining", retry_after_s=self.config.retry_after_s) from None
+        finally:
+            served.inflight.pop(request_id, None)
+            if last is not None:
+                elapsed = time.monotonic() - start
+                self.metrics.observe_request(self.pool.served_name(served), finish or "abort", queue, ttft, elapsed, gaps)
+                self.window.observe(ttft, gaps)
+                if ctx.ttft_s is None:
+                    ctx.ttft_s, ctx.queue_time_s = ttft, queue

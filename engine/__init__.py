@@ -20,6 +20,7 @@ _EXPORTS = {
     "QueueFull": "engine.errors",
     "RequestOutput": "engine.engine",
     "SamplingParams": "engine.sampling_params",
+    "StructuredOutput": "engine.sampling_params",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -3,7 +3,8 @@
 Callers on the event loop never block on a step: commands (add, abort, load...) go into a queue
 the engine thread drains between steps, and each request's outputs come back through its own
 asyncio.Queue. Cancelling the consumer (a client disconnect) aborts the request, which frees its
-KV blocks before the next step.
+KV blocks before the next step. A request's grammar (structured output) is compiled on a worker
+thread before the request reaches the engine thread, which then finds it in the compile cache.
 """
 
 import asyncio
@@ -16,9 +17,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from engine.engine import Engine, EngineStats, RequestOutput
-from engine.sampling_params import SamplingParams
+from engine.sampling_params import SamplingParams, StructuredOutput
+from engine.structured_output import CompiledGrammar
 
 IDLE_WAIT_S = 0.5  # how often an idle loop wakes up to report it is alive
+GRAMMAR_COMPILE_WORKERS = 2  # threads that compile structured-output grammars off the engine thread
 
 
 class AsyncEngine:
@@ -30,6 +33,7 @@ class AsyncEngine:
         self._ids = itertools.count()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._compile_pool = concurrent.futures.ThreadPoolExecutor(GRAMMAR_COMPILE_WORKERS, "grammar-compile")
         self.loop_heartbeat = time.monotonic()  # advanced by every loop iteration, busy or idle
         self.last_error: BaseException | None = None
 
@@ -43,6 +47,7 @@ class AsyncEngine:
         self._wakeup.set()
         if self._thread is not None:
             self._thread.join()
+        self._compile_pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def is_alive(self) -> bool:
@@ -75,6 +80,13 @@ class AsyncEngine:
         """submit() for the event loop: await fn(engine)'s result without blocking the loop."""
         return await asyncio.wrap_future(self.submit(fn))
 
+    async def compile_structured_output(self, spec: StructuredOutput) -> CompiledGrammar:
+        """Compile spec for the loaded model (or find it cached) on a worker thread, never the engine's.
+
+        Raises InvalidParameter("structured_output", ...) for an invalid schema, regex or grammar."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._compile_pool, self.engine.compile_structured_output, spec)
+
     async def generate(
         self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None
     ) -> AsyncIterator[RequestOutput]:
@@ -84,6 +96,8 @@ class AsyncEngine:
         self._streams[request_id] = (asyncio.get_running_loop(), queue)
         finished = False
         try:
+            if params.structured_output is not None:
+                await self.compile_structured_output(params.structured_output)  # add_request finds it cached
             await self.call(lambda e: e.add_request(request_id, prompt, params))
             while not finished:
                 output = await queue.get()

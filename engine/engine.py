@@ -17,9 +17,10 @@ from engine.errors import DuplicateRequest, InvalidParameter, NoModelLoaded, Pro
 from engine.loader import LoadedModel, load_model
 from engine.model_runner import ModelRunner
 from engine.sampler import SampledToken, Sampler
-from engine.sampling_params import SamplingParams
+from engine.sampling_params import SamplingParams, StructuredOutput
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence
+from engine.structured_output import CompiledGrammar, GrammarCompiler, GrammarMatcher
 
 
 @dataclass
@@ -56,6 +57,7 @@ class EngineStats:
     steps_total: int
     last_step_time: float  # time.monotonic() of the last step that ran
     execution: dict | None = None  # ModelRunner.execution() of the loaded model
+    structured_output_requests: int = 0  # requests added with a grammar or schema
 
 
 def _checked_token_ids(ids: list[int], vocab: int, param: str) -> list[int]:
@@ -80,6 +82,11 @@ class _Session:
         self.eos_token_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.sampler = Sampler(self.eos_token_ids)
         self.max_model_len = self.runner.max_model_len
+        self.grammars = (
+            GrammarCompiler(loaded.tokenizer, loaded.config.vocab_size, self.eos_token_ids)
+            if loaded.tokenizer is not None
+            else None
+        )
 
 
 class Engine:
@@ -88,8 +95,10 @@ class Engine:
         self.session: _Session | None = None
         self.sequences: dict[str, Sequence] = {}
         self.detokenizers: dict[str, IncrementalDetokenizer] = {}
+        self.matchers: dict[str, GrammarMatcher] = {}  # beside each constrained sequence
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
+        self.structured_output_requests = 0
         self.steps_total = 0
         self.last_step_time = time.monotonic()
 
@@ -151,14 +160,25 @@ class Engine:
             raise InvalidParameter("stop_token_ids", f"stop_token_ids must be below the vocabulary size {vocab}")
         if params.stop and tokenizer is None:
             raise InvalidParameter("stop", "stop strings need a tokenizer; this model has none")
+        grammar = self.compile_structured_output(params.structured_output) if params.structured_output else None
         seq = Sequence(request_id, prompt_ids, params)
         session.scheduler.add(seq)
         self.sequences[request_id] = seq
+        if grammar is not None:
+            self.matchers[request_id] = GrammarMatcher(grammar)
+            self.structured_output_requests += 1
         if tokenizer is not None:
             self.detokenizers[request_id] = IncrementalDetokenizer(
                 tokenizer, prompt_ids, params.stop, params.skip_special_tokens
             )
         return len(prompt_ids)
+
+    def compile_structured_output(self, spec: StructuredOutput) -> CompiledGrammar:
+        """The spec's grammar for the loaded model, from its cache or compiled now; any thread may call it."""
+        grammars = self._session().grammars
+        if grammars is None:
+            raise InvalidParameter("structured_output", "structured output needs a tokenizer; this model has none")
+        return grammars.compile(spec)
 
     def embed(self, prompts: list[list[int]]) -> list[list[float]]:
         """Mean-pooled hidden states, one vector per prompt of token ids."""
@@ -177,6 +197,7 @@ class Engine:
         if seq is None:
             return False
         self.detokenizers.pop(request_id, None)
+        self.matchers.pop(request_id, None)
         self._session().scheduler.finish(seq, "abort")
         return True
 
@@ -198,7 +219,8 @@ class Engine:
                 self.prompt_tokens_total += s.seq.num_prompt_tokens
             s.seq.num_computed_tokens += s.num_new_tokens
             session.block_manager.cache_full_blocks(s.seq)
-        sampled = session.sampler(logits, [s.seq for s in sampling]) if sampling else []
+        matchers = [self.matchers.get(s.seq.request_id) for s in sampling] if self.matchers else None
+        sampled = session.sampler(logits, [s.seq for s in sampling], matchers) if sampling else []
         self.steps_total += 1
         self.last_step_time = time.monotonic()
         return [self._advance(s.seq, token) for s, token in zip(sampling, sampled)]
@@ -219,6 +241,12 @@ class Engine:
             if delta.stop_string is not None:
                 finish, stop_reason = "stop", delta.stop_string
         num_out = len(seq.output_token_ids)
+        matcher = self.matchers.get(seq.request_id)
+        if finish is None and matcher is not None:
+            if not matcher.accept_token(token.token_id):  # the bitmask allowed it: never expected
+                finish, stop_reason = "abort", f"the grammar refused token {token.token_id}"
+            elif matcher.is_terminated():  # the grammar ended and EOS followed; before min_tokens
+                finish = "stop"
         if finish is None and num_out >= params.min_tokens:
             if token.token_id in params.stop_token_ids:
                 finish, stop_reason = "stop", token.token_id
@@ -232,6 +260,7 @@ class Engine:
             session.scheduler.finish(seq, finish)
             del self.sequences[seq.request_id]
             self.detokenizers.pop(seq.request_id, None)
+            self.matchers.pop(seq.request_id, None)
         return RequestOutput(
             request_id=seq.request_id,
             new_token_ids=[token.token_id],
@@ -264,6 +293,7 @@ class Engine:
             num_preemptions=s.scheduler.num_preemptions if s else 0,
             prompt_tokens_total=self.prompt_tokens_total,
             generation_tokens_total=self.generation_tokens_total,
+            structured_output_requests=self.structured_output_requests,
             steps_total=self.steps_total,
             last_step_time=self.last_step_time,
             execution=s.runner.execution() if s else None,

@@ -1,10 +1,12 @@
 """Turns one step's logits into the next token of each request, as vLLM v1 does.
 
-Order per row: log-probs of the raw logits; min_tokens masking of stop tokens; repetition,
-frequency and presence penalties; then greedy argmax, or temperature, min_p, top_k, top_p
-and a draw. Rows are independent: a seeded row gets the same token whatever else is batched.
-A seeded request's random generator belongs to the sampler, made from params.seed the first time
-the request is drawn for and dropped with the request.
+Order per row: the grammar's token bitmask (constrained rows only); log-probs of those logits
+(raw for other rows); min_tokens masking of stop tokens; repetition, frequency and presence
+penalties; then greedy argmax, or temperature, min_p, top_k, top_p and a draw. Rows are
+independent: a seeded row gets the same token whatever else is batched. A seeded request's
+random generator belongs to the sampler, made from params.seed the first time the request is
+drawn for and dropped with the request. An unconstrained row's logits are never touched by a
+grammar, and a batch without constrained rows keeps the greedy fast path.
 """
 
 import weakref
@@ -15,6 +17,7 @@ from typing import Protocol
 import torch
 
 from engine.sampling_params import SamplingParams
+from engine.structured_output import GrammarMatcher, TokenBitmask
 
 NUCLEUS_CANDIDATES = 1024  # where top_p alone looks first for its cutoff
 
@@ -38,20 +41,34 @@ class Sampler:
         # Keyed by the request object itself: a preempted request keeps its place in its sequence
         # of draws, and a finished one takes its generator with it.
         self._generators: weakref.WeakKeyDictionary[SamplingRequest, torch.Generator] = weakref.WeakKeyDictionary()
+        self._bitmask: TokenBitmask | None = None
 
-    def __call__(self, logits: torch.Tensor, requests: Sequence[SamplingRequest]) -> list[SampledToken]:
-        """logits: [len(requests), vocab], any float dtype, one row per request."""
-        if all(_plain_greedy(r) for r in requests):
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        requests: Sequence[SamplingRequest],
+        matchers: Sequence[GrammarMatcher | None] | None = None,
+    ) -> list[SampledToken]:
+        """logits: [len(requests), vocab], any float dtype, one row per request.
+
+        matchers: each row's grammar matcher, None for an unconstrained row (or None for all)."""
+        constrained = [] if matchers is None else [i for i, m in enumerate(matchers) if m is not None]
+        if not constrained and all(_plain_greedy(r) for r in requests):
             # The hot path of a greedy benchmark: one argmax for the whole batch.
             return [SampledToken(t) for t in logits.argmax(dim=-1).tolist()]
 
         # A float32 copy: the steps below edit it in place and the caller's tensor must not change.
         logits = logits.to(torch.float32, copy=True)
+        if constrained:
+            if self._bitmask is None or self._bitmask.vocab_size != logits.shape[1]:
+                self._bitmask = TokenBitmask(logits.shape[1])
+            self._bitmask.apply(logits, constrained, [matchers[i] for i in constrained])
         logprob_rows = [i for i, r in enumerate(requests) if r.params.logprobs is not None]
-        # vLLM's default "raw_logprobs": the model's distribution, before penalties and temperature.
+        # vLLM's default "raw_logprobs": the model's distribution, before penalties and temperature
+        # (after the grammar's mask, as in vLLM, where it is applied before the sampler).
         logprobs = torch.log_softmax(logits[logprob_rows], dim=-1) if logprob_rows else None
 
-        self._mask_stop_tokens(logits, requests)
+        self._mask_stop_tokens(logits, requests, constrained)
         _apply_penalties(logits, requests)
         token_ids = logits.argmax(dim=-1)
         random_rows = [i for i, r in enumerate(requests) if not r.params.greedy]
@@ -73,16 +90,26 @@ class Sampler:
             generator = self._generators[r] = torch.Generator().manual_seed(r.params.seed % 2**64)
         return generator
 
-    def _mask_stop_tokens(self, logits: torch.Tensor, requests: Sequence[SamplingRequest]):
-        """Until a request has min_tokens outputs, it must not end: EOS and its stop ids get -inf."""
+    def _mask_stop_tokens(self, logits: torch.Tensor, requests: Sequence[SamplingRequest], constrained: list[int]):
+        """Until a request has min_tokens outputs, it must not end: EOS and its stop ids get -inf.
+
+        Except where a grammar allows nothing but a stop token: the grammar wins, the row keeps them."""
         rows, cols = [], []
         for i, r in enumerate(requests):
             if len(r.output_token_ids) < r.params.min_tokens:
                 stop_ids = self.eos_token_ids + r.params.stop_token_ids
                 rows += [i] * len(stop_ids)
                 cols += stop_ids
-        if rows:
-            logits[rows, cols] = float("-inf")
+        if not rows:
+            return
+        kept = logits[rows, cols]
+        logits[rows, cols] = float("-inf")
+        checked = sorted(set(rows) & set(constrained))
+        if checked:
+            ended = {checked[j] for j in (logits[checked].amax(dim=-1) == float("-inf")).nonzero().flatten().tolist()}
+            restore = [j for j, row in enumerate(rows) if row in ended]
+            if restore:
+                logits[[rows[j] for j in restore], [cols[j] for j in restore]] = kept[restore]
 
 
 def _plain_greedy(r: SamplingRequest) -> bool:

@@ -1,5 +1,6 @@
-"""Per-request sampling settings, validated when built."""
+"""Per-request sampling settings, validated when built. Plain Python: no torch."""
 
+import json
 from dataclasses import dataclass, field
 
 from engine.errors import InvalidParameter
@@ -7,6 +8,65 @@ from engine.errors import InvalidParameter
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 256
 MAX_LOGPROBS = 20
+STRUCTURED_OUTPUT_KINDS = ("json", "json_object", "regex", "choice", "grammar")
+
+
+@dataclass
+class StructuredOutput:
+    """What the output must match: exactly one of the five kinds (see engine/structured_output.py).
+
+    json: a JSON schema (dict, or its JSON text); json_object: True for any JSON object; regex: a
+    regular expression the whole output matches; choice: the output is one of these strings;
+    grammar: an EBNF grammar in xgrammar's syntax (llama.cpp's GBNF) with a `root` rule.
+    strict and any_whitespace apply to json only: strict refuses properties and items the schema
+    does not name (OpenAI's strict mode); any_whitespace allows any JSON whitespace between tokens
+    (vLLM's default), else the JSON is on one line with json.dumps' separators ", " and ": ".
+    Errors name the param "structured_output"; the API renames it to the field the client used.
+    """
+
+    json: dict | str | None = None
+    json_object: bool = False
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    strict: bool = True
+    any_whitespace: bool = True
+    key: str = field(init=False, repr=False, compare=False)  # canonical text: equal specs, equal keys
+
+    def __post_init__(self):
+        def need(ok: bool, message: str):
+            if not ok:
+                raise InvalidParameter("structured_output", message)
+
+        given = [k for k in STRUCTURED_OUTPUT_KINDS if getattr(self, k) not in (None, False)]
+        need(len(given) == 1, f"exactly one of {', '.join(STRUCTURED_OUTPUT_KINDS)} must be given, got {len(given)}")
+        options = f"strict={self.strict},any_whitespace={self.any_whitespace}"
+        if self.json is not None:
+            schema = self.json
+            if isinstance(schema, str):
+                try:
+                    schema = json.loads(schema)
+                except ValueError as e:
+                    raise InvalidParameter("structured_output", f"the JSON schema is not valid JSON: {e}") from None
+            need(isinstance(schema, dict), "a JSON schema must be a JSON object")
+            self.key = f"json:{options}:{json.dumps(schema, sort_keys=True, separators=(',', ':'))}"
+        elif self.json_object:
+            need(self.json_object is True, "json_object must be true or false")
+            self.key = f"json_object:any_whitespace={self.any_whitespace}"
+        elif self.regex is not None:
+            need(isinstance(self.regex, str) and self.regex != "", "regex must be a non-empty string")
+            self.key = f"regex:{self.regex}"
+        elif self.choice is not None:
+            self.choice = list(self.choice)
+            need(self.choice != [] and all(isinstance(c, str) for c in self.choice), "choice must list strings, at least one")
+            self.key = f"choice:{json.dumps(self.choice)}"
+        else:
+            need(isinstance(self.grammar, str) and self.grammar.strip() != "", "grammar must be a non-empty string")
+            self.key = f"grammar:{self.grammar}"
+
+    @property
+    def kind(self) -> str:
+        return self.key.split(":", 1)[0]
 
 
 @dataclass
@@ -26,6 +86,7 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     skip_special_tokens: bool = True
+    structured_output: StructuredOutput | None = None  # constrained decoding (grammar, JSON schema...)
 
     def __post_init__(self):
         self.stop = list(self.stop)
@@ -104,3 +165,8 @@ class SamplingParams:
             )
         for t in self.stop_token_ids:
             need(isinstance(t, int) and t >= 0, "stop_token_ids", "stop_token_ids must be non-negative integers")
+        need(
+            self.structured_output is None or isinstance(self.structured_output, StructuredOutput),
+            "structured_output",
+            "structured_output must be a StructuredOutput",
+        )

@@ -23,7 +23,7 @@ def modules_loaded_by(statement: str) -> set[str]:
     [
         "import engine.scheduler, engine.block_manager, engine.config",
         "import engine.sequence, engine.sampling_params, engine.errors",
-        "from engine import SamplingParams, EngineConfig, InvalidParameter, QueueFull",
+        "from engine import SamplingParams, StructuredOutput, EngineConfig, InvalidParameter, QueueFull",
     ],
 )
 def test_the_core_imports_neither_torch_nor_transformers(statement):

@@ -50,7 +50,8 @@ class GrammarCompiler:
         self._max_cached = max_cached
         self._compiler: xgr.GrammarCompiler | None = None  # built on first use (about 0.2 s for 49k tokens)
         self._cache: OrderedDict[str, Future] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the cache; never held while compiling
+        self._build_lock = threading.Lock()
         self.num_compiled = 0
 
     def compile(self, spec: StructuredOutput) -> xgr.CompiledGrammar:
@@ -89,10 +90,11 @@ class GrammarCompiler:
         except RuntimeError as e:
             raise InvalidParameter("structured_output", f"invalid {spec.kind}: {_readable(e)}") from None
         finally:
-            self.num_compiled += 1
+            with self._lock:
+                self.num_compiled += 1
 
     def _xgrammar_compiler(self) -> xgr.GrammarCompiler:
-        with self._lock:
+        with self._build_lock:
             if self._compiler is None:
                 info = xgr.TokenizerInfo.from_huggingface(
                     self._tokenizer, vocab_size=self._vocab_size, stop_token_ids=self._stop_token_ids

@@ -59,12 +59,19 @@ def invalid(param: str | None, message: str) -> APIError:
     return APIError(400, message, param=param, code="invalid_parameter")
 
 
-def from_engine_error(error: Exception, retry_after_s: float, prompt_param: str = "prompt") -> APIError:
-    """Map an engine exception to the API's error; unknown ones are not handled here."""
+def from_engine_error(error: Exception, retry_after_s: float, params: dict[str, str] | None = None) -> APIError:
+    """Map an engine exception to the API's error; unknown ones are not handled here.
+
+    `params` renames the engine's parameter names to the request fields they came from
+    (the engine's "prompt" is a chat request's "messages", its "structured_output" the
+    request's "response_format"...).
+    """
     from engine.errors import InvalidParameter, NoModelLoaded, PromptTooLong, QueueFull
 
+    params = params or {}
+    prompt_param = params.get("prompt", "prompt")
     if isinstance(error, InvalidParameter):
-        return invalid(prompt_param if error.param == "prompt" else error.param, str(error))
+        return invalid(params.get(error.param, error.param), str(error))
     if isinstance(error, PromptTooLong):
         return APIError(
             400,
@@ -84,14 +91,14 @@ def from_engine_error(error: Exception, retry_after_s: float, prompt_param: str 
 
 
 @contextmanager
-def engine_errors(retry_after_s: float, prompt_param: str = "prompt"):
-    """Engine exceptions raised inside become the API's errors; anything else passes through."""
+def engine_errors(retry_after_s: float, params: dict[str, str] | None = None):
+    """Engine exceptions raised inside become the API's errors (see from_engine_error); others pass through."""
     from engine.errors import EngineError
 
     try:
         yield
     except EngineError as e:
-        raise from_engine_error(e, retry_after_s, prompt_param) from None
+        raise from_engine_error(e, retry_after_s, params) from None
 
 
 def from_validation_error(error) -> APIError:

@@ -1,4 +1,8 @@
-"""POST /v1/chat/completions: messages through the model's chat template, then generation."""
+"""POST /v1/chat/completions: messages (and tools) through the model's chat template, then generation.
+
+The output may be held to a grammar: response_format (or vLLM's structured_outputs), or the tools'
+call format; a tool-call parser turns the text into `tool_calls`.
+"""
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -6,8 +10,11 @@ from starlette.responses import Response
 from appliance.api import formatting as fmt
 from appliance.api.generation import generate_response
 from appliance.api.request import admit, read_request
-from appliance.api.sampling import sampling_params
+from appliance.api.sampling import param_names, sampling_params
 from appliance.api.schemas import ChatCompletionRequest
+from appliance.api.structured import requested_constraint
+from appliance.api.tools.plan import plan_tools
+from appliance.errors import invalid
 from appliance.serving.render import render_chat
 from appliance.serving.service import Service
 
@@ -15,11 +22,27 @@ from appliance.serving.service import Service
 async def chat_completions(request: Request) -> Response:
     service: Service = request.app.state.service
     req = await read_request(request, ChatCompletionRequest)
+    check_history(req)
+    constraint = requested_constraint(req)
     ctx = await admit(request, "chatcmpl", "chat", req.model)
-    messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})} for m in req.messages]
-    ctx.prompt_text = await render_chat(ctx.served, messages)
+    tools = plan_tools(ctx.served, req, constraint)
+    messages = tools.messages([m.to_template() for m in req.messages])
+    ctx.prompt_text = await render_chat(ctx.served, messages, **tools.template_args())
+    constraint = constraint or tools.constraint()
+    ctx.constraint = tools.label() or (constraint.label if constraint is not None else None)
     top = (req.top_logprobs or 0) if req.logprobs else None
     max_tokens = req.max_completion_tokens or req.max_tokens or ctx.served.max_model_len
     retry = service.config.retry_after_s
-    jobs = [(0, ctx.prompt_text, sampling_params(req, max_tokens, top, i, retry)) for i in range(req.n)]
-    return await generate_response(request, ctx, jobs, "messages", req, top, fmt.CHAT)
+    jobs = [(0, ctx.prompt_text, sampling_params(req, max_tokens, top, i, retry, constraint)) for i in range(req.n)]
+    return await generate_response(request, ctx, jobs, param_names(constraint, "messages"), req, top, fmt.CHAT,
+                                   parser=tools.parser)
+
+
+def check_history(req: ChatCompletionRequest) -> None:
+    """Tool messages answer a call; assistant calls are an assistant's (as OpenAI requires)."""
+    for i, m in enumerate(req.messages):
+        if m.role == "tool" and not m.tool_call_id:
+            raise invalid(f"messages.{i}.tool_call_id", "a tool message needs the tool_call_id of the call it "
+                                                        "answers")
+        if m.tool_calls and m.role != "assistant":
+            raise invalid(f"messages.{i}.tool_calls", "only assistant messages carry tool_calls")

@@ -8,8 +8,9 @@ from starlette.responses import Response
 from appliance.api import formatting as fmt
 from appliance.api.generation import generate_response
 from appliance.api.request import admit, read_request
-from appliance.api.sampling import sampling_params
+from appliance.api.sampling import param_names, sampling_params
 from appliance.api.schemas import MAX_PROMPTS, CompletionRequest
+from appliance.api.structured import requested_constraint
 from appliance.errors import invalid
 from appliance.serving.service import Service
 
@@ -33,10 +34,12 @@ async def completions(request: Request) -> Response:
     prompts = prompt_list(req.prompt)
     if len(prompts) * req.n > MAX_PROMPTS:
         raise invalid("n", f"prompts × n may be at most {MAX_PROMPTS}, got {len(prompts) * req.n}")
+    constraint = requested_constraint(req)
     ctx = await admit(request, "cmpl", "completions", req.model)
+    ctx.constraint = constraint.label if constraint is not None else None
     ctx.prompt_text = json.dumps(req.prompt) if not isinstance(req.prompt, str) else req.prompt
     top = req.logprobs
     retry = service.config.retry_after_s
-    jobs = [(p, prompt, sampling_params(req, req.max_tokens or 16, top, j, retry))
+    jobs = [(p, prompt, sampling_params(req, req.max_tokens or 16, top, j, retry, constraint))
             for p, prompt in enumerate(prompts) for j in range(req.n)]
-    return await generate_response(request, ctx, jobs, "prompt", req, top, fmt.COMPLETION)
+    return await generate_response(request, ctx, jobs, param_names(constraint), req, top, fmt.COMPLETION)

@@ -16,20 +16,30 @@ from appliance.api.schemas import (
     CompletionChoice,
     CompletionLogprobs,
     TokenLogprob,
+    ToolCallDeltaOut,
+    ToolCallOut,
     TopLogprob,
     Usage,
 )
+from appliance.api.tools.events import ContentDelta, ToolCallDelta, collect
 
 
 class ChoiceState:
-    """What one engine request (one choice) has produced so far."""
+    """What one engine request (one choice) has produced so far.
 
-    __slots__ = ("index", "prompt_index", "text", "tokens", "finish_reason", "stop_reason",
-                 "num_prompt_tokens", "num_output_tokens", "num_cached_tokens", "sent_role", "text_offset")
+    With a tool-call parser, the text also becomes events: content deltas and tool-call deltas
+    (`new_events` those of the latest output, `events` all of them).
+    """
 
-    def __init__(self, index: int, prompt_index: int):
+    __slots__ = ("index", "prompt_index", "text", "tokens", "finish_reason", "stop_reason", "num_prompt_tokens",
+                 "num_output_tokens", "num_cached_tokens", "sent_role", "text_offset", "parser", "events", "new_events")
+
+    def __init__(self, index: int, prompt_index: int, parser=None):
         self.index = index
         self.prompt_index = prompt_index
+        self.parser = parser
+        self.events: list = []
+        self.new_events: list = []
         self.text: list[str] = []
         self.tokens: list = []  # SampledToken with logprobs, when asked for
         self.finish_reason = None
@@ -48,9 +58,16 @@ class ChoiceState:
         self.num_prompt_tokens = out.num_prompt_tokens
         self.num_output_tokens = out.num_output_tokens
         self.num_cached_tokens = out.num_cached_tokens
+        if self.parser is not None:
+            self.new_events = self.parser.feed(out.new_text) if out.new_text else []
+            if out.finished:
+                self.new_events += self.parser.close()
+            self.events += self.new_events
         if out.finished:
             self.finish_reason = out.finish_reason
             self.stop_reason = out.stop_reason if out.finish_reason in ("stop", "length") else None
+            if self.finish_reason == "stop" and any(isinstance(e, ToolCallDelta) for e in self.events):
+                self.finish_reason = "tool_calls"  # as OpenAI: the model stopped to have functions called
 
 
 def usage(states: list[ChoiceState]) -> Usage:
@@ -79,11 +96,19 @@ def chat_logprobs(token_text, sampled: list, top: int) -> ChatLogprobs:
     return ChatLogprobs(content=content)
 
 
+def chat_message(state: ChoiceState) -> ChatMessage:
+    if state.parser is None:
+        return ChatMessage(content="".join(state.text))
+    content, calls = collect(state.events)
+    tool_calls = [ToolCallOut(**call.to_openai()) for call in calls] or None
+    return ChatMessage(content=content, tool_calls=tool_calls)
+
+
 def chat_completion(request_id: str, model: str, states: list[ChoiceState], token_text, top: int | None) -> ChatCompletion:
     choices = [
         ChatChoice(
             index=s.index,
-            message=ChatMessage(content="".join(s.text)),
+            message=chat_message(s),
             logprobs=chat_logprobs(token_text, s.tokens, top or 0) if top is not None else None,
             finish_reason=s.finish_reason,
             stop_reason=s.stop_reason,
@@ -93,8 +118,17 @@ def chat_completion(request_id: str, model: str, states: list[ChoiceState], toke
     return ChatCompletion(id=request_id, model=model, choices=choices, usage=usage(states))
 
 
-def chat_chunk(request_id: str, model: str, created: int, state: ChoiceState, out, token_text, top: int | None) -> ChatCompletionChunk:
-    delta = ChatDelta(content=out.new_text)
+def chat_chunk(request_id: str, model: str, created: int, state: ChoiceState, out, token_text,
+               top: int | None) -> ChatCompletionChunk | None:
+    """The chunk for one engine output; None when it has nothing to send (a parser holds the text back)."""
+    if state.parser is None:
+        delta = ChatDelta(content=out.new_text)
+    else:
+        content = "".join(e.text for e in state.new_events if isinstance(e, ContentDelta))
+        calls = [ToolCallDeltaOut(**e.to_openai()) for e in state.new_events if isinstance(e, ToolCallDelta)]
+        if not content and not calls and not out.finished and state.sent_role and not out.logprobs:
+            return None
+        delta = ChatDelta(content=content or None, tool_calls=calls or None)
     if not state.sent_role:
         delta.role = "assistant"
         state.sent_role = True
@@ -102,7 +136,7 @@ def chat_chunk(request_id: str, model: str, created: int, state: ChoiceState, ou
         index=state.index,
         delta=delta,
         logprobs=chat_logprobs(token_text, out.logprobs, top or 0) if top is not None else None,
-        finish_reason=out.finish_reason if out.finished else None,
+        finish_reason=state.finish_reason if out.finished else None,
         stop_reason=state.stop_reason if out.finished else None,
     )
     return ChatCompletionChunk(id=request_id, created=created, model=model, choices=[choice])

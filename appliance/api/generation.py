@@ -30,12 +30,14 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 class Generation:
     """The engine requests behind one API request: n choices for each prompt."""
 
-    def __init__(self, service: Service, ctx: RequestContext, jobs: list[tuple[int, object, object]], prompt_param: str):
+    def __init__(self, service: Service, ctx: RequestContext, jobs: list[tuple[int, object, object]],
+                 param_names: dict[str, str], parser=None):
         self.service = service
         self.ctx = ctx
-        self.states = [fmt.ChoiceState(i, prompt_index) for i, (prompt_index, _, _) in enumerate(jobs)]
+        self.states = [fmt.ChoiceState(i, prompt_index, parser() if parser is not None else None)
+                       for i, (prompt_index, _, _) in enumerate(jobs)]
         self.streams = [
-            service.engine_stream.generate(prompt, params, f"{ctx.request_id}-{i}", ctx, prompt_param)
+            service.engine_stream.generate(prompt, params, f"{ctx.request_id}-{i}", ctx, param_names)
             for i, (_, prompt, params) in enumerate(jobs)
         ]
         self.firsts: list = []
@@ -160,7 +162,9 @@ async def respond(request: Request, gen: Generation, stream: bool, include_usage
     async def events():
         try:
             async for state, out in gen.outputs():
-                yield sse(chunk(created, state, out))
+                body = chunk(created, state, out)
+                if body is not None:
+                    yield sse(body)
             if include_usage:
                 yield sse(usage_chunk(created, gen.states))
         except APIError as e:
@@ -179,11 +183,14 @@ async def respond(request: Request, gen: Generation, stream: bool, include_usage
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-async def generate_response(request: Request, ctx: RequestContext, jobs: list, prompt_param: str, req,
-                            top: int | None, formats: fmt.Formats) -> Response:
-    """The end every generating route shares: submit the jobs, then answer in JSON or SSE."""
+async def generate_response(request: Request, ctx: RequestContext, jobs: list, param_names: dict[str, str], req,
+                            top: int | None, formats: fmt.Formats, parser=None) -> Response:
+    """The end every generating route shares: submit the jobs, then answer in JSON or SSE.
+
+    `parser`, when given, makes each choice's tool-call parser (the text becomes content and tool_calls).
+    """
     service: Service = request.app.state.service
-    gen = Generation(service, ctx, jobs, prompt_param)
+    gen = Generation(service, ctx, jobs, param_names, parser)
     await gen.start()
     model, rid, text = service.pool.served_name(ctx.served), ctx.request_id, ctx.served.token_text
     return await respond(

@@ -55,10 +55,23 @@ class TextPart(_Request):
     text: StrictStr
 
 
+class FunctionCall(_Request):
+    name: StrictStr
+    arguments: StrictStr = Field(description="the arguments as a JSON object's text, as the model wrote them")
+
+
+class ToolCallItem(_Request):
+    id: StrictStr
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: StrictStr | list[TextPart] | None = None
     name: StrictStr | None = None
+    tool_calls: list[ToolCallItem] | None = Field(None, description="an assistant turn's calls, in the history")
+    tool_call_id: StrictStr | None = Field(None, description="the call a tool message answers")
 
     def text(self) -> str:
         if self.content is None:
@@ -67,12 +80,93 @@ class Message(_Request):
             return self.content
         return "".join(part.text for part in self.content)
 
+    def to_template(self) -> dict:
+        """The message as chat templates take it: role and text, and the tool fields when present."""
+        message = {"role": self.role, "content": self.text()}
+        if self.name:
+            message["name"] = self.name
+        if self.tool_calls:
+            message["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
-class ChatCompletionRequest(SamplingFields):
+
+# -- structured output and tools ---------------------------------------------------------------
+class JSONSchemaFormat(_Request):
+    name: StrictStr = Field(max_length=64)
+    description: StrictStr | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormatText(_Request):
+    type: Literal["text"]
+
+
+class ResponseFormatJSONObject(_Request):
+    type: Literal["json_object"]
+
+
+class ResponseFormatJSONSchema(_Request):
+    type: Literal["json_schema"]
+    json_schema: JSONSchemaFormat
+
+
+ResponseFormat = Annotated[
+    Union[ResponseFormatText, ResponseFormatJSONObject, ResponseFormatJSONSchema], Field(discriminator="type")
+]
+
+
+class StructuredOutputs(_Request):
+    """vLLM's `structured_outputs`: exactly one of these."""
+
+    json_: dict[str, Any] | StrictStr | None = Field(None, alias="json")
+    regex: StrictStr | None = None
+    choice: list[StrictStr] | None = Field(None, min_length=1)
+    grammar: StrictStr | None = None
+    json_object: bool | None = None
+
+
+class StructuredOutputFields(_Request):
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
+    # vLLM's older names for structured_outputs' members
+    guided_json: dict[str, Any] | StrictStr | None = None
+    guided_regex: StrictStr | None = None
+    guided_choice: list[StrictStr] | None = Field(None, min_length=1)
+    guided_grammar: StrictStr | None = None
+
+
+class FunctionDefinition(_Request):
+    name: StrictStr
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(_Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Request):
+    name: StrictStr
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class ChatCompletionRequest(SamplingFields, StructuredOutputFields):
     messages: list[Message] = Field(min_length=1, max_length=4096)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: list[ToolDefinition] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
 
 
 # -- completions ------------------------------------------------------------------------------
@@ -84,7 +178,7 @@ Prompt = Union[
 ]
 
 
-class CompletionRequest(SamplingFields):
+class CompletionRequest(SamplingFields, StructuredOutputFields):
     prompt: Prompt
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool = False
@@ -129,9 +223,21 @@ class CompletionLogprobs(BaseModel):
     top_logprobs: list[dict[str, float] | None] = []
 
 
+class ToolCallFunction(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class ChatMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -151,9 +257,28 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+def _omitted_when_none(**kwargs):
+    """A stream delta's field that is left out, not sent as null, when it has no value (as OpenAI
+    streams them; the SDK's accumulators would overwrite what an earlier delta set)."""
+    return Field(None, exclude_if=lambda value: value is None, **kwargs)
+
+
+class ToolCallDeltaFunction(BaseModel):
+    name: str | None = _omitted_when_none()
+    arguments: str | None = _omitted_when_none()
+
+
+class ToolCallDeltaOut(BaseModel):
+    index: int
+    id: str | None = _omitted_when_none()
+    type: Literal["function"] | None = _omitted_when_none()
+    function: ToolCallDeltaFunction
+
+
 class ChatDelta(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
+    role: Literal["assistant"] | None = _omitted_when_none()
+    content: str | None = _omitted_when_none()
+    tool_calls: list[ToolCallDeltaOut] | None = _omitted_when_none()
 
 
 class ChatChunkChoice(BaseModel):

@@ -77,8 +77,11 @@ def _reason(error: Exception) -> str:
     return re.sub(r"^\[[^\]]*\]\s*\S+:\d+:\s*", "", text)
 
 
+MAX_WHITESPACE = 1  # between JSON tokens: a small model given free whitespace fills max_tokens with it
+
+
 def _arguments(function: Function) -> JSONSchemaFormat:
-    return JSONSchemaFormat(json_schema=function.parameters)
+    return JSONSchemaFormat(json_schema=function.parameters, max_whitespace_cnt=MAX_WHITESPACE)
 
 
 def _hermes(functions: list[Function], mode: str, parallel: bool):

@@ -29,8 +29,6 @@ async def completions(request: Request) -> Response:
     req = await read_request(request, CompletionRequest)
     if req.echo:
         raise invalid("echo", "echo is not supported")
-    if req.suffix:
-        raise invalid("suffix", "suffix is not supported")
     prompts = prompt_list(req.prompt)
     if len(prompts) * req.n > MAX_PROMPTS:
         raise invalid("n", f"prompts × n may be at most {MAX_PROMPTS}, got {len(prompts) * req.n}")

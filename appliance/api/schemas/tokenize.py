@@ -2,7 +2,7 @@
 
 from typing import Union
 
-from pydantic import BaseModel, Field, StrictStr
+from pydantic import BaseModel, Field, RootModel, StrictStr
 
 from appliance.api.schemas.chat import Message
 from appliance.api.schemas.common import StrictRequest
@@ -24,7 +24,8 @@ class TokenizeChatRequest(StrictRequest):
     return_token_strs: bool = False
 
 
-TokenizeRequest = Union[TokenizePromptRequest, TokenizeChatRequest]
+class TokenizeRequest(RootModel[Union[TokenizePromptRequest, TokenizeChatRequest]]):
+    """A prompt or chat messages; `.root` is the one given."""
 
 
 class TokenizeResponse(BaseModel):

@@ -32,7 +32,7 @@ class ChoiceState:
     """
 
     __slots__ = ("index", "prompt_index", "text", "tokens", "finish_reason", "stop_reason", "num_prompt_tokens",
-                 "num_output_tokens", "num_cached_tokens", "sent_role", "text_offset", "parser", "events", "new_events")
+                 "num_output_tokens", "num_cached_tokens", "started", "text_offset", "parser", "events", "new_events")
 
     def __init__(self, index: int, prompt_index: int, parser=None):
         self.index = index
@@ -47,7 +47,7 @@ class ChoiceState:
         self.num_prompt_tokens = 0
         self.num_output_tokens = 0
         self.num_cached_tokens = 0
-        self.sent_role = False
+        self.started = False  # the choice's first stream chunk is out
         self.text_offset = 0
 
     def add(self, out) -> None:
@@ -134,10 +134,10 @@ def chat_chunks(request_id: str, model: str, created: int, state: ChoiceState, o
         calls = [ToolCallDeltaOut(**e.to_openai()) for e in state.new_events if isinstance(e, ToolCallDelta)]
         delta = ChatDelta(content=content or None, tool_calls=calls or None)
     chunks = []
-    if delta.content is not None or delta.tool_calls or out.logprobs or not state.sent_role:
-        if not state.sent_role:
+    if delta.content is not None or delta.tool_calls or out.logprobs or not state.started:
+        if not state.started:
             delta.role = "assistant"
-            state.sent_role = True
+            state.started = True
             delta.content = delta.content or ("" if not delta.tool_calls else None)
         logprobs = chat_logprobs(token_text, out.logprobs, top or 0) if top is not None else None
         chunks.append(chunk(delta, logprobs))
@@ -186,6 +186,26 @@ def completion_chunks(request_id: str, model: str, created: int, state: ChoiceSt
         stop_reason=state.stop_reason if out.finished else None,
     )
     return [Completion(id=request_id, created=created, model=model, choices=[choice])]
+
+
+def echoing(prompts: list[str]) -> "Formats":
+    """Completions that begin with their prompt's text (`echo`): in the body, and as each choice's first chunk."""
+    def whole(request_id: str, model: str, states: list[ChoiceState], token_text, top: int | None) -> Completion:
+        body = completion(request_id, model, states, token_text, top)
+        for choice, state in zip(body.choices, states):
+            choice.text = prompts[state.prompt_index] + choice.text
+        return body
+
+    def chunks(request_id: str, model: str, created: int, state: ChoiceState, out, token_text,
+               top: int | None) -> list[Completion]:
+        first = []
+        if not state.started:
+            state.started = True
+            echo = CompletionChoice(index=state.index, text=prompts[state.prompt_index])
+            first.append(Completion(id=request_id, created=created, model=model, choices=[echo]))
+        return first + completion_chunks(request_id, model, created, state, out, token_text, top)
+
+    return Formats(whole, chunks, completion_usage_chunk)
 
 
 def completion_usage_chunk(request_id: str, model: str, created: int, states: list[ChoiceState]) -> Completion:

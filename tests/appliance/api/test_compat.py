@@ -111,3 +111,27 @@ def test_bad_logit_bias_names_every_bad_key(http, live_server):
     body["logit_bias"] = {"7": 1, "99999999": 1, "88888888": -1}
     error = refusal(http, "/v1/completions", body)
     assert error["param"] == "logit_bias" and "88888888, 99999999" in error["message"] and "7" not in error["message"]
+
+
+# -- echo ----------------------------------------------------------------------------------------
+def test_echo_prepends_the_prompt(client, live_server):
+    plain = client.completions.create(model=live_server.model, prompt=PROMPT, max_tokens=4, temperature=0)
+    echoed = client.completions.create(model=live_server.model, prompt=PROMPT, max_tokens=4, temperature=0, echo=True)
+    assert echoed.choices[0].text == PROMPT + plain.choices[0].text
+    ids = live_server.app.service.pool.active.engine.tokenizer.encode(PROMPT, add_special_tokens=False)
+    by_ids = client.completions.create(model=live_server.model, prompt=ids, max_tokens=4, temperature=0, echo=True)
+    assert by_ids.choices[0].text == echoed.choices[0].text
+    stream = list(client.completions.create(model=live_server.model, prompt=[PROMPT, "Hello"], max_tokens=4,
+                                            temperature=0, echo=True, stream=True))
+    texts = {0: "", 1: ""}
+    firsts = {}
+    for chunk in stream:
+        for c in chunk.choices:
+            firsts.setdefault(c.index, c.text)
+            texts[c.index] += c.text
+    assert firsts == {0: PROMPT, 1: "Hello"} and texts[0] == echoed.choices[0].text
+
+
+def test_echo_with_logprobs_is_refused_by_name(http, live_server):
+    body = {"model": live_server.model, "prompt": PROMPT, "echo": True, "logprobs": 1}
+    assert refusal(http, "/v1/completions", body)["param"] == "echo"

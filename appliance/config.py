@@ -51,6 +51,10 @@ class Config:
     canary_timeout_s: float = 30.0
     engine_stall_timeout_s: float = 30.0  # /health fails when the engine loop is stuck this long
     retry_after_s: int = 5  # Retry-After on 503s
+    otlp_traces_endpoint: str | None = None  # OTLP/HTTP collector, e.g. http://127.0.0.1:4318; unset: no traces
+    gpu_cost_per_hour: float | None = None  # what the box costs an hour (its bill): cost per million tokens from it
+    currency: str = "USD"  # the unit of gpu_cost_per_hour, shown beside every cost
+    reference_price_per_million: float | None = None  # a hosted API's price per million tokens, to compare with
     engine: "EngineConfig" = field(default_factory=lambda: engine_config({}))
 
     @property
@@ -186,3 +190,10 @@ def _check(config: Config) -> None:
         raise ConfigError(f"log_level must be debug, info, warning, error or critical, got {config.log_level!r}")
     if not config.model:
         raise ConfigError("model must not be empty")
+    for name in ("gpu_cost_per_hour", "reference_price_per_million"):
+        value = getattr(config, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{name} must be positive (or left out), got {value}")
+    endpoint = config.otlp_traces_endpoint
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"otlp_traces_endpoint must be an http:// or https:// URL (OTLP over HTTP), got {endpoint!r}")

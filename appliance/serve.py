@@ -206,7 +206,7 @@ class Appliance:
                 if server is not None:
                     server.should_exit = True
             await asyncio.gather(*servers, return_exceptions=True)
-            await self.service.pool.stop()
+            await self.service.stop()
             await asyncio.to_thread(self.telemetry.stop)
             self.keys.close()
             if self.control_server is not None:

@@ -32,6 +32,7 @@ from tui.screens.help import HelpScreen
 from tui.screens.keys import KeysScreen
 from tui.screens.models import ModelsScreen
 from tui.state import ServiceState
+from tui.unit_journal import UnitJournal
 
 THEMES = {"dark": "textual-dark", "light": "textual-light", "ansi": "textual-ansi"}
 SCREEN_CLASSES: dict[str, type[LiveScreen]] = {
@@ -54,9 +55,10 @@ class ApplianceTUI(App):
         Binding("q", "quit", "Quit"),
     ]
 
-    def __init__(self, client: ControlClient, theme: str = "dark"):
+    def __init__(self, client: ControlClient, theme: str = "dark", journal: UnitJournal | None = None):
         super().__init__()
         self.control = client  # thread-safe: the connection worker and action workers share it
+        self.journal = journal or UnitJournal()  # read when the service is down
         self.state = ServiceState()
         self.theme = THEMES[theme]
         self._stopping = threading.Event()

@@ -19,7 +19,7 @@ async def embeddings(request: Request) -> Response:
     req = await read_request(request, EmbeddingRequest)
     ctx = await admit(request, "embd", "embeddings", req.model)
     try:
-        vectors, tokens = await embed(ctx, prompt_list(req.input), service.config.retry_after_s)
+        vectors, tokens = await embed(ctx, prompt_list(req.input), service.config.retry_after_s, service.busy)
         ctx.prompt_tokens = tokens  # before accounting: the key's usage, limits and the log line count them
     except APIError as e:
         ctx.status = f"error {e.status}"

@@ -6,6 +6,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from appliance.errors import APIError, from_validation_error, invalid
+from appliance.ops.tracing import SPAN_STATE
 from appliance.serving.context import RequestContext
 from appliance.serving.service import Service
 
@@ -57,6 +58,7 @@ async def admit(request: Request, id_prefix: str, endpoint: str, model: str) -> 
     The context is kept on the request first, so that a refusal's log line can name its key and model.
     """
     service: Service = request.app.state.service
-    ctx = request.state.context = RequestContext(service.new_request_id(id_prefix), endpoint, model)
+    ctx = request.state.context = RequestContext(service.new_request_id(id_prefix), endpoint, model,
+                                                 span=getattr(request.state, SPAN_STATE, None))
     await service.admission.authorize(api_key(request), model, ctx)
     return ctx

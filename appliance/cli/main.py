@@ -49,8 +49,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
             sub.set_defaults(handler=module.run)
     from appliance.cli.keys import add_keys_commands
     from appliance.cli.models import add_models_commands, add_status_command
+    from appliance.cli.ops import add_ops_commands
 
     add_status_command(commands)
     add_keys_commands(commands)
     add_models_commands(commands)
+    add_ops_commands(commands)
     return parser

@@ -36,11 +36,12 @@ def show_status(args) -> int:
     if args.json:
         print_json(snapshot)
     else:
-        print(format_status(snapshot))
+        print(format_status(snapshot, call(args, "cost")))
     return 0 if snapshot["service"]["ready"] else 1
 
 
-def format_status(s: dict) -> str:
+def format_status(s: dict, cost: dict | None = None) -> str:
+    """The snapshot in lines; `cost` (/v1/cost) adds each model's figures for today."""
     service, engine, host = s["service"], s["engine"], s.get("host") or {}
     ready = "ready" if service["ready"] else "NOT READY: " + "; ".join(service["ready_reasons"])
     lines = [
@@ -54,6 +55,7 @@ def format_status(s: dict) -> str:
         f"latency   TTFT p50 {ms(engine['ttft_s']['p50'])} p99 {ms(engine['ttft_s']['p99'])}; "
         f"ITL p50 {ms(engine['itl_s']['p50'])} p99 {ms(engine['itl_s']['p99'])}",
     ]
+    lines.extend(cost_lines(cost or s.get("cost")))
     if service.get("task"):
         task = service["task"]
         lines.append(f"task      {task['kind']} {task['target']}: {task['message'] or task['stage']}")
@@ -73,6 +75,27 @@ def format_status(s: dict) -> str:
         lines.append(f"health    {verdict} (checked {health['checked_at']})")
         lines.extend(f"          {p}" for p in health["problems"])
     return "\n".join(lines)
+
+
+def cost_lines(cost: dict | None) -> list[str]:
+    """What the box costs per million tokens: each window, then each model today."""
+    from appliance.control.cost_text import NOT_PRICED, WINDOW_NAMES, money, window_text
+
+    if not cost:
+        return []
+    if not cost["configured"]:
+        return [f"cost      {NOT_PRICED}"]
+    currency, reference = cost["currency"], cost["reference_price_per_million"]
+    head = f"cost      {money(cost['gpu_cost_per_hour'], currency)}/h"
+    if reference is not None:
+        head += (f"; hosted price {money(reference, currency)}/M tokens: break-even at "
+                 f"{cost['break_even_tokens_per_day'] / 1e6:,.1f}M tokens a day")
+    lines = [head] + [f"  {WINDOW_NAMES[name]:<9} {window_text(window, currency)}"
+                      for name, window in cost["windows"].items()]
+    for model, windows in (cost.get("models") or {}).items():
+        if "today" in windows:
+            lines.append(f"  {model} today: {window_text(windows['today'], currency)}")
+    return lines
 
 
 def duration(seconds: float) -> str:

@@ -207,5 +207,9 @@ class ControlClient:
         """
         return self.request("GET", "/v1/logs", after=after, limit=limit)
 
+    def cost(self) -> dict:
+        """Cost figures per window ("hour", "today", "30d"): overall with "kinds", and "models", "keys"."""
+        return self.request("GET", "/v1/cost")
+
     def audit(self, limit: int = 100) -> list[dict]:
         return self.request("GET", "/v1/audit", limit=limit)["entries"]

@@ -75,6 +75,7 @@ class Monitor:
         snapshot["gpus"] = reading["gpus"] if reading else []
         snapshot["host"] = reading["host"] if reading else None
         snapshot["health"] = self.health_summary()
+        snapshot["cost"] = service.cost.summary()  # overall; per model and per key: /v1/cost
         return snapshot
 
     def _engine(self, now: float, advance: bool) -> dict:

@@ -302,6 +302,11 @@ async def logs(request: Request) -> Response:
     return JSONResponse(plane(request).logs.since(after, limit))
 
 
+async def cost(request: Request) -> Response:
+    """Cost per million tokens over the last hour, today and 30 days: overall, per model, per key."""
+    return JSONResponse(plane(request).service.cost.summary(detail=True))
+
+
 async def audit(request: Request) -> Response:
     limit = int_param(request, "limit", 100, 1, 10_000)
     return JSONResponse({"entries": await asyncio.to_thread(plane(request).audit.recent, limit)})
@@ -347,6 +352,7 @@ def build_control_app(control: ControlPlane) -> Starlette:
         Route("/v1/health", health),
         Route("/v1/logs", logs),
         Route("/v1/audit", audit),
+        Route("/v1/cost", cost),
     ]
     app = Starlette(routes=routes, exception_handlers={APIError: on_api_error})
     app.state.plane = control

@@ -104,6 +104,14 @@ class Metrics:
         self.key_completion_tokens = Counter(
             "appliance_key_completion_tokens", "Completion tokens per API key.", ["key_id"], registry=r
         )
+        self.spans_dropped = Counter(
+            "appliance_trace_spans_dropped", "Trace spans dropped: the export queue was full or the collector refused them.",
+            ["reason"], registry=r,
+        )
+
+    def count_dropped_spans(self, reason: str, spans: int) -> None:
+        self.spans_dropped.labels(reason).inc(spans)
+
 
     def observe_request(
         self, model: str, finish_reason: str | None, queue_s: float | None, ttft_s: float | None,

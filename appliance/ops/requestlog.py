@@ -1,4 +1,5 @@
-"""Structured request log: one JSON line per API request, run or refused (journald reads stderr).
+"""Structured request log: one JSON line per API request, run or refused; under systemd, journal entries
+whose fields (REQUEST_ID, KEY_ID, MODEL, STATUS, TRACE_ID) journalctl can match (ops/journal.py).
 
 Never the key secret (only its id); prompt text only when the config sets log_prompts.
 """
@@ -6,6 +7,8 @@ Never the key secret (only its id); prompt text only when the config sets log_pr
 import json
 import logging
 import sys
+
+from appliance.ops.journal import JournalHandler, record_fields, stderr_is_the_journal
 
 logger = logging.getLogger("appliance.request")
 
@@ -24,6 +27,7 @@ def log_request(
     total_time_s: float,
     finish_reason: str | None,
     prompt: str | None = None,
+    trace_id: str | None = None,
 ) -> dict:
     record = {
         "event": "request",
@@ -39,9 +43,11 @@ def log_request(
         "total_time_s": _round(total_time_s),
         "finish_reason": finish_reason,
     }
+    if trace_id is not None:  # traces are on: the line and its trace find each other
+        record["trace_id"] = trace_id
     if prompt is not None:
         record["prompt"] = prompt
-    logger.info(json.dumps(record, ensure_ascii=False))
+    logger.info(json.dumps(record, ensure_ascii=False), extra=_journal_fields(record))
     return record
 
 
@@ -62,8 +68,15 @@ def log_refusal(
         "code": code,
         "message": message,
     }
-    logger.log(logging.WARNING if status >= 500 else logging.INFO, json.dumps(record, ensure_ascii=False))
+    logger.log(logging.WARNING if status >= 500 else logging.INFO, json.dumps(record, ensure_ascii=False),
+               extra=_journal_fields(record))
     return record
+
+
+def _journal_fields(record: dict) -> dict:
+    return record_fields(event=record["event"], request_id=record["request_id"], key_id=record["key_id"],
+                         model=record["model"], endpoint=record.get("endpoint"), status=record["status"],
+                         trace_id=record.get("trace_id"))
 
 
 def _round(value: float | None) -> float | None:
@@ -90,18 +103,16 @@ class FirstOfEachLifecycleLine(logging.Filter):
 
 
 def setup_logging(level: str = "info") -> None:
-    """Plain message lines on stderr: request lines are JSON already; systemd adds the timestamp."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s" if _under_journald() else "%(asctime)s %(name)s %(levelname)s %(message)s"))
+    """Under systemd, journal entries with fields; else lines on stderr. Request lines are JSON already."""
+    if stderr_is_the_journal():
+        handler: logging.Handler = JournalHandler()  # journald adds the time, the unit, the pid
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     uvicorn = logging.getLogger("uvicorn.error")
     uvicorn.filters[:] = [f for f in uvicorn.filters if not isinstance(f, FirstOfEachLifecycleLine)]
     uvicorn.addFilter(FirstOfEachLifecycleLine())
-
-
-def _under_journald() -> bool:
-    import os
-
-    return bool(os.environ.get("JOURNAL_STREAM"))

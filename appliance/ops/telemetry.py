@@ -341,25 +341,29 @@ class TelemetryCollector:
         self.telemetry = telemetry
 
     def collect(self):
-        reading = self.telemetry.latest
-        if reading is None:
-            return
+        reading = self.telemetry.latest or {"gpus": [], "host": {}}  # before the first reading: the names alone
         gpus = reading["gpus"]
         for metric, doc, field, scale in GPU_GAUGES:
             family = GaugeMetricFamily(metric, doc, labels=["gpu", "name"])
             for gpu in gpus:
                 if gpu[field] is not None:
                     family.add_metric([str(gpu["index"]), gpu["name"] or ""], gpu[field] * scale)
-            if family.samples:
-                yield family
+            yield family  # declared without a GPU too: the shipped dashboards and alerts name it
         ecc = GaugeMetricFamily("appliance_gpu_ecc_errors", "GPU memory ECC errors since the driver loaded.",
                                 labels=["gpu", "name", "type"])
         for gpu in gpus:
             for kind in ("corrected", "uncorrected"):
                 if gpu[f"ecc_{kind}"] is not None:
                     ecc.add_metric([str(gpu["index"]), gpu["name"] or "", kind], gpu[f"ecc_{kind}"])
-        if ecc.samples:
-            yield ecc
+        yield ecc
+        throttle = GaugeMetricFamily("appliance_gpu_throttle", "1 for each reason the GPU's clocks are held back now.",
+                                     labels=["gpu", "name", "reason"])
+        for gpu in gpus:
+            for reason in gpu["throttle_reasons"] or []:
+                throttle.add_metric([str(gpu["index"]), gpu["name"] or "", reason], 1.0)
+        yield throttle
         for metric, doc, field, scale in HOST_GAUGES:
-            if reading["host"][field] is not None:
-                yield GaugeMetricFamily(metric, doc, value=reading["host"][field] * scale)
+            family = GaugeMetricFamily(metric, doc)
+            if reading["host"].get(field) is not None:
+                family.add_metric([], reading["host"][field] * scale)
+            yield family

@@ -23,4 +23,6 @@ class RequestContext:
     ttft_s: float | None = None
     status: str = "ok"
     served: ServedModel | None = None  # the model the request was admitted to
+    busy_s: float = 0.0  # its share of the box's busy time (ops.cost.BusyClock): what its cost is shared by
+    span: object | None = None  # its trace span (ops.tracing), when traces are on
     accounted: bool = False  # finish() ran: usage recorded, the request log line written

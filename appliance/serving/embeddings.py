@@ -1,16 +1,21 @@
 """Embeddings on the admitted model: strings are tokenized here, the engine checks the token ids."""
 
 from appliance.errors import APIError, engine_errors
+from appliance.ops.cost import BusyClock
 from appliance.serving.context import RequestContext
 
 
-async def embed(ctx: RequestContext, inputs: list, retry_after_s: float) -> tuple[list[list[float]], int]:
-    """Mean-pooled embeddings of strings or token-id lists; returns (vectors, prompt tokens)."""
+async def embed(ctx: RequestContext, inputs: list, retry_after_s: float, busy: BusyClock) -> tuple[list[list[float]], int]:
+    """Mean-pooled embeddings of strings or token-id lists; returns (vectors, prompt tokens).
+
+    The time on the engine is the request's busy time (its cost is shared by it), as for generation.
+    """
 
     def run(engine):
         batch = [engine.tokenizer.encode(x, add_special_tokens=False) if isinstance(x, str) else list(x) for x in inputs]
         return engine.embed(batch), sum(len(ids) for ids in batch)
 
+    started = busy.start()
     with engine_errors(retry_after_s, "input"):
         try:
             return await ctx.served.async_engine.call(run)
@@ -21,3 +26,5 @@ async def embed(ctx: RequestContext, inputs: list, retry_after_s: float) -> tupl
                 raise
             raise APIError(400, f"this model cannot compute embeddings: {type(e).__name__}: {e}",
                            param="model", code="embeddings_unsupported") from None
+        finally:
+            ctx.busy_s += busy.end(started)

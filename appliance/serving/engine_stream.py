@@ -1,4 +1,5 @@
-"""Generation on an engine: one engine request's outputs, timed for the metrics, ended cleanly by a drain."""
+"""Generation on an engine: one engine request's outputs, timed for the metrics, the cost and the trace, ended
+cleanly by a drain."""
 
 import asyncio
 import time
@@ -6,8 +7,10 @@ from collections.abc import AsyncIterator
 
 from appliance.config import Config
 from appliance.errors import APIError, engine_errors
+from appliance.ops.cost import BusyClock
 from appliance.ops.metrics import Metrics
 from appliance.ops.request_window import RequestWindow
+from appliance.ops.tracing import EngineTimes, Tracing
 from appliance.serving.context import RequestContext
 from appliance.serving.pool import ModelPool
 from appliance.serving.readiness import Readiness
@@ -15,12 +18,15 @@ from appliance.serving.served_model import InFlight
 
 
 class EngineStream:
-    def __init__(self, config: Config, pool: ModelPool, readiness: Readiness, metrics: Metrics, window: RequestWindow):
+    def __init__(self, config: Config, pool: ModelPool, readiness: Readiness, metrics: Metrics, window: RequestWindow,
+                 busy: BusyClock, tracing: Tracing | None = None):
         self.config = config
         self.pool = pool
         self.readiness = readiness
         self.metrics = metrics
         self.window = window
+        self.busy = busy  # the request's share of the box's busy time, for its cost
+        self.tracing = tracing
 
     async def generate(self, prompt, params, request_id: str, ctx: RequestContext,
                        prompt_param: str = "prompt") -> AsyncIterator:
@@ -40,12 +46,14 @@ class EngineStream:
         gaps: list[float] = []
         ttft = queue = None
         finish = None
+        first = out = None
+        busy = self.busy.start()
         try:
             with engine_errors(self.config.retry_after_s, prompt_param):
                 async for out in served.async_engine.generate(prompt, params, request_id=request_id):
                     now = time.monotonic()
                     if last is None:
-                        ttft = now - start
+                        first, ttft = out, now - start
                         if out.first_scheduled_time is not None:
                             queue = max(0.0, out.first_scheduled_time - out.arrival_time)
                     else:
@@ -68,6 +76,11 @@ class EngineStream:
             raise APIError(503, handle.drain_reason, code="draining", retry_after_s=self.config.retry_after_s) from None
         finally:
             served.inflight.pop(request_id, None)
+            ctx.busy_s += self.busy.end(busy)
+            if ctx.span is not None and self.tracing is not None:
+                self.tracing.engine_request(ctx.span, request_id, params, EngineTimes(
+                    first.arrival_time if first else None, first.first_scheduled_time if first else None,
+                    start + ttft if ttft is not None else None, last, out.num_output_tokens if out else 0))
             if last is not None:
                 elapsed = time.monotonic() - start
                 self.metrics.observe_request(self.pool.served_name(served), finish or "abort", queue, ttft, elapsed, gaps)

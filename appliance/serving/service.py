@@ -10,14 +10,18 @@ import time
 import uuid
 
 from appliance.config import Config
+from appliance.ops.cost import BusyClock, CostCollector, CostLedger
 from appliance.ops.metrics import Metrics
 from appliance.ops.request_window import RequestWindow
+from appliance.ops.restarts import RunMarker
+from appliance.ops.tracing import Tracing
 from appliance.serving.accounting import Accounting
 from appliance.serving.admission import Admission
 from appliance.serving.engine_stream import EngineStream
 from appliance.serving.pool import ModelPool
 from appliance.serving.readiness import Readiness
 from appliance.serving.served_model import drain_requests
+from appliance.serving.service_metrics import ServiceCollector
 
 
 class Service:
@@ -30,13 +34,36 @@ class Service:
         self.window = RequestWindow()
         self.readiness = Readiness(config, self.pool)
         self.admission = Admission(keystore, self.pool, self.readiness)
-        self.engine_stream = EngineStream(config, self.pool, self.readiness, self.metrics, self.window)
-        self.accounting = Accounting(config, keystore, self.metrics)
+        self.busy = BusyClock()
+        self.cost = CostLedger(config.state_dir / "cost.db", config.gpu_cost_per_hour, config.currency,
+                               config.reference_price_per_million)
+        self.run_marker = RunMarker(config.state_dir)
+        for collector in (CostCollector(self.cost), ServiceCollector(self), self.run_marker):
+            self.metrics.registry.register(collector)
+        self.tracing = self._tracing()
+        self.engine_stream = EngineStream(config, self.pool, self.readiness, self.metrics, self.window, self.busy,
+                                          self.tracing)
+        self.accounting = Accounting(config, keystore, self.metrics, self.cost, self.pool.served_name)
+
+    def _tracing(self) -> Tracing | None:
+        if self.config.otlp_traces_endpoint is None:
+            return None
+        return Tracing(self.config.otlp_traces_endpoint, self.metrics.count_dropped_spans)
 
     async def start(self) -> None:
         """Load the configured model and pass a first canary."""
+        self.run_marker.start()
+        self.cost.start_flushing()
         await self.pool.start()
         await self.readiness.run_canary()
+
+    async def stop(self) -> None:
+        """After the drain: stop the engines, write the cost figures, send the last spans."""
+        await self.pool.stop()
+        await asyncio.to_thread(self.cost.close)
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)
+        self.run_marker.stop()
 
     async def drain(self) -> int:
         """Refuse new work, let in-flight requests finish within drain_timeout_s, end the rest.

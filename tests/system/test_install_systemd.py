@@ -1,10 +1,12 @@
 """install.sh under a real systemd (booted in namespaces by tests/system/sandbox.py).
 
-One sandbox for the module, in order: install → service active with its STATUS → the health
-timer fires → kill -9 → restarted and ready → drop-in + key + config edit, and dummy NVIDIA driver
+One sandbox for the module, in order: install → service active with its STATUS → request lines are
+journal entries with fields (KEY_ID, REQUEST_ID, …) → the health timer fires → kill -9 → restarted and ready → drop-in + key + config edit, and dummy NVIDIA driver
 packages installed (tests/system/fake_driver.py) → re-run install.sh keeps them and holds the driver
 packages → the operator upgrades the "driver" and `appliance health` reports the drift → fault
-switch → the watchdog restarts it → `systemctl stop` during a stream lets the stream finish →
+switch → the watchdog restarts it → kill -9 until StartLimitBurst keeps it down: the TUI, run by an
+operator in the allowed groups, shows systemctl's state and the journal's last lines → reset-failed and
+start → `systemctl stop` during a stream lets the stream finish →
 without systemd as PID 1 (a Container inside the same sandbox, reusing its venv): install.sh starts
 the supervisor, kill -9 → restarted, stopping the supervisor drains a stream → --uninstall removes
 everything but the data, and the holds.
@@ -99,6 +101,30 @@ def test_install_starts_the_service_with_status(box):
     assert status["service"]["ready"] and status["engine"]["model"] == "smollm2-135m-instruct"
 
 
+def test_request_lines_are_journal_entries_with_fields(box):
+    key = box.run("cat", "/var/lib/appliance/health.key").stdout.strip()
+    key_id = key.split("-")[2]  # sk-app-<id>-<secret>
+    answer = json.loads(box.run("curl", "-sf", f"http://127.0.0.1:{PORT}/v1/completions", "-H", f"Authorization: Bearer {key}",
+                                "-H", "content-type: application/json", "-d",
+                                '{"model": "smollm2-135m-instruct", "prompt": "Hi", "max_tokens": 2}').stdout)
+
+    def entries() -> list[dict]:
+        out = box.run("journalctl", "-u", "appliance.service", f"KEY_ID={key_id}", "REQUEST_ID=" + answer["id"],
+                      "-o", "json", "--no-pager").stdout
+        return [json.loads(line) for line in out.splitlines()]
+
+    [entry] = box.wait_for(entries, 10, "the request's journal entry")
+    assert (entry["MODEL"], entry["STATUS"], entry["EVENT"], entry["PRIORITY"]) == ("smollm2-135m-instruct", "ok", "request", "6")
+    assert entry["SYSLOG_IDENTIFIER"] == "appliance" and entry["LOGGER"] == "appliance.request"
+    assert json.loads(entry["MESSAGE"])["request_id"] == answer["id"]  # the line reads as before: JSON
+    assert key.split("-")[3] not in json.dumps(entry)  # the key's id, never its secret
+    refused = box.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{PORT}/v1/models",
+                      "-H", "Authorization: Bearer sk-app-nope").stdout
+    assert refused == "401"
+    box.wait_for(lambda: "error 401" in box.run("journalctl", "-u", "appliance.service", "EVENT=refused",
+                                                "-o", "cat", "--no-pager").stdout, 10, "the refusal's entry")
+
+
 def test_health_timer_fires(box):
     # The timer's first run is 2 min after boot; make it fire now through a drop-in (like an operator).
     box.sh("mkdir -p /etc/systemd/system/appliance-health.timer.d && "
@@ -190,6 +216,36 @@ def test_watchdog_restarts_a_stalled_engine(box):
     journal = box.run("journalctl", "-u", "appliance.service", "--no-pager", "-n", "200").stdout
     assert "Watchdog timeout" in journal, journal[-3000:]
     wait_restarted(box, old, 60)
+
+
+def test_killed_and_kept_down_the_tui_shows_why_from_the_journal(box):
+    """kill -9 until StartLimitBurst stops the restarts: an operator in the appliance and systemd-journal
+    groups opens the TUI, whose Health & Logs screen shows systemctl's state and the journal's last lines."""
+    metrics = box.run("curl", "-sf", f"http://127.0.0.1:{METRICS_PORT}/metrics").stdout
+    unclean = next(line for line in metrics.splitlines() if line.startswith("appliance_unclean_restarts_total"))
+    assert float(unclean.split()[1]) >= 2, unclean  # the kill -9 and the watchdog's abort above
+    box.sh("id ops >/dev/null 2>&1 || useradd --create-home --groups appliance,systemd-journal ops")
+    deadline = time.monotonic() + 180
+    while box.show("appliance.service", "ActiveState")["ActiveState"] != "failed":  # Restart= gave up
+        assert time.monotonic() < deadline, box.show("appliance.service", "ActiveState", "Result", "NRestarts")
+        pid = main_pid(box)
+        if pid:
+            box.run("kill", "-9", str(pid), check=False)
+        time.sleep(0.3)
+    journal = box.run("journalctl", "-u", "appliance.service", "--no-pager", "-n", "30").stdout
+    assert "Start request repeated too quickly" in journal, journal  # StartLimitBurst, not a restart in flight
+    probe = box.run("runuser", "-u", "ops", "--", "/opt/appliance/bin/python", f"{CHECKOUT}/tests/system/tui_probe.py",
+                    "--wait-for", "Start request repeated too quickly", timeout_s=90)
+    shown = json.loads(probe.stdout)
+    assert shown["connection"] == "disconnected", shown
+    assert "appliance.service failed/failed (result: signal)" in shown["readiness"], shown
+    assert shown["log-title"].startswith("Journal of appliance.service"), shown
+    rows = "\n".join(shown["rows"])
+    assert "Main process exited, code=killed, status=9/KILL" in rows and "Start request repeated too quickly" in rows, rows
+    # The operator brings it back.
+    box.run("systemctl", "reset-failed", "appliance.service")
+    box.run("systemctl", "start", "appliance.service", timeout_s=300)
+    box.wait_for(lambda: ready(box), 120, "/ready after the restart")
 
 
 def test_stop_during_a_stream_lets_it_finish(box):

@@ -7,6 +7,7 @@ few models, keys, a health report and log lines. Behaviour tests use the real se
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from copy import deepcopy
@@ -58,7 +59,29 @@ def snapshot(second: int, gpus: bool = True) -> dict:
             "net_rx_bytes_s": 1.2e6, "net_tx_bytes_s": 4.5e5,
         },
         "health": {"ok": True, "checked_at": "2026-11-18T11:06:02+00:00", "problems": []},
+        "cost": COST,
     }
+
+
+def cost_window(billed_s: float, busy_s: float, generation: tuple[int, int, float], embedding: tuple[int, float]) -> dict:
+    """A window's figures as ops.cost sums them: $2.49 an hour, shared out by busy time."""
+    cost = 2.49 * billed_s / 3600
+    (prompt, completion, gen_busy), (embedded, emb_busy) = generation, embedding
+    gen_cost, emb_cost = cost * gen_busy / busy_s, cost * emb_busy / busy_s
+    tokens = prompt + completion + embedded
+    return {"billed_s": billed_s, "busy_s": busy_s, "cost": cost, "per_million_tokens": cost / tokens * 1e6,
+            "vs_reference": cost / tokens * 1e6 / 0.60, "kinds": {
+                "generation": {"cost": gen_cost, "per_million_output": gen_cost / completion * 1e6,
+                               "per_million_tokens": gen_cost / (prompt + completion) * 1e6},
+                "embedding": {"cost": emb_cost, "per_million_output": None,
+                              "per_million_tokens": emb_cost / embedded * 1e6}}}
+
+
+COST = {"configured": True, "currency": "USD", "gpu_cost_per_hour": 2.49, "reference_price_per_million": 0.60,
+        "break_even_tokens_per_day": 2.49 * 24 / 0.60 * 1e6, "windows": {
+            "hour": cost_window(3600, 2232, (3_240_000, 5_040_000, 2100), (1_800_000, 132)),
+            "today": cost_window(39_960, 24_775, (33_100_000, 50_200_000, 23_500), (17_900_000, 1275)),
+            "30d": cost_window(2_592_000, 1_270_000, (1.71e9, 2.48e9, 1_200_000), (0.92e9, 70_000))}}
 
 
 MODELS = {
@@ -97,6 +120,12 @@ KEYS = [
      "usage_today": {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}},
 ]
 
+# /v1/cost: the snapshot's figures and each model's and key's share (web-app's busy time is 80 % of today's).
+COST_DETAIL = {**COST, "models": {"smollm2-135m-instruct": {name: window for name, window in COST["windows"].items()}},
+               "keys": {"k3f9a2c1": {"today": {"cost": 22.11, "per_million_output": 73.2, "per_million_tokens": 18.2},
+                                     "30d": {"cost": 1_401.9, "per_million_output": 0.71, "per_million_tokens": 0.42}},
+                        "k7b21d04": {"today": {"cost": 5.53, "per_million_output": 56.4, "per_million_tokens": 4.1}}}}
+
 HEALTH = {
     "ready": True, "ready_reasons": [],
     "report": {"checked_at": "2026-11-18T11:06:02+00:00", "ok": True, "checks": [
@@ -117,9 +146,75 @@ LOG_LINES = [
         ("info", "appliance.control", "uid 1000 (ops) created key web-app"),
         ("warning", "appliance.api", "key k7b21d04: 429 tokens per minute limit reached"),
         ("error", "appliance.api", "request r-81f2 ended: client disconnected mid-stream"),
-        ("info", "appliance.requests", "POST /v1/chat/completions 200 1.21 s key=web-app"),
+        ("info", "appliance.request", json.dumps({
+            "event": "request", "request_id": "chatcmpl-5e1f", "key_id": "k3f9a2c1", "model": "smollm2-135m-instruct",
+            "endpoint": "chat", "status": "ok", "prompt_tokens": 412, "completion_tokens": 128, "queue_time_s": 0.004,
+            "ttft_s": 0.041, "total_time_s": 1.214, "finish_reason": "stop",
+            "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"})),
+        ("info", "appliance.request", json.dumps({
+            "event": "refused", "request_id": "cmpl-77aa", "key_id": "k7b21d04", "model": "qwen2.5-7b-instruct",
+            "method": "POST", "path": "/v1/completions", "status": "error 429", "code": "rate_limit_exceeded",
+            "message": "tokens per minute limit reached"})),
     ])
 ]
+
+# The service killed and kept down: what systemctl and the unit's journal say then.
+JOURNAL = {
+    "state": {"ActiveState": "failed", "SubState": "failed", "Result": "signal", "NRestarts": "5",
+              "ExecMainStatus": "9", "StateChangeTimestamp": "Wed 2026-11-18 11:06:31 UTC"},
+    "lines": [
+        {"time": NOW - 40 + i * 2, "level": level, "logger": logger, "message": message}
+        for i, (level, logger, message) in enumerate([
+            ("info", "appliance.serve", "ready: serving smollm2-135m-instruct"),
+            ("info", "systemd", "appliance.service: Main process exited, code=killed, status=9/KILL"),
+            ("warning", "systemd", "appliance.service: Failed with result 'signal'."),
+            ("info", "systemd", "appliance.service: Scheduled restart job, restart counter is at 5."),
+            ("error", "systemd", "appliance.service: Start request repeated too quickly."),
+            ("warning", "systemd", "appliance.service: Failed with result 'signal'."),
+            ("error", "systemd", "Failed to start appliance.service - GPU inference appliance."),
+        ])
+    ],
+}
+
+
+class RecordedJournal:
+    """UnitJournal's read() over the fixed answer above."""
+
+    unit = "appliance.service"
+
+    def read(self, limit: int = 200):
+        from tui.unit_journal import UnitReport
+
+        return UnitReport(state=dict(JOURNAL["state"]), lines=deepcopy(JOURNAL["lines"])[-limit:])
+
+
+class DownClient:
+    """A control client whose service is gone: the first call says so, as ControlClient does; later ones
+    hang until the app closes it, so the top bar keeps saying "retrying…" (a snapshot must not move)."""
+
+    socket_path = Path("/recorded/control.sock")
+
+    def __init__(self):
+        self._closed = threading.Event()
+        self._told = False
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def interrupt_events(self) -> None:
+        self._closed.set()
+
+    def __getattr__(self, name):
+        from appliance.control.client import ServiceUnreachable
+
+        def unreachable(*args, **kwargs):
+            if self._told:
+                self._closed.wait()
+            self._told = True
+            raise ServiceUnreachable("no control socket at /run/appliance/control.sock: is the service running? "
+                                     "(systemctl status appliance; for a development server: appliance serve --dev)")
+
+        return unreachable
 
 
 class RecordedClient:
@@ -157,6 +252,9 @@ class RecordedClient:
 
     def health(self) -> dict:
         return deepcopy(HEALTH)
+
+    def cost(self) -> dict:
+        return deepcopy(COST_DETAIL)
 
     def logs(self, after: int = 0, limit: int = 200) -> dict:
         lines = [line for line in LOG_LINES if line["seq"] > after][:limit]

@@ -6,7 +6,8 @@ import subprocess
 import sys
 import time
 
-from textual.widgets import RichLog
+import httpx
+from textual.widgets import DataTable
 
 from appliance.control.client import ControlClient
 from tests.tui.conftest import show_screen, text, wait_for
@@ -14,10 +15,17 @@ from tests.tui.recorded import RecordedClient
 from tui.app import ApplianceTUI
 from tui.messages import SnapshotReceived
 from tui.screens.help import HelpScreen
+from tui.widgets.log_view import RecordScreen
+
+
+def log_rows(app) -> list[str]:
+    """The log view's rows as they are on screen, cells joined by spaces."""
+    table = app.screen.query_one("#log").query_one(DataTable)
+    return [" ".join(str(cell) for cell in table.get_row_at(i)) for i in range(table.row_count)]
 
 
 def log_text(app) -> str:
-    return "\n".join(strip.text for strip in app.screen.query_one(RichLog).lines)
+    return "\n".join(log_rows(app))
 
 
 async def test_health_screen_shows_readiness_and_follows_the_service_log(service):
@@ -33,6 +41,33 @@ async def test_health_screen_shows_readiness_and_follows_the_service_log(service
         logging.getLogger("appliance.test").warning("a line written while the TUI watches")
         await wait_for(pilot, lambda: "a line written while the TUI watches" in log_text(app), timeout_s=5,
                        what="the new line to be followed")
+
+
+async def test_a_request_is_one_row_in_columns_found_by_the_filter_and_shown_whole(service, control):
+    key = control.create_key("log-view")
+    app = ApplianceTUI(ControlClient(service.app.config.control_socket))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.state.connection.state == "connected", what="the connection")
+        await show_screen(pilot, "4", "health")
+        r = httpx.post(service.base_url + "/v1/completions", headers={"Authorization": f"Bearer {key['api_key']}"},
+                       json={"model": service.model, "prompt": "log me", "max_tokens": 3, "ignore_eos": True})
+        assert r.status_code == 200
+        key_id = key["key"]["id"]
+        row = await wait_for(pilot, lambda: next((row for row in log_rows(app) if key_id in row and " request " in row),
+                                                 None), what="the request's row")
+        assert row.split()[1:4] == ["INFO", "request", "ok"]
+        assert f" {service.model[:9]}… {key_id} completions 2+3 tok " in row and row.endswith(" length")
+
+        await pilot.press("slash")
+        await pilot.press(*f"{key_id} request")
+        await wait_for(pilot, lambda: len(log_rows(app)) == 1, what="the filter to leave the one row")
+        await pilot.press("enter")  # leaves the filter line for the table
+        await pilot.press("enter")  # the whole record
+        await wait_for(pilot, lambda: isinstance(app.screen, RecordScreen), what="the record")
+        assert app.screen.record.details["request_id"] == r.json()["id"]
+        await pilot.press("escape")
+        await pilot.press("l", "l")  # warning and above: no request line is a warning
+        await wait_for(pilot, lambda: not log_rows(app), what="the level toggle to hide it")
 
 
 async def test_help_and_command_palette_come_from_the_binding_tables(service):
@@ -122,3 +157,18 @@ async def test_snapshots_arriving_while_screens_switch_never_break_the_app():
             await pilot.pause()
         await show_screen(pilot, "2", "models")
     assert app.return_code in (None, 0)
+
+
+async def test_when_the_service_goes_down_the_health_screen_shows_the_units_journal(service):
+    from tests.tui.recorded import RecordedJournal
+
+    app = ApplianceTUI(ControlClient(service.app.config.control_socket), journal=RecordedJournal())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.state.connection.state == "connected", what="the connection")
+        await show_screen(pilot, "4", "health")
+        await wait_for(pilot, lambda: "ready: serving" in log_text(app), what="the service's own log")
+        service.stop()
+        await wait_for(pilot, lambda: "Start request repeated too quickly" in log_text(app), what="the journal")
+        assert "failed/failed (result: signal)" in text(app.screen.query_one("#readiness"))
+        assert "Journal of appliance.service" in text(app.screen.query_one("#log-title"))
+        assert "ready: serving tiny" not in log_text(app)  # the service's lines made way for the journal's

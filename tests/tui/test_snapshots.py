@@ -4,14 +4,17 @@ Update them after an intended change with: pytest tests/tui/test_snapshots.py --
 (then look at the SVGs in tests/tui/__snapshots__/ before committing).
 """
 
-import pytest
-from textual.widgets import DataTable, RichLog
+import time
 
-from tests.tui.recorded import KEYS, PULL_TASK, RecordedClient
+import pytest
+from textual.widgets import DataTable
+
+from tests.tui.recorded import KEYS, PULL_TASK, DownClient, RecordedClient, RecordedJournal
 from tests.tui.conftest import show_screen, wait_for
 from tui.app import ApplianceTUI
 from tui.screens.key_forms import KeyFormScreen, SecretScreen
 from tui.widgets.confirm import ConfirmScreen
+from tui.widgets.log_view import LogView, RecordScreen
 from tui.widgets.panels import GpuPanel
 
 SIZES = [(80, 24), (120, 40)]
@@ -25,7 +28,7 @@ async def until(pilot, condition) -> None:
 
 
 def app_with(**recorded) -> ApplianceTUI:
-    return ApplianceTUI(RecordedClient(**recorded))
+    return ApplianceTUI(RecordedClient(**recorded), journal=RecordedJournal())
 
 
 async def dashboard(pilot) -> None:
@@ -50,7 +53,7 @@ async def keys(pilot) -> None:
 async def health(pilot) -> None:
     await dashboard(pilot)
     await show_screen(pilot, "4", "health")
-    await until(pilot, lambda: pilot.app.screen.query_one(RichLog).lines
+    await until(pilot, lambda: pilot.app.screen.query_one(LogView).records
                 and "driver" in str(pilot.app.screen.query_one("#checks").render()))
 
 
@@ -82,6 +85,28 @@ def test_keys(snap_compare, size):
 @pytest.mark.parametrize("size", SIZES, ids=["80x24", "120x40"])
 def test_health_and_logs(snap_compare, size):
     assert snap_compare(app_with(), terminal_size=size, run_before=health)
+
+
+def test_health_and_logs_a_record_in_full(snap_compare):
+    async def run_before(pilot):
+        await health(pilot)
+        await pilot.press("enter")  # the newest line: a refused request
+        await until(pilot, lambda: isinstance(pilot.app.screen, RecordScreen))
+
+    assert snap_compare(app_with(), terminal_size=(80, 24), run_before=run_before)
+
+
+def test_health_and_logs_with_the_service_down(snap_compare):
+    """Killed and kept down by StartLimitBurst: systemctl's state and the unit's journal."""
+    async def run_before(pilot):
+        await show_screen(pilot, "4", "health")
+        await until(pilot, lambda: len(pilot.app.screen.query_one(LogView).records) == 7)
+        connection = pilot.app.state.connection
+        await until(pilot, lambda: connection.retry_at is not None and connection.retry_at < time.monotonic())
+        await pilot.pause(1.1)  # the app's 1 s tick redraws the top bar: "retrying…"
+
+    app = ApplianceTUI(DownClient(), journal=RecordedJournal())
+    assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
 
 
 def test_help(snap_compare):

@@ -1,6 +1,6 @@
 """Dashboard: the engine, the host and each GPU, live, with history graphs.
 
-The panels stack: engine, host, then the GPUs (scroll for more than one at 80×24). From 120
+The panels stack: engine, cost, host, then the GPUs (scroll for more than one at 80×24). From 120
 columns the graphs get longer (more seconds of history) and several GPUs sit two abreast.
 """
 
@@ -13,7 +13,7 @@ from textual.widgets import Static
 
 from tui.screens.base import LiveScreen
 from tui.state import ServiceState
-from tui.widgets.panels import EnginePanel, GpuPanel, HostPanel
+from tui.widgets.panels import CostPanel, EnginePanel, GpuPanel, HostPanel
 
 WIDE_COLUMNS = 120
 
@@ -25,6 +25,7 @@ class DashboardScreen(LiveScreen):
         with VerticalScroll(id="dashboard"):
             yield Static("waiting for the first snapshot from the service…", id="waiting")
             yield EnginePanel(id="engine")
+            yield CostPanel(id="cost")
             yield HostPanel(id="host")
             yield Static(id="gpu-notice")
             yield Vertical(id="gpus")
@@ -38,7 +39,7 @@ class DashboardScreen(LiveScreen):
         super().show_state(state)
         snapshot = state.latest
         self.query_one("#waiting").display = snapshot is None
-        for panel in (self.query_one(EnginePanel), self.query_one(HostPanel)):
+        for panel in (self.query_one(EnginePanel), self.query_one(CostPanel), self.query_one(HostPanel)):
             panel.display = snapshot is not None
             if snapshot is not None:
                 panel.show(state)

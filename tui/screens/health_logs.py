@@ -1,26 +1,33 @@
-"""Health & Logs: readiness, the latest health checks (driver pin, GPUs, canary, disk), and the service log, followed."""
+"""Health & Logs: readiness, the latest health checks (driver pin, GPUs, canary, disk), and the service log, followed.
+
+The log reads like a log viewer (tui/widgets/log_view.py): columns, colour by level, `/` to filter,
+`l` for the levels shown, Enter for the whole record. When the service is down, the screen shows
+systemctl's state of the unit and the unit's last journal lines instead: the reason for a crash is
+one keypress away (4).
+"""
 
 from __future__ import annotations
 
 import time
 
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.content import Content
-from textual.widgets import RichLog, Static
+from textual.widgets import DataTable, Static
 
 from appliance.control.client import ControlClient
 from tui import format as fmt
 from tui.screens.base import LiveScreen
+from tui.state import ServiceState
+from tui.unit_journal import UnitReport, state_text
+from tui.widgets.log_view import KEEP as LOG_KEEP
+from tui.widgets.log_view import LogView
 
 CHECK_MARKS = {"ok": ("✓", "$text-success"), "warn": ("!", "$text-warning"), "fail": ("✗", "$text-error"),
                "n/a": ("–", "$text-muted")}
-# Rich styles for the log (RichLog renders Rich text): named ANSI colours read on dark and light terminals.
-LEVEL_STYLES = {"DEBUG": "dim", "INFO": "", "WARNING": "yellow", "ERROR": "bold red", "CRITICAL": "bold red reverse"}
-LOG_KEEP = 2000  # lines kept on screen
 HEALTH_EVERY_S = 10.0  # the health timer runs every minute; readiness changes faster
+JOURNAL_EVERY_S = 2.0  # while the service is down
 
 
 def fetch_new_lines(client: ControlClient, after: int, boot_id: str | None) -> tuple[list[dict], int, str | None]:
@@ -31,21 +38,16 @@ def fetch_new_lines(client: ControlClient, after: int, boot_id: str | None) -> t
     return page.get("lines") or [], page.get("next", after), page.get("boot_id")
 
 
-def log_line(line: dict) -> Text:
-    level = (line.get("level") or "").upper()
-    style = LEVEL_STYLES.get(level, "")
-    return Text.assemble(
-        (fmt.clock(line.get("time")), "dim"), " ", (level.ljust(7), style), " ",
-        ((line.get("logger") or "").removeprefix("appliance."), "dim"), " ", (line.get("message") or "", style))
-
-
 class HealthLogsScreen(LiveScreen):
     MODE = "health"
     POLL_S = 1.0  # new log lines; health itself every HEALTH_EVERY_S
-    AUTO_FOCUS = "#log"  # arrows and page keys scroll the log
+    AUTO_FOCUS = "#log DataTable"  # arrows and page keys move through the log
     BINDINGS = [
-        Binding("f", "toggle_follow", "Follow log on/off"),
-        Binding("c", "clear_log", "Clear log view"),
+        Binding("slash", "filter_log", "Filter"),
+        Binding("l", "step_level", "Levels (all, info+, warning+, error+)"),
+        Binding("enter", "show_record", "The whole record", show=False),
+        Binding("f", "toggle_follow", "Follow on/off"),
+        Binding("c", "clear_log", "Clear log view", show=False),
         Binding("r", "reload_health", "Refresh health"),
     ]
 
@@ -54,15 +56,25 @@ class HealthLogsScreen(LiveScreen):
             yield Static("Asking the service for its health…", id="readiness")
             yield Static(id="checks")
         yield Static("", id="log-title")
-        yield RichLog(id="log", max_lines=LOG_KEEP, wrap=True, auto_scroll=True)
+        yield LogView(id="log")
 
     def on_mount(self) -> None:
         self.log_next = 0  # the seq to ask from; 0 before the first answer
         self.log_boot_id: str | None = None  # the service process the numbering belongs to
         self.health_at = float("-inf")  # monotonic time of the last health request
+        self.journal_at = float("-inf")
+        self.source = "service"  # whose lines the log shows: the service's, or the unit's journal
         self._show_log_title()
 
+    @property
+    def log_view(self) -> LogView:
+        return self.query_one(LogView)
+
+    # -- the service up: health and its log --------------------------------------------------------
     def reload(self) -> None:
+        if self.source == "journal":  # back from the journal: the service's own lines again, from its start
+            self.source, self.log_next, self.log_boot_id = "service", 0, None
+            self.log_view.clear()
         if time.monotonic() - self.health_at >= HEALTH_EVERY_S:
             self.action_reload_health()
         after, boot_id = self.log_next, self.log_boot_id
@@ -75,6 +87,8 @@ class HealthLogsScreen(LiveScreen):
         self.call_service(lambda c: c.health(), self._show_health, what="Reading health", group="health")
 
     def _show_health(self, answer: dict) -> None:
+        if self.source != "service":
+            return
         ready, reasons = answer.get("ready"), answer.get("ready_reasons") or []
         now = self.app.state.now()
         readiness = (Content.styled("Ready: serving requests", "$text-success") if ready else
@@ -99,22 +113,73 @@ class HealthLogsScreen(LiveScreen):
         self.query_one("#checks", Static).update(Content("\n").join(rows))
 
     def _add_lines(self, answer: tuple[list[dict], int, str | None]) -> None:
+        if self.source != "service":
+            return
         lines, self.log_next, self.log_boot_id = answer
-        log = self.query_one(RichLog)
-        for line in lines:
-            log.write(log_line(line))
+        self.log_view.add_lines(lines)
         self._show_log_title()
 
+    # -- the service down: systemctl and the journal -----------------------------------------------
+    def show_state(self, state: ServiceState) -> None:
+        super().show_state(state)
+        self._read_journal_when_down(state)
+
+    def show_connection(self, state: ServiceState) -> None:
+        super().show_connection(state)
+        self._read_journal_when_down(state)
+
+    def _read_journal_when_down(self, state: ServiceState) -> None:
+        if state.connection.state != "disconnected" or time.monotonic() - self.journal_at < JOURNAL_EVERY_S:
+            return
+        self.journal_at = time.monotonic()
+        journal = self.app.journal
+        self.call_service(lambda _client: journal.read(LOG_KEEP), self._show_journal, what="Reading the journal",
+                          group="journal")
+
+    def _show_journal(self, report: UnitReport) -> None:
+        state = self.app.state
+        if state.connection.state != "disconnected":
+            return
+        self.source = "journal"
+        self.query_one("#readiness", Static).update(Content.assemble(  # the top bar says why it is unreachable
+            ("systemctl: ", "bold"), f"{self.app.journal.unit} {state_text(report.state)}"))
+        self.query_one("#checks", Static).update(
+            Content.styled(report.problem, "$text-warning") if report.problem else
+            Content.styled("The unit's last journal lines are below, newest last (Enter: the whole line).", "$text-muted"))
+        shown = [(r.line.get("time"), r.line.get("message")) for r in self.log_view.records]
+        if shown != [(line.get("time"), line.get("message")) for line in report.lines]:
+            self.log_view.replace(report.lines)
+        self._show_log_title()
+
+    # -- the log --------------------------------------------------------------------------------
     def _show_log_title(self) -> None:
-        follow = "following" if self.query_one(RichLog).auto_scroll else "paused (f to follow)"
-        self.query_one("#log-title", Static).update(Content.assemble(("Service log", "bold"), f" · {follow} · times UTC"))
+        view = self.log_view
+        source = f"Journal of {self.app.journal.unit}" if self.source == "journal" else "Service log"
+        follow = "following" if view.follow else "paused (f to follow)"
+        self.query_one("#log-title", Static).update(Content.assemble(
+            (source, "bold"), f" · {follow} · {view.title} · times UTC"))
+
+    def action_filter_log(self) -> None:
+        self.log_view.open_filter()
+
+    def action_step_level(self) -> None:
+        self.log_view.step_level()
+        self._show_log_title()
+
+    def action_show_record(self) -> None:
+        table = self.log_view.query_one(DataTable)
+        if table.row_count:
+            table.action_select_cursor()
 
     def action_toggle_follow(self) -> None:
-        log = self.query_one(RichLog)
-        log.auto_scroll = not log.auto_scroll
-        if log.auto_scroll:
-            log.scroll_end(animate=False)
+        view = self.log_view
+        view.follow = not view.follow
+        if view.follow:
+            view.add_lines([])
         self._show_log_title()
 
     def action_clear_log(self) -> None:
-        self.query_one(RichLog).clear()
+        self.log_view.clear()
+
+    def on_input_changed(self) -> None:
+        self._show_log_title()

@@ -1,4 +1,4 @@
-"""Keys: every API key with its limits and use; create (secret shown once), edit limits, revoke."""
+"""Keys: every API key with its limits, use and cost; create (secret shown once), edit limits, revoke."""
 
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ from textual.containers import Horizontal
 from textual.content import Content
 from textual.widgets import DataTable, Static
 
+from appliance.control.cost_text import key_text, money
 from tui import format as fmt
 from tui.screens.base import LiveScreen
 from tui.screens.key_forms import KeyFormScreen, SecretScreen, budget_text, limits_text
 from tui.widgets.confirm import ConfirmScreen
 from tui.widgets.history import History
 
-COLUMNS = ("Name", "Status", "Last used", "Today", "RPM", "TPM", "Budget", "Expires", "Models", "Created", "ID")
+COLUMNS = ("Name", "Status", "Last used", "Today", "Cost today", "RPM", "TPM", "Budget", "Expires", "Models", "Created",
+           "ID")
 # DataTable renders Rich text, so Rich styles here; named ANSI colours follow the theme's palette.
 STATUS_STYLES = {"active": "green", "revoked": "red", "expired": "yellow"}
 USAGE_DAYS = 30
@@ -57,13 +59,15 @@ class KeysScreen(LiveScreen):
 
     def on_mount(self) -> None:
         self.keys: dict[str, dict] = {}
+        self.cost: dict = {}  # /v1/cost: each key's share of the box's cost
 
     # -- data -----------------------------------------------------------------------------------
     def reload(self) -> None:
-        self.call_service(lambda c: c.keys(), self._show_keys, what="Listing keys", group="keys",
+        self.call_service(lambda c: (c.keys(), c.cost()), self._show_keys, what="Listing keys", group="keys",
                           failed=lambda e: self._show_empty(f"Could not list the keys: {e.message}"))
 
-    def _show_keys(self, records: list[dict]) -> None:
+    def _show_keys(self, answer: tuple[list[dict], dict]) -> None:
+        records, self.cost = answer
         table = self.query_one(DataTable)
         selected = self.selected_id()
         now = self.app.state.now()
@@ -72,6 +76,7 @@ class KeysScreen(LiveScreen):
         for record in records:
             status = record["status"]  # the key store decides: active, revoked or expired
             cells = [fmt.ago(record.get("last_used_at"), now), today_text(record.get("usage_today")),
+                     money(self._cost_of(record["id"], "today").get("cost"), self.cost.get("currency", "USD")),
                      fmt.limit(record.get("rpm_limit")), fmt.limit(record.get("tpm_limit")), budget_text(record),
                      fmt.day(record.get("expires_at"), missing="never"),
                      ", ".join(record.get("allowed_models") or []) or "all", fmt.day(record.get("created_at")), record["id"]]
@@ -82,6 +87,9 @@ class KeysScreen(LiveScreen):
             table.move_cursor(row=table.get_row_index(selected))
         self._show_empty("" if records else "No API keys yet: press n to create one.")
         self._show_usage_of_selected()
+
+    def _cost_of(self, key_id: str, window: str) -> dict:
+        return (self.cost.get("keys") or {}).get(key_id, {}).get(window) or {}
 
     def _show_empty(self, message: str) -> None:
         empty = self.query_one("#keys-empty", Static)
@@ -115,7 +123,8 @@ class KeysScreen(LiveScreen):
         tokens = tokens_per_day(days, today)
         self.query_one("#key-usage-text", Static).update(Content.assemble(
             (record["name"], "bold"), f" ({key_id})\n", limits_text(record), "\n",
-            f"last {USAGE_DAYS} days: {fmt.count(requests)} requests, {fmt.count(sum(tokens))} tokens"))
+            f"last {USAGE_DAYS} days: {fmt.count(requests)} requests, {fmt.count(sum(tokens))} tokens · cost "
+            f"{key_text(self._cost_of(key_id, '30d'), self.cost.get('currency', 'USD'))}"))
         self.query_one("#key-usage-graph", History).set(tokens)
 
     # -- actions --------------------------------------------------------------------------------

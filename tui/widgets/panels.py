@@ -10,6 +10,7 @@ from textual.containers import Grid
 from textual.content import Content
 from textual.widgets import Static
 
+from appliance.control.cost_text import NOT_PRICED, WINDOW_NAMES, money
 from tui import format as fmt
 from tui.state import ServiceState
 from tui.widgets.gauge import Gauge
@@ -171,6 +172,43 @@ def ecc_parts(corrected: int | None, uncorrected: int | None) -> list[tuple[str,
         return [("ECC n/a", "")]
     return [("ECC ", ""), (f"{fmt.number(corrected)} corrected", "$text-warning" if corrected else ""), "/",
             (f"{fmt.number(uncorrected)} uncorrected", "$text-error" if uncorrected else "")]
+
+
+class CostPanel(Panel):
+    """What the box costs per million tokens over the last hour, today and 30 days (idle time priced in)."""
+
+    HEADER = f"{'window':<10}{'cost':>9}{'busy':>6}{'/M out':>10}{'/M in+out':>11}{'embed /M':>10}{'× hosted':>10}"
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="cost-header", classes="wide")
+        for name in WINDOW_NAMES:
+            yield Static(id=f"cost-{name}", classes="wide")
+
+    def show(self, state: ServiceState) -> None:
+        cost = (state.latest or {}).get("cost")
+        priced = bool(cost and cost.get("configured"))
+        for name in WINDOW_NAMES:
+            self.query_one(f"#cost-{name}").display = priced
+        if not priced:
+            self.border_title = "Cost"
+            self.text("cost-header", Content.styled(NOT_PRICED, "$text-muted"))
+            return
+        currency, reference = cost["currency"], cost.get("reference_price_per_million")
+        self.border_title = f"Cost · {money(cost['gpu_cost_per_hour'], currency)}/h" + (
+            f" · hosted {money(reference, currency)}/M" if reference else "")
+        self.text("cost-header", Content.styled(self.HEADER, "$text-muted"))
+        for name, window in cost["windows"].items():
+            kinds = window.get("kinds") or {}
+            generation, embedding = kinds.get("generation") or {}, kinds.get("embedding") or {}
+            busy = window["busy_s"] / window["billed_s"] if window.get("billed_s") else None
+            ratio = window.get("vs_reference")
+            self.text(f"cost-{name}", Content.assemble(
+                (f"{WINDOW_NAMES[name]:<10}", "bold"), f"{money(window.get('cost'), currency):>9}",
+                f"{fmt.percent(busy):>6}", f"{money(generation.get('per_million_output'), currency):>10}",
+                f"{money(generation.get('per_million_tokens'), currency):>11}",
+                f"{money(embedding.get('per_million_tokens'), currency):>10}",
+                (f"{fmt.MISSING if ratio is None else f'{ratio:,.1f}×':>10}",
+                 "$text-warning" if ratio is not None and ratio > 1 else "$text-success" if ratio is not None else "")))
 
 
 class HostPanel(Panel):

@@ -267,7 +267,8 @@ def scrape(t: Telemetry) -> tuple[str, dict]:
 
 def test_collector_exposes_gpu_and_host_gauges_and_skips_unknowns(tmp_path):
     t = Telemetry([tmp_path], nvml_module=lambda: FakeNVML(unsupported=("nvmlDeviceGetEnforcedPowerLimit",)))
-    assert scrape(t) == ("", {})  # nothing sampled yet
+    text, samples = scrape(t)
+    assert samples == {} and "# TYPE appliance_gpu_throttle gauge" in text  # nothing sampled yet: the names alone
     t.sample()
     t.sample()
     text, samples = scrape(t)
@@ -281,14 +282,18 @@ def test_collector_exposes_gpu_and_host_gauges_and_skips_unknowns(tmp_path):
     assert samples[("appliance_gpu_sm_clock_hertz", gpu)] == 1.98e9
     assert samples[("appliance_gpu_ecc_errors", (*gpu, "corrected"))] == 5
     assert samples[("appliance_gpu_ecc_errors", (*gpu, "uncorrected"))] == 0
-    assert "appliance_gpu_power_limit_watts" not in text
+    assert ("appliance_gpu_power_limit_watts", gpu) not in samples  # NVML does not report it: no sample
+    assert samples[("appliance_gpu_throttle", (*gpu, "thermal (software)"))] == 1
+    assert samples[("appliance_gpu_throttle", (*gpu, "software power cap"))] == 1
     assert 0 <= samples[("appliance_host_cpu_ratio", ())] <= 1
     assert samples[("appliance_host_memory_total_bytes", ())] == psutil.virtual_memory().total
 
 
-def test_collector_without_gpu_exposes_only_host_gauges(tmp_path):
+def test_collector_without_gpu_has_host_samples_only(tmp_path):
     t = Telemetry([tmp_path])
     t.sample()
     text, samples = scrape(t)
-    assert "appliance_gpu_" not in text and ("appliance_host_memory_used_bytes", ()) in samples
-    assert "appliance_host_cpu_ratio" not in text  # first sample: no CPU delta yet
+    assert not any(name.startswith("appliance_gpu_") for name, _ in samples)
+    assert "# TYPE appliance_gpu_utilization_ratio gauge" in text  # declared for the dashboards and alerts
+    assert ("appliance_host_memory_used_bytes", ()) in samples
+    assert ("appliance_host_cpu_ratio", ()) not in samples  # first sample: no CPU delta yet

@@ -101,13 +101,66 @@ def engine_errors(retry_after_s: float, params: dict[str, str] | None = None):
         raise from_engine_error(e, retry_after_s, params) from None
 
 
-def from_validation_error(error) -> APIError:
-    """A pydantic ValidationError: name the first offending field, as OpenAI does."""
-    first = error.errors(include_url=False, include_input=False)[0]
+# Why a field or content part the request schemas (appliance/api/schemas/) do not declare is refused, for the
+# 400 that names it; any other undeclared field is refused as not implemented.
+REFUSED_REASONS = {
+    "modalities": "this server answers in text only",
+    "audio": "this server answers in text only",
+    "prediction": "predicted outputs are not implemented",
+    "web_search_options": "this server has no web search",
+    "reasoning_effort": "the model's chat template decides whether it reasons",
+    "service_tier": "this server has a single tier",
+    "functions": "the deprecated functions field is not implemented; use tools",
+    "function_call": "the deprecated function_call field is not implemented; use tool_choice",
+    "best_of": "best_of is not implemented; use n",
+    "previous_response_id": "responses are not stored (the Responses API here is stateless); send the "
+                            "whole conversation as input",
+    "conversation": "conversations are not stored; send the whole conversation as input",
+    "background": "background responses need stored responses, which this server does not keep",
+    "image_url": "this model reads text only",
+    "input_audio": "this model reads text only",
+    "file": "this model reads text only",
+    "input_image": "this model reads text only",
+    "input_file": "this model reads text only",
+    "refusal": "refusal parts are not implemented; send the text",
+    "suffix": "insertion (a suffix after the completion) is not implemented",
+}
+
+
+def from_validation_error(error, refused_reasons: dict[str, str] = REFUSED_REASONS) -> APIError:
+    """A pydantic ValidationError: name the first offending field, as OpenAI does.
+
+    A field the request model does not declare, or a content part of a type it does not take, is
+    named with the reason it is refused (`refused_reasons`, by field or part type) and what to do."""
+    reasons = refused_reasons
+    errors = error.errors(include_url=False)
+    refused = next((e for e in errors if _refused_part(e, reasons)), None)
+    first = refused or errors[0]
     loc = [str(p) for p in first.get("loc", ()) if not _is_union_tag(p)]
     param = ".".join(loc) or None
+    if first["type"] == "extra_forbidden":
+        name = loc[-1] if loc else "?"
+        why = reasons.get(name, "this server does not implement it")
+        return invalid(param, f"{param}: the field '{name}' is not supported: {why}; remove it "
+                              "(docs/API.md lists what each endpoint accepts)")
+    if param is not None and loc[0] == "logit_bias":  # every bad entry at once, so one fix is enough
+        locs = [[str(p) for p in e["loc"] if not _is_union_tag(p)] for e in errors]
+        bad = sorted({loc[1] for loc in locs if len(loc) > 1 and loc[0] == "logit_bias"})
+        return invalid("logit_bias", f"logit_bias maps token ids (non-negative integers, as strings) to biases "
+                                     f"between -100 and 100; these entries are not: {', '.join(bad)}")
+    if refused is not None:
+        part = refused["input"]
+        return invalid(param, f"{param}: content of type '{part}' is not supported: {reasons[part]}; send text")
     message = first.get("msg", "invalid value")
     return invalid(param, f"{param}: {message}" if param else message)
+
+
+def _refused_part(error: dict, reasons: dict[str, str]) -> bool:
+    """A content part's `type` that is one of the refused ones (image_url, input_audio...)."""
+    loc = error.get("loc", ())
+    value = error.get("input")
+    return (error["type"] in ("literal_error", "union_tag_invalid") and bool(loc) and loc[-1] == "type"
+            and isinstance(value, str) and value in reasons)
 
 
 def _is_union_tag(part) -> bool:

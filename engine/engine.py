@@ -158,6 +158,10 @@ class Engine:
             raise PromptTooLong(len(prompt_ids), session.max_model_len)
         if any(t >= vocab for t in params.stop_token_ids):
             raise InvalidParameter("stop_token_ids", f"stop_token_ids must be below the vocabulary size {vocab}")
+        outside = sorted(t for t in params.logit_bias if t >= vocab)
+        if outside:
+            raise InvalidParameter("logit_bias", f"logit_bias names token ids outside the vocabulary (size {vocab}): "
+                                                 f"{', '.join(map(str, outside))}")
         if params.stop and tokenizer is None:
             raise InvalidParameter("stop", "stop strings need a tokenizer; this model has none")
         grammar = self.compile_structured_output(params.structured_output) if params.structured_output else None

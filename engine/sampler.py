@@ -2,7 +2,7 @@
 
 Order per row: the grammar's token bitmask (constrained rows only); log-probs of those logits
 (raw for other rows); min_tokens masking of stop tokens; repetition, frequency and presence
-penalties; then greedy argmax, or temperature, min_p, top_k, top_p and a draw. Rows are
+penalties; logit_bias; then greedy argmax, or temperature, min_p, top_k, top_p and a draw. Rows are
 independent: a seeded row gets the same token whatever else is batched. A seeded request's
 random generator belongs to the sampler, made from params.seed the first time the request is
 drawn for and dropped with the request. An unconstrained row's logits are never touched by a
@@ -70,6 +70,7 @@ class Sampler:
 
         self._mask_stop_tokens(logits, requests, constrained)
         _apply_penalties(logits, requests)
+        _apply_logit_bias(logits, requests)
         token_ids = logits.argmax(dim=-1)
         random_rows = [i for i, r in enumerate(requests) if not r.params.greedy]
         if random_rows:
@@ -118,6 +119,7 @@ def _plain_greedy(r: SamplingRequest) -> bool:
         p.greedy
         and not p.has_penalties
         and p.logprobs is None
+        and not p.logit_bias
         and len(r.output_token_ids) >= p.min_tokens
     )
 
@@ -143,6 +145,19 @@ def _apply_penalties(logits: torch.Tensor, requests: Sequence[SamplingRequest]):
     x -= column([r.params.frequency_penalty for r in penalized]) * output_counts
     x -= column([r.params.presence_penalty for r in penalized]) * in_output
     logits[rows] = x
+
+
+def _apply_logit_bias(logits: torch.Tensor, requests: Sequence[SamplingRequest]):
+    """Each request's biases added to its row (OpenAI's logit_bias); the token ids are checked against the
+    vocabulary when the request is added."""
+    rows, cols, values = [], [], []
+    for i, r in enumerate(requests):
+        for token_id, bias in r.params.logit_bias.items():
+            rows.append(i)
+            cols.append(token_id)
+            values.append(float(bias))
+    if rows:
+        logits[rows, cols] += torch.tensor(values, dtype=logits.dtype, device=logits.device)
 
 
 def _token_counts(token_lists: list[list[int]], vocab_size: int, device: torch.device) -> torch.Tensor:

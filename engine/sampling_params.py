@@ -8,6 +8,7 @@ from engine.errors import InvalidParameter
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 256
 MAX_LOGPROBS = 20
+MAX_LOGIT_BIAS = 100.0  # OpenAI's range for a bias: -100 (the token is banned) to 100 (it is all but forced)
 STRUCTURED_OUTPUT_KINDS = ("json", "json_object", "regex", "choice", "grammar")
 
 
@@ -87,10 +88,12 @@ class SamplingParams:
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     structured_output: StructuredOutput | None = None  # constrained decoding (grammar, JSON schema...)
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id → added to its logit before sampling
 
     def __post_init__(self):
         self.stop = list(self.stop)
         self.stop_token_ids = list(self.stop_token_ids)
+        self.logit_bias = dict(self.logit_bias)
         if self.top_k == -1:
             self.top_k = 0
         self._check()
@@ -165,6 +168,11 @@ class SamplingParams:
             )
         for t in self.stop_token_ids:
             need(isinstance(t, int) and t >= 0, "stop_token_ids", "stop_token_ids must be non-negative integers")
+        bad = sorted(str(t) for t, b in self.logit_bias.items()
+                     if not (isinstance(t, int) and t >= 0 and isinstance(b, (int, float))
+                             and -MAX_LOGIT_BIAS <= b <= MAX_LOGIT_BIAS))
+        need(not bad, "logit_bias", f"logit_bias maps token ids (non-negative integers) to biases between "
+                                    f"-{MAX_LOGIT_BIAS:g} and {MAX_LOGIT_BIAS:g}; these entries are not: {', '.join(bad)}")
         need(
             self.structured_output is None or isinstance(self.structured_output, StructuredOutput),
             "structured_output",

@@ -19,6 +19,7 @@ from appliance.api.embeddings import embeddings
 from appliance.api.model_list import list_models
 from appliance.api.response_counter import ResponseCounter
 from appliance.api.schemas import openapi_spec
+from appliance.api.tokenize import detokenize, tokenize
 from appliance.errors import APIError, from_engine_error
 from appliance.ops.requestlog import log_refusal
 from appliance.serving.context import RequestContext
@@ -84,6 +85,8 @@ def build_app(service: Service) -> ASGIApp:
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/tokenize", tokenize, methods=["POST"]),
+        Route("/detokenize", detokenize, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),

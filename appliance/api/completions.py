@@ -27,10 +27,9 @@ def prompt_list(prompt) -> list:
 async def completions(request: Request) -> Response:
     service: Service = request.app.state.service
     req = await read_request(request, CompletionRequest)
-    if req.echo:
-        raise invalid("echo", "echo is not supported")
-    if req.suffix:
-        raise invalid("suffix", "suffix is not supported")
+    if req.echo and req.logprobs is not None:
+        raise invalid("echo", "echo with logprobs needs the prompt's log-probabilities, which this server does not "
+                              "compute; ask for echo or logprobs, not both")
     prompts = prompt_list(req.prompt)
     if len(prompts) * req.n > MAX_PROMPTS:
         raise invalid("n", f"prompts × n may be at most {MAX_PROMPTS}, got {len(prompts) * req.n}")
@@ -42,4 +41,13 @@ async def completions(request: Request) -> Response:
     retry = service.config.retry_after_s
     jobs = [(p, prompt, sampling_params(req, req.max_tokens or 16, top, j, retry, constraint))
             for p, prompt in enumerate(prompts) for j in range(req.n)]
-    return await generate_response(request, ctx, jobs, param_names(constraint), req, top, fmt.COMPLETION)
+    formats = fmt.echoing([prompt_text(ctx.served, p) for p in prompts]) if req.echo else fmt.COMPLETION
+    return await generate_response(request, ctx, jobs, param_names(constraint), req, top, formats)
+
+
+def prompt_text(served, prompt) -> str:
+    """A prompt as text: itself, or its token ids decoded (what echo writes back)."""
+    if isinstance(prompt, str):
+        return prompt
+    tokenizer = served.engine.tokenizer
+    return tokenizer.decode(prompt) if tokenizer is not None else ""

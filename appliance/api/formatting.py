@@ -32,7 +32,7 @@ class ChoiceState:
     """
 
     __slots__ = ("index", "prompt_index", "text", "tokens", "finish_reason", "stop_reason", "num_prompt_tokens",
-                 "num_output_tokens", "num_cached_tokens", "sent_role", "text_offset", "parser", "events", "new_events")
+                 "num_output_tokens", "num_cached_tokens", "started", "text_offset", "parser", "events", "new_events")
 
     def __init__(self, index: int, prompt_index: int, parser=None):
         self.index = index
@@ -47,7 +47,7 @@ class ChoiceState:
         self.num_prompt_tokens = 0
         self.num_output_tokens = 0
         self.num_cached_tokens = 0
-        self.sent_role = False
+        self.started = False  # the choice's first stream chunk is out
         self.text_offset = 0
 
     def add(self, out) -> None:
@@ -118,28 +118,32 @@ def chat_completion(request_id: str, model: str, states: list[ChoiceState], toke
     return ChatCompletion(id=request_id, model=model, choices=choices, usage=usage(states))
 
 
-def chat_chunk(request_id: str, model: str, created: int, state: ChoiceState, out, token_text,
-               top: int | None) -> ChatCompletionChunk | None:
-    """The chunk for one engine output; None when it has nothing to send (a parser holds the text back)."""
+def chat_chunks(request_id: str, model: str, created: int, state: ChoiceState, out, token_text,
+                top: int | None) -> list[ChatCompletionChunk]:
+    """The chunks for one engine output: its text (none when a parser holds it back), then, when it is the
+    last, a chunk with an empty delta and the finish reason, as OpenAI ends a choice."""
+    def chunk(delta: ChatDelta, logprobs=None, finish_reason=None, stop_reason=None) -> ChatCompletionChunk:
+        choice = ChatChunkChoice(index=state.index, delta=delta, logprobs=logprobs, finish_reason=finish_reason,
+                                 stop_reason=stop_reason)
+        return ChatCompletionChunk(id=request_id, created=created, model=model, choices=[choice])
+
     if state.parser is None:
-        delta = ChatDelta(content=out.new_text)
+        delta = ChatDelta(content=out.new_text or None)
     else:
         content = "".join(e.text for e in state.new_events if isinstance(e, ContentDelta))
         calls = [ToolCallDeltaOut(**e.to_openai()) for e in state.new_events if isinstance(e, ToolCallDelta)]
-        if not content and not calls and not out.finished and state.sent_role and not out.logprobs:
-            return None
         delta = ChatDelta(content=content or None, tool_calls=calls or None)
-    if not state.sent_role:
-        delta.role = "assistant"
-        state.sent_role = True
-    choice = ChatChunkChoice(
-        index=state.index,
-        delta=delta,
-        logprobs=chat_logprobs(token_text, out.logprobs, top or 0) if top is not None else None,
-        finish_reason=state.finish_reason if out.finished else None,
-        stop_reason=state.stop_reason if out.finished else None,
-    )
-    return ChatCompletionChunk(id=request_id, created=created, model=model, choices=[choice])
+    chunks = []
+    if delta.content is not None or delta.tool_calls or out.logprobs or not state.started:
+        if not state.started:
+            delta.role = "assistant"
+            state.started = True
+            delta.content = delta.content or ("" if not delta.tool_calls else None)
+        logprobs = chat_logprobs(token_text, out.logprobs, top or 0) if top is not None else None
+        chunks.append(chunk(delta, logprobs))
+    if out.finished:
+        chunks.append(chunk(ChatDelta(), finish_reason=state.finish_reason, stop_reason=state.stop_reason))
+    return chunks
 
 
 def chat_usage_chunk(request_id: str, model: str, created: int, states: list[ChoiceState]) -> ChatCompletionChunk:
@@ -155,7 +159,7 @@ def completion_logprobs(token_text, sampled: list, top: int, offset: int) -> tup
         lp.token_logprobs.append(t.logprob)
         lp.text_offset.append(offset)
         offset += len(text)
-        alternatives = {}
+        alternatives = {text: t.logprob}  # the sampled token first, then the best `top`: up to top + 1, as OpenAI
         for i, value in (t.top_logprobs or [])[:top]:
             alternatives.setdefault(token_text(i), value)
         lp.top_logprobs.append(alternatives)
@@ -171,7 +175,8 @@ def completion(request_id: str, model: str, states: list[ChoiceState], token_tex
     return Completion(id=request_id, model=model, choices=choices, usage=usage(states))
 
 
-def completion_chunk(request_id: str, model: str, created: int, state: ChoiceState, out, token_text, top: int | None) -> Completion:
+def completion_chunks(request_id: str, model: str, created: int, state: ChoiceState, out, token_text,
+                      top: int | None) -> list[Completion]:
     logprobs = None
     if top is not None:
         logprobs, state.text_offset = completion_logprobs(token_text, out.logprobs, top, state.text_offset)
@@ -180,7 +185,27 @@ def completion_chunk(request_id: str, model: str, created: int, state: ChoiceSta
         finish_reason=out.finish_reason if out.finished else None,
         stop_reason=state.stop_reason if out.finished else None,
     )
-    return Completion(id=request_id, created=created, model=model, choices=[choice])
+    return [Completion(id=request_id, created=created, model=model, choices=[choice])]
+
+
+def echoing(prompts: list[str]) -> "Formats":
+    """Completions that begin with their prompt's text (`echo`): in the body, and as each choice's first chunk."""
+    def whole(request_id: str, model: str, states: list[ChoiceState], token_text, top: int | None) -> Completion:
+        body = completion(request_id, model, states, token_text, top)
+        for choice, state in zip(body.choices, states):
+            choice.text = prompts[state.prompt_index] + choice.text
+        return body
+
+    def chunks(request_id: str, model: str, created: int, state: ChoiceState, out, token_text,
+               top: int | None) -> list[Completion]:
+        first = []
+        if not state.started:
+            state.started = True
+            echo = CompletionChoice(index=state.index, text=prompts[state.prompt_index])
+            first.append(Completion(id=request_id, created=created, model=model, choices=[echo]))
+        return first + completion_chunks(request_id, model, created, state, out, token_text, top)
+
+    return Formats(whole, chunks, completion_usage_chunk)
 
 
 def completion_usage_chunk(request_id: str, model: str, created: int, states: list[ChoiceState]) -> Completion:
@@ -193,12 +218,12 @@ def now_s() -> int:
 
 @dataclass(frozen=True)
 class Formats:
-    """How one endpoint writes its answer: the whole body, a stream chunk, the final usage chunk."""
+    """How one endpoint writes its answer: the whole body, an output's stream chunks, the final usage chunk."""
 
     whole: Callable
-    chunk: Callable
+    chunks: Callable
     usage_chunk: Callable
 
 
-CHAT = Formats(chat_completion, chat_chunk, chat_usage_chunk)
-COMPLETION = Formats(completion, completion_chunk, completion_usage_chunk)
+CHAT = Formats(chat_completion, chat_chunks, chat_usage_chunk)
+COMPLETION = Formats(completion, completion_chunks, completion_usage_chunk)

@@ -141,7 +141,8 @@ class ClientGone(Exception):
     """The client disconnected before its answer was ready."""
 
 
-async def respond(request: Request, gen: Generation, stream: bool, include_usage: bool, whole, chunk, usage_chunk) -> Response:
+async def respond(request: Request, gen: Generation, stream: bool, include_usage: bool, whole, chunks,
+                  usage_chunk) -> Response:
     """Run a started Generation to a JSON body or an SSE stream; account for it either way."""
     service, ctx = gen.service, gen.ctx
     created = fmt.now_s()
@@ -162,8 +163,7 @@ async def respond(request: Request, gen: Generation, stream: bool, include_usage
     async def events():
         try:
             async for state, out in gen.outputs():
-                body = chunk(created, state, out)
-                if body is not None:
+                for body in chunks(created, state, out):
                     yield sse(body)
             if include_usage:
                 yield sse(usage_chunk(created, gen.states))
@@ -196,6 +196,6 @@ async def generate_response(request: Request, ctx: RequestContext, jobs: list, p
     return await respond(
         request, gen, req.stream, bool(req.stream_options and req.stream_options.include_usage),
         whole=lambda states: formats.whole(rid, model, states, text, top),
-        chunk=lambda created, state, out: formats.chunk(rid, model, created, state, out, text, top),
+        chunks=lambda created, state, out: formats.chunks(rid, model, created, state, out, text, top),
         usage_chunk=lambda created, states: formats.usage_chunk(rid, model, created, states),
     )

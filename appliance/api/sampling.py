@@ -23,6 +23,7 @@ def sampling_params(req, max_tokens: int | None, logprobs: int | None, index: in
             ignore_eos=req.ignore_eos,
             skip_special_tokens=req.skip_special_tokens if skip_special_tokens is None else skip_special_tokens,
             structured_output=constraint.to_engine() if constraint is not None else None,
+            logit_bias={int(token): bias for token, bias in (req.logit_bias or {}).items()},
         )
 
 

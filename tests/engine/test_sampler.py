@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from engine.sampler import Sampler
+from engine.errors import InvalidParameter
 from engine.sampling_params import SamplingParams
 
 EOS = 0
@@ -238,3 +239,19 @@ def test_top_p_without_top_k_keeps_what_a_full_sort_keeps_for_peaked_and_flat_ro
     expected = nucleus_by_full_sort(logits, top_k, top_p)
     assert torch.equal(kept, expected)
     assert int(expected[2].sum()) > NUCLEUS_CANDIDATES  # the flat row did need the full sort
+
+
+def test_logit_bias_moves_only_its_own_rows_tokens():
+    logits = [[5.0, 1.0, 0.0, 4.0]] * 3
+    biased = request(temperature=0.0, logit_bias={3: 2.0})
+    banned = request(temperature=0.0, logit_bias={0: -100.0}, logprobs=0)
+    plain = request(temperature=0.0)
+    picked = sample(logits, biased, banned, plain)
+    assert [t.token_id for t in picked] == [3, 3, 0]
+    assert picked[1].logprob == pytest.approx(torch.log_softmax(torch.tensor(logits[1]), 0)[3].item())  # raw
+
+
+@pytest.mark.parametrize("bias", [{-1: 1.0}, {1: 100.5}, {1: "1"}])
+def test_logit_bias_out_of_range_is_refused(bias):
+    with pytest.raises(InvalidParameter, match="logit_bias"):
+        SamplingParams(logit_bias=bias)

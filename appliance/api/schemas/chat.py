@@ -1,0 +1,156 @@
+"""POST /v1/chat/completions: the request, the answer and its stream chunks."""
+
+import time
+from typing import Literal
+
+from pydantic import BaseModel, Field, StrictInt, StrictStr
+
+from appliance.api.schemas.common import (
+    MAX_TOKENS_LIMIT,
+    MAX_TOP_LOGPROBS,
+    SamplingFields,
+    StrictRequest,
+    TokenLogprob,
+    Usage,
+    no_effect,
+    omitted_when_none,
+)
+from appliance.api.schemas.structured import NamedToolChoice, StructuredOutputFields, ToolDefinition
+
+
+class TextPart(StrictRequest):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class FunctionCall(StrictRequest):
+    name: StrictStr
+    arguments: StrictStr = Field(description="the arguments as a JSON object's text, as the model wrote them")
+
+
+class ToolCallItem(StrictRequest):
+    id: StrictStr
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(StrictRequest):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: StrictStr | list[TextPart] | None = None
+    name: StrictStr | None = None
+    tool_calls: list[ToolCallItem] | None = Field(None, description="an assistant turn's calls, in the history")
+    tool_call_id: StrictStr | None = Field(None, description="the call a tool message answers")
+    reasoning: StrictStr | None = Field(None, description="an assistant turn's reasoning, in the history")
+    reasoning_content: StrictStr | None = Field(None, description="the same as reasoning (vLLM's older name)")
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+    def to_template(self) -> dict:
+        """The message as chat templates take it: role and text, and the tool and reasoning fields when present.
+
+        Templates of reasoning models (Qwen3, DeepSeek-R1) read an assistant turn's `reasoning_content`."""
+        message = {"role": self.role, "content": self.text()}
+        if self.name:
+            message["name"] = self.name
+        if self.tool_calls:
+            message["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        reasoning = self.reasoning if self.reasoning is not None else self.reasoning_content
+        if reasoning is not None:
+            message["reasoning_content"] = reasoning
+        return message
+
+
+class ChatCompletionRequest(SamplingFields, StructuredOutputFields):
+    messages: list[Message] = Field(min_length=1, max_length=4096)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    logprobs: bool = False
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: list[ToolDefinition] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    metadata: dict[StrictStr, StrictStr] | None = no_effect("nothing is stored", max_length=16)
+    store: bool | None = no_effect("completions are never stored")
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob] | None = None
+
+
+class ToolCallFunction(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
+class ChatMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+    reasoning: str | None = omitted_when_none(description="the model's reasoning, for reasoning models")
+    reasoning_content: str | None = omitted_when_none(description="the same as reasoning (vLLM's older name)")
+    tool_calls: list[ToolCallOut] | None = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatMessage
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ToolCallDeltaFunction(BaseModel):
+    name: str | None = omitted_when_none()
+    arguments: str | None = omitted_when_none()
+
+
+class ToolCallDeltaOut(BaseModel):
+    index: int
+    id: str | None = omitted_when_none()
+    type: Literal["function"] | None = omitted_when_none()
+    function: ToolCallDeltaFunction
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = omitted_when_none()
+    content: str | None = omitted_when_none()
+    reasoning: str | None = omitted_when_none()
+    reasoning_content: str | None = omitted_when_none()
+    tool_calls: list[ToolCallDeltaOut] | None = omitted_when_none()
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None

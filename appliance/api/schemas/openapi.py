@@ -1,0 +1,71 @@
+"""/openapi.json from the same declarations that validate requests: what it says is what is accepted."""
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from appliance.api.schemas.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
+from appliance.api.schemas.common import ErrorResponse
+from appliance.api.schemas.completions import Completion, CompletionRequest
+from appliance.api.schemas.embeddings import EmbeddingList, EmbeddingRequest, ModelList
+from appliance.api.schemas.responses import Response, ResponsesRequest
+from appliance.api.schemas.tokenize import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeChatRequest,
+    TokenizePromptRequest,
+    TokenizeResponse,
+)
+
+# path, method, request bodies (any one of them), answer, summary
+ROUTES: list[tuple[str, str, tuple[type[BaseModel], ...], type[BaseModel], str]] = [
+    ("/v1/chat/completions", "post", (ChatCompletionRequest,), ChatCompletion,
+     "Create a chat completion (stream: SSE of ChatCompletionChunk)"),
+    ("/v1/completions", "post", (CompletionRequest,), Completion,
+     "Create a text completion (stream: SSE of Completion chunks)"),
+    ("/v1/responses", "post", (ResponsesRequest,), Response,
+     "Create a response, statelessly (stream: SSE of response events)"),
+    ("/v1/embeddings", "post", (EmbeddingRequest,), EmbeddingList, "Embed inputs (mean-pooled last hidden states)"),
+    ("/v1/models", "get", (), ModelList, "List the served models"),
+    ("/tokenize", "post", (TokenizePromptRequest, TokenizeChatRequest), TokenizeResponse,
+     "A prompt's or chat's token ids, as the model would see them"),
+    ("/detokenize", "post", (DetokenizeRequest,), DetokenizeResponse, "The text of token ids"),
+]
+EXTRA_SCHEMAS = [ChatCompletionChunk, ErrorResponse]
+
+
+def openapi_spec(version: str) -> dict[str, Any]:
+    from pydantic.json_schema import models_json_schema
+
+    models = [(m, "validation") for _, _, requests, _, _ in ROUTES for m in requests]
+    models += [(m, "serialization") for _, _, _, m, _ in ROUTES] + [(m, "serialization") for m in EXTRA_SCHEMAS]
+    refs, schema = models_json_schema(models, ref_template="#/components/schemas/{model}")
+    paths: dict[str, Any] = {}
+    error_ref = {"$ref": refs[(ErrorResponse, "serialization")]["$ref"]}
+    for path, method, requests, response, summary in ROUTES:
+        op: dict[str, Any] = {
+            "summary": summary,
+            "security": [{"bearer": []}],
+            "responses": {
+                "200": {"description": "OK",
+                        "content": {"application/json": {"schema": refs[(response, "serialization")]}}},
+                "default": {"description": "An OpenAI error object",
+                            "content": {"application/json": {"schema": error_ref}}},
+            },
+        }
+        if requests:
+            bodies = [refs[(m, "validation")] for m in requests]
+            body = bodies[0] if len(bodies) == 1 else {"anyOf": bodies}
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        paths[path] = {method: op}
+    for path, summary in (("/health", "Liveness: process and engine loop alive"),
+                          ("/ready", "Readiness: model loaded, not draining, canary passed")):
+        paths[path] = {"get": {"summary": summary, "responses": {
+            "200": {"description": "OK"}, "503": {"description": "Not healthy / not ready; the body says why"}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "appliance: OpenAI-compatible API", "version": version},
+        "paths": paths,
+        "components": {"schemas": schema.get("$defs", {}),
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }

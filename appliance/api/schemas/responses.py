@@ -1,0 +1,178 @@
+"""POST /v1/responses (stateless): the request, its input items, and the Response object.
+
+Output items are written so that they are valid input items too: an app sends `response.output`
+back as the next request's input, as the openai SDK's examples do.
+"""
+
+import time
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, Field, StrictInt, StrictStr
+
+from appliance.api.schemas.common import MAX_TOKENS_LIMIT, StrictRequest, no_effect
+
+
+class InputText(StrictRequest):
+    type: Literal["input_text", "output_text"]
+    text: StrictStr
+    annotations: list[dict[str, Any]] | None = no_effect("annotations of an earlier output", max_length=0)
+    logprobs: list[dict[str, Any]] | None = no_effect("log-probabilities of an earlier output")
+
+
+ItemStatus = Literal["in_progress", "completed", "incomplete"]
+
+
+class InputMessage(StrictRequest):
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: StrictStr | list[InputText]
+    id: StrictStr | None = no_effect("the id of an earlier output item")
+    status: ItemStatus | None = no_effect("the status of an earlier output item")
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class FunctionCallInput(StrictRequest):
+    type: Literal["function_call"]
+    call_id: StrictStr
+    name: StrictStr
+    arguments: StrictStr
+    id: StrictStr | None = no_effect("the id of an earlier output item")
+    status: ItemStatus | None = no_effect("the status of an earlier output item")
+
+
+class FunctionCallOutputInput(StrictRequest):
+    type: Literal["function_call_output"]
+    call_id: StrictStr
+    output: StrictStr
+    id: StrictStr | None = no_effect("the id of an earlier item")
+    status: ItemStatus | None = no_effect("the status of an earlier item")
+
+
+InputItem = Union[InputMessage, FunctionCallInput, FunctionCallOutputInput]
+
+
+class FunctionTool(StrictRequest):
+    type: Literal["function"]
+    name: StrictStr
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class NamedFunctionChoice(StrictRequest):
+    type: Literal["function"]
+    name: StrictStr
+
+
+class TextFormatText(StrictRequest):
+    type: Literal["text"]
+
+
+class TextFormatJSONObject(StrictRequest):
+    type: Literal["json_object"]
+
+
+class TextFormatJSONSchema(StrictRequest):
+    type: Literal["json_schema"]
+    name: StrictStr = Field(max_length=64)
+    schema_: dict[str, Any] = Field(alias="schema")
+    description: StrictStr | None = None
+    strict: bool | None = None
+
+
+TextFormat = Annotated[Union[TextFormatText, TextFormatJSONObject, TextFormatJSONSchema], Field(discriminator="type")]
+
+
+class TextConfig(StrictRequest):
+    format: TextFormat | None = None
+
+
+class ResponsesRequest(StrictRequest):
+    model: StrictStr = Field(max_length=1024)
+    input: Annotated[StrictStr, Field(min_length=1)] | Annotated[list[InputItem], Field(min_length=1, max_length=4096)]
+    instructions: StrictStr | None = None
+    max_output_tokens: StrictInt | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    tools: list[FunctionTool] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedFunctionChoice | None = None
+    parallel_tool_calls: bool = True
+    text: TextConfig | None = None
+    stream: bool = False
+    store: bool | None = no_effect("responses are never stored (stateless); their ids cannot be retrieved")
+    metadata: dict[StrictStr, StrictStr] | None = no_effect("nothing is stored", max_length=16)
+    user: StrictStr | None = no_effect("the server does not track end users", max_length=1024)
+
+
+class OutputText(BaseModel):
+    type: Literal["output_text"] = "output_text"
+    text: str
+    annotations: list = []
+
+
+class OutputMessage(BaseModel):
+    id: str
+    type: Literal["message"] = "message"
+    role: Literal["assistant"] = "assistant"
+    status: ItemStatus = "completed"
+    content: list[OutputText]
+
+
+class FunctionCallOutput(BaseModel):
+    id: str
+    type: Literal["function_call"] = "function_call"
+    call_id: str
+    name: str
+    arguments: str
+    status: ItemStatus = "completed"
+
+
+class ReasoningText(BaseModel):
+    type: Literal["reasoning_text"] = "reasoning_text"
+    text: str
+
+
+class ReasoningOutput(BaseModel):
+    id: str
+    type: Literal["reasoning"] = "reasoning"
+    summary: list = []
+    content: list[ReasoningText]
+    status: ItemStatus = "completed"
+
+
+OutputItem = Union[ReasoningOutput, OutputMessage, FunctionCallOutput]
+
+
+class ResponseUsage(BaseModel):
+    input_tokens: int
+    input_tokens_details: dict[str, int]
+    output_tokens: int
+    output_tokens_details: dict[str, int]
+    total_tokens: int
+
+
+class IncompleteDetails(BaseModel):
+    reason: Literal["max_output_tokens"]
+
+
+class Response(BaseModel):
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int = Field(default_factory=lambda: int(time.time()))
+    status: Literal["in_progress", "completed", "incomplete", "failed"]
+    incomplete_details: IncompleteDetails | None = None
+    error: dict[str, str] | None = None
+    model: str
+    instructions: str | None = None
+    output: list[OutputItem]
+    parallel_tool_calls: bool
+    tool_choice: Any
+    tools: list[dict[str, Any]]
+    temperature: float | None = None
+    top_p: float | None = None
+    max_output_tokens: int | None = None
+    text: dict[str, Any] | None = None
+    metadata: dict[str, str] | None = None
+    usage: ResponseUsage | None = None

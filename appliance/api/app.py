@@ -18,6 +18,7 @@ from appliance.api.completions import completions
 from appliance.api.embeddings import embeddings
 from appliance.api.model_list import list_models
 from appliance.api.response_counter import ResponseCounter
+from appliance.api.responses import responses
 from appliance.api.schemas import openapi_spec
 from appliance.api.tokenize import detokenize, tokenize
 from appliance.errors import APIError, from_engine_error
@@ -83,6 +84,7 @@ def build_app(service: Service) -> ASGIApp:
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/responses", responses, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/tokenize", tokenize, methods=["POST"]),

@@ -20,11 +20,18 @@ from appliance.serving.service import Service
 
 
 async def chat_completions(request: Request) -> Response:
-    service: Service = request.app.state.service
     req = await read_request(request, ChatCompletionRequest)
+    ctx, jobs, names, top, parser = await prepare_chat(request, req, "chatcmpl", "chat")
+    return await generate_response(request, ctx, jobs, names, req, top, fmt.CHAT, parser=parser)
+
+
+async def prepare_chat(request: Request, req: ChatCompletionRequest, id_prefix: str, endpoint: str):
+    """Admission, the rendered prompt and the engine jobs of a chat request (the Responses API's too):
+    (context, jobs, param names, top logprobs, tool-call parser factory)."""
+    service: Service = request.app.state.service
     check_history(req)
     constraint = requested_constraint(req)
-    ctx = await admit(request, "chatcmpl", "chat", req.model)
+    ctx = await admit(request, id_prefix, endpoint, req.model)
     tools = plan_tools(ctx.served, req, constraint)
     messages = tools.messages([m.to_template() for m in req.messages])
     ctx.prompt_text = await render_chat(ctx.served, messages, **tools.template_args())
@@ -34,8 +41,7 @@ async def chat_completions(request: Request) -> Response:
     max_tokens = req.max_completion_tokens or req.max_tokens or ctx.served.max_model_len
     retry = service.config.retry_after_s
     jobs = [(0, ctx.prompt_text, sampling_params(req, max_tokens, top, i, retry, constraint)) for i in range(req.n)]
-    return await generate_response(request, ctx, jobs, param_names(constraint, "messages"), req, top, fmt.CHAT,
-                                   parser=tools.parser)
+    return ctx, jobs, param_names(constraint, "messages"), top, tools.parser
 
 
 def check_history(req: ChatCompletionRequest) -> None:

@@ -32,7 +32,7 @@ class ChoiceState:
     """
 
     __slots__ = ("index", "prompt_index", "text", "tokens", "finish_reason", "stop_reason", "num_prompt_tokens",
-                 "num_output_tokens", "num_cached_tokens", "started", "text_offset", "parser", "events", "new_events")
+                 "num_output_tokens", "num_cached_tokens", "started", "text_offset", "parser", "events", "new_events", "stream")
 
     def __init__(self, index: int, prompt_index: int, parser=None):
         self.index = index
@@ -48,6 +48,7 @@ class ChoiceState:
         self.num_output_tokens = 0
         self.num_cached_tokens = 0
         self.started = False  # the choice's first stream chunk is out
+        self.stream = None  # the Responses API's event state (response_events.ResponseStream)
         self.text_offset = 0
 
     def add(self, out) -> None:

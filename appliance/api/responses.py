@@ -1,0 +1,62 @@
+"""POST /v1/responses, stateless: the request becomes a chat request (input items → messages, tools,
+text.format → response_format) and runs through the chat route's stages; the answer is a Response
+object, or its stream of events (response_events.py)."""
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from appliance.api.chat import prepare_chat
+from appliance.api.generation import generate_response
+from appliance.api.request import parse, read_request
+from appliance.api.response_events import response_formats
+from appliance.api.schemas.chat import ChatCompletionRequest
+from appliance.api.schemas.responses import FunctionCallInput, FunctionCallOutputInput, ResponsesRequest
+
+
+def chat_messages(req: ResponsesRequest) -> list[dict]:
+    messages = [{"role": "system", "content": req.instructions}] if req.instructions else []
+    if isinstance(req.input, str):
+        return messages + [{"role": "user", "content": req.input}]
+    for item in req.input:
+        if isinstance(item, FunctionCallInput):
+            call = {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
+            if messages and messages[-1]["role"] == "assistant" and messages[-1].get("tool_calls") is not None:
+                messages[-1]["tool_calls"].append(call)  # parallel calls are one assistant turn
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif isinstance(item, FunctionCallOutputInput):
+            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.output})
+        else:
+            messages.append({"role": item.role, "content": item.text()})
+    return messages
+
+
+def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
+    body: dict = {"model": req.model, "messages": chat_messages(req), "stream": req.stream,
+                  "parallel_tool_calls": req.parallel_tool_calls}
+    for name in ("temperature", "top_p"):
+        if getattr(req, name) is not None:
+            body[name] = getattr(req, name)
+    if req.max_output_tokens is not None:
+        body["max_completion_tokens"] = req.max_output_tokens
+    if req.tools:
+        body["tools"] = [{"type": "function", "function": t.model_dump(exclude={"type"}, exclude_none=True)}
+                         for t in req.tools]
+    if isinstance(req.tool_choice, str):
+        body["tool_choice"] = req.tool_choice
+    elif req.tool_choice is not None:
+        body["tool_choice"] = {"type": "function", "function": {"name": req.tool_choice.name}}
+    fmt = req.text.format if req.text is not None else None
+    if fmt is not None and fmt.type == "json_schema":
+        body["response_format"] = {"type": "json_schema", "json_schema": fmt.model_dump(
+            by_alias=True, exclude={"type"}, exclude_none=True)}
+    elif fmt is not None:
+        body["response_format"] = {"type": fmt.type}
+    return parse(ChatCompletionRequest, body)
+
+
+async def responses(request: Request) -> Response:
+    req = await read_request(request, ResponsesRequest)
+    chat = chat_request(req)
+    ctx, jobs, names, top, parser = await prepare_chat(request, chat, "resp", "responses")
+    return await generate_response(request, ctx, jobs, names, chat, top, response_formats(req), parser=parser)

@@ -1,0 +1,68 @@
+"""The stateless Responses API through the openai SDK's own responses.create and responses.stream."""
+
+import json
+
+import openai
+import pytest
+
+from tests.appliance.api.test_tools import TOOLS, WEATHER, hermes_server  # noqa: F401 (a fixture)
+from tests.appliance.conftest import openai_clients
+
+FUNCTIONS = [{"type": "function", **tool["function"]} for tool in TOOLS]
+
+
+def test_create_text_and_usage(client, live_server):
+    chat = client.chat.completions.create(model=live_server.model, max_tokens=6, temperature=0,
+                                          messages=[{"role": "system", "content": "Be brief"},
+                                                    {"role": "user", "content": "Hi there"}])
+    r = client.responses.create(model=live_server.model, instructions="Be brief", input="Hi there",
+                                max_output_tokens=6, temperature=0)
+    assert r.object == "response" and r.status == "incomplete"
+    assert r.incomplete_details.reason == "max_output_tokens"
+    assert r.output_text == chat.choices[0].message.content
+    assert r.usage.input_tokens == chat.usage.prompt_tokens and r.usage.output_tokens == 6
+
+
+def test_stream_folds_into_the_same_response(client, live_server):
+    whole = client.responses.create(model=live_server.model, input="Tell me a story", max_output_tokens=5,
+                                    temperature=0)
+    with client.responses.stream(model=live_server.model, input="Tell me a story", max_output_tokens=5,
+                                 temperature=0) as stream:
+        types = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert types[0] == "response.created" and types[-1] == "response.completed"
+    assert "response.output_item.added" in types and types.count("response.output_text.delta") >= 1
+    assert final.output_text == whole.output_text and final.usage.output_tokens == 5
+
+
+def test_previous_response_id_is_refused(client, live_server):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model=live_server.model, input="Hi", previous_response_id="resp_1")
+    assert e.value.body["param"] == "previous_response_id" and "stateless" in e.value.body["message"]
+
+
+def test_function_tool_round_trip(hermes_server):  # noqa: F811
+    client, _ = openai_clients(hermes_server)
+    r = client.responses.create(model=hermes_server.model, input="Weather in Paris?", tools=FUNCTIONS,
+                                tool_choice={"type": "function", "name": "get_weather"}, max_output_tokens=80,
+                                temperature=0)
+    [call] = [item for item in r.output if item.type == "function_call"]
+    assert call.name == "get_weather" and set(json.loads(call.arguments)) == set(WEATHER["required"])
+    follow = client.responses.create(model=hermes_server.model, tools=FUNCTIONS, max_output_tokens=5,
+                                     input=[{"role": "user", "content": "Weather in Paris?"}, *r.output,
+                                            {"type": "function_call_output", "call_id": call.call_id,
+                                             "output": "18 C"}])
+    assert follow.status in ("completed", "incomplete") and follow.usage.input_tokens > r.usage.input_tokens
+    with client.responses.stream(model=hermes_server.model, input="Weather?", tools=FUNCTIONS,
+                                 tool_choice="required", max_output_tokens=80, temperature=0) as stream:
+        final = stream.get_final_response()
+    streamed = [item for item in final.output if item.type == "function_call"]
+    assert streamed and json.loads(streamed[0].arguments)
+
+
+def test_json_schema_text_format(client, live_server):
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["n"],
+              "additionalProperties": False}
+    r = client.responses.create(model=live_server.model, input="A number", max_output_tokens=40, temperature=0,
+                                text={"format": {"type": "json_schema", "name": "num", "schema": schema}})
+    assert r.status == "completed" and isinstance(json.loads(r.output_text)["n"], int)

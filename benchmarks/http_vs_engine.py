@@ -32,11 +32,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, state_dir: Path, port: int) -> subprocess.Popen:
+def start_server(model: str, state_dir: Path, port: int, *flags: str) -> subprocess.Popen:
+    """`appliance serve` on 127.0.0.1:port (more `flags` after ours), once /ready says so."""
     server = subprocess.Popen(
         [sys.executable, "-m", "appliance.cli", "serve", "--model", model, "--state-dir", str(state_dir),
          "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
-         "--control-socket", str(state_dir / "control.sock"), "--log-level", "warning"],
+         "--control-socket", str(state_dir / "control.sock"), "--log-level", "warning", *flags],
         stdout=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 300

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from appliance.keys import KeyStore
-from benchmarks.http_vs_engine import free_port
+from benchmarks.http_vs_engine import free_port, start_server
 from tests.appliance.ops.otlp_receiver import Receiver
 from tests.conftest import CACHE_DIR, build_tiny_model
 
@@ -32,26 +32,10 @@ BODY = {"messages": [{"role": "user", "content": "Say something short."}], "max_
         "ignore_eos": True, "temperature": 0}
 
 
-def start_server(model: Path, state: Path, port: int, traces: str | None) -> subprocess.Popen:
+def start_traced_or_not(model: Path, state: Path, port: int, traces: str | None) -> subprocess.Popen:
     config = state / "config.toml"
     config.write_text(f'otlp_traces_endpoint = "{traces}"\n' if traces else "")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "appliance.cli", "serve", "--config", str(config), "--model", str(model),
-         "--state-dir", str(state), "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", "--no-tls",
-         "--control-socket", str(state / "control.sock"), "--log-level", "warning"],
-        stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            sys.exit(f"the server exited with code {server.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    server.kill()
-    sys.exit("the server did not become ready in 120 s")
+    return start_server(str(model), state, port, "--config", str(config), "--no-tls")
 
 
 async def one_round(base_url: str, key: str, model: str, requests: int, concurrency: int) -> tuple[float, float]:
@@ -102,7 +86,7 @@ def main() -> None:
             _, key = store.create("bench")
             store.close()
             port = free_port()
-            servers.append(start_server(model, state, port, traces))
+            servers.append(start_traced_or_not(model, state, port, traces))
             urls[name] = (f"http://127.0.0.1:{port}", key)
         try:
             print(f"{args.requests} streamed chats of 8 tokens per round, {args.concurrency} clients, "

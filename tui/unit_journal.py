@@ -66,11 +66,15 @@ class UnitJournal:
         return newest_first[::-1]
 
     def state(self) -> dict:
+        """systemctl show's properties of the unit; empty where there is no systemctl or it does not answer."""
         systemctl = shutil.which("systemctl")
         if systemctl is None:
             return {}
-        shown = subprocess.run([systemctl, "show", self.unit, *(f"--property={p}" for p in STATE_PROPERTIES)],
-                               capture_output=True, text=True, timeout=5)
+        try:
+            shown = subprocess.run([systemctl, "show", self.unit, *(f"--property={p}" for p in STATE_PROPERTIES)],
+                                   capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            return {}
         return dict(line.split("=", 1) for line in shown.stdout.splitlines() if "=" in line)
 
 

@@ -6,9 +6,12 @@ import json
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timezone
 
+from appliance.keys.networks import address_in, parse_networks
+
 BUDGET_PERIODS = ("day", "month")
 LIMIT_FIELDS = ("rpm_limit", "tpm_limit", "budget_tokens")
-UPDATABLE = ("name", *LIMIT_FIELDS, "budget_period", "expires_at", "allowed_models")
+UPDATABLE = ("name", *LIMIT_FIELDS, "budget_period", "expires_at", "allowed_models", "allowed_networks")
+JSON_COLUMNS = ("allowed_models", "allowed_networks")
 
 
 class AuthError(Exception):
@@ -39,6 +42,7 @@ class KeyRecord:
     budget_period: str
     allowed_models: list[str] | None
     last_used_at: datetime | None
+    allowed_networks: list[str] | None = None  # CIDRs the key may be used from; None: anywhere
 
     def status(self, now: datetime) -> str:
         """'active', 'revoked' or 'expired'."""
@@ -47,6 +51,9 @@ class KeyRecord:
         if self.expires_at is not None and self.expires_at <= now:
             return "expired"
         return "active"
+
+    def allows_address(self, address: str | None) -> bool:
+        return self.allowed_networks is None or address_in(address, self.allowed_networks)
 
     def to_dict(self) -> dict:
         # The secret and its hash never get here: a KeyRecord does not hold them.
@@ -70,6 +77,7 @@ class KeyRecord:
             budget_period=row["budget_period"],
             allowed_models=json.loads(row["allowed_models"]) if row["allowed_models"] is not None else None,
             last_used_at=last_used_at,
+            allowed_networks=json.loads(row["allowed_networks"]) if row["allowed_networks"] is not None else None,
         )
 
 
@@ -123,6 +131,8 @@ def validate_limits(fields: dict) -> dict:
             value = as_utc(value) if value is not None else None
         elif name == "allowed_models":
             value = _validate_models(value)
+        elif name == "allowed_networks":
+            value = parse_networks(value)
         out[name] = value
     return out
 
@@ -140,7 +150,7 @@ def _validate_models(value) -> list[str] | None:
 
 def to_column(name: str, value):
     """A validated field as stored in its SQLite column."""
-    if name == "allowed_models":
+    if name in JSON_COLUMNS:
         return json.dumps(value) if value is not None else None
     if name == "expires_at":
         return iso(value)

@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS keys (
     budget_tokens INTEGER,
     budget_period TEXT NOT NULL DEFAULT 'day',
     allowed_models TEXT,
-    last_used_at TEXT
+    last_used_at TEXT,
+    allowed_networks TEXT
 );
 CREATE TABLE IF NOT EXISTS usage (
     key_id TEXT NOT NULL,
@@ -67,6 +68,11 @@ CREATE TABLE IF NOT EXISTS usage (
     PRIMARY KEY (key_id, day)
 );
 """
+# What a keys.db of an older version (PRAGMA user_version) needs to reach the next one.
+MIGRATIONS = {
+    2: "ALTER TABLE keys ADD COLUMN allowed_networks TEXT",
+}
+SCHEMA_VERSION = max(MIGRATIONS)
 
 
 class KeyStore:
@@ -110,9 +116,8 @@ class KeyStore:
             is_new = not self.db_path.exists()
             conn = self._conn()
             conn.execute("PRAGMA journal_mode=WAL")
-            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:  # only a new store needs a write
-                conn.executescript(SCHEMA)
-                conn.execute("PRAGMA user_version=1")
+            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:  # only then a write
+                _upgrade(conn)
             if is_new:
                 _match_folder_owner(self.db_path)
         except (OSError, sqlite3.Error) as e:
@@ -130,11 +135,13 @@ class KeyStore:
         budget_period: str = "day",
         expires_at: datetime | None = None,
         allowed_models: list[str] | None = None,
+        allowed_networks: list[str] | None = None,
     ) -> tuple[KeyRecord, str]:
         fields = validate_limits(
             dict(
                 name=name, rpm_limit=rpm_limit, tpm_limit=tpm_limit, budget_tokens=budget_tokens,
                 budget_period=budget_period, expires_at=expires_at, allowed_models=allowed_models,
+                allowed_networks=allowed_networks,
             )
         )
         columns = ["id", "secret_sha256", "created_at", *fields]
@@ -273,6 +280,26 @@ class KeyStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Create a new store, or migrate an older one, in one transaction: a second process opening the
+    same file meanwhile (the CLI while the service starts) waits, then finds it done."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        else:
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                conn.execute(MIGRATIONS[target])
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _split_key(api_key: str | None) -> tuple[str | None, str | None]:

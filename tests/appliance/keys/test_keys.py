@@ -1,7 +1,9 @@
 """The API key store, on real SQLite files in temporary folders."""
 
+import hashlib
 import json
 import os
+import sqlite3
 import threading
 from datetime import datetime, timedelta, timezone
 
@@ -217,6 +219,9 @@ def test_unknown_key_id_raises_key_not_found(store):
         ({"name": "a", "allowed_models": []}, "allowed_models"),
         ({"name": "a", "allowed_models": "m1"}, "allowed_models"),
         ({"name": "a", "expires_at": "2030-01-01"}, "expires_at"),
+        ({"name": "a", "allowed_networks": "10.0.0.0/8"}, "allowed_networks"),
+        ({"name": "a", "allowed_networks": ["10.0.0.0/33"]}, "allowed_networks: '10.0.0.0/33' is not"),
+        ({"name": "a", "allowed_networks": []}, "allowed_networks must name at least one"),
     ],
 )
 def test_invalid_fields_are_rejected_by_name(store, kwargs, field):
@@ -299,3 +304,43 @@ def test_store_created_by_root_belongs_to_the_state_dir_owner(tmp_path):
     os.chown(state, 12345, 12345)
     KeyStore(state / "keys.db").close()
     assert (state / "keys.db").stat().st_uid == 12345
+
+
+def test_allowed_networks_are_stored_canonical_and_match_addresses(store):
+    record, api_key = store.create("lab", allowed_networks=["10.1.2.3/8", "2001:db8::1/32", "192.0.2.7"])
+    assert record.allowed_networks == ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32"]
+    assert store.authenticate(api_key).allowed_networks == record.allowed_networks
+    assert record.allows_address("10.200.0.1") and record.allows_address("192.0.2.7")
+    assert record.allows_address("2001:db8:ffff::1") and record.allows_address("::ffff:10.0.0.9")  # a mapped IPv4
+    assert not record.allows_address("192.0.2.8") and not record.allows_address("11.0.0.1")
+    assert not record.allows_address(None) and not record.allows_address("not-an-address")
+    assert store.update(record.id, allowed_networks=None).allows_address("198.51.100.1")
+    assert json.loads(json.dumps(record.to_dict()))["allowed_networks"] == record.allowed_networks
+
+
+def test_a_keys_db_of_the_first_version_gains_allowed_networks_and_keeps_its_keys(tmp_path):
+    path = tmp_path / "keys.db"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE keys (id TEXT PRIMARY KEY, name TEXT NOT NULL, secret_sha256 TEXT NOT NULL,
+            created_at TEXT NOT NULL, expires_at TEXT, revoked_at TEXT, rpm_limit INTEGER, tpm_limit INTEGER,
+            budget_tokens INTEGER, budget_period TEXT NOT NULL DEFAULT 'day', allowed_models TEXT, last_used_at TEXT);
+        CREATE TABLE usage (key_id TEXT NOT NULL, day TEXT NOT NULL, requests INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (key_id, day));
+        PRAGMA user_version=1;
+    """)
+    secret_hash = hashlib.sha256(b"oldsecret").hexdigest()
+    old.execute("INSERT INTO keys (id, name, secret_sha256, created_at, rpm_limit) VALUES "
+                "('0ld0ld00', 'from-before', ?, '2026-01-01T00:00:00+00:00', 7)", (secret_hash,))
+    old.commit()
+    old.close()
+    with KeyStore(path) as store:
+        record = store.authenticate("sk-app-0ld0ld00-oldsecret")
+        assert (record.name, record.rpm_limit, record.allowed_networks) == ("from-before", 7, None)
+        assert store.update(record.id, allowed_networks=["10.0.0.0/8"]).allowed_networks == ["10.0.0.0/8"]
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == 2
+    check.close()
+    with KeyStore(path) as again:  # opening a migrated store changes nothing more
+        assert again.get("0ld0ld00").allowed_networks == ["10.0.0.0/8"]

@@ -27,10 +27,11 @@ class IncrementalDetokenizer:
         prompt_token_ids: list[int],
         stop: Sequence[str] = (),
         skip_special_tokens: bool = True,
+        kept_special_ids: frozenset[int] = frozenset(),
     ):
         self._tokenizer = tokenizer
         # Computed once: the tokenizer's own list of special ids is rebuilt on every access.
-        self._skipped_ids = _special_ids(tokenizer) if skip_special_tokens else frozenset()
+        self._skipped_ids = _special_ids(tokenizer) - kept_special_ids if skip_special_tokens else frozenset()
         context = [t for t in prompt_token_ids[-CONTEXT_TOKENS - 2 :] if t not in self._skipped_ids]
         # The window: tokens from the prefix offset on; those before _read_offset are already read.
         self._tokens = tokenizer.convert_ids_to_tokens(context[-CONTEXT_TOKENS:])

@@ -173,7 +173,7 @@ class Engine:
             self.structured_output_requests += 1
         if tokenizer is not None:
             self.detokenizers[request_id] = IncrementalDetokenizer(
-                tokenizer, prompt_ids, params.stop, params.skip_special_tokens
+                tokenizer, prompt_ids, params.stop, params.skip_special_tokens, params.kept_special_token_ids
             )
         return len(prompt_ids)
 

@@ -87,12 +87,15 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     skip_special_tokens: bool = True
+    # Special tokens decoded even with skip_special_tokens (tool-call markers such as [TOOL_CALLS]).
+    kept_special_token_ids: frozenset[int] = frozenset()
     structured_output: StructuredOutput | None = None  # constrained decoding (grammar, JSON schema...)
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id → added to its logit before sampling
 
     def __post_init__(self):
         self.stop = list(self.stop)
         self.stop_token_ids = list(self.stop_token_ids)
+        self.kept_special_token_ids = frozenset(self.kept_special_token_ids)
         self.logit_bias = dict(self.logit_bias)
         if self.top_k == -1:
             self.top_k = 0

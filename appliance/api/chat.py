@@ -40,7 +40,9 @@ async def prepare_chat(request: Request, req: ChatCompletionRequest, id_prefix: 
     top = (req.top_logprobs or 0) if req.logprobs else None
     max_tokens = req.max_completion_tokens or req.max_tokens or ctx.served.max_model_len
     retry = service.config.retry_after_s
-    jobs = [(0, ctx.prompt_text, sampling_params(req, max_tokens, top, i, retry, constraint)) for i in range(req.n)]
+    markers = tools.marker_token_ids(ctx.served.engine.tokenizer)
+    jobs = [(0, ctx.prompt_text, sampling_params(req, max_tokens, top, i, retry, constraint, markers))
+            for i in range(req.n)]
     return ctx, jobs, param_names(constraint, "messages"), top, tools.parser
 
 

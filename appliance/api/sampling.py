@@ -5,7 +5,7 @@ from appliance.errors import engine_errors
 
 
 def sampling_params(req, max_tokens: int | None, logprobs: int | None, index: int, retry_after_s: float,
-                    constraint: OutputConstraint | None = None, skip_special_tokens: bool | None = None):
+                    constraint: OutputConstraint | None = None, kept_special_token_ids: frozenset[int] = frozenset()):
     """Choice `index` of a request: its seed is the request's plus the index, so n choices differ."""
     from engine import SamplingParams
 
@@ -21,7 +21,7 @@ def sampling_params(req, max_tokens: int | None, logprobs: int | None, index: in
             repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
             logprobs=logprobs, stop=stop, stop_token_ids=list(req.stop_token_ids or []),
             ignore_eos=req.ignore_eos,
-            skip_special_tokens=req.skip_special_tokens if skip_special_tokens is None else skip_special_tokens,
+            skip_special_tokens=req.skip_special_tokens, kept_special_token_ids=kept_special_token_ids,
             structured_output=constraint.to_engine() if constraint is not None else None,
             logit_bias={int(token): bias for token, bias in (req.logit_bias or {}).items()},
         )

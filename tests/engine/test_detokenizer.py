@@ -178,3 +178,15 @@ def test_each_step_decodes_a_small_window_however_long_the_output(tokenizer):
     ids = encode(tokenizer, SAMPLE_TEXT * 100)
     assert streamed_text(spy, ids, encode(tokenizer, "Hello prompt ok")) == SAMPLE_TEXT * 100
     assert len(ids) > 1000 and spy.longest_window <= 10
+
+
+def test_kept_special_tokens_are_decoded_while_others_are_skipped(default_model_path):
+    """A tool-call marker that is a special token must reach the text; EOS must not."""
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["[TOOL_CALLS]"]})
+    marker = tokenizer.convert_tokens_to_ids("[TOOL_CALLS]")
+    ids = [marker] + tokenizer.encode('[{"name": "f"}]', add_special_tokens=False) + [tokenizer.eos_token_id]
+    for kept, expected in ((frozenset(), '[{"name": "f"}]'), (frozenset({marker}), '[TOOL_CALLS][{"name": "f"}]')):
+        detok = IncrementalDetokenizer(tokenizer, [], kept_special_ids=kept)
+        text = "".join(detok.append(t).text for t in ids) + detok.flush()
+        assert text == expected

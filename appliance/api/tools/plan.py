@@ -10,7 +10,7 @@ import weakref
 from dataclasses import dataclass
 
 from appliance.api.structured import OutputConstraint
-from appliance.api.tools.formats import ToolFormat, detect_format
+from appliance.api.tools.formats import ToolFormat, detect_format, marker_token_ids
 from appliance.api.tools.functions import Function, ToolChoice, check_tools
 from appliance.api.tools.generic import messages_with_tools
 from appliance.api.tools.history import native_history
@@ -61,6 +61,11 @@ class ToolPlan:
 
         found = constraint_for(self.fmt, self.functions, self.choice, self.parallel) if self.active else None
         return OutputConstraint("tools", found.kind, found.value) if found is not None else None
+
+    def marker_token_ids(self, tokenizer) -> frozenset[int]:
+        """The call markers that are special tokens (Llama 3's <|python_tag|>, Mistral's [TOOL_CALLS]):
+        the detokenizer keeps them, or the parser would never see a call begin."""
+        return marker_token_ids(self.fmt, tokenizer) if self.active and tokenizer is not None else frozenset()
 
     def parser(self) -> StreamParser | None:
         """A parser for one choice's text, or None when all of it is content."""

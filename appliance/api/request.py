@@ -52,6 +52,11 @@ def api_key(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+def client_address(request: Request) -> str | None:
+    """The caller's address: the peer's, or what a trusted proxy (forwarded_allow_ips) says it is."""
+    return request.client.host if request.client is not None else None
+
+
 async def admit(request: Request, id_prefix: str, endpoint: str, model: str) -> RequestContext:
     """Start the request's context and pass admission (key, model, limits).
 
@@ -60,5 +65,5 @@ async def admit(request: Request, id_prefix: str, endpoint: str, model: str) -> 
     service: Service = request.app.state.service
     ctx = request.state.context = RequestContext(service.new_request_id(id_prefix), endpoint, model,
                                                  span=getattr(request.state, SPAN_STATE, None))
-    await service.admission.authorize(api_key(request), model, ctx)
+    await service.admission.authorize(api_key(request), model, ctx, client_address(request))
     return ctx

@@ -55,6 +55,15 @@ def model_list(text: str) -> list[str]:
     return models
 
 
+def network_list(text: str) -> list[str]:
+    from appliance.keys.networks import parse_networks
+
+    try:
+        return parse_networks([n.strip() for n in text.split(",") if n.strip()])
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("allowed_networks", "--networks")) from None
+
+
 def add_limit_options(parser: argparse.ArgumentParser, updating: bool) -> None:
     none = " ('none' removes it)" if updating else ""
     parser.add_argument("--rpm", type=limit, default=UNSET, help=f"requests per minute{none}")
@@ -70,6 +79,11 @@ def add_limit_options(parser: argparse.ArgumentParser, updating: bool) -> None:
     models.add_argument("--models", type=model_list, metavar="A,B", help="only these models (default: all)")
     if updating:
         models.add_argument("--all-models", action="store_true", help="allow every model")
+    networks = parser.add_mutually_exclusive_group()
+    networks.add_argument("--networks", type=network_list, metavar="CIDR,…",
+                          help="only from these client networks, e.g. 10.0.0.0/8,203.0.113.7 (default: any address)")
+    if updating:
+        networks.add_argument("--any-network", action="store_true", help="allow every client address")
 
 
 def limits_from_args(args, updating: bool) -> dict:
@@ -93,6 +107,10 @@ def limits_from_args(args, updating: bool) -> dict:
         fields["allowed_models"] = args.models
     elif getattr(args, "all_models", False):
         fields["allowed_models"] = None
+    if args.networks is not None:
+        fields["allowed_networks"] = args.networks
+    elif getattr(args, "any_network", False):
+        fields["allowed_networks"] = None
     if getattr(args, "new_name", None) is not None:
         fields["name"] = args.new_name
     return fields
@@ -202,7 +220,7 @@ def add_keys_commands(commands) -> None:
     revoke.add_argument("key_id", metavar="ID")
     revoke.set_defaults(handler=keys_revoke)
 
-    update = sub.add_parser("update", parents=[common], help="change a key's name, limits, expiry or models")
+    update = sub.add_parser("update", parents=[common], help="change a key's name, limits, expiry, models or networks")
     update.add_argument("key_id", metavar="ID")
     update.add_argument("--name", dest="new_name", help="new name")
     add_limit_options(update, updating=True)
@@ -261,7 +279,8 @@ def keys_update(args) -> int:
     fields = limits_from_args(args, updating=True)
     if not fields:
         raise CliError("nothing to change: give at least one of --name, --rpm, --tpm, --budget-tokens, "
-                       "--budget-period, --expires-in-days, --expires-at, --no-expiry, --models, --all-models", 2)
+                       "--budget-period, --expires-in-days, --expires-at, --no-expiry, --models, --all-models, "
+                       "--networks, --any-network", 2)
     with key_source(args) as keys:
         record = keys.update_key(args.key_id, **fields)
     if args.json:
@@ -291,13 +310,14 @@ def unknown_key(key_id: str) -> str:
 
 
 def key_rows(records: list[dict]) -> tuple[list[str], list[list]]:
-    headers = ["ID", "NAME", "STATUS", "CREATED", "EXPIRES", "RPM", "TPM", "BUDGET", "MODELS", "LAST USED"]
+    headers = ["ID", "NAME", "STATUS", "CREATED", "EXPIRES", "RPM", "TPM", "BUDGET", "MODELS", "NETWORKS", "LAST USED"]
     rows = [
         [
             r["id"], r["name"], r["status"], short_time(r["created_at"]), short_time(r["expires_at"], "never"),
             dash(r["rpm_limit"]), dash(r["tpm_limit"]),
             f"{r['budget_tokens']}/{r['budget_period']}" if r["budget_tokens"] is not None else "-",
             ",".join(r["allowed_models"]) if r["allowed_models"] is not None else "all",
+            ",".join(r["allowed_networks"]) if r.get("allowed_networks") is not None else "any",
             short_time(r["last_used_at"], "never"),
         ]
         for r in records

@@ -18,6 +18,7 @@ LAZY_COMMANDS = {
     "serve": ("appliance.serve", "run the OpenAI-compatible service"),
     "bench": ("appliance.cli.bench", "load-test a running service over HTTP (like `vllm bench serve`)"),
     "health": ("appliance.ops.health", "check the driver, GPUs, disk and the service; exit 1 when something is wrong"),
+    "tls": ("appliance.cli.tls", "the HTTPS certificate: generate one for this host, or show the configured one"),
     "tui": ("tui.app", "the operator's dashboard: live telemetry, models, keys, health and logs"),
 }
 

@@ -56,6 +56,7 @@ def format_status(s: dict, cost: dict | None = None) -> str:
         f"ITL p50 {ms(engine['itl_s']['p50'])} p99 {ms(engine['itl_s']['p99'])}",
     ]
     lines.extend(cost_lines(cost or s.get("cost")))
+    lines.extend(listener_lines(s.get("listeners")))
     if service.get("task"):
         task = service["task"]
         lines.append(f"task      {task['kind']} {task['target']}: {task['message'] or task['stage']}")
@@ -95,6 +96,21 @@ def cost_lines(cost: dict | None) -> list[str]:
     for model, windows in (cost.get("models") or {}).items():
         if "today" in windows:
             lines.append(f"  {model} today: {window_text(windows['today'], currency)}")
+    return lines
+
+
+def listener_lines(listeners: dict | None) -> list[str]:
+    """Where clients connect, and the certificate they should see (its fingerprint) and trust."""
+    if not listeners:
+        return []
+    urls = ", ".join(u for u in (listeners["https"], listeners["http"]) if u)
+    lines = [f"listen    {urls}; {listeners['connections']} of {listeners['max_connections']} connections open"]
+    tls = listeners.get("tls")
+    if tls:
+        trust = f"clients trust {tls['trust_file']}" if tls["trust_file"] else f"issued by {tls['issuer']}"
+        mtls = f"; client certificates from {listeners['client_ca']}" if listeners.get("client_ca") else ""
+        lines.append(f"tls       SHA-256 {tls['fingerprint_sha256']}")
+        lines.append(f"          {trust}; valid until {tls['not_after'][:10]}{mtls}")
     return lines
 
 

@@ -18,11 +18,12 @@ log = logging.getLogger("appliance.monitor")
 
 class Monitor:
     def __init__(self, service, tasks, telemetry, health_summary, hub: EventHub, history_s: int = 900,
-                 interval_s: float = 1.0):
+                 interval_s: float = 1.0, listeners=None):
         self.service = service
         self.tasks = tasks
         self.telemetry = telemetry
         self.health_summary = health_summary  # () -> {"ok", "checked_at", "problems"}
+        self.listeners = listeners  # () -> {"http", "https", "tls": certificate, "connections", ...}
         self.hub = hub
         self.interval_s = interval_s
         self.history: deque[dict] = deque(maxlen=int(history_s / interval_s))
@@ -76,6 +77,7 @@ class Monitor:
         snapshot["host"] = reading["host"] if reading else None
         snapshot["health"] = self.health_summary()
         snapshot["cost"] = service.cost.summary()  # overall; per model and per key: /v1/cost
+        snapshot["listeners"] = self.listeners() if self.listeners is not None else None
         return snapshot
 
     def _engine(self, now: float, advance: bool) -> dict:

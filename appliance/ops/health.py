@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from appliance.ops.checks import FAIL, NA, OK, WARN, Check, Report
-from appliance.config import Config
+from appliance.config import Config, is_loopback
 from appliance.ops.gpu_checks import check_cuda, check_driver, check_nvml
 
 HEALTH_KEY_NAME = "health.key"
@@ -33,6 +33,7 @@ RESULTS_NAME = "health.json"
 MIN_FREE_BYTES = 2 << 30  # below this: fail
 WARN_FREE_BYTES = 10 << 30  # below this: warn
 MIN_FREE_FRACTION = 0.05
+CERT_WARN_DAYS = 14  # a certificate that expires sooner: warn (certbot renews at 30 days left)
 
 
 # -- disk --------------------------------------------------------------------------------------
@@ -56,8 +57,36 @@ def check_disk(path: Path, min_free_bytes: int = MIN_FREE_BYTES, warn_free_bytes
 # -- the service -------------------------------------------------------------------------------
 
 
+def check_tls(config: Config, now: datetime | None = None) -> Check:
+    """Whether API keys cross the network encrypted, and whether the certificate is fit to serve."""
+    from appliance.ops.certificates import CertificateError, read_certificate
+
+    if not config.https_enabled:
+        if is_loopback(config.host):
+            return Check("tls", OK, f"plain HTTP on loopback only ({config.host}:{config.port}): nothing leaves "
+                                    "this machine unencrypted unless a proxy you run forwards it")
+        return Check("tls", WARN, f"tls = false and the API listens on {config.host}:{config.port}: API keys and "
+                                  "prompts cross the network in clear text. Put a TLS proxy in front and set "
+                                  "host = \"127.0.0.1\", or set tls = true")
+    try:
+        info = read_certificate(config.tls_cert_path)
+    except CertificateError as e:
+        return Check("tls", FAIL, f"{e}: the HTTPS listener cannot start", {"path": str(config.tls_cert_path)})
+    now = now or datetime.now(timezone.utc)
+    days = (info.not_after - now).total_seconds() / 86400
+    details = info.to_dict()
+    text = f"HTTPS on port {config.https_port}, certificate SHA-256 {info.fingerprint_sha256}"
+    if days <= 0:
+        return Check("tls", FAIL, f"the certificate {info.path} expired on {info.not_after.date()}: renew it, then "
+                                  "systemctl reload appliance", details)
+    if days < CERT_WARN_DAYS:
+        return Check("tls", WARN, f"{text} expires in {days:.0f} days ({info.not_after.date()}): renew it, then "
+                                  "systemctl reload appliance", details)
+    return Check("tls", OK, f"{text}, valid until {info.not_after.date()}", details)
+
+
 def local_base_url(config: Config) -> str:
-    host = config.host
+    host = config.http_host
     if host in ("0.0.0.0", "", "*"):
         host = "127.0.0.1"
     elif host == "::":
@@ -122,6 +151,7 @@ def run_checks(config: Config, service: bool = True) -> Report:
     checks.extend(check_nvml())
     checks.append(check_cuda())
     checks.append(check_disk(config.state_dir))
+    checks.append(check_tls(config))
     if service:
         base_url = local_base_url(config)
         checks.append(check_ready(base_url))

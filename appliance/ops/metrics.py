@@ -5,6 +5,7 @@ read from the engine's stats at scrape time; per-request histograms and per-key 
 observed by the service as requests finish. Each service has its own registry.
 """
 
+import hmac
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
@@ -104,6 +105,15 @@ class Metrics:
         self.key_completion_tokens = Counter(
             "appliance_key_completion_tokens", "Completion tokens per API key.", ["key_id"], registry=r
         )
+        self.auth_failures = Counter(
+            "appliance_auth_failures", "Failed authentications (wrong or malformed API keys) on the public API.",
+            registry=r,
+        )
+        self.auth_lockouts = Counter(
+            "appliance_auth_lockouts", "Client addresses locked out after too many failed authentications.",
+            registry=r,
+        )
+
         self.spans_dropped = Counter(
             "appliance_trace_spans_dropped", "Trace spans dropped: the export queue was full or the collector refused them.",
             ["reason"], registry=r,
@@ -140,8 +150,15 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def metrics_routes(metrics: Metrics) -> list[Route]:
+def metrics_routes(metrics: Metrics, token: str | None = None) -> list[Route]:
+    """GET /metrics; with a token, only for `Authorization: Bearer <token>` (compared in constant time)."""
+    expected = f"Bearer {token}".encode() if token else None
+
     async def endpoint(request: Request) -> Response:
+        if expected is not None and not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected):
+            return Response("metrics_token required: send 'Authorization: Bearer <metrics_token>' "
+                            "(Prometheus: authorization.credentials in the scrape config)\n", status_code=401,
+                            headers={"WWW-Authenticate": "Bearer"}, media_type="text/plain")
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return [Route("/metrics", endpoint)]

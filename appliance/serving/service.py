@@ -18,6 +18,7 @@ from appliance.ops.tracing import Tracing
 from appliance.serving.accounting import Accounting
 from appliance.serving.admission import Admission
 from appliance.serving.engine_stream import EngineStream
+from appliance.serving.lockout import AuthLockout
 from appliance.serving.pool import ModelPool
 from appliance.serving.readiness import Readiness
 from appliance.serving.served_model import drain_requests
@@ -33,7 +34,8 @@ class Service:
         self.metrics = Metrics(self.engine_stats, lambda: self.pool.model_name)
         self.window = RequestWindow()
         self.readiness = Readiness(config, self.pool)
-        self.admission = Admission(keystore, self.pool, self.readiness)
+        self.lockout = AuthLockout(config.auth_failures_per_minute, config.auth_lockout_s, self.metrics)
+        self.admission = Admission(keystore, self.pool, self.readiness, self.lockout)
         self.busy = BusyClock()
         self.cost = CostLedger(config.state_dir / "cost.db", config.gpu_cost_per_hour, config.currency,
                                config.reference_price_per_million)

@@ -46,6 +46,10 @@ class LiveServer:
         return f"http://127.0.0.1:{self.app.public_port}"
 
     @property
+    def https_url(self) -> str:
+        return f"https://localhost:{self.app.https_port}"
+
+    @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.app.metrics_port}/metrics"
 

@@ -51,6 +51,12 @@ def test_default_path_is_read_only_if_it_exists(tmp_path, monkeypatch):
     ("port = 70000\n", "port"),
     ("drain_timeout_s = -1\n", "drain_timeout_s"),
     ("engine = 5\n", "engine"),
+    ("forwarded_allow_ips = \"10.0.0.1\"\n", "forwarded_allow_ips must be a list of strings"),
+    ("forwarded_allow_ips = [\"proxy\"]\n", "forwarded_allow_ips: 'proxy' is not an IP address or network"),
+    ("https_port = 8000\n", "https_port and port are both 8000"),
+    ("max_connections = 0\n", "max_connections must be at least 1"),
+    ("header_timeout_s = 0\n", "header_timeout_s must be positive"),
+    ("auth_failures_per_minute = 0\n", "auth_failures_per_minute must be at least 1"),
 ])
 def test_errors_name_the_key(tmp_path, text, key):
     path = tmp_path / "bad.toml"
@@ -97,3 +103,16 @@ def test_serve_flags_become_overrides(tmp_path):
     assert c.engine.max_num_seqs == 4 and c.engine.enable_prefix_caching is False
     dev = config_from_args(parser.parse_args(["--dev", "--state-dir", str(tmp_path)]))
     assert dev.host == "127.0.0.1" and dev.control_socket == tmp_path / "control.sock"
+
+
+def test_listeners_https_off_loopback_plain_http_on_loopback(tmp_path):
+    public = load_config(None, {"state_dir": tmp_path})
+    assert (public.host, public.https_enabled, public.http_host, public.https_port) == ("0.0.0.0", True, "127.0.0.1", 8443)
+    proxied = load_config(None, {"tls": False, "state_dir": tmp_path})
+    assert (proxied.host, proxied.https_enabled, proxied.http_host) == ("127.0.0.1", False, "127.0.0.1")
+    exposed = load_config(None, {"tls": False, "host": "0.0.0.0", "state_dir": tmp_path})
+    assert (exposed.https_enabled, exposed.http_host) == (False, "0.0.0.0")  # the operator asked; health warns
+    local = load_config(None, {"host": "127.0.0.1", "state_dir": tmp_path})
+    assert not local.https_enabled  # nothing leaves the machine: no certificate needed
+    tested = load_config(None, {"host": "127.0.0.1", "tls_cert": "/c.pem", "tls_key": "/k.pem", "state_dir": tmp_path})
+    assert tested.https_enabled and tested.tls_cert_path == Path("/c.pem")

@@ -17,6 +17,7 @@ APPLIANCE_MODEL_CACHE when present.
 """
 
 import json
+import re
 import shutil
 import socket
 import time
@@ -47,8 +48,8 @@ def free_port() -> int:
 
 # The sandbox shares the host's network: ports of its own, so that nothing else listening on 8000
 # (a developer's `appliance serve`) answers in its place. Seeded as an operator would, before install.
-PORT, METRICS_PORT = free_port(), free_port()
-SEED_CONFIG = f"# seeded by the tests\nport = {PORT}\nmetrics_port = {METRICS_PORT}\n"
+PORT, HTTPS_PORT, METRICS_PORT = free_port(), free_port(), free_port()
+SEED_CONFIG = f"# seeded by the tests\nport = {PORT}\nhttps_port = {HTTPS_PORT}\nmetrics_port = {METRICS_PORT}\n"
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +77,10 @@ def ready(box) -> bool:
     return box.run("curl", "-sf", f"http://127.0.0.1:{PORT}/ready", check=False).returncode == 0
 
 
+def certificate(box) -> dict:
+    return json.loads(box.run("/opt/appliance/bin/appliance", "tls", "show", "--json").stdout)
+
+
 def main_pid(box) -> int:
     return int(box.show("appliance.service", "MainPID")["MainPID"])
 
@@ -89,6 +94,9 @@ def wait_restarted(box, old_pid: int, timeout_s: float) -> int:
 def test_install_starts_the_service_with_status(box):
     out = install(box)
     assert "ready after" in out and "appliance keys create" in out and "appliance tui" in out
+    assert "TLS: generating a self-signed certificate" in out
+    assert f"certificate SHA-256 {certificate(box)['fingerprint_sha256']}" in out  # printed for the operator
+    assert "Endpoint:   https://" in out and f":{HTTPS_PORT}/v1" in out
     props = box.show("appliance.service", "ActiveState", "StatusText", "User", "NRestarts")
     assert props["ActiveState"] == "active" and props["User"] == "appliance"
     assert props["StatusText"].startswith("serving smollm2-135m-instruct"), props
@@ -99,6 +107,31 @@ def test_install_starts_the_service_with_status(box):
     assert box.run("stat", "-c", "%U:%G %a", "/run/appliance/control.sock").stdout.strip() == "appliance:appliance 660"
     status = json.loads(box.run("/opt/appliance/bin/appliance", "status", "--json").stdout)
     assert status["service"]["ready"] and status["engine"]["model"] == "smollm2-135m-instruct"
+
+
+def test_install_serves_https_with_a_generated_certificate_and_the_unit_stays_hardened(box):
+    cert = certificate(box)
+    assert cert["self_signed"] and "appliance-test" in cert["names"] and "127.0.0.1" in cert["names"]
+    assert box.run("stat", "-c", "%U:%G %a", "/etc/appliance/tls/key.pem").stdout.strip() == "appliance:appliance 600"
+    status = json.loads(box.run("/opt/appliance/bin/appliance", "status", "--json").stdout)
+    assert status["listeners"]["tls"]["fingerprint_sha256"] == cert["fingerprint_sha256"]
+    key = box.run("cat", "/var/lib/appliance/health.key").stdout.strip()
+    answer = box.run("curl", "-s", "--cacert", "/etc/appliance/tls/cert.pem", "-o", "/dev/null", "-w", "%{http_code}",
+                     f"https://appliance-test:{HTTPS_PORT}/v1/models", "--resolve",
+                     f"appliance-test:{HTTPS_PORT}:127.0.0.1", "-H", f"Authorization: Bearer {key}")
+    assert answer.stdout == "200", answer
+    plain = box.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{HTTPS_PORT}/health",
+                    check=False)
+    assert plain.stdout in ("000", ""), plain  # plain HTTP to the TLS port: no HTTP answer
+    security = box.run("systemd-analyze", "security", "--no-pager", "appliance.service", check=False).stdout
+    exposure = float(re.search(r"Overall exposure level for appliance.service: (\d+(?:\.\d+)?)", security).group(1))
+    assert exposure <= 2.0, security[-3000:]
+    # `systemctl reload` re-reads the certificate in place: same process, nothing restarted.
+    pid = main_pid(box)
+    box.run("systemctl", "reload", "appliance.service")
+    box.wait_for(lambda: "TLS certificate re-read" in box.run("journalctl", "-u", "appliance.service", "--no-pager",
+                                                              "-n", "50").stdout, 20, "the reload in the journal")
+    assert main_pid(box) == pid and box.show("appliance.service", "ActiveState")["ActiveState"] == "active"
 
 
 def test_request_lines_are_journal_entries_with_fields(box):
@@ -159,8 +192,11 @@ def test_rerun_is_an_upgrade_that_keeps_config_keys_and_dropins(box):
     box.sh("mkdir -p /etc/systemd/system/appliance.service.d && "
            "printf '[Service]\\nWatchdogSec=6\\n' > /etc/systemd/system/appliance.service.d/watchdog.conf")
     old = main_pid(box)
+    fingerprint = certificate(box)["fingerprint_sha256"]
     out = install(box)
     assert "keeping the existing /etc/appliance/config.toml" in out
+    assert "TLS: keeping the certificate in /etc/appliance/tls" in out and f"SHA-256 {fingerprint}" in out
+    assert certificate(box)["fingerprint_sha256"] == fingerprint  # clients that trust it go on trusting it
     assert "# edited by the operator" in box.run("cat", "/etc/appliance/config.toml").stdout
     assert box.run("cat", "/etc/systemd/system/appliance.service.d/watchdog.conf").stdout == "[Service]\nWatchdogSec=6\n"
     assert main_pid(box) != old  # restarted once, with the new code

@@ -74,6 +74,10 @@ def test_service_contract():
     from appliance.config import Config
 
     assert int(one["TimeoutStopSec"]) >= Config().drain_timeout_s + 10
+    from appliance.api.connections import FD_RESERVE
+
+    assert int(one["LimitNOFILE"]) >= Config().max_connections + FD_RESERVE  # the connection limit, not EMFILE, bites
+    assert one["ExecReload"] == "/bin/kill -HUP $MAINPID"  # SIGHUP re-reads the certificate
     allowed = " ".join(settings["DeviceAllow"])
     assert "/dev/nvidiactl" in allowed and "/dev/nvidia0" in allowed and "/dev/nvidia-uvm" in allowed
     for key in ("StateDirectory", "RuntimeDirectory", "LogsDirectory"):

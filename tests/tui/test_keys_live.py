@@ -38,15 +38,18 @@ async def test_create_shows_the_secret_once_and_it_works(service, control):
         app.screen.query_one("#name", Input).value = "ci-bot"
         app.screen.query_one("#rpm", Input).value = "120"
         app.screen.query_one("#expires", Input).value = "30d"
+        app.screen.query_one("#networks", Input).value = "127.0.0.0/8, 10.0.0.0/8"
         await pilot.press("ctrl+s")
         secret_screen = await wait_for(pilot, lambda: isinstance(app.screen, SecretScreen) and app.screen,
                                        what="the secret to be shown")
         secret = text(secret_screen.query_one("#secret"))
         assert secret.startswith("sk-app-")
+        assert f"Endpoint: {service.base_url}/v1 (this machine only)" in text(secret_screen.query_one("#endpoint"))
 
         [record] = [k for k in control.keys() if k["name"] == "ci-bot"]
         assert record["rpm_limit"] == 120 and record["expires_at"] is not None
-        assert models_call(service, secret) == 200  # the secret on screen is the real key
+        assert record["allowed_networks"] == ["127.0.0.0/8", "10.0.0.0/8"]
+        assert models_call(service, secret) == 200  # the secret on screen is the real key, from an allowed network
 
         await pilot.press("escape")
         await wait_for(pilot, lambda: "ci-bot" in table_text(app), what="the new key in the table")
@@ -65,6 +68,11 @@ async def test_form_keeps_what_the_operator_typed_and_says_what_is_wrong(service
         await pilot.press("ctrl+s")
         assert isinstance(app.screen, KeyFormScreen)  # still open, nothing lost
         assert "Tokens/min: enter a whole number" in text(app.screen.query_one(".error"))
+        app.screen.query_one("#tpm", Input).value = ""
+        app.screen.query_one("#networks", Input).value = "office"
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: "allowed_networks: 'office'" in text(app.screen.query_one(".error")),
+                       what="the service's refusal in the form")
 
 
 async def test_revoke_asks_first_defaults_to_no_and_then_refuses_the_key(service, control):

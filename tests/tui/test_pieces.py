@@ -5,7 +5,7 @@ from datetime import date, datetime, timezone
 import pytest
 
 from tui import format as fmt
-from tui.screens.key_forms import parse_expiry, parse_models
+from tui.screens.key_forms import comma_list, parse_expiry
 from tui.screens.keys import tokens_per_day
 from tui.state import ServiceState
 from tui.widgets.gauge import bar, level_for
@@ -55,8 +55,8 @@ def test_expiry_field_says_what_it_accepts():
 
 
 def test_models_field_empty_means_every_model():
-    assert parse_models(" ") is None
-    assert parse_models("a, b ,") == ["a", "b"]
+    assert comma_list(" ") is None
+    assert comma_list("a, b ,") == ["a", "b"]
 
 
 def test_usage_graph_has_a_column_for_every_day_even_unused_ones():

@@ -1,4 +1,5 @@
-"""The key forms: create (name, limits, expiry, allowed models) and edit limits; and the one showing of a new secret."""
+"""The key forms: create (name, limits, expiry, allowed models and networks) and edit them; and the one showing
+of a new secret, with where to use it."""
 
 from __future__ import annotations
 
@@ -34,9 +35,10 @@ def parse_expiry(text: str, now: datetime) -> str | None:
     return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).isoformat()
 
 
-def parse_models(text: str) -> list[str] | None:
-    models = [m.strip() for m in text.split(",") if m.strip()]
-    return models or None
+def comma_list(text: str) -> list[str] | None:
+    """'a, b' → ['a', 'b']; empty → None (no restriction). The service checks the entries themselves."""
+    items = [m.strip() for m in text.split(",") if m.strip()]
+    return items or None
 
 
 class KeyFormScreen(FormScreen):
@@ -64,6 +66,8 @@ class KeyFormScreen(FormScreen):
         yield from self.field("Expires", entry("expires", r.get("expires_at"), "never, 30d, 12h or 2026-12-31"))
         yield from self.field("Models", entry("models", ", ".join(r.get("allowed_models") or []),
                                               "all; or names, comma-separated"))
+        yield from self.field("Networks", entry("networks", ", ".join(r.get("allowed_networks") or []),
+                                                "any address; or CIDRs such as 10.0.0.0/8"))
 
     def read(self) -> dict:
         name = self.value("name")
@@ -75,7 +79,8 @@ class KeyFormScreen(FormScreen):
             "tpm_limit": optional_int(self.value("tpm"), "Tokens/min"),
             "budget_tokens": optional_int(self.value("budget"), "Token budget"),
             "budget_period": self.query_one("#period", Select).value,
-            "allowed_models": parse_models(self.value("models")),
+            "allowed_models": comma_list(self.value("models")),
+            "allowed_networks": comma_list(self.value("networks")),
         }
         expires = self.value("expires")
         if not self.record or expires != (self.record.get("expires_at") or ""):
@@ -96,10 +101,11 @@ class SecretScreen(ModalScreen[None]):
         Binding("escape", "close", "Close (the key is not shown again)"),
     ]
 
-    def __init__(self, name: str, secret: str):
+    def __init__(self, name: str, secret: str, listeners: dict | None = None):
         super().__init__()
         self.key_name = name
         self.secret = secret
+        self.listeners = listeners  # the service's endpoints and certificate, from its latest snapshot
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog secret") as dialog:
@@ -108,6 +114,8 @@ class SecretScreen(ModalScreen[None]):
                          "Copy it now (c, or select it with the mouse; shift+drag in most terminals).", classes="hint")
             yield Static(self.secret, id="secret")
             yield Static(f"Use it as: Authorization: Bearer {self.secret[:12]}…", classes="hint")
+            if self.listeners:
+                yield Static(endpoint_text(self.listeners), id="endpoint", classes="hint")
             with Horizontal(classes="buttons"):
                 yield Button("Copy (c)", id="copy")
                 yield Button("Done", id="done", variant="primary")
@@ -130,11 +138,21 @@ class SecretScreen(ModalScreen[None]):
         self.dismiss(None)
 
 
+def endpoint_text(listeners: dict) -> str:
+    """Where a client sends the key, and which certificate it should see and trust."""
+    tls = listeners.get("tls")
+    if not listeners.get("https") or not tls:
+        return f"Endpoint: {listeners['http']}/v1 (this machine only)"
+    trust = f"trust {tls['trust_file']}" if tls.get("trust_file") else f"issued by {tls.get('issuer')}"
+    return f"Endpoint: {listeners['https']}/v1 · certificate SHA-256 {tls['fingerprint_sha256']} ({trust})"
+
+
 def budget_text(record: dict) -> str:
     budget = record.get("budget_tokens")
     return "∞" if budget is None else f"{fmt.limit(budget)}/{record.get('budget_period')}"
 
 
 def limits_text(record: dict) -> str:
+    networks = record.get("allowed_networks")
     return (f"{fmt.limit(record.get('rpm_limit'))} req/min · {fmt.limit(record.get('tpm_limit'))} tok/min · "
-            f"budget {budget_text(record)}")
+            f"budget {budget_text(record)}" + (f" · from {', '.join(networks)} only" if networks else ""))

@@ -138,7 +138,8 @@ class KeysScreen(LiveScreen):
         if answer is None:
             return
         self.reload()
-        self.app.push_screen(SecretScreen(answer["key"]["name"], answer["api_key"]))
+        listeners = (self.app.state.latest or {}).get("listeners")
+        self.app.push_screen(SecretScreen(answer["key"]["name"], answer["api_key"], listeners))
 
     def action_edit_key(self) -> None:
         record = self.keys.get(self.selected_id() or "")

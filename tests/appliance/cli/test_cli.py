@@ -92,6 +92,15 @@ def test_update_changes_only_the_given_fields(state):
     assert updated["tpm_limit"] == 500  # not given: unchanged
 
 
+def test_networks_are_set_shown_and_cleared(state):
+    created = create_json(state, "office", "--networks", "10.0.0.0/8, 192.0.2.7")
+    assert created["key"]["allowed_networks"] == ["10.0.0.0/8", "192.0.2.7/32"]
+    listed = appliance("keys", "list", state_dir=state).stdout
+    assert "NETWORKS" in listed and "10.0.0.0/8,192.0.2.7/32" in listed
+    cleared = appliance("keys", "update", created["key"]["id"], "--any-network", "--json", state_dir=state)
+    assert cleared.returncode == 0 and json.loads(cleared.stdout)["allowed_networks"] is None
+
+
 def test_unknown_key_id_is_one_clear_line_and_exit_1(state):
     create_json(state, "a")
     for args in (["keys", "revoke", "nope"], ["keys", "update", "nope", "--rpm", "1"], ["keys", "usage", "nope"]):
@@ -112,6 +121,7 @@ def test_unknown_key_id_is_one_clear_line_and_exit_1(state):
         (["keys", "create", "a", "--expires-in-days", "1", "--expires-at", "2030-01-01"], "not allowed with"),
         (["keys", "create", "  "], "name must be a non-empty string"),
         (["keys", "update", "abc"], "nothing to change"),
+        (["keys", "create", "a", "--networks", "10.0.0.300"], "--networks: '10.0.0.300' is not an IP address"),
     ],
 )
 def test_bad_options_exit_2_and_say_why(state, args, says):

@@ -138,6 +138,13 @@ def test_keys_lifecycle_over_the_socket_changes_what_the_api_accepts(control):
             client.update_key(key_id, rpm_limit=-1)
         assert bad.value.status == 400 and "rpm_limit" in bad.value.message
         assert client.update_key(key_id, rpm_limit=100)["rpm_limit"] == 100
+        with pytest.raises(ControlError) as bad_network:
+            client.update_key(key_id, allowed_networks=["the office"])
+        assert bad_network.value.status == 400 and "allowed_networks: 'the office'" in bad_network.value.message
+        assert client.update_key(key_id, allowed_networks=["198.51.100.0/24"])["allowed_networks"] == ["198.51.100.0/24"]
+        elsewhere = httpx.get(control.base_url + "/v1/models", headers={"Authorization": f"Bearer {secret}"})
+        assert elsewhere.status_code == 403 and elsewhere.json()["error"]["code"] == "network_not_allowed"
+        assert client.update_key(key_id, allowed_networks=None)["allowed_networks"] is None
         public = httpx.post(control.base_url + "/v1/completions", headers={"Authorization": f"Bearer {secret}"},
                             json={"model": control.model, "prompt": "Hi", "max_tokens": 2}, timeout=30)
         assert public.status_code == 200
@@ -154,7 +161,9 @@ def test_keys_lifecycle_over_the_socket_changes_what_the_api_accepts(control):
 def test_status_and_events_show_requests_running(control):
     with client_for(control) as client:
         secret = client.create_key("load")["api_key"]
-        before = client.status()["engine"]
+        status = client.status()
+        before = status["engine"]
+        assert status["listeners"]["http"] == control.base_url and status["listeners"]["https"] is None
         assert before["model"] == control.model and before["kv_blocks_total"] > 0
         for _ in range(3):
             httpx.post(control.base_url + "/v1/completions", headers={"Authorization": f"Bearer {secret}"},

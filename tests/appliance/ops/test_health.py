@@ -211,3 +211,26 @@ def test_cli_stores_results_and_exit_code(live_server, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 1 and "FAIL  ready" in out and "something is wrong" in out
     assert json.loads((state / "health.json").read_text())["ok"] is False
+
+
+def test_tls_check_warns_of_clear_text_and_of_a_certificate_about_to_expire(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from appliance.config import load_config
+    from appliance.ops.certificates import generate
+
+    clear = health.check_tls(load_config(None, {"tls": False, "host": "0.0.0.0", "state_dir": tmp_path}))
+    assert clear.status == health.WARN and "API keys and prompts cross the network in clear text" in clear.message
+    local = health.check_tls(load_config(None, {"tls": False, "state_dir": tmp_path}))
+    assert local.status == health.OK and "loopback only (127.0.0.1:8000)" in local.message
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    config = load_config(None, {"tls_cert": str(cert), "tls_key": str(key), "state_dir": tmp_path})
+    missing = health.check_tls(config)
+    assert missing.status == health.FAIL and "does not exist" in missing.message
+    info = generate(cert, key, [], days=400)
+    ok = health.check_tls(config)
+    assert ok.status == health.OK and info.fingerprint_sha256 in ok.message
+    soon = health.check_tls(config, now=datetime.now(timezone.utc) + timedelta(days=390))
+    assert soon.status == health.WARN and "expires in 10 days" in soon.message
+    past = health.check_tls(config, now=datetime.now(timezone.utc) + timedelta(days=401))
+    assert past.status == health.FAIL and "expired" in past.message

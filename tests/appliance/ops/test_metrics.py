@@ -93,3 +93,31 @@ def test_embedding_tokens_are_charged_to_the_key(live_server, client):
     assert r.usage.prompt_tokens > 0
     assert value(after, "appliance_key_prompt_tokens_total", key_id=key_id) - \
         value(before, "appliance_key_prompt_tokens_total", key_id=key_id) == r.usage.prompt_tokens
+
+
+def test_a_metrics_token_is_required_when_set_and_off_loopback_it_must_be(tmp_path):
+    import asyncio
+
+    import pytest
+    from starlette.applications import Starlette
+
+    from appliance.config import ConfigError, load_config
+    from appliance.ops.metrics import Metrics, metrics_routes
+
+    with pytest.raises(ConfigError, match="metrics_host 0.0.0.0 is reachable from other machines: set metrics_token"):
+        load_config(None, {"metrics_host": "0.0.0.0", "state_dir": tmp_path})
+    assert load_config(None, {"metrics_host": "0.0.0.0", "metrics_token": "t0ken", "state_dir": tmp_path})
+
+    app = Starlette(routes=metrics_routes(Metrics(lambda: None, lambda: "m"), token="t0ken"))
+
+    async def status(headers: dict) -> int:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://metrics") as client:
+            response = await client.get("/metrics", headers=headers)
+            return response.status_code, response.text
+
+    code, text = asyncio.run(status({}))
+    assert code == 401 and "metrics_token required" in text
+    assert asyncio.run(status({"Authorization": "Bearer wrong"}))[0] == 401
+    code, text = asyncio.run(status({"Authorization": "Bearer t0ken"}))
+    assert code == 200 and "appliance_auth_failures_total 0.0" in text

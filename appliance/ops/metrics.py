@@ -122,7 +122,6 @@ class Metrics:
     def count_dropped_spans(self, reason: str, spans: int) -> None:
         self.spans_dropped.labels(reason).inc(spans)
 
-
     def observe_request(
         self, model: str, finish_reason: str | None, queue_s: float | None, ttft_s: float | None,
         e2e_s: float, token_gaps_s: list[float],

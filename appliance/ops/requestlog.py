@@ -27,6 +27,7 @@ def log_request(
     total_time_s: float,
     finish_reason: str | None,
     prompt: str | None = None,
+    constraint: str | None = None,
     trace_id: str | None = None,
 ) -> dict:
     record = {
@@ -45,6 +46,8 @@ def log_request(
     }
     if trace_id is not None:  # traces are on: the line and its trace find each other
         record["trace_id"] = trace_id
+    if constraint is not None:  # what held the output to a grammar: "json_schema", "tools:required"...
+        record["constraint"] = constraint
     if prompt is not None:
         record["prompt"] = prompt
     logger.info(json.dumps(record, ensure_ascii=False), extra=_journal_fields(record))

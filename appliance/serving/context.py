@@ -22,6 +22,7 @@ class RequestContext:
     queue_time_s: float | None = None
     ttft_s: float | None = None
     status: str = "ok"
+    constraint: str | None = None  # the grammar the output was held to, for the log line
     served: ServedModel | None = None  # the model the request was admitted to
     busy_s: float = 0.0  # its share of the box's busy time (ops.cost.BusyClock): what its cost is shared by
     span: object | None = None  # its trace span (ops.tracing), when traces are on

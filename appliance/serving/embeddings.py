@@ -16,7 +16,7 @@ async def embed(ctx: RequestContext, inputs: list, retry_after_s: float, busy: B
         return engine.embed(batch), sum(len(ids) for ids in batch)
 
     started = busy.start()
-    with engine_errors(retry_after_s, "input"):
+    with engine_errors(retry_after_s, {"prompt": "input"}):
         try:
             return await ctx.served.async_engine.call(run)
         except Exception as e:

@@ -29,10 +29,11 @@ class EngineStream:
         self.tracing = tracing
 
     async def generate(self, prompt, params, request_id: str, ctx: RequestContext,
-                       prompt_param: str = "prompt") -> AsyncIterator:
+                       param_names: dict[str, str] | None = None) -> AsyncIterator:
         """Stream one engine request's outputs on the request's model; errors come out as APIError.
 
         Ends with a 503 APIError when a drain (shutdown, or a hot swap's) cut the request short.
+        `param_names` maps the engine's parameter names to the request's fields for its 400s.
         """
         served = ctx.served
         self.readiness.check_accepting()
@@ -49,7 +50,7 @@ class EngineStream:
         first = out = None
         busy = self.busy.start()
         try:
-            with engine_errors(self.config.retry_after_s, prompt_param):
+            with engine_errors(self.config.retry_after_s, param_names):
                 async for out in served.async_engine.generate(prompt, params, request_id=request_id):
                     now = time.monotonic()
                     if last is None:

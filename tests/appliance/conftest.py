@@ -121,6 +121,26 @@ def live_server(tiny_model_path, tmp_path_factory) -> LiveServer:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def default_server(default_model_path, tmp_path_factory) -> LiveServer:
+    """One shared server on the real default model (bfloat16, this CPU's fast dtype), for tests that
+    need a model that writes language; slow, so only `slow` tests use it."""
+    state = tmp_path_factory.mktemp("appliance-default-state")
+    server = start_server(make_config(default_model_path, state, metrics_port=0, dtype="bfloat16",
+                                      num_kv_blocks=1024, max_num_seqs=32, max_num_batched_tokens=2048))
+    add_keys(server, server.app.config.keys_db_path)
+    yield server
+    server.stop()
+
+
+def openai_clients(server: LiveServer, timeout_s: float = 120.0):
+    """The openai SDK's sync and async clients for `server`'s main key."""
+    import openai
+
+    options = dict(base_url=server.base_url + "/v1", api_key=server.key, max_retries=0, timeout=timeout_s)
+    return openai.OpenAI(**options), openai.AsyncOpenAI(**options)
+
+
 @pytest.fixture
 def http(live_server):
     with httpx.Client(base_url=live_server.base_url, headers=live_server.headers(), timeout=30.0) as client:

@@ -7,7 +7,7 @@ alternate off, on, off, on… so that drift hits both; each round sends the same
 fixed number of concurrent clients. Prints each round, then the medians and on/off ratios
 (issue 19's target: traced throughput >= 0.97 of untraced).
 
-    python benchmarks/tracing_overhead.py [--rounds 4] [--requests 200] [--concurrency 8]
+    python -m benchmarks.tracing_overhead [--rounds 4] [--requests 200] [--concurrency 8]
 """
 
 import argparse

@@ -18,7 +18,7 @@ def appliance(*args: str, state_dir: Path | None = None) -> subprocess.Completed
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
         [sys.executable, "-m", "appliance.cli", *args, *extra], capture_output=True, text=True, cwd=REPO, env=env,
-        timeout=60,
+        timeout=180,  # `models install-default` converts the default model: 17 s idle, near 60 s on a loaded VM
     )
 
 

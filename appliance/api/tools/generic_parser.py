@@ -10,9 +10,10 @@ from appliance.api.tools.stream import StreamParser
 
 
 class GenericParser(StreamParser):
+    initial_state = "start"
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self._state = "start"
         self._decoder: JsonStringDecoder | None = None
         self._key = ""
         self._calls = 0

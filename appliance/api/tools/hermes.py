@@ -12,14 +12,6 @@ END = "</tool_call>"
 
 
 class HermesParser(StreamParser):
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self._state = "text"
-
-    def _advance(self) -> None:
-        while self._step():
-            pass
-
     def _step(self) -> bool:
         """One move of the state machine; False when it needs more text."""
         if self._state == "text":

@@ -13,14 +13,7 @@ PYTHON_TAG = "<|python_tag|>"
 
 class Llama3Parser(StreamParser):
     argument_keys = ("parameters", "arguments")
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self._state = "start"
-
-    def _advance(self) -> None:
-        while self._step():
-            pass
+    initial_state = "start"
 
     def _step(self) -> bool:
         if self._state == "start":

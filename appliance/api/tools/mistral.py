@@ -11,14 +11,6 @@ START = "[TOOL_CALLS]"
 
 
 class MistralParser(StreamParser):
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self._state = "text"
-
-    def _advance(self) -> None:
-        while self._step():
-            pass
-
     def _step(self) -> bool:
         if self._state == "text":
             if self._text_until((START,)) is None:

@@ -18,13 +18,19 @@ from appliance.api.tools.scanning import JsonExtent, call_from_json, held_back
 
 
 class StreamParser:
-    """feed(delta) -> events; close() -> the last events. Subclasses write `_advance`."""
+    """feed(delta) -> events; close() -> the last events.
 
+    Subclasses are state machines: `_step` makes one move from `_state` (which starts as
+    `initial_state`) and says False when it needs more text; or they write `_advance` whole.
+    """
+
+    initial_state = "text"
     # The keys a call object may carry its arguments under ({"name": ..., "arguments": {...}}).
     argument_keys: tuple[str, ...] = ("arguments",)
 
     def __init__(self, new_id: Callable[[], str] = new_call_id):
         self._new_id = new_id
+        self._state = self.initial_state
         self._buffer = ""  # received, not yet consumed
         self._held = ""  # consumed raw text of a call block not yet announced: content if it fails
         self._object = ""  # the call object being scanned
@@ -52,6 +58,10 @@ class StreamParser:
         return self._take()
 
     def _advance(self) -> None:
+        while self._step():
+            pass
+
+    def _step(self) -> bool:
         raise NotImplementedError
 
     def _take(self) -> list[Event]:

@@ -47,13 +47,16 @@ class Admission:
             await self.pool.wait_for_swap(model)
             self.readiness.check_accepting()
             served = self.pool.resolve(model)
-            try:
-                await asyncio.to_thread(self.keys.check_request, record, self.pool.served_name(served))
-            except AuthError as e:
-                raise APIError(e.status, e.message, param="model", code="model_not_allowed") from None
-            except RateLimited as e:
-                raise APIError(429, e.message, code="rate_limit_exceeded", retry_after_s=e.retry_after_s) from None
-            if ctx is not None:
+            if ctx is not None:  # before the next await: a sequential swap's drain must wait for this request
                 ctx.served = served
                 served.admitted.add(ctx)
+            try:
+                await asyncio.to_thread(self.keys.check_request, record, self.pool.served_name(served))
+            except (AuthError, RateLimited) as e:
+                if ctx is not None:
+                    ctx.served = None
+                    served.admitted.discard(ctx)
+                if isinstance(e, RateLimited):
+                    raise APIError(429, e.message, code="rate_limit_exceeded", retry_after_s=e.retry_after_s) from None
+                raise APIError(e.status, e.message, param="model", code="model_not_allowed") from None
         return record

@@ -103,7 +103,8 @@ def test_swaps_under_load_fail_no_request_and_answer_from_the_admitting_model(sw
     assert all(s[3]["result"]["mode"] == "overlap" for s in swaps)
     failed = [r for r in results if r[2] != 200]
     assert not failed, failed[:3]
-    assert len(results) >= 20
+    for began, ended, target, _ in swaps:  # the clients loop, so a request was in flight during every swap
+        assert any(sent < ended and answered > began for sent, answered, *_ in results), f"none during {target}"
     for sent, answered, _, body in results:
         model = body["model"]
         assert body["choices"][0]["text"] == expected[model], f"{model} answered with another model's text"

@@ -30,6 +30,30 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class ModelSettings:
+    """One model's own settings, a `[models.NAME]` table; unset engine values come from [engine]."""
+
+    kv_cache_bytes: int | None = None  # default: enough for max_num_seqs sequences of kv_context tokens
+    max_num_seqs: int | None = None
+    max_model_len: int | None = None
+    dtype: str | None = None
+    pinned: bool = False  # loaded at start and never evicted
+    keep_alive_s: float | None = None  # idle this long, the model may make room for another; default: the pool's
+    aliases: list[str] = field(default_factory=list)  # other names requests may use for it
+
+    ENGINE_KEYS = ("kv_cache_bytes", "max_num_seqs", "max_model_len", "dtype")
+
+
+@dataclass
+class Routing:
+    """The `[routing]` table: names apps send, and where a request goes when its model cannot answer."""
+
+    aliases: dict[str, str] = field(default_factory=dict)  # "chat-fast" = "smollm2-135m-instruct"
+    fallbacks: dict[str, list[str]] = field(default_factory=dict)  # a name's chain after its own model
+    fallback_queue_depth: int = 0  # a model with this many requests waiting sends new ones on; 0: never
+
+
+@dataclass
 class Config:
     model: str = DEFAULT_MODEL  # a name under models_dir, or a path to a model folder / GGUF file
     served_model_name: str | None = None  # the id clients send; default: the model's name
@@ -70,7 +94,17 @@ class Config:
     gpu_cost_per_hour: float | None = None  # what the box costs an hour (its bill): cost per million tokens from it
     currency: str = "USD"  # the unit of gpu_cost_per_hour, shown beside every cost
     reference_price_per_million: float | None = None  # a hosted API's price per million tokens, to compare with
+    models: dict[str, ModelSettings] = field(default_factory=dict)  # [models.NAME] tables
+    routing: Routing = field(default_factory=Routing)
+    load_on_demand: bool = False  # a stored model that is not loaded loads on its first request
+    load_timeout_s: float = 300.0  # how long a request waits for its model to load on demand
+    keep_alive_s: float = 300.0  # a model idle this long may be evicted when room is needed for another
+    pool_memory_bytes: int | None = None  # what all loaded models may use; default: free GPU memory or RAM
+    kv_context: int = 4096  # tokens per sequence a model's default KV budget is sized for
     engine: "EngineConfig" = field(default_factory=lambda: engine_config({}))
+
+    def model_settings(self, name: str) -> ModelSettings:
+        return self.models.get(name) or ModelSettings()
 
     def __post_init__(self):
         if self.host is None:
@@ -148,6 +182,8 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     engine_data = data.pop("engine", {})
     if not isinstance(engine_data, dict):
         raise ConfigError("engine: must be a table ([engine])")
+    models = _model_tables(data.pop("models", {}))
+    routing = _routing_table(data.pop("routing", {}))
     for key, value in (overrides or {}).items():
         if value is None:
             continue
@@ -157,27 +193,49 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             engine_data[key.removeprefix("engine.")] = value
         else:
             data[key] = value
-    config = Config(**_typed(Config, data, prefix=""))
+    config = Config(**_typed(Config, data, prefix=""), models=models, routing=routing)
     config.engine = engine_config(engine_data)
+    for name, settings in models.items():  # each model's engine settings are checked as the engine would
+        engine_config({**engine_data, **{k: getattr(settings, k) for k in ModelSettings.ENGINE_KEYS
+                                         if getattr(settings, k) is not None}}, prefix=f"models.{name}.")
     _check(config)
     return config
 
 
-def engine_config(data: dict[str, Any]) -> "EngineConfig":
+def _model_tables(data: Any) -> dict[str, ModelSettings]:
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ConfigError("models: must be tables, one per model ([models.NAME])")
+    return {name: ModelSettings(**_typed(ModelSettings, table, prefix=f"models.{name}."))
+            for name, table in data.items()}
+
+
+def _routing_table(data: Any) -> Routing:
+    if not isinstance(data, dict):
+        raise ConfigError("routing: must be a table ([routing])")
+    routing = Routing(**_typed(Routing, data, prefix="routing."))
+    if routing.fallback_queue_depth < 0:
+        raise ConfigError(f"routing.fallback_queue_depth must be 0 (off) or more, got {routing.fallback_queue_depth}")
+    for name, chain in routing.fallbacks.items():
+        if name in chain:
+            raise ConfigError(f"routing.fallbacks.{name}: a name cannot fall back to itself")
+    return routing
+
+
+def engine_config(data: dict[str, Any], prefix: str = "engine.") -> "EngineConfig":
     """The [engine] table as the engine's EngineConfig, whose own checks name the key on failure."""
     from engine.config import EngineConfig
     from engine.errors import InvalidParameter
 
     try:
-        return EngineConfig(**_typed(EngineConfig, data, prefix="engine."))
+        return EngineConfig(**_typed(EngineConfig, data, prefix=prefix))
     except InvalidParameter as e:
-        raise ConfigError(f"engine.{e.param}: {e}") from None
+        raise ConfigError(f"{prefix}{e.param}: {e}") from None
 
 
 def _typed(cls, data: dict[str, Any], prefix: str) -> dict[str, Any]:
     """Check keys and types against the dataclass; convert paths. Errors name the key."""
     hints = {f.name: f.type for f in fields(cls)}
-    known = {f.name for f in fields(cls)} - {"engine"}
+    known = {f.name for f in fields(cls)} - {"engine", "models", "routing"}
     out = {}
     for key, value in data.items():
         if key not in known:
@@ -191,6 +249,10 @@ def _convert(name: str, hint: Any, value: Any) -> Any:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{name} must be a list of strings, got {value!r}")
         return list(value)
+    if getattr(hint, "__origin__", None) is dict:  # dict[str, str] or dict[str, list[str]]
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a table, got {value!r}")
+        return {key: _convert(f"{name}.{key}", hint.__args__[1], v) for key, v in value.items()}
     optional = type(None) in getattr(hint, "__args__", ())
     if value is None and optional:
         return None
@@ -236,7 +298,7 @@ def _check(config: Config) -> None:
     _check_listeners(config)
     if config.swap_mode not in ("auto", "overlap", "sequential"):
         raise ConfigError(f"swap_mode must be auto, overlap or sequential, got {config.swap_mode!r}")
-    for name in ("drain_timeout_s", "swap_drain_timeout_s", "canary_interval_s", "canary_max_age_s", "canary_timeout_s",
+    for name in ("load_timeout_s", "keep_alive_s", "kv_context", "drain_timeout_s", "swap_drain_timeout_s", "canary_interval_s", "canary_max_age_s", "canary_timeout_s",
                  "engine_stall_timeout_s", "header_timeout_s", "idle_timeout_s", "auth_lockout_s"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")

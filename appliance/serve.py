@@ -23,7 +23,8 @@ from starlette.types import ASGIApp
 
 from appliance.api.connections import ConnectionLimits, fit_to_file_limit
 from appliance.ops import sdnotify
-from appliance.control.routes import ControlPlane, build_control_app
+from appliance.control.plane import ControlPlane
+from appliance.control.routes import build_control_app
 from appliance.config import DEV_STATE_DIR, Config, ConfigError, load_config
 from appliance.ops.requestlog import setup_logging
 

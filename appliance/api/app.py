@@ -16,6 +16,7 @@ from starlette.types import ASGIApp
 from appliance.api.chat import chat_completions
 from appliance.api.completions import completions
 from appliance.api.embeddings import embeddings
+from appliance.api.fallback import with_fallback
 from appliance.api.gate import ClientGate
 from appliance.api.model_list import list_models
 from appliance.api.response_counter import ResponseCounter
@@ -83,10 +84,10 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
 
 def build_app(service: Service) -> ASGIApp:
     routes = [
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/completions", completions, methods=["POST"]),
-        Route("/v1/responses", responses, methods=["POST"]),
-        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/chat/completions", with_fallback(chat_completions), methods=["POST"]),
+        Route("/v1/completions", with_fallback(completions), methods=["POST"]),
+        Route("/v1/responses", with_fallback(responses), methods=["POST"]),
+        Route("/v1/embeddings", with_fallback(embeddings), methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/tokenize", tokenize, methods=["POST"]),
         Route("/detokenize", detokenize, methods=["POST"]),

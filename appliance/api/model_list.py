@@ -1,4 +1,5 @@
-"""GET /v1/models: what a request's `model` may name."""
+"""GET /v1/models: every name a request's `model` may say (loaded models, models that load on demand,
+aliases), each with its state."""
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -11,7 +12,15 @@ from appliance.serving.service import Service
 async def list_models(request: Request) -> Response:
     service: Service = request.app.state.service
     await service.admission.authorize(api_key(request), None, client=client_address(request))
-    active = service.pool.active
-    cards = [ModelCard(id=service.pool.model_name, created=service.created,
-                       max_model_len=active.max_model_len if active is not None else None)]
+    pool = service.pool
+    cards = []
+    for name, model in sorted(service.router.routable_names().items(), key=lambda item: (item[0] != pool.model_name, item[0])):
+        served = pool.resident.get(model)
+        state = "loaded" if served is not None else "loading" if model in pool.loads else "on_demand"
+        shown = pool.served_name(served) if served is not None else model
+        cards.append(ModelCard(id=name, created=int(served.loaded_at) if served is not None else service.created,
+                               max_model_len=served.max_model_len if served is not None else None, state=state,
+                               model=shown if shown != name else None))
+    if not cards:  # starting: the configured model, not loaded yet
+        cards.append(ModelCard(id=pool.model_name, created=service.created, state="loading"))
     return Response(ModelList(data=cards).model_dump_json(), media_type="application/json")

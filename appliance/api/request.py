@@ -41,9 +41,12 @@ def parse(model: type[BaseModel], data: dict):
 
 
 async def read_request(request: Request, model: type[BaseModel]):
-    """The validated body of an API request."""
+    """The validated body of an API request (read once: a fallback after a failure runs the route again)."""
     service: Service = request.app.state.service
-    return parse(model, await read_json(request, service.config.max_request_body_bytes))
+    data = getattr(request.state, "body", None)
+    if data is None:
+        data = request.state.body = await read_json(request, service.config.max_request_body_bytes)
+    return parse(model, data)
 
 
 def api_key(request: Request) -> str | None:
@@ -65,5 +68,6 @@ async def admit(request: Request, id_prefix: str, endpoint: str, model: str) -> 
     service: Service = request.app.state.service
     ctx = request.state.context = RequestContext(service.new_request_id(id_prefix), endpoint, model,
                                                  span=getattr(request.state, SPAN_STATE, None))
-    await service.admission.authorize(api_key(request), model, ctx, client_address(request))
+    avoid = frozenset(getattr(request.state, "failed_models", ()))  # failed before their first token (api/fallback.py)
+    await service.admission.authorize(api_key(request), model, ctx, client_address(request), avoid)
     return ctx

@@ -25,7 +25,7 @@ from appliance.serving.service import Service
 async def served_for(request: Request, model: str | None) -> ServedModel:
     service: Service = request.app.state.service
     await service.admission.authorize(api_key(request), model, client=client_address(request))
-    return service.pool.resolve(model)
+    return service.router.resolve(model)
 
 
 def tokenizer_of(served: ServedModel):

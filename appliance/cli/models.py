@@ -55,6 +55,7 @@ def format_status(s: dict, cost: dict | None = None) -> str:
         f"latency   TTFT p50 {ms(engine['ttft_s']['p50'])} p99 {ms(engine['ttft_s']['p99'])}; "
         f"ITL p50 {ms(engine['itl_s']['p50'])} p99 {ms(engine['itl_s']['p99'])}",
     ]
+    lines.extend(engine_lines(s.get("engines") or []))
     lines.extend(cost_lines(cost or s.get("cost")))
     lines.extend(listener_lines(s.get("listeners")))
     if service.get("task"):
@@ -76,6 +77,15 @@ def format_status(s: dict, cost: dict | None = None) -> str:
         lines.append(f"health    {verdict} (checked {health['checked_at']})")
         lines.extend(f"          {p}" for p in health["problems"])
     return "\n".join(lines)
+
+
+def engine_lines(engines: list[dict]) -> list[str]:
+    """With several models loaded, a line for each: its queue, KV cache, tokens/s and TTFT."""
+    if len(engines) < 2:
+        return []
+    return [f"  {e['model']}{' (default)' if e['default'] else ''}: {e['running']} running, {e['waiting']} waiting; "
+            f"kv {e['kv_usage']:.0%}; {e['generation_tokens_per_s']:.1f} tok/s out; "
+            f"TTFT p50 {ms(e['ttft_s']['p50'])}" for e in engines]
 
 
 def cost_lines(cost: dict | None) -> list[str]:
@@ -136,7 +146,7 @@ def gib(value) -> str:
 
 
 def add_models_commands(commands) -> None:
-    models = commands.add_parser("models", help="list, pull, import, delete and load (hot swap) models")
+    models = commands.add_parser("models", help="list, pull, import, delete, load, unload and pin models")
     models.set_defaults(handler=lambda args: show_help(models))
     sub = models.add_subparsers(title="model commands", metavar="COMMAND")
     common = control_options()
@@ -159,14 +169,29 @@ def add_models_commands(commands) -> None:
     delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     delete.set_defaults(handler=models_delete)
 
-    load = sub.add_parser("load", parents=[common], help="serve another model (hot swap: requests keep flowing)")
-    load.add_argument("name")
-    load.add_argument("--no-wait", action="store_true", help="start the swap and return")
-    load.set_defaults(handler=models_load)
+    load = task_command(sub, common, "load", models_load, "load a model next to the loaded ones, or in place of one "
+                        "(--replace: a hot swap, requests keep flowing)")
+    load.add_argument("--replace", metavar="OLD", help="the loaded model it replaces (its names then reach NAME)")
+    task_command(sub, common, "unload", models_unload, "let a loaded model finish its requests, then stop it")
+
+    pin = sub.add_parser("pin", parents=[common], help="never evict a model to make room (until a restart; "
+                         "pinned = true in [models.NAME] keeps it)")
+    pin.add_argument("name")
+    pin.add_argument("--off", action="store_true", help="unpin: it may be evicted when idle")
+    pin.set_defaults(handler=models_pin)
 
     install = sub.add_parser("install-default", parents=[store_options()],
                              help="install the embedded default model (SmolLM2-135M) without the service")
     install.set_defaults(handler=models_install_default)
+
+
+def task_command(sub, common, name: str, handler, help_text: str):
+    """A command on one model that runs as a task in the service, followed to its end unless --no-wait."""
+    command = sub.add_parser(name, parents=[common], help=help_text)
+    command.add_argument("name")
+    command.add_argument("--no-wait", action="store_true", help=f"start the {name} and return")
+    command.set_defaults(handler=handler)
+    return command
 
 
 def models_list(args) -> int:
@@ -177,10 +202,26 @@ def models_list(args) -> int:
     if not answer["models"]:
         print("No models in the store. Add one: appliance models pull REPO or appliance models import PATH")
         return 0
-    rows = [[m["name"], "*" if m["loaded"] else "", gib(m["size_bytes"]) + " GiB", m["architecture"] or "-",
-             m["dtype"] or "-", m["source"], (m["revision"] or "-")[:12]] for m in answer["models"]]
-    print(format_table(["NAME", "LOADED", "SIZE", "ARCHITECTURE", "DTYPE", "SOURCE", "REVISION"], rows))
+    rows = [[m["name"], pool_state(m), gib(m["size_bytes"]) + " GiB" if m.get("size_bytes") else "-",
+             gib((m["memory"] or {}).get("total_bytes")) + " GiB" if m["memory"] else "-",
+             m.get("architecture") or "-", m.get("dtype") or "-", m.get("source") or m.get("path") or "-",
+             (m.get("revision") or "-")[:12]] for m in answer["models"]]
+    print(format_table(["NAME", "STATE", "SIZE", "MEMORY", "ARCHITECTURE", "DTYPE", "SOURCE", "REVISION"], rows))
+    memory = answer["memory"]
+    budget = f" of a {gib(memory['budget_bytes'])} GiB budget" if memory["budget_bytes"] else ""
+    print(f"memory: {gib(sum(memory['used_bytes'].values()))} GiB planned for {len(memory['used_bytes'])} loaded "
+          f"model(s){budget}, {gib(memory['free_bytes'])} GiB free")
     return 0
+
+
+def pool_state(model: dict) -> str:
+    """resident / loading / on_demand / stored, with default, pinned and idle time."""
+    marks = [m for m in ("default", "pinned") if model.get(m)]
+    if model.get("idle_s") is not None and not model.get("default"):
+        marks.append(f"idle {duration(model['idle_s'])}")
+    if model.get("load_error"):
+        marks.append("last load failed")
+    return model["state"] + (f" ({', '.join(marks)})" if marks else "")
 
 
 def models_pull(args) -> int:
@@ -192,10 +233,27 @@ def models_import(args) -> int:
 
 
 def models_load(args) -> int:
-    task = call(args, "load_model", args.name)
+    return follow_unless(args, call(args, "load_model", args.name, args.replace))
+
+
+def models_unload(args) -> int:
+    return follow_unless(args, call(args, "unload_model", args.name))
+
+
+def follow_unless(args, task: dict) -> int:
+    """Follow a task to its end, unless --no-wait."""
     if not args.no_wait:
         return follow(args, task)
     print_json(task) if args.json else print(f"started {task['id']}: follow it with appliance status")
+    return 0
+
+
+def models_pin(args) -> int:
+    answer = call(args, "pin_model", args.name, not args.off)
+    if args.json:
+        print_json(answer)
+    else:
+        print(f"{answer['name']} is {'pinned: never evicted' if answer['pinned'] else 'unpinned: evicted when idle and room is needed'}")
     return 0
 
 

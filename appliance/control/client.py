@@ -189,9 +189,17 @@ class ControlClient:
     def delete_model(self, name: str) -> dict:
         return self.request("DELETE", f"/v1/models/{name}")
 
-    def load_model(self, name: str) -> dict:
-        """Start a hot swap; returns the task (follow it with task() or events())."""
-        return self.request("POST", f"/v1/models/{name}/load")
+    def load_model(self, name: str, replace: str | None = None) -> dict:
+        """Load `name` next to the loaded models, or in place of `replace` (a hot swap); returns the
+        task (follow it with task() or events())."""
+        return self.request("POST", f"/v1/models/{name}/load", {"replace": replace} if replace else None)
+
+    def unload_model(self, name: str) -> dict:
+        """Drain and stop a loaded model; returns the task."""
+        return self.request("POST", f"/v1/models/{name}/unload")
+
+    def pin_model(self, name: str, pinned: bool = True) -> dict:
+        return self.request("POST", f"/v1/models/{name}/pin", {"pinned": pinned})
 
     def task(self, task_id: str) -> dict:
         return self.request("GET", f"/v1/tasks/{task_id}")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from appliance.control.events import EventHub
 
-
 log = logging.getLogger("appliance.monitor")
+
 
 class Monitor:
     def __init__(self, service, tasks, telemetry, health_summary, hub: EventHub, history_s: int = 900,
@@ -27,7 +27,7 @@ class Monitor:
         self.hub = hub
         self.interval_s = interval_s
         self.history: deque[dict] = deque(maxlen=int(history_s / interval_s))
-        self._previous: tuple[float, object, str | None] | None = None  # (time, stats, model) of the last tick
+        self._previous: dict[str, tuple] = {}  # model → (time, stats, served model) of the last tick
         self.started = time.monotonic()
 
     async def run(self) -> None:
@@ -69,8 +69,9 @@ class Monitor:
                 "ready_reasons": body["reasons"],
                 "task": task.to_dict() if task is not None else None,
             },
-            "engine": self._engine(now, advance),
         }
+        engines = self._engines(now, advance)
+        snapshot["engine"], snapshot["engines"] = self._engine(engines), engines
         reading = self.telemetry.latest if self.telemetry is not None else None
         snapshot["gpu_status"] = reading["gpu_status"] if reading else "telemetry is starting"
         snapshot["gpus"] = reading["gpus"] if reading else []
@@ -80,38 +81,52 @@ class Monitor:
         snapshot["listeners"] = self.listeners() if self.listeners is not None else None
         return snapshot
 
-    def _engine(self, now: float, advance: bool) -> dict:
-        service = self.service
-        stats = service.engine_stats()
-        model = service.pool.active.name if service.pool.active is not None else None
-        rates = {"prompt_tokens_per_s": 0.0, "generation_tokens_per_s": 0.0}
-        if stats is not None and self._previous is not None:
-            then, before, before_model = self._previous
-            elapsed = now - then
-            if before_model == model and elapsed > 0:  # a swap restarts the counters
-                rates = {
-                    "prompt_tokens_per_s": (stats.prompt_tokens_total - before.prompt_tokens_total) / elapsed,
-                    "generation_tokens_per_s": (stats.generation_tokens_total - before.generation_tokens_total) / elapsed,
-                }
-        if stats is not None and advance:
-            self._previous = (now, stats, model)
-        engine = {
-            "model": model,
-            "waiting": stats.num_waiting if stats else 0,
-            "running": stats.num_running if stats else 0,
-            "kv_blocks_used": stats.kv_blocks_used if stats else 0,
-            "kv_blocks_total": stats.kv_blocks_total if stats else 0,
-            "kv_usage": stats.kv_usage if stats else 0.0,
-            "prefix_cache_hit_rate": (stats.prefix_cache_hits / stats.prefix_cache_queries
-                                      if stats and stats.prefix_cache_queries else None),
-            "preemptions": stats.num_preemptions if stats else 0,
-            "prompt_tokens_total": stats.prompt_tokens_total if stats else 0,
-            "generation_tokens_total": stats.generation_tokens_total if stats else 0,
-            "execution": stats.execution if stats else None,
-            **rates,
-        }
-        engine.update(service.window.summary())
+    def _engines(self, now: float, advance: bool) -> list[dict]:
+        """One entry per resident model, the default first: its queue, KV cache, rates and latencies."""
+        pool = self.service.pool
+        models = sorted(pool.resident.values(), key=lambda m: (m.name != pool.default, m.name))
+        engines = []
+        for served in models:
+            stats = served.async_engine.stats()
+            rates = {"prompt_tokens_per_s": 0.0, "generation_tokens_per_s": 0.0}
+            before = self._previous.get(served.name)
+            if before is not None and before[2] is served and now > before[0]:  # a reload restarts the counters
+                then, old, _ = before
+                rates = {"prompt_tokens_per_s": (stats.prompt_tokens_total - old.prompt_tokens_total) / (now - then),
+                         "generation_tokens_per_s":
+                             (stats.generation_tokens_total - old.generation_tokens_total) / (now - then)}
+            if advance:
+                self._previous[served.name] = (now, stats, served)
+            engines.append({**engine_fields(served.name, stats), **rates, **served.window.summary(),
+                            "default": served.name == pool.default, "pinned": served.name in pool.pinned})
+        if advance:
+            self._previous = {name: seen for name, seen in self._previous.items() if name in pool.resident}
+        return engines
+
+    def _engine(self, engines: list[dict]) -> dict:
+        """The default model's engine with the service's own request window (the totals line)."""
+        default = next((e for e in engines if e["default"]), None)
+        engine = dict(default) if default is not None else {
+            **engine_fields(None, None), "prompt_tokens_per_s": 0.0, "generation_tokens_per_s": 0.0}
+        engine.update(self.service.window.summary())
         return engine
+
+
+def engine_fields(model: str | None, stats) -> dict:
+    return {
+        "model": model,
+        "waiting": stats.num_waiting if stats else 0,
+        "running": stats.num_running if stats else 0,
+        "kv_blocks_used": stats.kv_blocks_used if stats else 0,
+        "kv_blocks_total": stats.kv_blocks_total if stats else 0,
+        "kv_usage": stats.kv_usage if stats else 0.0,
+        "prefix_cache_hit_rate": (stats.prefix_cache_hits / stats.prefix_cache_queries
+                                  if stats and stats.prefix_cache_queries else None),
+        "preemptions": stats.num_preemptions if stats else 0,
+        "prompt_tokens_total": stats.prompt_tokens_total if stats else 0,
+        "generation_tokens_total": stats.generation_tokens_total if stats else 0,
+        "execution": stats.execution if stats else None,
+    }
 
 
 class HealthSummary:

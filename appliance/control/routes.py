@@ -8,72 +8,20 @@ key store / model store / hot swap, answer. Errors are APIError, rendered as {"e
 import asyncio
 import json
 from datetime import datetime
-from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from appliance.control.audit import AuditLog
 from appliance.errors import APIError
 from appliance.keys.records import UPDATABLE
-from appliance.control.events import EventHub
 from appliance.ops.health import load_report
-from appliance.serving.hot_swap import SwapError, hot_swap
-from appliance.control.logbuffer import LogBuffer
-from appliance.control.monitor import Monitor
-from appliance.control.peer import AccessPolicy, Peer
-from appliance.serving.service import Service
-from appliance.control.tasks import Tasks
+from appliance.control.model_routes import model_routes
+from appliance.control.peer import AccessPolicy
+from appliance.control.plane import ControlPlane, body, int_param, plane
 
 KEY_FIELDS = UPDATABLE  # what a key record may be given; the key store owns the list
-
-
-class ControlPlane:
-    """What the control routes act on; one per serve process."""
-
-    def __init__(self, service: Service, models, monitor: Monitor, tasks: Tasks, hub: EventHub,
-                 audit: AuditLog, logs: LogBuffer, policy: AccessPolicy):
-        self.service, self.models, self.monitor, self.tasks = service, models, monitor, tasks
-        self.hub, self.audit, self.logs, self.policy = hub, audit, logs, policy
-
-    def record(self, request: Request, action: str, target: str | None, details: dict | None = None) -> None:
-        self.audit.record(peer(request), action, target, details)
-
-
-def peer(request: Request) -> Peer | None:
-    return request.scope.get("state", {}).get("peer")
-
-
-def plane(request: Request) -> ControlPlane:
-    return request.app.state.plane
-
-
-async def body(request: Request) -> dict:
-    raw = await request.body()
-    if not raw:
-        return {}
-    try:
-        data = json.loads(raw)
-    except ValueError as e:
-        raise APIError(400, f"the request body is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise APIError(400, "the request body must be a JSON object")
-    return data
-
-
-def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    text = request.query_params.get(name)
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise APIError(400, f"{name} must be an integer, got {text!r}", param=name) from None
-    if not low <= value <= high:
-        raise APIError(400, f"{name} must be between {low} and {high}, got {value}", param=name)
-    return value
 
 
 # -- status and events ---------------------------------------------------------------------------
@@ -186,101 +134,6 @@ async def key_usage(request: Request) -> Response:
     return JSONResponse({"key_id": key_id, "days": [d.to_dict() for d in usage]})
 
 
-# -- models --------------------------------------------------------------------------------------
-async def store_call(fn, *args, **kwargs):
-    from appliance.models.store import ModelStoreError
-
-    try:
-        return await asyncio.to_thread(fn, *args, **kwargs)
-    except ModelStoreError as e:
-        raise APIError(e.status, e.message) from None
-
-
-async def list_models(request: Request) -> Response:
-    control = plane(request)
-    loaded = control.service.pool.loaded_names
-    infos = await store_call(control.models.list)
-    models = [{**info.to_dict(), "loaded": info.name in loaded} for info in infos]
-    task = control.tasks.running()
-    active = control.service.pool.active
-    return JSONResponse({"models": models, "loaded": active.name if active else None,
-                         "task": task.to_dict() if task else None})
-
-
-def start_task(request: Request, kind: str, target: str, work) -> Response:
-    control = plane(request)
-    running = control.tasks.running(kind)  # one of each kind at a time: a long pull must not block a swap
-    if running is not None:
-        raise APIError(409, f"{running.kind} of {running.target} is still running ({running.id}); "
-                            "wait for it to finish")
-    who = peer(request)
-    task = control.tasks.start(kind, target, who.user if who else None, work)
-    return JSONResponse(task.to_dict(), status_code=202)
-
-
-async def pull_model(request: Request) -> Response:
-    control = plane(request)
-    data = await body(request)
-    repo = data.get("repo")
-    if not isinstance(repo, str) or "/" not in repo:
-        raise APIError(400, "repo must be a Hugging Face repository id such as HuggingFaceTB/SmolLM2-135M-Instruct",
-                       param="repo")
-    revision = data.get("revision") or "main"
-
-    async def work(progress):
-        info = await store_call(control.models.pull, repo, revision, data.get("name"), progress)
-        return info.to_dict()
-
-    response = start_task(request, "pull", f"{repo}@{revision}", work)
-    control.record(request, "model.pull", repo, {"revision": revision, "name": data.get("name")})
-    return response
-
-
-async def import_model(request: Request) -> Response:
-    control = plane(request)
-    data = await body(request)
-    path = data.get("path")
-    if not isinstance(path, str) or not path:
-        raise APIError(400, "path must name a model folder or a .gguf file on the server", param="path")
-
-    async def work(progress):
-        info = await store_call(control.models.import_path, Path(path), data.get("name"), progress)
-        return info.to_dict()
-
-    response = start_task(request, "import", path, work)
-    control.record(request, "model.import", path, {"name": data.get("name")})
-    return response
-
-
-async def delete_model(request: Request) -> Response:
-    control = plane(request)
-    name = request.path_params["name"]
-    await store_call(control.models.delete, name, control.service.pool.loaded_names)
-    control.record(request, "model.delete", name)
-    return JSONResponse({"deleted": name})
-
-
-async def load_model(request: Request) -> Response:
-    control = plane(request)
-    name = request.path_params["name"]
-    info = await store_call(control.models.get, name)
-    active = control.service.pool.active
-    if active is not None and active.name == name:
-        raise APIError(409, f"{name} is already the loaded model")
-
-    async def work(progress):
-        try:
-            result = await hot_swap(control.service, name, info.path, progress)
-        except SwapError as e:
-            raise RuntimeError(e.message) from None
-        control.service.pool.remember_loaded(name)
-        return result
-
-    response = start_task(request, "load", name, work)
-    control.record(request, "model.load", name)
-    return response
-
-
 async def get_task(request: Request) -> Response:
     task = plane(request).tasks.get(request.path_params["task_id"])
     if task is None:
@@ -343,11 +196,7 @@ def build_control_app(control: ControlPlane) -> Starlette:
         Route("/v1/keys/{key_id}", update_key, methods=["PATCH"]),
         Route("/v1/keys/{key_id}/revoke", revoke_key, methods=["POST"]),
         Route("/v1/keys/{key_id}/usage", key_usage),
-        Route("/v1/models", list_models),
-        Route("/v1/models/pull", pull_model, methods=["POST"]),
-        Route("/v1/models/import", import_model, methods=["POST"]),
-        Route("/v1/models/{name}", delete_model, methods=["DELETE"]),
-        Route("/v1/models/{name}/load", load_model, methods=["POST"]),
+        *model_routes(),
         Route("/v1/tasks/{task_id}", get_task),
         Route("/v1/health", health),
         Route("/v1/logs", logs),

@@ -20,61 +20,68 @@ ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.
 LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
 
 
-class _EngineCollector:
-    """Reads EngineStats when Prometheus scrapes; nothing to update per step."""
+ENGINE_FAMILIES = (  # (family, name, help, EngineStats field), as vLLM names them
+    (GaugeMetricFamily, "vllm:num_requests_running", "Number of requests in model execution batches.", "num_running"),
+    (GaugeMetricFamily, "vllm:num_requests_waiting", "Number of requests waiting to be processed.", "num_waiting"),
+    (GaugeMetricFamily, "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", "kv_usage"),
+    (CounterMetricFamily, "vllm:prompt_tokens", "Number of prefill tokens processed.", "prompt_tokens_total"),
+    (CounterMetricFamily, "vllm:generation_tokens", "Number of generation tokens processed.", "generation_tokens_total"),
+    (CounterMetricFamily, "vllm:num_preemptions", "Cumulative number of preemptions from the engine.", "num_preemptions"),
+    (CounterMetricFamily, "vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried blocks.",
+     "prefix_cache_queries"),
+    (CounterMetricFamily, "vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached blocks.",
+     "prefix_cache_hits"),
+)
 
-    def __init__(self, stats: Callable[[], object | None], model_name: Callable[[], str]):
-        self._stats = stats
-        self._model_name = model_name
+
+class _EngineCollector:
+    """Reads each loaded model's EngineStats when Prometheus scrapes; nothing to update per step."""
+
+    def __init__(self, engines: Callable[[], list[tuple[str, object]]]):
+        self._engines = engines  # (model_name, stats) of every loaded model
 
     def collect(self):
-        stats = self._stats()
-        model = self._model_name()
+        engines = self._engines()
         labels = ["model_name"]
 
-        def gauge(name, doc, value):
-            g = GaugeMetricFamily(name, doc, labels=labels)
-            g.add_metric([model], value)
-            return g
+        def family(kind, name, doc, value):
+            f = kind(name, doc, labels=labels)
+            for model, stats in engines:
+                f.add_metric([model], value(stats))
+            return f
 
-        def counter(name, doc, value):
-            c = CounterMetricFamily(name, doc, labels=labels)
-            c.add_metric([model], value)
-            return c
-
-        if stats is None:
+        if not engines:
             return
-        yield gauge("vllm:num_requests_running", "Number of requests in model execution batches.", stats.num_running)
-        yield gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", stats.num_waiting)
-        yield gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", stats.kv_usage)
-        yield counter("vllm:prompt_tokens", "Number of prefill tokens processed.", stats.prompt_tokens_total)
-        yield counter("vllm:generation_tokens", "Number of generation tokens processed.", stats.generation_tokens_total)
-        yield counter("vllm:num_preemptions", "Cumulative number of preemptions from the engine.", stats.num_preemptions)
-        yield counter("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried blocks.", stats.prefix_cache_queries)
-        yield counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached blocks.", stats.prefix_cache_hits)
+        for kind, name, doc, field in ENGINE_FAMILIES:
+            yield family(kind, name, doc, lambda stats: getattr(stats, field))
         info = GaugeMetricFamily(
             "vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
             labels=["block_size", "num_gpu_blocks", "model_name"],
         )
-        info.add_metric([str(stats.block_size), str(stats.kv_blocks_total), model], 1.0)
+        names = ["device", "dtype", "attention_backend", "fused_layers", "cuda_graphs"]
+        path = GaugeMetricFamily(
+            "appliance_engine_execution_info",
+            "What runs the model: device, dtype, attention backend, fused layers, CUDA graphs.",
+            labels=[*names, "model_name"],
+        )
+        for model, stats in engines:
+            info.add_metric([str(stats.block_size), str(stats.kv_blocks_total), model], 1.0)
+            if stats.execution is not None:
+                path.add_metric([str(stats.execution[n]).lower() for n in names] + [model], 1.0)
         yield info
-        if stats.execution is not None:
-            names = ["device", "dtype", "attention_backend", "fused_layers", "cuda_graphs"]
-            path = GaugeMetricFamily(
-                "appliance_engine_execution_info",
-                "What runs the model: device, dtype, attention backend, fused layers, CUDA graphs.",
-                labels=[*names, "model_name"],
-            )
-            path.add_metric([str(stats.execution[n]).lower() for n in names] + [model], 1.0)
-            yield path
+        yield path
 
 
 class Metrics:
-    def __init__(self, stats: Callable[[], object | None], model_name: Callable[[], str]):
+    def __init__(self, engines: Callable[[], list[tuple[str, object]]]):
         disable_created_metrics()  # as vLLM does: no *_created series
         self.registry = CollectorRegistry()
-        self.registry.register(_EngineCollector(stats, model_name))
+        self.registry.register(_EngineCollector(engines))
         r = self.registry
+        self.fallbacks = Counter(
+            "appliance_fallbacks", "Requests another model answered: from, to, and why (not_ready, overloaded, failed).",
+            ["from", "to", "reason"], registry=r,
+        )
         self.request_success = Counter(
             "vllm:request_success", "Count of successfully processed requests.",
             ["model_name", "finished_reason"], registry=r,
@@ -118,6 +125,9 @@ class Metrics:
             "appliance_trace_spans_dropped", "Trace spans dropped: the export queue was full or the collector refused them.",
             ["reason"], registry=r,
         )
+
+    def count_fallback(self, from_: str, to: str, reason: str) -> None:
+        self.fallbacks.labels(from_, to, reason).inc()
 
     def count_dropped_spans(self, reason: str, spans: int) -> None:
         self.spans_dropped.labels(reason).inc(spans)

@@ -1,11 +1,12 @@
 """Admission, the first stage of a request: the key (401/403), its networks (403), the model (404/403),
-the limits (429).
+the limits (429). Routing (routing.py) picks the model, or its fallback.
 
 A wrong key counts against the client address's lock-out (appliance/serving/lockout.py). It ends
 with the request admitted to one served model, where it stays to the end.
 """
 
 import asyncio
+import time
 
 from appliance.errors import APIError
 from appliance.keys import AuthError, KeyStore, RateLimited
@@ -13,22 +14,27 @@ from appliance.serving.context import RequestContext
 from appliance.serving.lockout import AuthLockout
 from appliance.serving.pool import ModelPool
 from appliance.serving.readiness import Readiness
+from appliance.serving.routing import Router
 
 
 class Admission:
-    def __init__(self, keys: KeyStore | None, pool: ModelPool, readiness: Readiness, lockout: AuthLockout):
+    def __init__(self, keys: KeyStore | None, pool: ModelPool, readiness: Readiness, lockout: AuthLockout,
+                 router: Router):
         self.keys = keys
         self.pool = pool
+        self.router = router
         self.readiness = readiness
         self.lockout = lockout
 
     async def authorize(self, api_key: str | None, model: str | None, ctx: RequestContext | None = None,
-                        client: str | None = None):
+                        client: str | None = None, avoid: frozenset[str] = frozenset()):
         """Check the key and the client address (`client`) it is used from, then (when `model` is
-        given) route and check limits. Returns the key record."""
+        given) route, skipping the models in `avoid` (they failed this request), and check limits.
+        Returns the key record."""
         retry = self.pool.config.retry_after_s
-        if self.pool.swap is None:  # during a swap, routing waits for it instead of refusing
-            self.readiness.check_accepting()
+        self.readiness.check_draining()
+        if not self.pool.resident and self.pool.swap is None:  # starting, or failed: refused before the key
+            self.pool.check_loaded()
         if self.keys is None:
             raise APIError(503, "the key store is not available", retry_after_s=retry)
         try:
@@ -44,19 +50,24 @@ class Admission:
                                 f"limited to {', '.join(record.allowed_networks)}; call from there, or widen the "
                                 "key's networks (appliance keys update --networks)", code="network_not_allowed")
         if model is not None:
-            await self.pool.wait_for_swap(model)
-            self.readiness.check_accepting()
-            served = self.pool.resolve(model)
-            if ctx is not None:  # before the next await: a sequential swap's drain must wait for this request
-                ctx.served = served
-                served.admitted.add(ctx)
-            try:
-                await asyncio.to_thread(self.keys.check_request, record, self.pool.served_name(served))
-            except (AuthError, RateLimited) as e:
-                if ctx is not None:
-                    ctx.served = None
-                    served.admitted.discard(ctx)
-                if isinstance(e, RateLimited):
-                    raise APIError(429, e.message, code="rate_limit_exceeded", retry_after_s=e.retry_after_s) from None
-                raise APIError(e.status, e.message, param="model", code="model_not_allowed") from None
+            await self._admit(record, model, ctx, avoid)
         return record
+
+    async def _admit(self, record, model: str, ctx: RequestContext | None, avoid: frozenset[str]) -> None:
+        """Route the request to a model and count it against the key's limits under the name it sent."""
+        route = await self.router.route(model, record.allowed_models, avoid)
+        self.readiness.check_draining()
+        served = route.served
+        served.last_used = time.monotonic()
+        if ctx is not None:  # before the next await: a swap's or an unload's drain must wait for this request
+            ctx.served, ctx.fallback, ctx.allowed_models = served, route.fallback, record.allowed_models
+            served.admitted.add(ctx)
+        try:
+            await asyncio.to_thread(self.keys.check_request, record, model)
+        except (AuthError, RateLimited) as e:
+            if ctx is not None:
+                ctx.served = None
+                served.admitted.discard(ctx)
+            if isinstance(e, RateLimited):
+                raise APIError(429, e.message, code="rate_limit_exceeded", retry_after_s=e.retry_after_s) from None
+            raise APIError(e.status, e.message, param="model", code="model_not_allowed") from None

@@ -2,7 +2,9 @@
 
 The canary drives /ready (and checks a hot-swapped model before it takes traffic). The fault switch
 (APPLIANCE_FAULT_STALL_ENGINE=1 or <state_dir>/fault-stall-engine) holds the engine thread still so
-that tests and on-call drills can watch the systemd watchdog restart a hung service.
+that tests and on-call drills can watch the systemd watchdog restart a hung service; a file per
+model (<state_dir>/fault-fail-model-NAME) makes that model's requests fail before their first token,
+so a drill can watch its fallback answer.
 """
 
 import asyncio
@@ -40,6 +42,13 @@ class FaultInjection:
     def __init__(self, switch_file: Path):
         self.switch_file = switch_file
         self._stall: asyncio.Future | None = None
+
+    def fail_file(self, model: str) -> Path:
+        """While this file exists, requests on `model` fail before their first token (fallback drills)."""
+        return self.switch_file.with_name(f"fault-fail-model-{model}")
+
+    def failing(self, model: str) -> bool:
+        return self.fail_file(model).exists()
 
     @property
     def stalling(self) -> bool:

@@ -24,6 +24,8 @@ class RequestContext:
     status: str = "ok"
     constraint: str | None = None  # the grammar the output was held to, for the log line
     served: ServedModel | None = None  # the model the request was admitted to
+    fallback: object | None = None  # routing.Fallback: why another model than its own answered
+    allowed_models: list[str] | None = None  # its key's, for a fallback after a failure
     busy_s: float = 0.0  # its share of the box's busy time (ops.cost.BusyClock): what its cost is shared by
     span: object | None = None  # its trace span (ops.tracing), when traces are on
     accounted: bool = False  # finish() ran: usage recorded, the request log line written

@@ -36,7 +36,10 @@ class EngineStream:
         `param_names` maps the engine's parameter names to the request's fields for its 400s.
         """
         served = ctx.served
-        self.readiness.check_accepting()
+        self.readiness.check_draining()
+        if self.readiness.fault.failing(served.name):
+            raise APIError(500, f"fault injection: {served.name} fails before its first token "
+                                f"(remove {self.readiness.fault.fail_file(served.name)})", code="engine_error")
         if served.retired:
             raise APIError(503, f"the model {served.name} was swapped out before this request started; retry",
                            code="model_swapped", retry_after_s=1)
@@ -86,5 +89,6 @@ class EngineStream:
                 elapsed = time.monotonic() - start
                 self.metrics.observe_request(self.pool.served_name(served), finish or "abort", queue, ttft, elapsed, gaps)
                 self.window.observe(ttft, gaps)
+                served.window.observe(ttft, gaps)
                 if ctx.ttft_s is None:
                     ctx.ttft_s, ctx.queue_time_s = ttft, queue

@@ -8,22 +8,18 @@ it in the sequential case) and the task reports why.
 """
 
 import asyncio
-import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from collections.abc import Callable
-
+from appliance.serving import memory_plan
 from appliance.serving.served_model import ServedModel, drain_requests
 from appliance.serving.service import Service
 
 Progress = Callable[[dict], None]  # called with {"stage", "fraction", "message"} as the swap advances
 
 log = logging.getLogger("appliance.hot_swap")
-
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
-
 
 class SwapError(Exception):
     def __init__(self, status: int, message: str):
@@ -32,64 +28,40 @@ class SwapError(Exception):
         self.message = message
 
 
-def new_engine_config(service: Service, overlap: bool):
+def new_engine_config(service: Service, name: str, old: ServedModel | None, overlap: bool):
     """The engine.EngineConfig for the incoming model."""
-    config = service.pool.engine_config()
-    old = service.pool.active
+    config = service.pool.engine_config(name)
     if overlap and old is not None and config.on_cuda and config.kv_cache_bytes is None and config.num_kv_blocks is None:
-        # Sized from free memory next to the old model, the new cache would get only what the old
-        # one leaves, for good: it gets the old model's size instead.
+        # Replacing a model, the new one gets the old one's cache size unless its own is configured.
         config.kv_cache_bytes = old.engine.kv_cache_bytes
     return config
 
 
-def model_bytes_needed(path: Path, engine_config) -> int:
-    """Weights at the serving dtype plus the KV cache the new engine (its EngineConfig) will allocate."""
-    from engine.config import CPU_KV_CACHE_BYTES
-
-    config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
-    stored = DTYPE_BYTES.get(str(config.get("dtype") or config.get("torch_dtype") or "float32"), 4)
-    serving = DTYPE_BYTES.get(engine_config.dtype, 4)
-    files = path.glob("*.safetensors") if path.is_dir() else [path]
-    weights = sum(f.stat().st_size for f in files) * serving // stored
-    if engine_config.num_kv_blocks is None:
-        return weights + (engine_config.kv_cache_bytes or CPU_KV_CACHE_BYTES)
-    layers = config.get("num_hidden_layers", 0)
-    heads = config.get("num_key_value_heads") or config.get("num_attention_heads", 0)
-    head_dim = config.get("head_dim") or config.get("hidden_size", 0) // max(1, config.get("num_attention_heads", 1))
-    return weights + 2 * layers * heads * head_dim * engine_config.block_size * engine_config.num_kv_blocks * serving
-
-
-def free_memory_bytes(device: str) -> int:
-    if device.startswith("cuda"):
-        import torch
-
-        return torch.cuda.mem_get_info(torch.device(device))[0]
-    import psutil
-
-    return psutil.virtual_memory().available
-
-
-def can_overlap(service: Service, path: Path) -> bool:
+def can_overlap(service: Service, name: str, path: Path, old: ServedModel) -> bool:
     mode = service.config.swap_mode
     if mode != "auto":
         return mode == "overlap"
-    needed = model_bytes_needed(path, new_engine_config(service, overlap=True))
-    return needed * 1.2 < free_memory_bytes(service.config.engine.device)  # headroom for activations
+    config = new_engine_config(service, name, old, overlap=True)
+    need = memory_plan.needs(path, config, service.config.kv_context)
+    return service.pool.plan().refusal(name, need, []) is None
 
 
-async def hot_swap(service: Service, name: str, path: Path, progress: Progress) -> dict:
-    """Make `name` (a model folder at `path`) the served model; see the module docstring."""
+async def hot_swap(service: Service, name: str, path: Path, progress: Progress, replace: str | None = None) -> dict:
+    """Make `name` (a model folder at `path`) serve in place of `replace` (default: the default
+    model); see the module docstring."""
     pool = service.pool
     if pool.swap is not None:
         raise SwapError(409, f"a model load is already in progress ({pool.swap.target}); wait for it to finish")
     if service.readiness.draining:
         raise SwapError(503, "the service is shutting down")
-    old = pool.active
-    if old is not None and old.name == name:
-        raise SwapError(409, f"{name} is already the loaded model")
-    sequential = old is not None and not await asyncio.to_thread(can_overlap, service, path)
-    pool.begin_swap(name, sequential)
+    replace = replace or pool.default
+    old = pool.resident.get(replace) if replace is not None else None
+    if replace is not None and old is None and pool.state == "ready":
+        raise SwapError(404, f"{replace} is not loaded; `appliance models list` shows what is")
+    if name in pool.resident:
+        raise SwapError(409, f"{name} is already loaded")
+    sequential = old is not None and not await asyncio.to_thread(can_overlap, service, name, path, old)
+    pool.begin_swap(name, old, sequential)
     timeout = service.config.swap_drain_timeout_s
     started = time.monotonic()
     ended = 0
@@ -100,26 +72,29 @@ async def hot_swap(service: Service, name: str, path: Path, progress: Progress) 
             ended = await drain_requests(old, timeout, f"the model {old.name} is being replaced and the swap's "
                                                        "drain timeout ended this request; retry", admitted=True)
             pool.take_down(old)
-            await asyncio.to_thread(old.stop)
+            await pool.stop_model(old)
+            pool.stopped(old)
         progress({"stage": "loading", "fraction": 0.1,
                   "message": f"loading {name}" + (f" while {old.name} serves" if old and not sequential else "")})
         try:
-            new = await _load_and_check(service, name, path, progress, new_engine_config(service, not sequential))
+            new = await _load_and_check(service, name, path, progress, new_engine_config(service, name, old, not sequential))
         except Exception as e:
             if sequential:
                 progress({"stage": "restoring", "message": f"{name} failed to load; reloading {old.name}"})
                 await _restore(service, old)
-            raise SwapError(400, f"{name} could not be loaded, {old.name if old else 'nothing'} keeps serving: {e}") from None
-        pool.switch_to(new)
-        service.readiness.passed()
-        log.info("hot swap: now serving %s", name)
+            raise SwapError(400, f"{name} could not be loaded, {old.name if old else 'nothing'} keeps serving: "
+                                 f"{getattr(e, 'message', e)}") from None
+        pool.switch_to(new, old)
+        if new.name == pool.default:
+            service.readiness.passed()
+        log.info("hot swap: %s serves in place of %s", name, old.name if old else "nothing")
         if not sequential and old is not None:
             progress({"stage": "draining", "fraction": 0.9, "message": f"{name} serves new requests; waiting for "
                       f"{len(old.inflight)} in-flight requests on {old.name}"})
             ended = await drain_requests(old, timeout, f"the model {old.name} was replaced and the swap's drain "
                                                        "timeout ended this request; retry", admitted=True)
             old.retire()
-            await asyncio.to_thread(old.stop)
+            await pool.stop_model(old)
             pool.stopped(old)
         progress({"stage": "done", "fraction": 1.0, "message": f"serving {name}"})
         return {"loaded": name, "previous": old.name if old else None, "mode": "sequential" if sequential else "overlap",
@@ -129,18 +104,18 @@ async def hot_swap(service: Service, name: str, path: Path, progress: Progress) 
 
 
 async def _load_and_check(service: Service, name: str, path: Path, progress: Progress, config) -> ServedModel:
-    new = await asyncio.to_thread(ServedModel.load, name, path, config)
+    new = await service.pool.load(name, path, set(service.config.model_settings(name).aliases), config)
     progress({"stage": "canary", "fraction": 0.8, "message": f"{name} loaded; checking it generates"})
     error = await service.readiness.canary(new)
     if error is not None:
-        await asyncio.to_thread(new.stop)
+        await service.pool.stop_model(new)
         raise RuntimeError(f"it loaded but a test generation failed: {error}")
     return new
 
 
 async def _restore(service: Service, old: ServedModel) -> None:
     try:
-        served = await asyncio.to_thread(ServedModel.load, old.name, old.path, service.pool.engine_config(), old.aliases)
+        served = await service.pool.load(old.name, old.path, old.aliases)
     except Exception as e:
         service.pool.fail(f"reloading {old.name} after a failed swap: {e}")
         log.error("hot swap: %s", service.pool.load_error)

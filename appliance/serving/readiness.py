@@ -78,12 +78,11 @@ class Readiness:
         """From now on /ready is 503 and new requests are refused."""
         self.draining = True
 
-    def check_accepting(self) -> None:
-        """Raise the 503 a new request gets while draining or without a loaded model."""
+    def check_draining(self) -> None:
+        """Raise the 503 a new request gets while the service drains for shutdown."""
         if self.draining:
             raise APIError(503, "the service is draining for shutdown; retry on another replica or later",
                            code="draining", retry_after_s=self.config.retry_after_s)
-        self.pool.check_loaded()
 
     # -- proof of generation --------------------------------------------------------------------
     def generated(self, now: float) -> None:

@@ -1,4 +1,4 @@
-"""One loaded model with its own engine thread. Two exist at once only during a hot swap.
+"""One loaded model with its own engine thread and KV cache; the pool holds several.
 
 A request is admitted to one ServedModel and stays with it to the end (chat template, engine,
 token texts), so a swap never mixes models inside one request.
@@ -8,6 +8,8 @@ import asyncio
 import time
 import weakref
 from pathlib import Path
+
+from appliance.ops.request_window import RequestWindow
 
 
 class InFlight:
@@ -30,6 +32,8 @@ class ServedModel:
         self.async_engine = async_engine
         self.max_model_len: int = engine.max_model_len
         self.loaded_at = time.time()
+        self.last_used = time.monotonic()  # the last request admitted: idle models are evicted first
+        self.window = RequestWindow()  # this model's latencies, for its engine panel
         self.inflight: dict[str, InFlight] = {}
         self.admitted: weakref.WeakSet = weakref.WeakSet()  # request contexts that may still use it
         self.retired = False  # swapped out: no new engine requests

@@ -21,6 +21,7 @@ from appliance.serving.engine_stream import EngineStream
 from appliance.serving.lockout import AuthLockout
 from appliance.serving.pool import ModelPool
 from appliance.serving.readiness import Readiness
+from appliance.serving.routing import Router
 from appliance.serving.served_model import drain_requests
 from appliance.serving.service_metrics import ServiceCollector
 
@@ -31,11 +32,12 @@ class Service:
         self.keys = keystore
         self.created = int(time.time())
         self.pool = ModelPool(config)
-        self.metrics = Metrics(self.engine_stats, lambda: self.pool.model_name)
+        self.metrics = Metrics(self.engines)
         self.window = RequestWindow()
         self.readiness = Readiness(config, self.pool)
         self.lockout = AuthLockout(config.auth_failures_per_minute, config.auth_lockout_s, self.metrics)
-        self.admission = Admission(keystore, self.pool, self.readiness, self.lockout)
+        self.router = Router(self.pool, lambda f: self.metrics.count_fallback(f.from_, f.to, f.reason))
+        self.admission = Admission(keystore, self.pool, self.readiness, self.lockout, self.router)
         self.busy = BusyClock()
         self.cost = CostLedger(config.state_dir / "cost.db", config.gpu_cost_per_hour, config.currency,
                                config.reference_price_per_million)
@@ -78,8 +80,14 @@ class Service:
         return sum(ended)
 
     def engine_stats(self):
+        """The default model's engine stats (None while it is not loaded)."""
         active = self.pool.active
         return active.async_engine.stats() if active is not None else None
+
+    def engines(self) -> list[tuple[str, object]]:
+        """(model name, engine stats) of every resident model, the default first."""
+        models = sorted(self.pool.resident.values(), key=lambda m: m.name != self.pool.default)
+        return [(self.pool.served_name(m), m.async_engine.stats()) for m in models]
 
     @staticmethod
     def new_request_id(prefix: str) -> str:

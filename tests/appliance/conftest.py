@@ -1,6 +1,7 @@
 """Live-server fixtures: `appliance serve` in a background thread on random ports, with keys; a fake clock."""
 
 import asyncio
+import shutil
 import socket
 import threading
 import time
@@ -19,6 +20,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def put_in_store(models_dir: Path, source: Path, name: str) -> Path:
+    """A model folder copied into a service's store, as `models import` leaves it."""
+    from appliance.models.store import write_manifest
+
+    folder = models_dir / name
+    shutil.copytree(source, folder)
+    write_manifest(folder, name, source="local:test", revision=None)
+    return folder
 
 
 def make_config(model_path: Path, state_dir: Path, **overrides) -> Config:

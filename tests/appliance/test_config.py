@@ -57,6 +57,15 @@ def test_default_path_is_read_only_if_it_exists(tmp_path, monkeypatch):
     ("max_connections = 0\n", "max_connections must be at least 1"),
     ("header_timeout_s = 0\n", "header_timeout_s must be positive"),
     ("auth_failures_per_minute = 0\n", "auth_failures_per_minute must be at least 1"),
+    ("[models.big]\nkv_cach_bytes = 1\n", "'models.big.kv_cach_bytes'"),
+    ("[models.big]\npinned = \"yes\"\n", "models.big.pinned must be true or false"),
+    ("[models.big]\nmax_num_seqs = 0\n", "models.big.max_num_seqs"),
+    ("models = 3\n", "models: must be tables"),
+    ("[routing]\nfallback = {}\n", "'routing.fallback'"),
+    ("[routing.fallbacks]\nchat = \"small\"\n", "routing.fallbacks.chat must be a list of strings"),
+    ("[routing.fallbacks]\nchat = [\"chat\"]\n", "routing.fallbacks.chat: a name cannot fall back to itself"),
+    ("[routing]\nfallback_queue_depth = -1\n", "routing.fallback_queue_depth"),
+    ("keep_alive_s = 0\n", "keep_alive_s must be positive"),
 ])
 def test_errors_name_the_key(tmp_path, text, key):
     path = tmp_path / "bad.toml"
@@ -87,6 +96,19 @@ def test_the_engine_section_is_the_engine_config_and_its_checks_name_the_key(tmp
     assert isinstance(c.engine, EngineConfig) and c.engine.max_num_seqs == 3
     with pytest.raises(ConfigError, match=r"engine\.gpu_memory_fraction: .*\(0, 1\]"):
         load_config(None, {"state_dir": tmp_path, "engine": {"gpu_memory_fraction": 1.5}})
+
+
+def test_models_and_routing_tables(tmp_path):
+    path = tmp_path / "pool.toml"
+    path.write_text('load_on_demand = true\n[engine]\nmax_num_seqs = 8\n'
+                    '[models.big]\npinned = true\nkv_cache_bytes = 1073741824\naliases = ["large"]\n'
+                    '[routing]\nfallback_queue_depth = 16\n[routing.aliases]\nchat-strong = "big"\n'
+                    '[routing.fallbacks]\nchat-strong = ["small"]\n')
+    c = load_config(path, {"state_dir": tmp_path})
+    assert c.load_on_demand and c.model_settings("big").pinned and c.model_settings("big").aliases == ["large"]
+    assert c.model_settings("big").kv_cache_bytes == 1 << 30 and c.model_settings("small").pinned is False
+    assert c.routing.aliases == {"chat-strong": "big"} and c.routing.fallbacks == {"chat-strong": ["small"]}
+    assert c.routing.fallback_queue_depth == 16
 
 
 def test_serve_flags_become_overrides(tmp_path):

@@ -22,7 +22,7 @@ def loaded_marker(table: DataTable, name: str) -> str:
     return str(table.get_row(name)[0])
 
 
-async def test_load_asks_then_swaps_with_live_progress(service, control):
+async def test_swap_asks_then_swaps_with_live_progress(service, control):
     progress: list[tuple[str, str]] = []  # (state, stage) of every progress event the TUI received
 
     def hook(message) -> None:
@@ -33,13 +33,13 @@ async def test_load_asks_then_swaps_with_live_progress(service, control):
     async with app.run_test(size=(100, 30), message_hook=hook) as pilot:
         table = await open_models(pilot, app)
         table.move_cursor(row=table.get_row_index(SECOND_MODEL))
-        await pilot.press("l")
+        await pilot.press("s")
         assert isinstance(app.screen, ConfirmScreen)
         assert "Swap the live model" in text(app.screen.query_one(".question"))
         await pilot.press("n")
         assert control.models()["task"] is None  # "no" changed nothing
 
-        await pilot.press("l", "y")
+        await pilot.press("s", "y")
         await wait_for(pilot, lambda: "Loading tiny-b" in text(app.screen.query_one("#task-title")),
                        what="the progress panel")
         await wait_for(pilot, lambda: app.state.task and app.state.task["state"] == "done", timeout_s=30,

@@ -1,6 +1,7 @@
 """Dashboard: the engine, the host and each GPU, live, with history graphs.
 
-The panels stack: engine, cost, host, then the GPUs (scroll for more than one at 80×24). From 120
+The panels stack: engine (the default model, and the service's totals), one per other loaded model,
+cost, host, then the GPUs (scroll for more than one at 80×24). From 120
 columns the graphs get longer (more seconds of history) and several GPUs sit two abreast.
 """
 
@@ -13,7 +14,7 @@ from textual.widgets import Static
 
 from tui.screens.base import LiveScreen
 from tui.state import ServiceState
-from tui.widgets.panels import CostPanel, EnginePanel, GpuPanel, HostPanel
+from tui.widgets.panels import CostPanel, EnginePanel, GpuPanel, HostPanel, ModelEnginePanel
 
 WIDE_COLUMNS = 120
 
@@ -25,6 +26,7 @@ class DashboardScreen(LiveScreen):
         with VerticalScroll(id="dashboard"):
             yield Static("waiting for the first snapshot from the service…", id="waiting")
             yield EnginePanel(id="engine")
+            yield Vertical(id="models")
             yield CostPanel(id="cost")
             yield HostPanel(id="host")
             yield Static(id="gpu-notice")
@@ -52,20 +54,25 @@ class DashboardScreen(LiveScreen):
             notice.update(f"No GPU: {snapshot.get('gpu_status') or 'the service reports no GPU'}")
         if self._rebuilding:  # new panels are still mounting their widgets; the rebuild draws them
             return
-        indices = [g["index"] for g in gpus]
-        panels = list(self.query_one("#gpus").query(GpuPanel))
-        if [p.index for p in panels] == indices:
+        models = [e["model"] for e in snapshot.get("engines") or [] if not e.get("default")]
+        self._sync("#models", ModelEnginePanel, "model", models, state)
+        self._sync("#gpus", GpuPanel, "index", [g["index"] for g in gpus], state)
+
+    def _sync(self, container_id: str, panel_class: type, key: str, keys: list, state: ServiceState) -> None:
+        """Draw the container's panels, one per key (a model, a GPU); new panels when the set changed."""
+        panels = list(self.query_one(container_id).query(panel_class))
+        if [getattr(p, key) for p in panels] == keys:
             for panel in panels:
                 panel.show(state)
         else:
             self._rebuilding = True
-            self.call_later(self._rebuild_gpu_panels, indices)
+            self.call_later(self._rebuild, container_id, panel_class, keys)
 
-    async def _rebuild_gpu_panels(self, indices: list[int]) -> None:
-        """New panels when the set of GPUs changed (the first snapshot, a driver reload, a GPU lost)."""
-        container = self.query_one("#gpus", Vertical)
-        container.set_class(len(indices) > 1, "-several")
+    async def _rebuild(self, container_id: str, panel_class: type, keys: list) -> None:
+        """New panels when the set changed (the first snapshot, a model loaded or unloaded, a GPU lost)."""
+        container = self.query_one(container_id, Vertical)
+        container.set_class(len(keys) > 1, "-several")
         await container.remove_children()
-        await container.mount_all(GpuPanel(i) for i in indices)
+        await container.mount_all(panel_class(k) for k in keys)
         self._rebuilding = False
         self.show_state(self.app.state)

@@ -1,4 +1,5 @@
-"""Models: what is in the store and which one serves; load (hot swap), pull, import and delete, with live progress."""
+"""Models: what is in the store, which are loaded (resident, on demand, idle) and the memory plan; load beside the
+others, swap in for the default (hot swap), unload, pin, pull, import and delete, with live progress."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from tui.state import ServiceState
 from tui.widgets.confirm import ConfirmScreen
 from tui.widgets.gauge import Gauge
 
-COLUMNS = ("", "Name", "Architecture", "Size", "Revision", "Source", "Added")
-TASK_VERBS = {"load": "Loading", "pull": "Pulling", "import": "Importing"}
+COLUMNS = ("", "Name", "State", "Memory", "Architecture", "Size", "Revision", "Source", "Added")
+TASK_VERBS = {"load": "Loading", "unload": "Unloading", "pull": "Pulling", "import": "Importing"}
 
 
 def revision_text(model: dict) -> str:
@@ -28,10 +29,37 @@ def revision_text(model: dict) -> str:
     return revision[:12] if revision else (requested or fmt.MISSING)
 
 
+def state_text(model: dict) -> str:
+    """resident / loading / on demand / stored, and default, pinned or idle."""
+    state = (model.get("state") or "stored").replace("_", " ")
+    if model.get("default"):
+        state += " · default"
+    if model.get("pinned"):
+        state += " · pinned"
+    elif model.get("idle_s") is not None and not model.get("default"):
+        state += f" · idle {fmt.duration(model['idle_s'])}"
+    return state
+
+
+def plan_text(answer: dict) -> str:
+    """The memory plan in a line: what the loaded models take, what is free, and the budget."""
+    memory = answer.get("memory")
+    if not memory:
+        return ""
+    used = sum((memory.get("used_bytes") or {}).values())
+    budget = f" of a {fmt.size(memory['budget_bytes'])} budget" if memory.get("budget_bytes") else ""
+    on_demand = " · stored models load on their first request" if answer.get("load_on_demand") else ""
+    return (f"Memory: {fmt.size(used)} planned for {len(memory.get('used_bytes') or {})} loaded{budget} · "
+            f"{fmt.size(memory.get('free_bytes'))} free{on_demand}")
+
+
 class ModelsScreen(LiveScreen):
     MODE = "models"
     BINDINGS = [
-        Binding("l", "load", "Load (hot swap)"),
+        Binding("l", "load", "Load beside"),
+        Binding("s", "swap", "Swap for default"),
+        Binding("u", "unload", "Unload"),
+        Binding("n", "pin", "Pin/unpin"),
         Binding("p", "pull", "Pull"),
         Binding("i", "import_model", "Import"),
         Binding("d", "delete", "Delete"),
@@ -43,6 +71,7 @@ class ModelsScreen(LiveScreen):
         table.add_columns(*COLUMNS)
         yield table
         yield Static("", id="models-empty")
+        yield Static("", id="memory-plan")
         with Vertical(id="task"):
             yield Static(id="task-title")
             yield Gauge("progress", label_width=9, id="task-progress")
@@ -62,16 +91,19 @@ class ModelsScreen(LiveScreen):
         selected = self.selected_name()
         self.models = {m["name"]: m for m in answer.get("models") or []}
         self.loaded = answer.get("loaded")
+        self.query_one("#memory-plan", Static).update(plan_text(answer))
         if answer.get("task"):
             self.app.state.update_task(answer["task"])
         table.clear()
         for name, model in self.models.items():
             loaded = name == self.loaded
-            cells = [model.get("architecture") or fmt.MISSING, fmt.size(model.get("size_bytes")), revision_text(model),
+            memory = (model.get("memory") or {}).get("total_bytes")
+            cells = [state_text(model), fmt.size(memory) if memory else fmt.MISSING,
+                     model.get("architecture") or fmt.MISSING, fmt.size(model.get("size_bytes")), revision_text(model),
                      model.get("source") or fmt.MISSING, fmt.day(model.get("created_at"))]
             # Text, not str: DataTable would read a str as Rich markup (names and sources come from outside).
-            table.add_row(Text("●" if loaded else "", style="green"), Text(name, style="bold" if loaded else ""),
-                          *map(Text, cells), key=name)
+            table.add_row(Text("●" if loaded else "○" if model.get("loaded") else "", style="green"),
+                          Text(name, style="bold" if loaded else ""), *map(Text, cells), key=name)
         if selected in self.models:
             table.move_cursor(row=table.get_row_index(selected))
         self._show_empty("" if self.models else "No models in the store yet: press p to pull one from the hub, "
@@ -85,9 +117,12 @@ class ModelsScreen(LiveScreen):
 
     def show_state(self, state: ServiceState) -> None:
         super().show_state(state)
-        loaded = ((state.latest or {}).get("service") or {}).get("loaded_model")
-        if loaded is not None and loaded != self.loaded and self.models:
-            self.reload()  # swapped behind our back (another operator, the CLI): re-mark the table
+        snapshot = state.latest or {}
+        loaded = (snapshot.get("service") or {}).get("loaded_model")
+        resident = {e["model"] for e in snapshot.get("engines") or []}
+        shown = {name for name, m in self.models.items() if m.get("loaded")}
+        if self.models and ((loaded is not None and loaded != self.loaded) or (resident and resident != shown)):
+            self.reload()  # loaded, swapped or evicted behind our back (another operator, the CLI, a request)
         self._show_task(state)
 
     def show_task(self, state: ServiceState) -> None:
@@ -132,19 +167,54 @@ class ModelsScreen(LiveScreen):
         self.reload()
 
     def action_load(self) -> None:
-        name = self.selected_name()
+        name = self._selected_unloaded()
+        if name is not None:
+            self._start(lambda c: c.load_model(name), f"Loading {name}")
+
+    def action_swap(self) -> None:
+        name = self._selected_unloaded()
         if name is None:
-            self.notify("No model selected: pull or import one first (p, i).", severity="warning")
-            return
-        if name == self.loaded:
-            self.notify(f"{name} is already serving.")
             return
         current = self.loaded or "nothing"
         question = (f"Swap the live model from {current} to {name}?\n\n"
                     f"Requests in flight on {current} finish first; new requests wait for {name}. "
                     f"If {name} fails to load, {current} keeps serving.")
-        self.app.push_screen(ConfirmScreen("Load model", question, "Load"),
-                             lambda yes: yes and self._start(lambda c: c.load_model(name), f"Loading {name}"))
+        self.app.push_screen(ConfirmScreen("Swap model", question, "Swap"), lambda yes: yes and self._start(
+            lambda c: c.load_model(name, replace=self.loaded), f"Loading {name}"))
+
+    def _selected_unloaded(self) -> str | None:
+        name = self.selected_name()
+        if name is None:
+            self.notify("No model selected: pull or import one first (p, i).", severity="warning")
+            return None
+        if self.models[name].get("loaded"):
+            self.notify(f"{name} is already loaded.")
+            return None
+        return name
+
+    def action_unload(self) -> None:
+        name = self.selected_name()
+        if name is None or not self.models[name].get("loaded"):
+            self.notify("Select a loaded model to unload.", severity="warning")
+            return
+        if name == self.loaded:
+            self.notify(f"{name} is the default model: swap another in for it instead (s).", severity="warning")
+            return
+        question = f"Unload {name}?\n\nIts requests in flight finish first; then its memory is freed."
+        self.app.push_screen(ConfirmScreen("Unload model", question, "Unload"),
+                             lambda yes: yes and self._start(lambda c: c.unload_model(name), f"Unloading {name}"))
+
+    def action_pin(self) -> None:
+        name = self.selected_name()
+        if name is None:
+            return
+        pinned = not self.models[name].get("pinned")
+        self.call_service(lambda c: c.pin_model(name, pinned), lambda answer: self._pinned(answer),
+                          what=f"{'Pinning' if pinned else 'Unpinning'} {name}")
+
+    def _pinned(self, answer: dict) -> None:
+        self.notify(f"{answer['name']} {'is pinned: never evicted' if answer['pinned'] else 'may be evicted when idle'}.")
+        self.reload()
 
     def action_pull(self) -> None:
         self.app.push_screen(PullFormScreen(), self._task_started)
@@ -156,8 +226,8 @@ class ModelsScreen(LiveScreen):
         name = self.selected_name()
         if name is None:
             return
-        if name == self.loaded:
-            self.notify(f"{name} is serving: load another model first, then delete this one.", severity="warning")
+        if self.models[name].get("loaded"):
+            self.notify(f"{name} is loaded: unload it (or swap another in) first, then delete it.", severity="warning")
             return
         model = self.models[name]
         question = (f"Delete {name} ({fmt.size(model.get('size_bytes'))}) from the store?\n\n"

@@ -1,4 +1,4 @@
-"""The dashboard's panels: the engine, the host, one per GPU. A row is a gauge or a line of numbers, and its graph.
+"""The dashboard's panels: the engine, one per other loaded model, the host, one per GPU. A row is a gauge or a line of numbers, and its graph.
 
 A panel only updates its widgets; widgets redraw only when what they show changed.
 """
@@ -100,6 +100,41 @@ class EnginePanel(Panel):
         self.graph("queue-history", state, lambda s: s["engine"]["running"] + s["engine"]["waiting"])
         self.graph("tokens-history", state, lambda s: s["engine"]["generation_tokens_per_s"])
         self.graph("latency-history", state, lambda s: s["engine"]["ttft_s"]["p50"])
+
+
+def model_engine(snapshot: dict, model: str) -> dict | None:
+    """One loaded model's engine in a snapshot; None in one taken before it was loaded (a gap in its graph)."""
+    return next((e for e in snapshot.get("engines") or [] if e["model"] == model), None)
+
+
+class ModelEnginePanel(Panel):
+    """Each model loaded besides the default: its KV cache, queue, tokens/s and TTFT."""
+
+    def __init__(self, model: str):
+        super().__init__()
+        self.model = model
+
+    def compose(self) -> ComposeResult:
+        yield Gauge("KV cache", label_width=LABEL_WIDTH, warn_at=0.9, critical_at=0.98, id="kv")
+        yield History(maximum=1.0, id="kv-history")
+        yield Static(id="queue")
+        yield History(floor=10, id="tokens-history")
+
+    def show(self, state: ServiceState) -> None:
+        engine = model_engine(state.latest, self.model) or {}
+        self.border_title = Content.assemble("Model · ", self.model, (" · pinned", "$text-accent")
+                                             if engine.get("pinned") else "")
+        self.border_subtitle = fmt.execution(engine.get("execution"))
+        used, total = engine.get("kv_blocks_used"), engine.get("kv_blocks_total")
+        self.query_one("#kv", Gauge).set(engine.get("kv_usage"), f"{fmt.percent(engine.get('kv_usage'))} "
+                                                                 f"{fmt.number(used)}/{fmt.number(total)} blocks")
+        ttft = engine.get("ttft_s") or {}
+        self.text("queue", line("queue", f"running {fmt.number(engine.get('running'))} · "
+                                         f"waiting {fmt.number(engine.get('waiting'))} · "
+                                         f"out {fmt.rate(engine.get('generation_tokens_per_s'))} tok/s · "
+                                         f"TTFT {fmt.latency(ttft.get('p50'))}"))
+        self.graph("kv-history", state, lambda s: model_engine(s, self.model)["kv_usage"])
+        self.graph("tokens-history", state, lambda s: model_engine(s, self.model)["generation_tokens_per_s"])
 
 
 class GpuPanel(Panel):

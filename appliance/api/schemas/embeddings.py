@@ -35,6 +35,8 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "appliance"
     max_model_len: int | None = None
+    state: str = Field("loaded", description="loaded, loading, or on_demand (loads on its first request)")
+    model: str | None = Field(None, description="for an alias: the model it routes to")
 
 
 class ModelList(BaseModel):

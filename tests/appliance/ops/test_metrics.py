@@ -108,7 +108,7 @@ def test_a_metrics_token_is_required_when_set_and_off_loopback_it_must_be(tmp_pa
         load_config(None, {"metrics_host": "0.0.0.0", "state_dir": tmp_path})
     assert load_config(None, {"metrics_host": "0.0.0.0", "metrics_token": "t0ken", "state_dir": tmp_path})
 
-    app = Starlette(routes=metrics_routes(Metrics(lambda: None, lambda: "m"), token="t0ken"))
+    app = Starlette(routes=metrics_routes(Metrics(lambda: []), token="t0ken"))
 
     async def status(headers: dict) -> int:
         transport = httpx.ASGITransport(app=app)

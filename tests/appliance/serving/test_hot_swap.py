@@ -17,18 +17,12 @@ import pytest
 
 from appliance.control.client import ControlClient
 from appliance.models.store import write_manifest
-from tests.appliance.conftest import add_keys, make_config, start_server
+from tests.appliance.conftest import add_keys, make_config, put_in_store, start_server
 
 REPO = Path(__file__).resolve().parents[3]
 PROMPT = "The weather today is"
 MAX_TOKENS = 24
 SAMPLING = {"temperature": 0, "ignore_eos": True}  # greedy: each model's answer is fixed
-
-
-def put_in_store(models_dir, source, name):
-    folder = models_dir / name
-    shutil.copytree(source, folder)
-    write_manifest(folder, name, source="local:test", revision=None)
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +46,9 @@ def complete(server, model="model-a") -> httpx.Response:
 
 
 def load(server, name: str) -> dict:
-    """Start a hot swap and follow it to its end; returns the final task."""
+    """Start a hot swap of the default model and follow it to its end; returns the final task."""
     with ControlClient(server.app.config.control_socket) as client:
-        task = client.load_model(name)
+        task = client.load_model(name, replace=server.service.pool.default)
         while task["state"] == "running":
             time.sleep(0.05)
             task = client.task(task["id"])
@@ -191,7 +185,7 @@ def test_cli_talks_to_the_service_over_the_socket(swapper):
     listed = cli("models", "list", "--socket", socket)
     assert listed.returncode == 0 and "model-a" in listed.stdout and "model-b" in listed.stdout
     target = "model-b" if swapper.service.pool.active.name == "model-a" else "model-a"
-    loaded = cli("models", "load", target, "--socket", socket)
+    loaded = cli("models", "load", target, "--replace", swapper.service.pool.default, "--socket", socket)
     assert loaded.returncode == 0, loaded.stderr
     # Progress lines as the task goes (which stages a fast load shows depends on when the CLI listened).
     stages = [line.split("]")[0] + "]" for line in loaded.stderr.splitlines() if line.startswith("[")]

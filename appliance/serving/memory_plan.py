@@ -1,0 +1,116 @@
+"""What a model needs in memory before it loads, and whether that fits next to the models already loaded.
+
+Needs = weights (bytes on disk scaled from the stored dtype to the serving one) + the KV cache the
+engine will allocate + an activation peak (the largest step's hidden states and logits). Free = on a
+GPU what the device has free, on CPU the RAM available, capped by `pool_memory_bytes` less what the
+loaded models were planned to use. A model that does not fit is refused with these numbers, before
+anything is allocated.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class Needs:
+    weights: int
+    kv_cache: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.activations
+
+    def to_dict(self) -> dict:
+        return {"weights_bytes": self.weights, "kv_cache_bytes": self.kv_cache,
+                "activations_bytes": self.activations, "total_bytes": self.total}
+
+
+def gib(n: int) -> str:
+    return f"{n / GIB:.2f} GiB"
+
+
+def model_config(path: Path) -> dict:
+    config = path / "config.json"
+    return json.loads(config.read_text()) if config.is_file() else {}
+
+
+def kv_bytes_per_token(config: dict, dtype_bytes: int) -> int:
+    layers = config.get("num_hidden_layers", 0)
+    heads = config.get("num_attention_heads", 1) or 1
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or config.get("hidden_size", 0) // heads
+    return 2 * layers * kv_heads * head_dim * dtype_bytes
+
+
+def needs(path: Path, engine_config, kv_context: int) -> Needs:
+    """What loading the model at `path` with `engine_config` (an engine.EngineConfig) will take."""
+    config = model_config(path)
+    stored = DTYPE_BYTES.get(str(config.get("dtype") or config.get("torch_dtype") or "float32"), 4)
+    serving = DTYPE_BYTES.get(engine_config.dtype, 4)
+    files = path.glob("*.safetensors") if path.is_dir() else [path]
+    weights = sum(f.stat().st_size for f in files) * serving // stored
+    per_token = kv_bytes_per_token(config, serving)
+    if engine_config.num_kv_blocks is not None:
+        kv = per_token * engine_config.block_size * engine_config.num_kv_blocks
+    else:
+        kv = engine_config.kv_cache_bytes or default_kv_bytes(config, engine_config, kv_context)
+    hidden = config.get("hidden_size", 0)
+    intermediate = config.get("intermediate_size", 4 * hidden)
+    step_tokens = engine_config.max_num_batched_tokens
+    activations = (step_tokens * (4 * hidden + 2 * intermediate) * serving
+                   + engine_config.max_num_seqs * config.get("vocab_size", 0) * 4)  # float32 logits
+    return Needs(weights, kv, activations)
+
+
+def default_kv_bytes(config: dict, engine_config, kv_context: int) -> int:
+    """On a GPU enough for max_num_seqs sequences of kv_context tokens (or the model's limit, if
+    shorter), so that several models share it; on CPU the engine's own default."""
+    from engine.config import CPU_KV_CACHE_BYTES
+
+    if not engine_config.on_cuda:
+        return CPU_KV_CACHE_BYTES
+    context = min(kv_context, engine_config.max_model_len or config.get("max_position_embeddings") or kv_context)
+    return engine_config.max_num_seqs * context * kv_bytes_per_token(config, DTYPE_BYTES.get(engine_config.dtype, 4))
+
+
+def free_memory_bytes(device: str) -> int:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where the pool's memory goes: what each loaded model was planned to use, and what is free."""
+
+    budget: int | None  # pool_memory_bytes, if set
+    used: dict[str, int]  # model name → planned bytes
+    device_free: int  # what the device (or RAM) has free now
+
+    @property
+    def free(self) -> int:
+        if self.budget is None:
+            return self.device_free
+        return max(0, min(self.device_free, self.budget - sum(self.used.values())))
+
+    def refusal(self, name: str, need: Needs, evictable: list[str]) -> str | None:
+        """None when `need` fits; else the message that says by how much it does not, and what to do."""
+        if need.total <= self.free:
+            return None
+        hint = f"unload {' or '.join(evictable)}" if evictable else "unload a model"
+        return (f"{name} needs {gib(need.total)} (weights {gib(need.weights)}, KV cache {gib(need.kv_cache)}, "
+                f"activations {gib(need.activations)}), {gib(self.free)} free; {hint} or lower its kv_cache_bytes "
+                f"([models.{name}] in config.toml)")
+
+    def to_dict(self) -> dict:
+        return {"budget_bytes": self.budget, "used_bytes": self.used, "free_bytes": self.free,
+                "device_free_bytes": self.device_free}

@@ -1,0 +1,32 @@
+"""The memory plan against what the engine really allocates, and the refusal's words."""
+
+import pytest
+
+from appliance.serving import memory_plan
+from engine import Engine, EngineConfig
+
+
+@pytest.mark.parametrize("settings", [{"num_kv_blocks": 64}, {"kv_cache_bytes": 3 << 20}])
+def test_the_planned_kv_cache_is_what_the_engine_allocates(tiny_model_path, settings):
+    config = EngineConfig(max_num_seqs=4, max_num_batched_tokens=256, **settings)
+    need = memory_plan.needs(tiny_model_path, config, kv_context=4096)
+    engine = Engine(config)
+    engine.load_model(tiny_model_path)
+    try:
+        planned_blocks = need.kv_cache // (engine.kv_cache_bytes // engine.stats().kv_blocks_total)
+        assert planned_blocks == engine.stats().kv_blocks_total
+        assert need.weights == (tiny_model_path / "model.safetensors").stat().st_size  # stored and served in float32
+        assert need.activations > 0 and need.total == need.weights + need.kv_cache + need.activations
+    finally:
+        engine.unload_model()
+
+
+def test_the_refusal_says_what_is_needed_what_is_free_and_what_to_do():
+    plan = memory_plan.Plan(budget=3 << 30, used={"big": 2 << 30}, device_free=20 << 30)
+    assert plan.free == 1 << 30
+    need = memory_plan.Needs(weights=1 << 30, kv_cache=512 << 20, activations=0)
+    message = plan.refusal("mid", need, ["big"])
+    assert message.startswith("mid needs 1.50 GiB (weights 1.00 GiB, KV cache 0.50 GiB, activations 0.00 GiB), "
+                              "1.00 GiB free; unload big or lower its kv_cache_bytes")
+    assert plan.refusal("mid", memory_plan.Needs(1 << 30, 0, 0), ["big"]) is None
+    assert memory_plan.Plan(budget=None, used={"big": 2 << 30}, device_free=5 << 30).free == 5 << 30

@@ -17,8 +17,9 @@ NOW = 1_795_000_000.0  # 2026-11-18T11:06:40Z: every relative time is measured a
 GIB = 1024**3
 
 
-def snapshot(second: int, gpus: bool = True) -> dict:
-    """The service as it was `second` seconds before NOW (0: the latest): a wave of load, deterministic."""
+def snapshot(second: int, gpus: bool = True, beside: tuple[str, ...] = ()) -> dict:
+    """The service as it was `second` seconds before NOW (0: the latest): a wave of load, deterministic;
+    `beside`: models loaded next to the default one, each with its own engine."""
     load = 0.5 + 0.5 * math.sin(second / 9)
     gpu = {
         "index": 0, "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-5f1c9a1e-0000-4000-8000-000000000000",
@@ -31,7 +32,7 @@ def snapshot(second: int, gpus: bool = True) -> dict:
         "ecc_corrected": 0, "ecc_uncorrected": 0, "pcie_tx_bytes_s": 1.5e6, "pcie_rx_bytes_s": 3.2e7,
         "processes": [{"pid": 4242, "name": "appliance", "used_memory_bytes": int(70 * GIB)}],
     }
-    return {
+    picture = {
         "time": NOW - second,
         "service": {"state": "ready", "model": "smollm2-135m-instruct", "loaded_model": "smollm2-135m-instruct",
                     "uptime_s": 7512.0 - second, "draining": False, "ready": True, "ready_reasons": [], "task": None},
@@ -47,6 +48,7 @@ def snapshot(second: int, gpus: bool = True) -> dict:
                           "fused_layers": False, "cuda_graphs": False},
             "preemptions": 3, "errors": 1, "rejected": 27, "requests_total": 48213,
         },
+        "engines": [],
         "gpu_status": "ok" if gpus else ("no NVIDIA GPU or driver found (nvidia-ml-py could not initialise NVML: "
                                          "NVML Shared Library Not Found); showing host telemetry only"),
         "gpus": [gpu] if gpus else [],
@@ -61,6 +63,11 @@ def snapshot(second: int, gpus: bool = True) -> dict:
         "health": {"ok": True, "checked_at": "2026-11-18T11:06:02+00:00", "problems": []},
         "cost": COST,
     }
+    picture["engines"] = [{**picture["engine"], "default": True, "pinned": False}] + [
+        {**picture["engine"], "model": name, "default": False, "pinned": i == 0, "running": 2 + i,
+         "waiting": i, "kv_usage": round(0.2 + 0.3 * i + 0.2 * load, 3), "kv_blocks_used": 400 + 100 * i,
+         "generation_tokens_per_s": round(300 * load + 50 * i, 1)} for i, name in enumerate(beside)]
+    return picture
 
 
 def cost_window(billed_s: float, busy_s: float, generation: tuple[int, int, float], embedding: tuple[int, float]) -> dict:
@@ -230,9 +237,10 @@ class DownClient:
 class RecordedClient:
     """ControlClient's read methods over the fixed answers above; events() repeats the latest snapshot."""
 
-    def __init__(self, gpus: bool = True, history_s: int = 120, task: dict | None = None):
+    def __init__(self, gpus: bool = True, history_s: int = 120, task: dict | None = None,
+                 beside: tuple[str, ...] = ()):
         self.socket_path = Path("/recorded/control.sock")
-        self.snapshots = [snapshot(s, gpus) for s in reversed(range(history_s))]
+        self.snapshots = [snapshot(s, gpus, beside) for s in reversed(range(history_s))]
         self.task = task
         self._closed = threading.Event()
 

@@ -15,7 +15,7 @@ from tui.app import ApplianceTUI
 from tui.screens.key_forms import KeyFormScreen, SecretScreen
 from tui.widgets.confirm import ConfirmScreen
 from tui.widgets.log_view import LogView, RecordScreen
-from tui.widgets.panels import GpuPanel
+from tui.widgets.panels import GpuPanel, ModelEnginePanel
 
 SIZES = [(80, 24), (120, 40)]
 FIXED_SECRET = "sk-app-k1a2b3c4-9QqR2rW4f0k8Xy1mZcVb7TnLp3sDaE6h"
@@ -60,6 +60,15 @@ async def health(pilot) -> None:
 @pytest.mark.parametrize("size", SIZES, ids=["80x24", "120x40"])
 def test_dashboard(snap_compare, size):
     assert snap_compare(app_with(), terminal_size=size, run_before=dashboard)
+
+
+def test_dashboard_with_two_models_beside_the_default(snap_compare):
+    async def run_before(pilot):
+        await dashboard(pilot)
+        await until(pilot, lambda: len(pilot.app.screen.query(ModelEnginePanel)) == 2)
+
+    app = app_with(beside=("qwen2.5-7b-instruct", "bge-small-en"))
+    assert snap_compare(app, terminal_size=(120, 40), run_before=run_before)
 
 
 def test_dashboard_without_gpu(snap_compare):

@@ -16,6 +16,7 @@ from engine.detokenizer import IncrementalDetokenizer
 from engine.errors import DuplicateRequest, InvalidParameter, NoModelLoaded, PromptTooLong
 from engine.loader import LoadedModel, load_model
 from engine.model_runner import ModelRunner
+from engine.prompt_logprobs import add_prompt_logprobs, prompt_positions
 from engine.sampler import SampledToken, Sampler
 from engine.sampling_params import SamplingParams, StructuredOutput
 from engine.scheduler import Scheduler
@@ -34,6 +35,8 @@ class RequestOutput:
     num_output_tokens: int
     num_cached_tokens: int
     logprobs: list[SampledToken] = field(default_factory=list)
+    # With params.prompt_logprobs, on the first output only: one per prompt token, the first with logprob None
+    prompt_logprobs: list[SampledToken] | None = None
     stop_reason: str | int | None = None  # the stop string or stop token that ended it
     arrival_time: float = 0.0
     first_scheduled_time: float | None = None
@@ -217,6 +220,13 @@ class Engine:
         now = time.monotonic()
         sampling = [s for s in plan.scheduled if s.completes_prompt]
         logits = session.runner.execute(plan.scheduled)
+        row = len(sampling)
+        for s in plan.scheduled:  # the rows after the sampling ones: prompt logprobs, in order
+            count = len(prompt_positions(s))
+            if count:
+                add_prompt_logprobs(s, logits[row: row + count])
+                row += count
+        logits = logits[: len(sampling)]
         for s in plan.scheduled:
             if s.seq.first_scheduled_time is None:
                 s.seq.first_scheduled_time = now
@@ -275,6 +285,8 @@ class Engine:
             num_output_tokens=num_out,
             num_cached_tokens=num_cached,
             logprobs=[token] if params.logprobs is not None else [],
+            prompt_logprobs=[SampledToken(seq.prompt_token_ids[0])] + seq.prompt_logprobs
+            if params.prompt_logprobs is not None and num_out == 1 else None,
             stop_reason=stop_reason,
             arrival_time=seq.arrival_time,
             first_scheduled_time=seq.first_scheduled_time,

@@ -83,6 +83,9 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logprobs: int | None = None  # None: off; k >= 0: chosen token plus k alternatives
+    # None: off; k >= 0: each prompt token's logprob (after the first) plus k alternatives, computed in the
+    # prefill; such a request bypasses the prefix cache, whose hits skip the rows these come from.
+    prompt_logprobs: int | None = None
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
@@ -151,6 +154,11 @@ class SamplingParams:
             self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
             "logprobs",
             f"logprobs must be between 0 and {MAX_LOGPROBS}, got {self.logprobs}",
+        )
+        need(
+            self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= MAX_LOGPROBS,
+            "prompt_logprobs",
+            f"prompt_logprobs must be between 0 and {MAX_LOGPROBS}, got {self.prompt_logprobs}",
         )
         need(
             self.seed is None or -(2**63) <= self.seed < 2**64,

@@ -31,7 +31,7 @@ class ChoiceState:
     (`new_events` those of the latest output, `events` all of them).
     """
 
-    __slots__ = ("index", "prompt_index", "text", "tokens", "finish_reason", "stop_reason", "num_prompt_tokens",
+    __slots__ = ("index", "prompt_index", "text", "tokens", "prompt_tokens", "finish_reason", "stop_reason", "num_prompt_tokens",
                  "num_output_tokens", "num_cached_tokens", "started", "text_offset", "parser", "events", "new_events", "stream")
 
     def __init__(self, index: int, prompt_index: int, parser=None):
@@ -42,6 +42,7 @@ class ChoiceState:
         self.new_events: list = []
         self.text: list[str] = []
         self.tokens: list = []  # SampledToken with logprobs, when asked for
+        self.prompt_tokens: list = []  # the prompt's SampledTokens (the first without a logprob), for echo
         self.finish_reason = None
         self.stop_reason = None
         self.num_prompt_tokens = 0
@@ -56,6 +57,8 @@ class ChoiceState:
             self.text.append(out.new_text)
         if out.logprobs:
             self.tokens.extend(out.logprobs)
+        if out.prompt_logprobs:
+            self.prompt_tokens = out.prompt_logprobs
         self.num_prompt_tokens = out.num_prompt_tokens
         self.num_output_tokens = out.num_output_tokens
         self.num_cached_tokens = out.num_cached_tokens
@@ -160,11 +163,23 @@ def completion_logprobs(token_text, sampled: list, top: int, offset: int) -> tup
         lp.token_logprobs.append(t.logprob)
         lp.text_offset.append(offset)
         offset += len(text)
+        if t.logprob is None:  # the prompt's first token: nothing before it to predict it, as OpenAI
+            lp.top_logprobs.append(None)
+            continue
         alternatives = {text: t.logprob}  # the sampled token first, then the best `top`: up to top + 1, as OpenAI
         for i, value in (t.top_logprobs or [])[:top]:
             alternatives.setdefault(token_text(i), value)
         lp.top_logprobs.append(alternatives)
     return lp, offset
+
+
+def echoed_logprobs(token_text, state: ChoiceState, top: int, prompt: str) -> CompletionLogprobs:
+    """The prompt's tokens' logprobs, then the output's, whose offsets count from the end of the prompt's text."""
+    lp = completion_logprobs(token_text, state.prompt_tokens, top, 0)[0]
+    out = completion_logprobs(token_text, state.tokens, top, len(prompt))[0]
+    return CompletionLogprobs(text_offset=lp.text_offset + out.text_offset,
+                              token_logprobs=lp.token_logprobs + out.token_logprobs,
+                              tokens=lp.tokens + out.tokens, top_logprobs=lp.top_logprobs + out.top_logprobs)
 
 
 def completion(request_id: str, model: str, states: list[ChoiceState], token_text, top: int | None) -> Completion:
@@ -194,7 +209,10 @@ def echoing(prompts: list[str]) -> "Formats":
     def whole(request_id: str, model: str, states: list[ChoiceState], token_text, top: int | None) -> Completion:
         body = completion(request_id, model, states, token_text, top)
         for choice, state in zip(body.choices, states):
-            choice.text = prompts[state.prompt_index] + choice.text
+            prompt = prompts[state.prompt_index]
+            choice.text = prompt + choice.text
+            if top is not None:
+                choice.logprobs = echoed_logprobs(token_text, state, top, prompt)
         return body
 
     def chunks(request_id: str, model: str, created: int, state: ChoiceState, out, token_text,
@@ -202,7 +220,12 @@ def echoing(prompts: list[str]) -> "Formats":
         first = []
         if not state.started:
             state.started = True
-            echo = CompletionChoice(index=state.index, text=prompts[state.prompt_index])
+            prompt = prompts[state.prompt_index]
+            logprobs = None
+            if top is not None:
+                logprobs, _ = completion_logprobs(token_text, state.prompt_tokens, top, 0)
+                state.text_offset = len(prompt)
+            echo = CompletionChoice(index=state.index, text=prompt, logprobs=logprobs)
             first.append(Completion(id=request_id, created=created, model=model, choices=[echo]))
         return first + completion_chunks(request_id, model, created, state, out, token_text, top)
 

@@ -22,6 +22,7 @@ class StructuredOutput:
     strict and any_whitespace apply to json only: strict refuses properties and items the schema
     does not name (OpenAI's strict mode); any_whitespace allows any JSON whitespace between tokens
     (vLLM's default), else the JSON is on one line with json.dumps' separators ", " and ": ".
+    after_token_id is not part of the grammar (nor of `key`): the request's matcher starts once it was sampled.
     Errors name the param "structured_output"; the API renames it to the field the client used.
     """
 
@@ -32,6 +33,8 @@ class StructuredOutput:
     grammar: str | None = None
     strict: bool = True
     any_whitespace: bool = True
+    # The grammar holds the output only after this token (a reasoning model's `</think>`); before it, any text.
+    after_token_id: int | None = None
     key: str = field(init=False, repr=False, compare=False)  # canonical text: equal specs, equal keys
 
     def __post_init__(self):
@@ -39,6 +42,8 @@ class StructuredOutput:
             if not ok:
                 raise InvalidParameter("structured_output", message)
 
+        need(self.after_token_id is None or (isinstance(self.after_token_id, int) and self.after_token_id >= 0),
+             "after_token_id must be a token id")
         given = [k for k in STRUCTURED_OUTPUT_KINDS if getattr(self, k) not in (None, False)]
         need(len(given) == 1, f"exactly one of {', '.join(STRUCTURED_OUTPUT_KINDS)} must be given, got {len(given)}")
         options = f"strict={self.strict},any_whitespace={self.any_whitespace}"

@@ -124,6 +124,9 @@ REFUSED_REASONS = {
     "input_file": "this model reads text only",
     "refusal": "refusal parts are not implemented; send the text",
     "suffix": "insertion (a suffix after the completion) is not implemented",
+    # A message's fields that belong to another role (each role has its own shape, as OpenAI's).
+    "tool_calls": "only assistant messages carry tool_calls",
+    "tool_call_id": "only tool messages answer a call",
 }
 
 
@@ -168,6 +171,6 @@ def _is_union_tag(part) -> bool:
     return isinstance(part, str) and (
         part in ("str", "int", "float", "bool", "list", "dict")
         or "[" in part
-        or part.startswith("function-")
-        or part in ("TextPart", "Message")
+        or part.startswith(("function-", "constrained-"))
+        or part in ("TextPart", "SystemMessage", "UserMessage", "AssistantMessage", "ToolMessage")
     )

@@ -61,8 +61,8 @@ class BlockManager:
 
     def find_cached_prefix(self, seq: Sequence) -> list[int]:
         """Blocks already holding a prefix of seq's tokens (always leaving one token to compute)."""
-        if not self.enable_prefix_caching:
-            return []
+        if not self.enable_prefix_caching or seq.params.prompt_logprobs is not None:
+            return []  # prompt logprobs come from the prefill's rows, which a cache hit would skip
         # The last token must be computed so that the step produces logits for it.
         max_blocks = (seq.num_tokens - 1) // self.block_size
         found = []

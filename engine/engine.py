@@ -16,6 +16,7 @@ from engine.detokenizer import IncrementalDetokenizer
 from engine.errors import DuplicateRequest, InvalidParameter, NoModelLoaded, PromptTooLong
 from engine.loader import LoadedModel, load_model
 from engine.model_runner import ModelRunner
+from engine.prompt_logprobs import add_prompt_logprobs, prompt_positions
 from engine.sampler import SampledToken, Sampler
 from engine.sampling_params import SamplingParams, StructuredOutput
 from engine.scheduler import Scheduler
@@ -34,6 +35,8 @@ class RequestOutput:
     num_output_tokens: int
     num_cached_tokens: int
     logprobs: list[SampledToken] = field(default_factory=list)
+    # With params.prompt_logprobs, on the first output only: one per prompt token, the first with logprob None
+    prompt_logprobs: list[SampledToken] | None = None
     stop_reason: str | int | None = None  # the stop string or stop token that ended it
     arrival_time: float = 0.0
     first_scheduled_time: float | None = None
@@ -96,6 +99,7 @@ class Engine:
         self.sequences: dict[str, Sequence] = {}
         self.detokenizers: dict[str, IncrementalDetokenizer] = {}
         self.matchers: dict[str, GrammarMatcher] = {}  # beside each constrained sequence
+        self.grammar_starts: dict[str, int] = {}  # request -> the token after which its grammar holds
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self.structured_output_requests = 0
@@ -156,6 +160,9 @@ class Engine:
             raise InvalidParameter("prompt", "the prompt is empty")
         if len(prompt_ids) >= session.max_model_len:
             raise PromptTooLong(len(prompt_ids), session.max_model_len)
+        after = params.structured_output.after_token_id if params.structured_output is not None else None
+        if after is not None and after >= vocab:
+            raise InvalidParameter("structured_output", f"after_token_id must be below the vocabulary size {vocab}")
         if any(t >= vocab for t in params.stop_token_ids):
             raise InvalidParameter("stop_token_ids", f"stop_token_ids must be below the vocabulary size {vocab}")
         outside = sorted(t for t in params.logit_bias if t >= vocab)
@@ -171,6 +178,8 @@ class Engine:
         if grammar is not None:
             self.matchers[request_id] = GrammarMatcher(grammar)
             self.structured_output_requests += 1
+            if params.structured_output.after_token_id is not None:
+                self.grammar_starts[request_id] = params.structured_output.after_token_id
         if tokenizer is not None:
             self.detokenizers[request_id] = IncrementalDetokenizer(
                 tokenizer, prompt_ids, params.stop, params.skip_special_tokens, params.kept_special_token_ids
@@ -202,6 +211,7 @@ class Engine:
             return False
         self.detokenizers.pop(request_id, None)
         self.matchers.pop(request_id, None)
+        self.grammar_starts.pop(request_id, None)
         self._session().scheduler.finish(seq, "abort")
         return True
 
@@ -217,17 +227,28 @@ class Engine:
         now = time.monotonic()
         sampling = [s for s in plan.scheduled if s.completes_prompt]
         logits = session.runner.execute(plan.scheduled)
+        row = len(sampling)
+        for s in plan.scheduled:  # the rows after the sampling ones: prompt logprobs, in order
+            count = len(prompt_positions(s))
+            if count:
+                add_prompt_logprobs(s, logits[row: row + count])
+                row += count
+        logits = logits[: len(sampling)]
         for s in plan.scheduled:
             if s.seq.first_scheduled_time is None:
                 s.seq.first_scheduled_time = now
                 self.prompt_tokens_total += s.seq.num_prompt_tokens
             s.seq.num_computed_tokens += s.num_new_tokens
             session.block_manager.cache_full_blocks(s.seq)
-        matchers = [self.matchers.get(s.seq.request_id) for s in sampling] if self.matchers else None
+        matchers = [self.active_matcher(s.seq.request_id) for s in sampling] if self.matchers else None
         sampled = session.sampler(logits, [s.seq for s in sampling], matchers) if sampling else []
         self.steps_total += 1
         self.last_step_time = time.monotonic()
         return [self._advance(s.seq, token) for s, token in zip(sampling, sampled)]
+
+    def active_matcher(self, request_id: str) -> GrammarMatcher | None:
+        """The request's matcher, once its grammar holds (after its after_token_id, when it has one)."""
+        return None if request_id in self.grammar_starts else self.matchers.get(request_id)
 
     def _advance(self, seq: Sequence, token: SampledToken) -> RequestOutput:
         session = self._session()
@@ -245,7 +266,9 @@ class Engine:
             if delta.stop_string is not None:
                 finish, stop_reason = "stop", delta.stop_string
         num_out = len(seq.output_token_ids)
-        matcher = self.matchers.get(seq.request_id)
+        matcher = self.active_matcher(seq.request_id)
+        if self.grammar_starts.get(seq.request_id) == token.token_id:
+            del self.grammar_starts[seq.request_id]  # the grammar holds from the next token on
         if finish is None and matcher is not None:
             if not matcher.accept_token(token.token_id):  # the bitmask allowed it: never expected
                 finish, stop_reason = "abort", f"the grammar refused token {token.token_id}"
@@ -265,6 +288,7 @@ class Engine:
             del self.sequences[seq.request_id]
             self.detokenizers.pop(seq.request_id, None)
             self.matchers.pop(seq.request_id, None)
+            self.grammar_starts.pop(seq.request_id, None)
         return RequestOutput(
             request_id=seq.request_id,
             new_token_ids=[token.token_id],
@@ -275,6 +299,8 @@ class Engine:
             num_output_tokens=num_out,
             num_cached_tokens=num_cached,
             logprobs=[token] if params.logprobs is not None else [],
+            prompt_logprobs=[SampledToken(seq.prompt_token_ids[0])] + seq.prompt_logprobs
+            if params.prompt_logprobs is not None and num_out == 1 else None,
             stop_reason=stop_reason,
             arrival_time=seq.arrival_time,
             first_scheduled_time=seq.first_scheduled_time,

@@ -14,6 +14,7 @@ from engine.block_manager import blocks_for
 from engine.config import CPU_KV_CACHE_BYTES, EngineConfig
 from engine.errors import ModelLoadError
 from engine.loader import LoadedModel
+from engine.prompt_logprobs import prompt_rows
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledSequence
 from engine.sequence import Sequence
@@ -286,12 +287,14 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSequence]) -> torch.Tensor:
-        """Logits [n, vocab] for the scheduled sequences that complete their known tokens, in order."""
+        """Logits [n, vocab] for the scheduled sequences that complete their known tokens, in order; then
+        the rows that give prompt logprobs (engine.prompt_logprobs), sequence by sequence."""
         if self.backend == "triton":
             input_ids, positions, meta, last_row = self._prepare_packed(scheduled)
         else:
             input_ids, positions, meta, last_row = self._prepare(scheduled)
         keep = [last_row[id(s)] for s in scheduled if s.completes_prompt]
+        keep += [row for s in scheduled for row in prompt_rows(s, last_row[id(s)])]
         if self.graphs is not None and self.graphs.fits(meta):
             return self.graphs.replay(input_ids, positions, meta)[keep]
         logits = self.forward(input_ids, positions, meta, torch.tensor(keep or [0], device=self.device))

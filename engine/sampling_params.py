@@ -22,6 +22,7 @@ class StructuredOutput:
     strict and any_whitespace apply to json only: strict refuses properties and items the schema
     does not name (OpenAI's strict mode); any_whitespace allows any JSON whitespace between tokens
     (vLLM's default), else the JSON is on one line with json.dumps' separators ", " and ": ".
+    after_token_id is not part of the grammar (nor of `key`): the request's matcher starts once it was sampled.
     Errors name the param "structured_output"; the API renames it to the field the client used.
     """
 
@@ -32,6 +33,8 @@ class StructuredOutput:
     grammar: str | None = None
     strict: bool = True
     any_whitespace: bool = True
+    # The grammar holds the output only after this token (a reasoning model's `</think>`); before it, any text.
+    after_token_id: int | None = None
     key: str = field(init=False, repr=False, compare=False)  # canonical text: equal specs, equal keys
 
     def __post_init__(self):
@@ -39,6 +42,8 @@ class StructuredOutput:
             if not ok:
                 raise InvalidParameter("structured_output", message)
 
+        need(self.after_token_id is None or (isinstance(self.after_token_id, int) and self.after_token_id >= 0),
+             "after_token_id must be a token id")
         given = [k for k in STRUCTURED_OUTPUT_KINDS if getattr(self, k) not in (None, False)]
         need(len(given) == 1, f"exactly one of {', '.join(STRUCTURED_OUTPUT_KINDS)} must be given, got {len(given)}")
         options = f"strict={self.strict},any_whitespace={self.any_whitespace}"
@@ -83,6 +88,9 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logprobs: int | None = None  # None: off; k >= 0: chosen token plus k alternatives
+    # None: off; k >= 0: each prompt token's logprob (after the first) plus k alternatives, computed in the
+    # prefill; such a request bypasses the prefix cache, whose hits skip the rows these come from.
+    prompt_logprobs: int | None = None
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
@@ -151,6 +159,11 @@ class SamplingParams:
             self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
             "logprobs",
             f"logprobs must be between 0 and {MAX_LOGPROBS}, got {self.logprobs}",
+        )
+        need(
+            self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= MAX_LOGPROBS,
+            "prompt_logprobs",
+            f"prompt_logprobs must be between 0 and {MAX_LOGPROBS}, got {self.prompt_logprobs}",
         )
         need(
             self.seed is None or -(2**63) <= self.seed < 2**64,

@@ -26,6 +26,7 @@ class Sequence:
         self.block_hashes: list[int] = []  # chained hashes of full blocks, filled by the block manager
         self.num_cached_blocks = 0  # leading blocks of block_table already registered for prefix caching
         self.num_preemptions = 0
+        self.prompt_logprobs: list = []  # SampledToken of prompt tokens 1.. when params.prompt_logprobs is set
         self.finish_reason: str | None = None
         self.arrival_time = time.monotonic()
         self.first_scheduled_time: float | None = None

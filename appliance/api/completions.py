@@ -27,9 +27,6 @@ def prompt_list(prompt) -> list:
 async def completions(request: Request) -> Response:
     service: Service = request.app.state.service
     req = await read_request(request, CompletionRequest)
-    if req.echo and req.logprobs is not None:
-        raise invalid("echo", "echo with logprobs needs the prompt's log-probabilities, which this server does not "
-                              "compute; ask for echo or logprobs, not both")
     prompts = prompt_list(req.prompt)
     if len(prompts) * req.n > MAX_PROMPTS:
         raise invalid("n", f"prompts × n may be at most {MAX_PROMPTS}, got {len(prompts) * req.n}")
@@ -39,7 +36,9 @@ async def completions(request: Request) -> Response:
     ctx.prompt_text = json.dumps(req.prompt) if not isinstance(req.prompt, str) else req.prompt
     top = req.logprobs
     retry = service.config.retry_after_s
-    jobs = [(p, prompt, sampling_params(req, req.max_tokens or 16, top, j, retry, constraint))
+    prompt_top = top if req.echo else None  # echo with logprobs: the prompt's tokens have theirs too
+    jobs = [(p, prompt, sampling_params(req, req.max_tokens or 16, top, j, retry, constraint,
+                                        prompt_logprobs=prompt_top))
             for p, prompt in enumerate(prompts) for j in range(req.n)]
     formats = fmt.echoing([prompt_text(ctx.served, p) for p in prompts]) if req.echo else fmt.COMPLETION
     return await generate_response(request, ctx, jobs, param_names(constraint), req, top, formats)

@@ -31,10 +31,11 @@ class Generation:
     """The engine requests behind one API request: n choices for each prompt."""
 
     def __init__(self, service: Service, ctx: RequestContext, jobs: list[tuple[int, object, object]],
-                 param_names: dict[str, str], parser=None):
+                 param_names: dict[str, str], parser=None, reasoning=None):
         self.service = service
         self.ctx = ctx
-        self.states = [fmt.ChoiceState(i, prompt_index, parser() if parser is not None else None)
+        self.states = [fmt.ChoiceState(i, prompt_index, parser() if parser is not None else None,
+                                       reasoning() if reasoning is not None else None)
                        for i, (prompt_index, _, _) in enumerate(jobs)]
         self.streams = [
             service.engine_stream.generate(prompt, params, f"{ctx.request_id}-{i}", ctx, param_names)
@@ -184,13 +185,14 @@ async def respond(request: Request, gen: Generation, stream: bool, include_usage
 
 
 async def generate_response(request: Request, ctx: RequestContext, jobs: list, param_names: dict[str, str], req,
-                            top: int | None, formats: fmt.Formats, parser=None) -> Response:
+                            top: int | None, formats: fmt.Formats, parser=None, reasoning=None) -> Response:
     """The end every generating route shares: submit the jobs, then answer in JSON or SSE.
 
-    `parser`, when given, makes each choice's tool-call parser (the text becomes content and tool_calls).
+    `parser`, when given, makes each choice's tool-call parser (the text becomes content and tool_calls);
+    `reasoning` each choice's reasoning parser (a reasoning model's text: reasoning, then the answer).
     """
     service: Service = request.app.state.service
-    gen = Generation(service, ctx, jobs, param_names, parser)
+    gen = Generation(service, ctx, jobs, param_names, parser, reasoning)
     await gen.start()
     model, rid, text = service.pool.served_name(ctx.served), ctx.request_id, ctx.served.token_text
     return await respond(

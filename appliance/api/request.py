@@ -11,6 +11,14 @@ from appliance.serving.context import RequestContext
 from appliance.serving.service import Service
 
 
+def json_number(text: str) -> float | int:
+    """A JSON number with a fraction or exponent: an int when it has no fractional part (18.0, 1e3), as JSON
+    Schema counts integers and /openapi.json promises; the strict request models refuse floats where they
+    take integers."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
 async def read_json(request: Request, limit: int) -> dict:
     """The body as a JSON object; 413 as soon as it passes `limit` bytes, before parsing."""
     length = request.headers.get("content-length")
@@ -23,7 +31,7 @@ async def read_json(request: Request, limit: int) -> dict:
             raise APIError(413, f"the request body is over the limit of {limit} bytes", code="request_too_large")
         chunks.append(chunk)
     try:
-        data = json.loads(b"".join(chunks))
+        data = json.loads(b"".join(chunks), parse_float=json_number)
     except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, 5000-digit numbers, deep nesting
         raise invalid(None, f"the request body is not valid JSON: {str(e)[:200]}") from None
     if not isinstance(data, dict):

@@ -7,11 +7,13 @@ from appliance.api.schemas.responses import (
     IncompleteDetails,
     OutputMessage,
     OutputText,
+    ReasoningOutput,
+    ReasoningText,
     Response,
     ResponsesRequest,
     ResponseUsage,
 )
-from appliance.api.tools.events import ContentDelta, ToolCallDelta, collect
+from appliance.api.tools.events import ContentDelta, ReasoningDelta, ToolCallDelta, collect, reasoning
 
 
 def response_formats(req: ResponsesRequest) -> fmt.Formats:
@@ -29,7 +31,8 @@ def response_formats(req: ResponsesRequest) -> fmt.Formats:
             output = output_items(request_id, state)
             u = fmt.usage(states)
             usage = ResponseUsage(input_tokens=u.prompt_tokens, output_tokens=u.completion_tokens,
-                                  total_tokens=u.total_tokens, output_tokens_details={"reasoning_tokens": 0},
+                                  total_tokens=u.total_tokens,
+                                  output_tokens_details={"reasoning_tokens": state.reasoning_tokens},
                                   input_tokens_details={"cached_tokens": u.prompt_tokens_details["cached_tokens"]})
             if state.finish_reason == "length":
                 status, incomplete = "incomplete", IncompleteDetails(reason="max_output_tokens")
@@ -46,9 +49,11 @@ def response_formats(req: ResponsesRequest) -> fmt.Formats:
             state.started, state.stream = True, stream
             events += [stream.event("response.created", response=response(request_id, model, [state],
                                                                             "in_progress").model_dump())]
-        text_events = state.new_events if state.parser is not None else [ContentDelta(out.new_text)]
+        text_events = state.new_events if state.parsed else [ContentDelta(out.new_text)]
         for e in text_events:
-            if isinstance(e, ContentDelta) and e.text:
+            if isinstance(e, ReasoningDelta):
+                events += stream.reasoning(e.text)
+            elif isinstance(e, ContentDelta) and e.text:
                 events += stream.text(e.text)
             elif isinstance(e, ToolCallDelta):
                 events += stream.call(e)
@@ -62,11 +67,13 @@ def response_formats(req: ResponsesRequest) -> fmt.Formats:
 
 
 def output_items(request_id: str, state) -> list:
-    if state.parser is None:
-        content, calls = "".join(state.text), []
+    if not state.parsed:
+        content, calls, thought = "".join(state.text), [], None
     else:
-        content, calls = collect(state.events)
+        (content, calls), thought = collect(state.events), reasoning(state.events)
     items = []
+    if thought is not None:
+        items.append(ReasoningOutput(id=f"rs_{request_id}", content=[ReasoningText(text=thought)]))
     if content:
         items.append(OutputMessage(id=f"msg_{request_id}", content=[OutputText(text=content)]))
     items += [FunctionCallOutput(id=f"fc_{c.id}", call_id=c.id, name=c.name, arguments=c.arguments) for c in calls]
@@ -106,6 +113,20 @@ class ResponseStream:
                                  logprobs=[]))
         return events
 
+    def reasoning(self, delta: str) -> list[dict]:
+        events = []
+        if self.open is None or self.open["type"] != "reasoning":
+            events += self.close()
+            self.open = {"id": f"rs_{self.request_id}", "type": "reasoning", "summary": [], "content": [],
+                         "status": "in_progress"}
+            self.items.append(self.open)
+            events.append(self.event("response.output_item.added", output_index=len(self.items) - 1,
+                                     item=dict(self.open, content=[])))
+            self.open["content"].append({"type": "reasoning_text", "text": ""})
+        self.open["content"][0]["text"] += delta
+        events.append(self.event("response.reasoning_text.delta", **self._place(), content_index=0, delta=delta))
+        return events
+
     def call(self, e: ToolCallDelta) -> list[dict]:
         events = []
         if e.id is not None:  # a new call
@@ -130,6 +151,9 @@ class ResponseStream:
             events.append(self.event("response.output_text.done", **self._place(), content_index=0,
                                      text=part["text"], logprobs=[]))
             events.append(self.event("response.content_part.done", **self._place(), content_index=0, part=part))
+        elif item["type"] == "reasoning":
+            events.append(self.event("response.reasoning_text.done", **self._place(), content_index=0,
+                                     text=item["content"][0]["text"]))
         else:
             events.append(self.event("response.function_call_arguments.done", **self._place(),
                                      arguments=item["arguments"], name=item["name"]))

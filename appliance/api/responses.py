@@ -10,24 +10,32 @@ from appliance.api.generation import generate_response
 from appliance.api.request import parse, read_request
 from appliance.api.response_events import response_formats
 from appliance.api.schemas.chat import ChatCompletionRequest
-from appliance.api.schemas.responses import FunctionCallInput, FunctionCallOutputInput, ResponsesRequest
+from appliance.api.schemas.responses import FunctionCallInput, FunctionCallOutputInput, ReasoningInput, ResponsesRequest
 
 
 def chat_messages(req: ResponsesRequest) -> list[dict]:
     messages = [{"role": "system", "content": req.instructions}] if req.instructions else []
     if isinstance(req.input, str):
         return messages + [{"role": "user", "content": req.input}]
+    thought = None  # a reasoning item's text, for the assistant turn that follows it
     for item in req.input:
+        if isinstance(item, ReasoningInput):
+            thought = (thought or "") + item.text()
+            continue
         if isinstance(item, FunctionCallInput):
             call = {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
-            if messages and messages[-1]["role"] == "assistant" and messages[-1].get("tool_calls") is not None:
+            if thought is None and messages and messages[-1]["role"] == "assistant" \
+                    and messages[-1].get("tool_calls") is not None:
                 messages[-1]["tool_calls"].append(call)  # parallel calls are one assistant turn
-            else:
-                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+                continue
+            messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif isinstance(item, FunctionCallOutputInput):
             messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.output})
         else:
             messages.append({"role": item.role, "content": item.text()})
+        if thought is not None and messages[-1]["role"] == "assistant":
+            messages[-1]["reasoning"] = thought
+        thought = None
     return messages
 
 
@@ -58,5 +66,6 @@ def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
 async def responses(request: Request) -> Response:
     req = await read_request(request, ResponsesRequest)
     chat = chat_request(req)
-    ctx, jobs, names, top, parser = await prepare_chat(request, chat, "resp", "responses")
-    return await generate_response(request, ctx, jobs, names, chat, top, response_formats(req), parser=parser)
+    ctx, jobs, names, top, parser, reasoning = await prepare_chat(request, chat, "resp", "responses")
+    return await generate_response(request, ctx, jobs, names, chat, top, response_formats(req), parser=parser,
+                                   reasoning=reasoning)

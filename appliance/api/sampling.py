@@ -5,7 +5,8 @@ from appliance.errors import engine_errors
 
 
 def sampling_params(req, max_tokens: int | None, logprobs: int | None, index: int, retry_after_s: float,
-                    constraint: OutputConstraint | None = None, kept_special_token_ids: frozenset[int] = frozenset()):
+                    constraint: OutputConstraint | None = None, kept_special_token_ids: frozenset[int] = frozenset(),
+                    prompt_logprobs: int | None = None):
     """Choice `index` of a request: its seed is the request's plus the index, so n choices differ."""
     from engine import SamplingParams
 
@@ -19,7 +20,7 @@ def sampling_params(req, max_tokens: int | None, logprobs: int | None, index: in
             top_k=req.top_k or 0, min_p=req.min_p or 0.0, seed=seed,
             presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
             repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
-            logprobs=logprobs, stop=stop, stop_token_ids=list(req.stop_token_ids or []),
+            logprobs=logprobs, prompt_logprobs=prompt_logprobs, stop=stop, stop_token_ids=list(req.stop_token_ids or []),
             ignore_eos=req.ignore_eos,
             skip_special_tokens=req.skip_special_tokens, kept_special_token_ids=kept_special_token_ids,
             structured_output=constraint.to_engine() if constraint is not None else None,

@@ -4,7 +4,7 @@ At most one may constrain a request; the field the client used is the `param` of
 it, so an invalid schema is a 400 naming `response_format` (or `structured_outputs`, `guided_json`…).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from appliance.errors import invalid
 
@@ -18,6 +18,10 @@ class OutputConstraint:
     param: str
     kind: str  # json, json_object, regex, choice, grammar
     value: object
+    after_token_id: int | None = None  # the grammar holds only after this token (a reasoning model's </think>)
+
+    def after(self, token_id: int | None) -> "OutputConstraint":
+        return replace(self, after_token_id=token_id)
 
     @property
     def label(self) -> str:
@@ -33,7 +37,7 @@ class OutputConstraint:
         """
         from engine.sampling_params import StructuredOutput
 
-        return StructuredOutput(**{self.kind: self.value}, any_whitespace=False)
+        return StructuredOutput(**{self.kind: self.value}, any_whitespace=False, after_token_id=self.after_token_id)
 
 
 def requested_constraint(req) -> OutputConstraint | None:
@@ -43,19 +47,10 @@ def requested_constraint(req) -> OutputConstraint | None:
     if fmt is not None and fmt.type == "json_object":
         found.append(OutputConstraint("response_format", "json_object", True))
     elif fmt is not None and fmt.type == "json_schema":
-        schema = fmt.json_schema.schema_
-        if schema is None:
-            raise invalid("response_format", "response_format.json_schema.schema is missing; give the JSON schema "
-                                             "the answer must follow")
-        found.append(OutputConstraint("response_format", "json", schema))
+        found.append(OutputConstraint("response_format", "json", fmt.json_schema.schema_))
     if req.structured_outputs is not None:
-        given = req.structured_outputs.model_dump(by_alias=True, exclude_none=True)
-        if given.get("json_object") is False:
-            del given["json_object"]
-        if len(given) != 1:
-            raise invalid("structured_outputs", "structured_outputs takes exactly one of json, regex, choice, "
-                                                f"grammar, json_object; got {', '.join(sorted(given)) or 'none'}")
-        [(kind, value)] = given.items()
+        # the schema let exactly one member through
+        [(kind, value)] = req.structured_outputs.model_dump(by_alias=True, exclude_none=True).items()
         found.append(OutputConstraint("structured_outputs", kind, value))
     for name, kind in GUIDED_NAMES.items():
         value = getattr(req, name)

@@ -152,6 +152,16 @@ def openai_clients(server: LiveServer, timeout_s: float = 120.0):
     return openai.OpenAI(**options), openai.AsyncOpenAI(**options)
 
 
+def chat_choice(client, stream: bool, **request):
+    """The first choice of a chat completion, made by the SDK's stream helper when `stream`, else in one piece."""
+    if not stream:
+        return client.chat.completions.create(**request).choices[0]
+    with client.chat.completions.stream(**request) as events:
+        for _ in events:
+            pass
+    return events.get_final_completion().choices[0]
+
+
 @pytest.fixture
 def http(live_server):
     with httpx.Client(base_url=live_server.base_url, headers=live_server.headers(), timeout=30.0) as client:

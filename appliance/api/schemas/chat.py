@@ -1,9 +1,9 @@
 """POST /v1/chat/completions: the request, the answer and its stream chunks."""
 
 import time
-from typing import Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, Field, StrictInt, StrictStr
+from pydantic import BaseModel, Discriminator, Field, StrictInt, StrictStr, Tag
 
 from appliance.api.schemas.common import (
     MAX_TOKENS_LIMIT,
@@ -34,14 +34,9 @@ class ToolCallItem(StrictRequest):
     function: FunctionCall
 
 
-class Message(StrictRequest):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: StrictStr | list[TextPart] | None = None
+class BaseMessage(StrictRequest):
+    content: StrictStr | list[TextPart]
     name: StrictStr | None = None
-    tool_calls: list[ToolCallItem] | None = Field(None, description="an assistant turn's calls, in the history")
-    tool_call_id: StrictStr | None = Field(None, description="the call a tool message answers")
-    reasoning: StrictStr | None = Field(None, description="an assistant turn's reasoning, in the history")
-    reasoning_content: StrictStr | None = Field(None, description="the same as reasoning (vLLM's older name)")
 
     def text(self) -> str:
         if self.content is None:
@@ -51,20 +46,63 @@ class Message(StrictRequest):
         return "".join(part.text for part in self.content)
 
     def to_template(self) -> dict:
-        """The message as chat templates take it: role and text, and the tool and reasoning fields when present.
-
-        Templates of reasoning models (Qwen3, DeepSeek-R1) read an assistant turn's `reasoning_content`."""
+        """The message as chat templates take it: role and text, and the tool and reasoning fields when present."""
         message = {"role": self.role, "content": self.text()}
         if self.name:
             message["name"] = self.name
+        return message
+
+
+class SystemMessage(BaseMessage):
+    role: Literal["system", "developer"]
+
+
+class UserMessage(BaseMessage):
+    role: Literal["user"]
+
+
+class AssistantMessage(BaseMessage):
+    role: Literal["assistant"]
+    content: StrictStr | list[TextPart] | None = None
+    tool_calls: list[ToolCallItem] | None = Field(None, description="the calls this turn made")
+    reasoning: StrictStr | None = Field(None, description="this turn's reasoning")
+    reasoning_content: StrictStr | None = Field(None, description="the same as reasoning (vLLM's older name)")
+
+    def to_template(self) -> dict:
+        """Templates of reasoning models (Qwen3, DeepSeek-R1) read an assistant turn's `reasoning_content`."""
+        message = super().to_template()
         if self.tool_calls:
             message["tool_calls"] = [c.model_dump() for c in self.tool_calls]
-        if self.tool_call_id is not None:
-            message["tool_call_id"] = self.tool_call_id
         reasoning = self.reasoning if self.reasoning is not None else self.reasoning_content
         if reasoning is not None:
             message["reasoning_content"] = reasoning
         return message
+
+
+class ToolMessage(BaseMessage):
+    role: Literal["tool"]
+    tool_call_id: StrictStr = Field(description="the call this message answers")
+
+    def to_template(self) -> dict:
+        return {**super().to_template(), "tool_call_id": self.tool_call_id}
+
+
+MESSAGE_TYPES = {"system": "SystemMessage", "developer": "SystemMessage", "user": "UserMessage",
+                 "assistant": "AssistantMessage", "tool": "ToolMessage"}
+
+
+def _message_type(value) -> str | None:
+    role = value.get("role") if isinstance(value, dict) else getattr(value, "role", None)
+    return MESSAGE_TYPES.get(role) if isinstance(role, str) else None
+
+
+# One shape per role, as OpenAI's: a tool message needs the call it answers, only an assistant's has calls.
+Message = Annotated[
+    Union[Annotated[SystemMessage, Tag("SystemMessage")], Annotated[UserMessage, Tag("UserMessage")],
+          Annotated[AssistantMessage, Tag("AssistantMessage")], Annotated[ToolMessage, Tag("ToolMessage")]],
+    Discriminator(_message_type, custom_error_type="invalid_role",
+                  custom_error_message="role must be one of system, developer, user, assistant, tool"),
+]
 
 
 class ChatCompletionRequest(SamplingFields, StructuredOutputFields):

@@ -7,9 +7,10 @@ back as the next request's input, as the openai SDK's examples do.
 import time
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 from appliance.api.schemas.common import MAX_TOKENS_LIMIT, StrictRequest, no_effect
+from appliance.api.schemas.structured import FUNCTION_NAME_PATTERN, Parameters, tool_choice_without_tools
 
 
 class InputText(StrictRequest):
@@ -50,14 +51,32 @@ class FunctionCallOutputInput(StrictRequest):
     status: ItemStatus | None = no_effect("the status of an earlier item")
 
 
-InputItem = Union[InputMessage, FunctionCallInput, FunctionCallOutputInput]
+class ReasoningTextInput(StrictRequest):
+    type: Literal["reasoning_text"]
+    text: StrictStr
+
+
+class ReasoningInput(StrictRequest):
+    """An earlier answer's reasoning: it goes to the assistant turn that follows it, as chat's `reasoning`."""
+
+    type: Literal["reasoning"]
+    content: list[ReasoningTextInput] = Field(default_factory=list, max_length=64)
+    summary: list[dict[str, Any]] | None = no_effect("summaries are not written here", max_length=0)
+    id: StrictStr | None = no_effect("the id of an earlier output item")
+    status: ItemStatus | None = no_effect("the status of an earlier output item")
+
+    def text(self) -> str:
+        return "".join(part.text for part in self.content)
+
+
+InputItem = Union[InputMessage, FunctionCallInput, FunctionCallOutputInput, ReasoningInput]
 
 
 class FunctionTool(StrictRequest):
     type: Literal["function"]
-    name: StrictStr
+    name: StrictStr = Field(pattern=FUNCTION_NAME_PATTERN)
     description: StrictStr | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: Parameters | None = None
     strict: bool | None = None
 
 
@@ -89,9 +108,15 @@ class TextConfig(StrictRequest):
     format: TextFormat | None = None
 
 
+NOT_REASONING = {"not": {"required": ["type"], "properties": {"type": {"const": "reasoning"}}}}
+
+
 class ResponsesRequest(StrictRequest):
+    model_config = ConfigDict(json_schema_extra={"not": {"anyOf": tool_choice_without_tools()}})
+
     model: StrictStr = Field(max_length=1024)
-    input: Annotated[StrictStr, Field(min_length=1)] | Annotated[list[InputItem], Field(min_length=1, max_length=4096)]
+    input: Annotated[StrictStr, Field(min_length=1)] | Annotated[list[InputItem], Field(
+        min_length=1, max_length=4096, json_schema_extra={"contains": NOT_REASONING})]
     instructions: StrictStr | None = None
     max_output_tokens: StrictInt | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
@@ -104,6 +129,15 @@ class ResponsesRequest(StrictRequest):
     store: bool | None = no_effect("responses are never stored (stateless); their ids cannot be retrieved")
     metadata: dict[StrictStr, StrictStr] | None = no_effect("nothing is stored", max_length=16)
     user: StrictStr | None = no_effect("the server does not track end users", max_length=1024)
+
+
+    @field_validator("input")
+    @classmethod
+    def _not_only_reasoning(cls, value):
+        if isinstance(value, list) and all(isinstance(item, ReasoningInput) for item in value):
+            raise ValueError("input needs a message or a function call; a reasoning item only goes with the assistant "
+                             "turn after it")
+        return value
 
 
 class OutputText(BaseModel):

@@ -23,6 +23,13 @@ class ContentDelta:
 
 
 @dataclass(frozen=True)
+class ReasoningDelta:
+    """Reasoning a model wrote before its answer (appliance.api.reasoning splits it off, before any tool parser)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class ToolCallDelta:
     """A piece of one call: the first for a call has its id and name, the rest argument fragments."""
 
@@ -44,7 +51,7 @@ class ToolCallDelta:
         return item
 
 
-Event = ContentDelta | ToolCallDelta
+Event = ContentDelta | ReasoningDelta | ToolCallDelta
 
 
 @dataclass(frozen=True)
@@ -70,9 +77,17 @@ def collect(events: list[Event]) -> tuple[str | None, list[ToolCall]]:
     for event in events:
         if isinstance(event, ContentDelta):
             text.append(event.text)
+        elif isinstance(event, ReasoningDelta):
+            continue  # reasoning(events) has it
         elif event.index not in calls:
             calls[event.index] = [event.id, event.name, event.arguments]
         else:
             calls[event.index][2] += event.arguments
     content = "".join(text)
     return (content or None), [ToolCall(id, name, arguments) for id, name, arguments in calls.values()]
+
+
+def reasoning(events: list[Event]) -> str | None:
+    """The reasoning among the events, or None when the model wrote none."""
+    parts = [e.text for e in events if isinstance(e, ReasoningDelta)]
+    return "".join(parts) if parts else None

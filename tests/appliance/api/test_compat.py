@@ -132,6 +132,26 @@ def test_echo_prepends_the_prompt(client, live_server):
     assert firsts == {0: PROMPT, 1: "Hello"} and texts[0] == echoed.choices[0].text
 
 
-def test_echo_with_logprobs_is_refused_by_name(http, live_server):
-    body = {"model": live_server.model, "prompt": PROMPT, "echo": True, "logprobs": 1}
-    assert refusal(http, "/v1/completions", body)["param"] == "echo"
+def test_echo_with_logprobs_scores_the_prompt_as_transformers_does(client, live_server, tiny_model_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ids = live_server.app.service.pool.active.engine.tokenizer.encode(PROMPT, add_special_tokens=False)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    with torch.no_grad():
+        expected = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1], dim=-1)
+    expected = expected.gather(1, torch.tensor(ids[1:])[:, None]).squeeze(1)
+    request = dict(model=live_server.model, prompt=PROMPT, max_tokens=3, temperature=0, echo=True, logprobs=2)
+    r = client.completions.create(**request)
+    lp = r.choices[0].logprobs
+    assert r.choices[0].text.startswith(PROMPT) and len(lp.tokens) == len(ids) + 3
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None  # nothing before the first token
+    assert torch.allclose(torch.tensor(lp.token_logprobs[1:len(ids)]), expected, atol=1e-4)
+    for token, logprob, top in zip(lp.tokens[1:], lp.token_logprobs[1:], lp.top_logprobs[1:]):
+        assert top[token] == logprob and 2 <= len(top) <= 3  # the token itself and the 2 best, as OpenAI
+    assert lp.text_offset[len(ids)] == len(PROMPT)  # the output's offsets count in the echoed text
+    assert "".join(lp.tokens[:len(ids)]) == PROMPT
+    chunks = list(client.completions.create(**request, stream=True))
+    streamed = [t for c in chunks for t in (c.choices[0].logprobs.token_logprobs if c.choices else [])]
+    assert streamed == lp.token_logprobs
+    assert chunks[0].choices[0].text == PROMPT and chunks[0].choices[0].logprobs.tokens == lp.tokens[:len(ids)]

@@ -155,7 +155,7 @@ def bad_completion_bodies(model: str) -> list[dict]:
         {"model": model, "prompt": [10**12]},
         {"model": model, "prompt": [1, "a"]},
         {"model": model, "prompt": ["a"] * 1000},
-        {"model": model, "prompt": "hi", "n": 16, "max_tokens": 1, "echo": True, "logprobs": 1},  # echo with logprobs: refused
+        {"model": model, "prompt": ["hi"] * 5, "n": 16, "max_tokens": 1, "echo": True, "logprobs": 1},
         {"model": model, "prompt": ["a"] * 10, "n": 16},
         {"model": model, "prompt": "hi", "logprobs": 99},
         {"model": model, "prompt": {"text": "hi"}},

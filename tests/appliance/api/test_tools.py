@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from tests.appliance.api.tools.templates import HERMES_TEMPLATE
-from tests.appliance.conftest import add_keys, make_config, openai_clients, start_server
+from tests.appliance.conftest import add_keys, chat_choice, make_config, openai_clients, start_server
 
 WEATHER = {
     "type": "object",
@@ -93,15 +93,7 @@ def tool_loop(server, stream: bool) -> str:
     """call -> the tool's result -> the final answer, with the SDK (its stream helper when `stream`)."""
     client, _ = openai_clients(server)
     request = dict(model=server.model, tools=TOOLS, max_tokens=120, temperature=0)
-    if stream:
-        with client.chat.completions.stream(messages=QUESTION, tool_choice="required", parallel_tool_calls=False,
-                                            **request) as events:
-            for _ in events:
-                pass
-            first = events.get_final_completion().choices[0]
-    else:
-        first = client.chat.completions.create(messages=QUESTION, tool_choice="required", parallel_tool_calls=False,
-                                               **request).choices[0]
+    first = chat_choice(client, stream, messages=QUESTION, tool_choice="required", parallel_tool_calls=False, **request)
     assert first.finish_reason == "tool_calls"
     assert_valid_calls(first.message)
     [call] = first.message.tool_calls

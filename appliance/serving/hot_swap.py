@@ -58,8 +58,8 @@ async def hot_swap(service: Service, name: str, path: Path, progress: Progress, 
     old = pool.resident.get(replace) if replace is not None else None
     if replace is not None and old is None and pool.state == "ready":
         raise SwapError(404, f"{replace} is not loaded; `appliance models list` shows what is")
-    if name in pool.resident:
-        raise SwapError(409, f"{name} is already loaded")
+    if name in pool.resident or name in pool.loads:
+        raise SwapError(409, f"{name} is already {'loaded' if name in pool.resident else 'loading'}")
     sequential = old is not None and not await asyncio.to_thread(can_overlap, service, name, path, old)
     pool.begin_swap(name, old, sequential)
     timeout = service.config.swap_drain_timeout_s

@@ -153,10 +153,10 @@ class ModelPool:
         return memory_plan.Plan(self.config.pool_memory_bytes, {n: need.total for n, need in self.planned.items()},
                                 memory_plan.free_memory_bytes(self.config.engine.device))
 
-    def evictable(self, now: float | None = None) -> list[ServedModel]:
+    def evictable(self) -> list[ServedModel]:
         """Resident models that may make room, least recently used first: idle past their keep_alive_s,
         not pinned, not the default, nothing in flight."""
-        now = time.monotonic() if now is None else now
+        now = time.monotonic()
         idle = [m for m in self.resident.values() if m.name not in self.pinned and m.name != self.default
                 and not m.busy and now - m.last_used >= self.keep_alive_s(m.name)]
         return sorted(idle, key=lambda m: m.last_used)
@@ -187,6 +187,12 @@ class ModelPool:
             self.loads[name] = asyncio.ensure_future(self._add(name))
             self.loads[name].add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning
         return self.loads[name]
+
+    def load_on_demand(self, name: str) -> None:
+        """Start loading `name` if it loads on demand and nothing (a load, a swap) is bringing it already."""
+        if (self.config.load_on_demand and name not in self.resident and self.stored(name)
+                and not (self.swap is not None and self.swap.holds(name))):
+            self.start_loading(name)
 
     async def add(self, name: str) -> ServedModel:
         if name in self.resident:

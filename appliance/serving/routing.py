@@ -137,8 +137,7 @@ class Router:
                 served = self.pool.ready(name)
                 last = i == len(candidates) - 1
                 if served is None:
-                    if self.pool.config.load_on_demand and self.pool.stored(name) and name not in self.pool.resident:
-                        self.pool.start_loading(name)  # in the background: the fallback answers meanwhile
+                    self.pool.load_on_demand(name)  # in the background: a fallback answers meanwhile
                     if not last:
                         skipped.append(Fallback(name, "", "not_ready"))
                     continue

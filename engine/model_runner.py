@@ -110,7 +110,7 @@ class ModelRunner:
     def execution(self) -> dict:
         """What runs the model, for operators asking whether the fast path is on (the triton backend
         may have handed over to torch at load, graph capture may have failed)."""
-        return {"device": str(self.device), "dtype": self.config.dtype, "attention_backend": self.backend,
+        return {"device": str(self.device), "dtype": self.config.resolved_dtype, "attention_backend": self.backend,
                 "fused_layers": self.fused, "cuda_graphs": self.graphs is not None}
 
     @property

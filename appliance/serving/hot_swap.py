@@ -49,7 +49,7 @@ def model_bytes_needed(path: Path, engine_config) -> int:
 
     config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
     stored = DTYPE_BYTES.get(str(config.get("dtype") or config.get("torch_dtype") or "float32"), 4)
-    serving = DTYPE_BYTES.get(engine_config.dtype, 4)
+    serving = DTYPE_BYTES.get(engine_config.resolved_dtype, 4)
     files = path.glob("*.safetensors") if path.is_dir() else [path]
     weights = sum(f.stat().st_size for f in files) * serving // stored
     if engine_config.num_kv_blocks is None:

@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None)
     engine.add_argument("--no-fused-layers", dest="fused_layers", action="store_false", default=None)
     engine.add_argument("--max-waiting-requests", type=int)
-    engine.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    engine.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     engine.add_argument("--device")
     engine.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false", default=None)
 

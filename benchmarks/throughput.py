@@ -1,13 +1,18 @@
 """Offline throughput: our engine vs transformers generate() and transformers' continuous batching.
 
-One process, one run, one seeded mixed workload (prompt lengths uniform in 32-512 tokens, output
-lengths uniform in 16-256, EOS ignored) on the same model and dtype:
-  (a) our engine, all requests submitted at once;
-  (b) transformers generate() in static left-padded batches of 16 (each batch runs to its longest output);
+One process, one run, one seeded workload on the same model, EOS ignored:
+  --workload mixed24  24 requests, prompts uniform in 32-256 tokens, outputs in 16-128 (issue 20's);
+  --workload mixed64  64 requests, prompts in 32-512, outputs in 16-256 (issue 2's).
+  (a) our engine with the appliance's defaults (dtype "auto"), all requests submitted at once;
+  (b) transformers generate() in static left-padded batches of 8 and of 16 (each batch runs to its
+      longest output), in float32 and, where the hardware computes it natively, bfloat16; the best
+      of these is the baseline;
   (c) transformers' own continuous batching (the generate_batch manager, per-request max_new_tokens).
-Throughput counts only the requested output tokens. Also batch-1 decode tokens/s for us and generate().
+Throughput counts only the requested output tokens. Also: the machine's measured GEMM rate, the
+workload's compute bound at that rate (benchmarks/compute_bound.py) and our fraction of it, and
+batch-1 decode tokens/s for us and generate() in the served dtype.
 
-    python benchmarks/throughput.py [--model PATH] [--num-requests 64] [--dtype float32] [--json OUT]
+    python -m benchmarks.throughput [--workload mixed24] [--model PATH] [--dtype auto] [--json OUT]
 """
 
 import argparse
@@ -22,8 +27,13 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig
 
+from benchmarks.compute_bound import compute_bound_tokens_per_s, gemm_flops_per_s
 from engine import Engine, EngineConfig, SamplingParams
+from engine.config import cpu_has_native_bf16
 from engine.loader import load_model
+
+# name: (requests, prompt token range, output token range)
+WORKLOADS = {"mixed24": (24, (32, 256), (16, 128)), "mixed64": (64, (32, 512), (16, 256))}
 
 
 @dataclass
@@ -55,7 +65,9 @@ def make_workload(n: int, vocab: int, seed: int, prompt_range=(32, 512), output_
 def run_ours(model: str, workload: list[Request], dtype: str) -> Result:
     engine = Engine(EngineConfig(dtype=dtype))
     engine.load_model(model)
-    return run_engine(engine, workload)
+    result = run_engine(engine, workload)
+    result.name = f"ours (continuous batching, paged KV), {engine.config.resolved_dtype}"
+    return result
 
 
 def run_engine(engine: Engine, workload: list[Request]) -> Result:
@@ -92,7 +104,8 @@ def run_static_generate(model, workload: list[Request], batch_size: int = 16) ->
         mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in batch], device=model.device)
         model.generate(ids, attention_mask=mask, generation_config=greedy_config(max(r.output_len for r in batch), pad))
     seconds = time.perf_counter() - start
-    return Result(f"transformers generate(), static batches of {batch_size}", seconds, sum(r.output_len for r in workload))
+    return Result(f"transformers generate(), static batches of {batch_size}, {model.dtype}".replace("torch.", ""),
+                  seconds, sum(r.output_len for r in workload))
 
 
 def run_transformers_cb(
@@ -162,50 +175,78 @@ def decode_batch1(model: str, reference, prompt: list[int], n: int, dtype: str, 
     return {"ours": statistics.median(ours), "generate": statistics.median(theirs)}
 
 
+def baseline_dtypes(device: str) -> list[str]:
+    """float32, and bfloat16 where it is computed natively: emulated, it is tens of times slower."""
+    return ["float32", "bfloat16"] if device.startswith("cuda") or cpu_has_native_bf16() else ["float32"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(Path.home() / ".cache/appliance-tests/models/smollm2-135m-instruct"))
-    parser.add_argument("--num-requests", type=int, default=64)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--workload", default="mixed24", choices=sorted(WORKLOADS))
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="what we serve in")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--decode-tokens", type=int, default=128)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["static", "cb", "batch1"])
+    parser.add_argument("--skip", nargs="*", default=["cb"], choices=["static", "cb", "batch1"],
+                        help="parts left out (default: transformers' continuous batching, which takes minutes)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
-    torch_dtype = getattr(torch, args.dtype)
-    reference = load_model(args.model, torch_dtype).model
-    reference.set_attn_implementation("sdpa")
-    workload = make_workload(args.num_requests, reference.config.vocab_size, args.seed)
-    print(f"workload: {len(workload)} requests, {sum(len(r.prompt) for r in workload)} prompt tokens, "
-          f"{sum(r.output_len for r in workload)} output tokens; {args.dtype}; {torch.get_num_threads()} threads")
+    served = EngineConfig(dtype=args.dtype).resolved_dtype
+    references = {name: load_model(args.model, getattr(torch, name)).model for name in baseline_dtypes("cpu")}
+    if served not in references:
+        references[served] = load_model(args.model, getattr(torch, served)).model
+    for model in references.values():
+        model.set_attn_implementation("sdpa")
+    hf_config = references[served].config
+    count, prompt_range, output_range = WORKLOADS[args.workload]
+    workload = make_workload(count, hf_config.vocab_size, args.seed, prompt_range, output_range)
+    flops = {name: gemm_flops_per_s(hf_config, getattr(torch, name)) for name in dict.fromkeys(["float32", served])}
+    bound = compute_bound_tokens_per_s(hf_config, [(len(r.prompt), r.output_len) for r in workload], flops[served])
+    print(f"workload {args.workload}: {len(workload)} requests, {sum(len(r.prompt) for r in workload)} prompt tokens, "
+          f"{sum(r.output_len for r in workload)} output tokens; served in {served}; {torch.get_num_threads()} threads")
+    print("GEMM " + ", ".join(f"{name} {rate / 1e9:.1f} GFLOP/s" for name, rate in flops.items())
+          + f"; compute bound {bound:.1f} tok/s ({served})", flush=True)
 
     results = [run_ours(args.model, workload, args.dtype)]
     print(f"  {results[-1].name}: {results[-1].tokens_per_s:.1f} tok/s", flush=True)
     if "static" not in args.skip:
-        results.append(run_static_generate(reference, workload))
-        print(f"  {results[-1].name}: {results[-1].tokens_per_s:.1f} tok/s", flush=True)
+        for model in references.values():
+            for batch_size in (8, 16):
+                results.append(run_static_generate(model, workload, batch_size))
+                print(f"  {results[-1].name}: {results[-1].tokens_per_s:.1f} tok/s", flush=True)
     if "cb" not in args.skip:
-        results.append(run_transformers_cb(reference, workload))
+        results.append(run_transformers_cb(references[served], workload))
         print(f"  {results[-1].name}: {results[-1].tokens_per_s:.1f} tok/s", flush=True)
     batch1 = {}
     if "batch1" not in args.skip:
-        batch1 = decode_batch1(args.model, reference, workload[0].prompt[:64], args.decode_tokens, args.dtype)
+        batch1 = decode_batch1(args.model, references[served], workload[0].prompt[:64], args.decode_tokens, args.dtype)
 
-    print(f"\n{'system':<62}{'seconds':>9}{'out tok':>9}{'tok/s':>9}{'ours ×':>8}")
+    ours = results[0].tokens_per_s
+    print(f"\n{'system':<66}{'seconds':>9}{'out tok':>9}{'tok/s':>9}{'ours ×':>8}")
     for r in results:
-        print(f"{r.name:<62}{r.seconds:>9.1f}{r.output_tokens:>9}{r.tokens_per_s:>9.1f}"
-              f"{results[0].tokens_per_s / r.tokens_per_s:>8.2f}")
+        print(f"{r.name:<66}{r.seconds:>9.1f}{r.output_tokens:>9}{r.tokens_per_s:>9.1f}{ours / r.tokens_per_s:>8.2f}")
+    static = [r for r in results if r.name.startswith("transformers generate()")]
+    baseline = max(static, key=lambda r: r.tokens_per_s) if static else None
+    if baseline:
+        print(f"\nbaseline (best generate()): {baseline.name}, {baseline.tokens_per_s:.1f} tok/s; "
+              f"ours {ours / baseline.tokens_per_s:.2f}×")
+    print(f"compute bound ({served}, {flops[served] / 1e9:.1f} GFLOP/s): {bound:.1f} tok/s; ours {ours / bound:.0%} of it")
     if batch1:
-        print(f"\nbatch-1 decode: ours {batch1['ours']:.1f} tok/s, generate() {batch1['generate']:.1f} tok/s, "
+        print(f"batch-1 decode ({served}): ours {batch1['ours']:.1f} tok/s, generate() {batch1['generate']:.1f} tok/s, "
               f"ratio {batch1['ours'] / batch1['generate']:.2f}")
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     if args.json:
         args.json.write_text(json.dumps({
+            "workload": args.workload,
             "results": [asdict(r) | {"tokens_per_s": r.tokens_per_s} for r in results],
+            "baseline": baseline.name if baseline else None,
+            "gemm_flops_per_s": flops,
+            "compute_bound_tokens_per_s": bound,
+            "fraction_of_compute_bound": ours / bound,
             "batch1_decode_tokens_per_s": batch1,
-            "dtype": args.dtype,
+            "dtype": served,
             "num_requests": len(workload),
         }, indent=2))
 

@@ -9,7 +9,10 @@ from engine.errors import InvalidParameter
 if TYPE_CHECKING:
     import torch
 
-DTYPES = ("float32", "bfloat16", "float16")  # torch dtype names; strings, so that torch stays unimported
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # torch dtype names; strings, so that torch stays unimported
+# /proc/cpuinfo flags of CPUs that compute bfloat16 natively. Elsewhere torch emulates it: on an AVX2-only
+# EPYC a bfloat16 matmul measured 1.3 GFLOP/s against 50 in float32.
+NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 ATTENTION_BACKENDS = ("auto", "torch", "triton")
 CPU_KV_CACHE_BYTES = 2 << 30
 
@@ -25,7 +28,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     max_model_len: int | None = None  # None: the model's own limit
     max_waiting_requests: int = 1024
-    dtype: str = "float32"
+    dtype: str = "auto"  # auto: bfloat16 on CUDA and on CPUs with native bfloat16, float32 elsewhere
     device: str = "cpu"
     attention_backend: str = "auto"  # auto: triton on CUDA, torch on CPU
     cuda_graphs: bool = True  # decode steps replay captured graphs (CUDA with the triton backend)
@@ -67,7 +70,25 @@ class EngineConfig:
         return "triton" if self.on_cuda else "torch"
 
     @property
+    def resolved_dtype(self) -> str:
+        if self.dtype != "auto":
+            return self.dtype
+        return "bfloat16" if self.on_cuda or cpu_has_native_bf16() else "float32"
+
+    @property
     def torch_dtype(self) -> "torch.dtype":
         import torch
 
-        return getattr(torch, self.dtype)
+        return getattr(torch, self.resolved_dtype)
+
+
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU's flags (Linux's /proc/cpuinfo) include a native bfloat16 instruction set."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return not NATIVE_BF16_CPU_FLAGS.isdisjoint(line.split(":", 1)[1].split())
+    except OSError:
+        pass  # not Linux, or no /proc: float32 is the safe choice
+    return False

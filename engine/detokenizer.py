@@ -90,7 +90,7 @@ class IncrementalDetokenizer:
             return self._output(text[:index], stop)
         if not complete:
             return self._output("", None)  # the same text comes back, completed, with a later token
-        held_chars = 0 if final else self._stop_prefix_length(text)
+        held_chars = 0 if final or not self._stops else self._stop_prefix_length(text)
         self._held = text[len(text) - held_chars :]
         return self._output(text[: len(text) - held_chars], None)
 

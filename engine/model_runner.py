@@ -7,6 +7,7 @@ rebuilt with merged projections and fused kernels, engine.fused_layers).
 
 import logging
 
+import numpy as np
 import torch
 
 from engine.attention import ATTENTION_NAME, AttentionMetadata, DecodeGroup, PrefillChunk
@@ -111,7 +112,7 @@ class ModelRunner:
     def execution(self) -> dict:
         """What runs the model, for operators asking whether the fast path is on (the triton backend
         may have handed over to torch at load, graph capture may have failed)."""
-        return {"device": str(self.device), "dtype": self.config.dtype, "attention_backend": self.backend,
+        return {"device": str(self.device), "dtype": self.config.resolved_dtype, "attention_backend": self.backend,
                 "fused_layers": self.fused, "cuda_graphs": self.graphs is not None}
 
     @property
@@ -183,8 +184,10 @@ class ModelRunner:
             self.model.set_attn_implementation(self.attention_name)
         return hidden.last_hidden_state[0].float().mean(0).tolist()
 
-    def _slot(self, block_table: list[int], position: int) -> int:
-        return block_table[position // self.block_size] * self.block_size + position % self.block_size
+    def _slots(self, block_table: list[int], positions: np.ndarray) -> np.ndarray:
+        """Cache slots (block * block_size + offset) of a sequence's positions."""
+        table = np.asarray(block_table[: blocks_for(int(positions[-1]) + 1, self.block_size)], dtype=np.int64)
+        return table[positions // self.block_size] * self.block_size + positions % self.block_size
 
     def _decode_groups(self, decodes: list[ScheduledSequence]) -> list[list[ScheduledSequence]]:
         """Decodes sorted by context length, cut where padding to the group's longest would waste a lot."""
@@ -201,41 +204,50 @@ class ModelRunner:
         return groups
 
     def _prepare(self, scheduled: list[ScheduledSequence]):
-        """Packed input ids and positions, attention metadata, and each sequence's last row."""
+        """Packed input ids and positions, attention metadata, and each sequence's last row.
+
+        Per sequence only its Python lists are read; positions, slots and block tables are numpy
+        arrays built whole (at batch 256 the per-token Python arithmetic was most of this)."""
         input_ids, positions, slots, chunks, groups = [], [], [], [], []
-        last_row = {}
+        last_row, num_rows = {}, 0
         for s in scheduled:
             if s.num_new_tokens == 1:
                 continue
             seq, begin = s.seq, s.seq.num_computed_tokens
             end = begin + s.num_new_tokens
-            chunks.append(PrefillChunk(len(input_ids), s.num_new_tokens, end, torch.tensor(
+            chunks.append(PrefillChunk(num_rows, s.num_new_tokens, end, torch.tensor(
                 seq.block_table[: blocks_for(end, self.block_size)], device=self.device)))
-            input_ids.extend(seq.token_ids[begin:end])
-            positions.extend(range(begin, end))
-            slots.extend(self._slot(seq.block_table, p) for p in range(begin, end))
-            last_row[id(s)] = len(input_ids) - 1
+            input_ids.append(np.asarray(seq.token_ids[begin:end], dtype=np.int64))
+            positions.append(np.arange(begin, end, dtype=np.int64))
+            slots.append(self._slots(seq.block_table, positions[-1]))
+            num_rows += s.num_new_tokens
+            last_row[id(s)] = num_rows - 1
         for group in self._decode_groups([s for s in scheduled if s.num_new_tokens == 1]):
-            context_lens = [s.seq.num_computed_tokens + 1 for s in group]
-            max_blocks = blocks_for(context_lens[0], self.block_size)
-            start, tables = len(input_ids), []
-            for s in group:
-                seq, position = s.seq, s.seq.num_computed_tokens
-                table = seq.block_table[: blocks_for(position + 1, self.block_size)]
-                tables.append(table + [0] * (max_blocks - len(table)))
-                input_ids.append(seq.token_ids[position])
-                positions.append(position)
-                slots.append(self._slot(table, position))
-                last_row[id(s)] = len(input_ids) - 1
-            groups.append(DecodeGroup(start, torch.tensor(tables, device=self.device), self._padding_bias(context_lens, max_blocks * self.block_size)))
-        meta = AttentionMetadata(self.kv_caches, torch.tensor(slots, device=self.device), chunks, groups)
-        return torch.tensor(input_ids, device=self.device), torch.tensor(positions, device=self.device), meta, last_row
+            n = len(group)
+            position = np.fromiter((s.seq.num_computed_tokens for s in group), np.int64, n)
+            max_blocks = blocks_for(int(position[0]) + 1, self.block_size)
+            tables = np.zeros((n, max_blocks), dtype=np.int64)  # padding points at block 0
+            for i, s in enumerate(group):
+                table = s.seq.block_table[: blocks_for(int(position[i]) + 1, self.block_size)]
+                tables[i, : len(table)] = table
+                last_row[id(s)] = num_rows + i
+            input_ids.append(np.fromiter((s.seq.token_ids[s.seq.num_computed_tokens] for s in group), np.int64, n))
+            positions.append(position)
+            slots.append(tables[np.arange(n), position // self.block_size] * self.block_size + position % self.block_size)
+            groups.append(DecodeGroup(num_rows, torch.from_numpy(tables).to(self.device),
+                                      self._padding_bias(position + 1, max_blocks * self.block_size)))
+            num_rows += n
+        meta = AttentionMetadata(self.kv_caches, self._tensor(slots), chunks, groups)
+        return self._tensor(input_ids), self._tensor(positions), meta, last_row
 
-    def _padding_bias(self, context_lens: list[int], width: int) -> torch.Tensor | None:
+    def _tensor(self, parts: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.concatenate(parts)).to(self.device)
+
+    def _padding_bias(self, context_lens: np.ndarray, width: int) -> torch.Tensor | None:
         """-inf over the width gathered slots past each context; None when no slot is padding."""
-        if all(n == width for n in context_lens):
+        if (context_lens == width).all():
             return None
-        padding = torch.arange(width)[None, :] >= torch.tensor(context_lens)[:, None]
+        padding = torch.arange(width)[None, :] >= torch.from_numpy(context_lens)[:, None]
         bias = torch.zeros(padding.shape, dtype=self.dtype).masked_fill_(padding, float("-inf"))
         return bias[:, None, None, :].to(self.device)
 

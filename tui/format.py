@@ -129,12 +129,3 @@ def clock(value: str | float | None) -> str:
 def limit(value: int | None) -> str:
     """A key's limit: ∞ where there is none."""
     return "∞" if value is None else count(value)
-
-
-def execution(path: dict | None) -> str:
-    """How the engine runs the model, in a few words: "triton · fused · CUDA graphs · cuda:0 bfloat16"."""
-    if not path:
-        return ""
-    words = [path.get("attention_backend") or MISSING]
-    words += [name for key, name in (("fused_layers", "fused"), ("cuda_graphs", "CUDA graphs")) if path.get(key)]
-    return " · ".join(words + [f"{path.get('device') or MISSING} {path.get('dtype') or MISSING}"])

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from appliance.cli.common import CliError, control_options, format_table, load_settings, open_client, print_json, show_help, store_options
+from appliance.control.execution_text import execution
 
 
 def call(args, method: str, *params, **fields):
@@ -47,6 +48,7 @@ def format_status(s: dict, cost: dict | None = None) -> str:
     lines = [
         f"service   {service['state']}, {ready}; up {duration(service['uptime_s'])}",
         f"model     {service['model']} ({service['loaded_model'] or 'none loaded'})",
+        f"engine    {execution(engine.get('execution')) or 'no model loaded'}",
         f"queue     {engine['running']} running, {engine['waiting']} waiting; {engine['requests_per_s']:.2f} req/s, "
         f"{engine['errors']} errors, {engine['preemptions']} preemptions",
         f"kv cache  {engine['kv_usage']:.0%} ({engine['kv_blocks_used']}/{engine['kv_blocks_total']} blocks), "

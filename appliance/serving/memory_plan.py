@@ -51,7 +51,7 @@ def needs(path: Path, engine_config, kv_context: int) -> Needs:
     """What loading the model at `path` with `engine_config` (an engine.EngineConfig) will take."""
     config = model_config(path)
     stored = DTYPE_BYTES.get(str(config.get("dtype") or config.get("torch_dtype") or "float32"), 4)
-    serving = DTYPE_BYTES.get(engine_config.dtype, 4)
+    serving = DTYPE_BYTES.get(engine_config.resolved_dtype, 4)
     files = path.glob("*.safetensors") if path.is_dir() else [path]
     weights = sum(f.stat().st_size for f in files) * serving // stored
     per_token = kv_bytes_per_token(config, serving)
@@ -75,7 +75,7 @@ def default_kv_bytes(config: dict, engine_config, kv_context: int) -> int:
     if not engine_config.on_cuda:
         return CPU_KV_CACHE_BYTES
     context = min(kv_context, engine_config.max_model_len or config.get("max_position_embeddings") or kv_context)
-    return engine_config.max_num_seqs * context * kv_bytes_per_token(config, DTYPE_BYTES.get(engine_config.dtype, 4))
+    return engine_config.max_num_seqs * context * kv_bytes_per_token(config, DTYPE_BYTES.get(engine_config.resolved_dtype, 4))
 
 
 def free_memory_bytes(device: str) -> int:

@@ -121,7 +121,7 @@ def test_dummy_weights_from_a_config_run():
     config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                          architectures=["LlamaForCausalLM"])
-    eng = Engine(EngineConfig())
+    eng = Engine(EngineConfig(dtype="float32"))
     assert eng.stats().execution is None  # nothing runs without a model
     eng.load_model(config)
     assert eng.stats().execution == {"device": "cpu", "dtype": "float32", "attention_backend": "torch",

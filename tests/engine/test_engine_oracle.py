@@ -29,7 +29,7 @@ OUTPUT_LENS = [6 + 4 * i for i in range(len(QUESTIONS))]
 
 @pytest.fixture(scope="module")
 def engine(default_model_path):
-    eng = Engine(EngineConfig())
+    eng = Engine(EngineConfig(dtype="float32"))
     eng.load_model(default_model_path)
     return eng
 
@@ -78,7 +78,7 @@ def run_batch(model_path, prompts, config: EngineConfig):
 
 
 def test_batched_requests_match_generate_alone(default_model_path, prompts, expected):
-    config = EngineConfig(enable_prefix_caching=False, max_num_batched_tokens=96)
+    config = EngineConfig(dtype="float32", enable_prefix_caching=False, max_num_batched_tokens=96)
     stats, outputs = run_batch(default_model_path, prompts, config)
     assert stats.prefix_cache_hits == 0 and stats.num_preemptions == 0
     assert outputs == expected
@@ -86,7 +86,7 @@ def test_batched_requests_match_generate_alone(default_model_path, prompts, expe
 
 def test_prefix_cache_hits_do_not_change_tokens(default_model_path, prompts, expected):
     # A small budget admits requests over several steps, so later ones find the system prompt cached.
-    config = EngineConfig(enable_prefix_caching=True, max_num_batched_tokens=64, block_size=16)
+    config = EngineConfig(dtype="float32", enable_prefix_caching=True, max_num_batched_tokens=64, block_size=16)
     stats, outputs = run_batch(default_model_path, prompts, config)
     assert stats.prefix_cache_hits >= 16 * (len(prompts) - 2)
     assert outputs == expected
@@ -94,7 +94,7 @@ def test_prefix_cache_hits_do_not_change_tokens(default_model_path, prompts, exp
 
 def test_preemption_by_recompute_does_not_change_tokens(default_model_path, prompts, expected):
     longest = max(len(p) for p in prompts) + max(OUTPUT_LENS)
-    config = EngineConfig(num_kv_blocks=-(-longest // 16) + 2, block_size=16, max_num_batched_tokens=128)
+    config = EngineConfig(dtype="float32", num_kv_blocks=-(-longest // 16) + 2, block_size=16, max_num_batched_tokens=128)
     stats, outputs = run_batch(default_model_path, prompts, config)
     assert stats.num_preemptions > 0
     assert outputs == expected

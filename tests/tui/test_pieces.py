@@ -4,6 +4,7 @@ from datetime import date, datetime, timezone
 
 import pytest
 
+from appliance.control.execution_text import execution
 from tui import format as fmt
 from tui.screens.key_forms import comma_list, parse_expiry
 from tui.screens.keys import tokens_per_day
@@ -22,10 +23,10 @@ def test_counts_fit_in_a_few_characters(value, shown):
 
 def test_execution_path_in_a_few_words():
     gpu = {"device": "cuda:0", "dtype": "bfloat16", "attention_backend": "triton", "fused_layers": True, "cuda_graphs": True}
-    assert fmt.execution(gpu) == "triton · fused · CUDA graphs · cuda:0 bfloat16"
+    assert execution(gpu) == "triton · fused · CUDA graphs · cuda:0 bfloat16"
     fallback = gpu | {"attention_backend": "torch", "cuda_graphs": False}  # triton failed its warm-up
-    assert fmt.execution(fallback) == "torch · fused · cuda:0 bfloat16"
-    assert fmt.execution(None) == ""  # no model loaded
+    assert execution(fallback) == "torch · fused · cuda:0 bfloat16"
+    assert execution(None) == ""  # no model loaded
 
 
 def test_sizes_share_the_totals_unit():

@@ -11,6 +11,7 @@ from textual.content import Content
 from textual.widgets import Static
 
 from appliance.control.cost_text import NOT_PRICED, WINDOW_NAMES, money
+from appliance.control.execution_text import execution
 from tui import format as fmt
 from tui.state import ServiceState
 from tui.widgets.gauge import Gauge
@@ -74,7 +75,7 @@ class EnginePanel(Panel):
         self.border_title = Content.assemble(
             "Engine · ", service.get("model") or engine.get("model") or "no model", " · ",
             (service_state, STATE_STYLES.get(service_state, "$text-warning")))
-        self.border_subtitle = fmt.execution(engine.get("execution"))
+        self.border_subtitle = execution(engine.get("execution"))
         used, total = engine.get("kv_blocks_used"), engine.get("kv_blocks_total")
         self.query_one("#kv", Gauge).set(engine.get("kv_usage"), f"{fmt.percent(engine.get('kv_usage'))} "
                                                                  f"{fmt.number(used)}/{fmt.number(total)} blocks")

@@ -60,7 +60,8 @@ class PhaseTimer:
 
 
 def measure(model: Path, batch: int, steps: int, alone: bool) -> dict:
-    engine = Engine(EngineConfig(dtype="float32", max_num_seqs=batch, max_num_batched_tokens=max(2048, batch * PROMPT_TOKENS)))
+    budget = max(2048, batch * PROMPT_TOKENS)
+    engine = Engine(EngineConfig(dtype="float32", max_num_seqs=batch, max_num_batched_tokens=budget))
     engine.load_model(model)
     for i in range(batch):
         prompt = [1000 + (7 * i + j) % 40000 for j in range(PROMPT_TOKENS)]
@@ -95,7 +96,8 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         model = build_tiny_model(Path(folder), default_model)
-        print(f"{'batch':>5} {'mode':<10}{'step':>8}" + "".join(f"{p:>10}" for p in PHASES) + f"{'outside fwd':>13}  (ms per step)")
+        header = f"{'batch':>5} {'mode':<10}{'step':>8}" + "".join(f"{p:>10}" for p in PHASES)
+        print(header + f"{'outside fwd':>13}  (ms per step)")
         for batch in args.batches:
             for alone in (False, True):
                 mode = "alone" if alone else "in a step"

@@ -27,6 +27,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def make_engine(config=CONFIG, **settings) -> Engine:
+    settings.setdefault("dtype", "float32")  # "auto" would be bfloat16 on a GPU; the comparisons are float32's
     engine = Engine(EngineConfig(block_size=8, max_num_batched_tokens=48, device=DEVICE, **settings))
     engine.load_model(config)
     # Sharper logits than the default init, so greedy decoding has clear winners.

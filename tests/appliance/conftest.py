@@ -134,10 +134,10 @@ def live_server(tiny_model_path, tmp_path_factory) -> LiveServer:
 
 @pytest.fixture(scope="session")
 def default_server(default_model_path, tmp_path_factory) -> LiveServer:
-    """One shared server on the real default model (bfloat16, this CPU's fast dtype), for tests that
+    """One shared server on the real default model (float32: the same numerics on every CPU), for tests that
     need a model that writes language; slow, so only `slow` tests use it."""
     state = tmp_path_factory.mktemp("appliance-default-state")
-    server = start_server(make_config(default_model_path, state, metrics_port=0, dtype="bfloat16",
+    server = start_server(make_config(default_model_path, state, metrics_port=0, dtype="float32",
                                       num_kv_blocks=1024, max_num_seqs=32, max_num_batched_tokens=2048))
     add_keys(server, server.app.config.keys_db_path)
     yield server

@@ -224,10 +224,15 @@ class KeyStore:
             raise AuthError(403, f"API key {record.id} is {status}")
         return record
 
-    def check_request(self, record: KeyRecord, model: str) -> None:
-        """Admit one request for `model`, counting it against the key's requests per minute."""
+    @staticmethod
+    def check_model(record: KeyRecord, model: str) -> None:
+        """A 403 AuthError unless the key may name `model`."""
         if record.allowed_models is not None and model not in record.allowed_models:
             raise AuthError(403, f"API key {record.id} may not use model {model!r}")
+
+    def check_request(self, record: KeyRecord, model: str) -> None:
+        """Admit one request for `model`, counting it against the key's requests per minute."""
+        self.check_model(record, model)
         self._check_budget(record)
         self._windows.admit(record.id, record.rpm_limit, record.tpm_limit)
 

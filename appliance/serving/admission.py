@@ -55,6 +55,10 @@ class Admission:
 
     async def _admit(self, record, model: str, ctx: RequestContext | None, avoid: frozenset[str]) -> None:
         """Route the request to a model and count it against the key's limits under the name it sent."""
+        try:
+            self.keys.check_model(record, model)  # before routing: a name the key may not use loads nothing
+        except AuthError as e:
+            raise model_not_allowed(e) from None
         route = await self.router.route(model, record.allowed_models, avoid)
         self.readiness.check_draining()
         served = route.served
@@ -70,4 +74,8 @@ class Admission:
                 served.admitted.discard(ctx)
             if isinstance(e, RateLimited):
                 raise APIError(429, e.message, code="rate_limit_exceeded", retry_after_s=e.retry_after_s) from None
-            raise APIError(e.status, e.message, param="model", code="model_not_allowed") from None
+            raise model_not_allowed(e) from None
+
+
+def model_not_allowed(e: AuthError) -> APIError:
+    return APIError(e.status, e.message, param="model", code="model_not_allowed")

@@ -8,6 +8,7 @@ anything is allocated.
 """
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,14 +79,24 @@ def default_kv_bytes(config: dict, engine_config, kv_context: int) -> int:
     return engine_config.max_num_seqs * context * kv_bytes_per_token(config, DTYPE_BYTES.get(engine_config.resolved_dtype, 4))
 
 
-def free_memory_bytes(device: str) -> int:
+def free_memory_bytes(device: str) -> int | None:
+    """Free GPU memory, or the RAM available; None where the kernel does not say (the unit's
+    ProcSubset=pid hides /proc/meminfo)."""
     if device.startswith("cuda"):
         import torch
 
         return torch.cuda.mem_get_info(torch.device(device))[0]
     import psutil
 
-    return psutil.virtual_memory().available
+    try:
+        return psutil.virtual_memory().available
+    except OSError:
+        return None
+
+
+def ram_bytes() -> int:
+    """The machine's physical memory (sysconf: needs no /proc)."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass(frozen=True)

@@ -150,8 +150,11 @@ class ModelPool:
         return config
 
     def plan(self) -> memory_plan.Plan:
-        return memory_plan.Plan(self.config.pool_memory_bytes, {n: need.total for n, need in self.planned.items()},
-                                memory_plan.free_memory_bytes(self.config.engine.device))
+        used = {n: need.total for n, need in self.planned.items()}
+        free = memory_plan.free_memory_bytes(self.config.engine.device)
+        if free is None:  # RAM's availability hidden: what the loaded models were not planned to take
+            free = memory_plan.ram_bytes() - sum(used.values())
+        return memory_plan.Plan(self.config.pool_memory_bytes, used, free)
 
     def evictable(self) -> list[ServedModel]:
         """Resident models that may make room, least recently used first: idle past their keep_alive_s,

@@ -55,18 +55,20 @@ class DashboardScreen(LiveScreen):
         if self._rebuilding:  # new panels are still mounting their widgets; the rebuild draws them
             return
         models = [e["model"] for e in snapshot.get("engines") or [] if not e.get("default")]
-        self._sync("#models", ModelEnginePanel, "model", models, state)
-        self._sync("#gpus", GpuPanel, "index", [g["index"] for g in gpus], state)
+        if self._sync("#models", ModelEnginePanel, "model", models, state):  # one rebuild at a time
+            self._sync("#gpus", GpuPanel, "index", [g["index"] for g in gpus], state)
 
-    def _sync(self, container_id: str, panel_class: type, key: str, keys: list, state: ServiceState) -> None:
-        """Draw the container's panels, one per key (a model, a GPU); new panels when the set changed."""
+    def _sync(self, container_id: str, panel_class: type, key: str, keys: list, state: ServiceState) -> bool:
+        """Draw the container's panels, one per key (a model, a GPU); False when the set changed and new
+        panels are being built (the rebuild draws them)."""
         panels = list(self.query_one(container_id).query(panel_class))
-        if [getattr(p, key) for p in panels] == keys:
-            for panel in panels:
-                panel.show(state)
-        else:
+        if [getattr(p, key) for p in panels] != keys:
             self._rebuilding = True
             self.call_later(self._rebuild, container_id, panel_class, keys)
+            return False
+        for panel in panels:
+            panel.show(state)
+        return True
 
     async def _rebuild(self, container_id: str, panel_class: type, keys: list) -> None:
         """New panels when the set changed (the first snapshot, a model loaded or unloaded, a GPU lost)."""

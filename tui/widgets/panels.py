@@ -125,7 +125,7 @@ class ModelEnginePanel(Panel):
         engine = model_engine(state.latest, self.model) or {}
         self.border_title = Content.assemble("Model · ", self.model, (" · pinned", "$text-accent")
                                              if engine.get("pinned") else "")
-        self.border_subtitle = fmt.execution(engine.get("execution"))
+        self.border_subtitle = execution(engine.get("execution"))
         used, total = engine.get("kv_blocks_used"), engine.get("kv_blocks_total")
         self.query_one("#kv", Gauge).set(engine.get("kv_usage"), f"{fmt.percent(engine.get('kv_usage'))} "
                                                                  f"{fmt.number(used)}/{fmt.number(total)} blocks")

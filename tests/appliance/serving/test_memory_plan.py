@@ -30,3 +30,14 @@ def test_the_refusal_says_what_is_needed_what_is_free_and_what_to_do():
                               "1.00 GiB free; unload big or lower its kv_cache_bytes")
     assert plan.refusal("mid", memory_plan.Needs(1 << 30, 0, 0), ["big"]) is None
     assert memory_plan.Plan(budget=None, used={"big": 2 << 30}, device_free=5 << 30).free == 5 << 30
+
+
+def test_without_proc_meminfo_free_ram_is_unknown_and_the_machine_s_ram_is_read_without_proc(monkeypatch):
+    import psutil
+
+    def hidden():  # as under the unit's ProcSubset=pid
+        raise FileNotFoundError(2, "No such file or directory", "/proc/meminfo")
+
+    monkeypatch.setattr(psutil, "virtual_memory", hidden)
+    assert memory_plan.free_memory_bytes("cpu") is None
+    assert memory_plan.ram_bytes() >= 1 << 30

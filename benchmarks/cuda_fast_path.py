@@ -239,7 +239,7 @@ def bench_model(name: str, device: torch.device, dtype: torch.dtype, bandwidth: 
     engine_config = EngineConfig(
         device=str(device), dtype=args.dtype, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, attention_backend=args.attention_backend,
-        cuda_graphs=args.cuda_graphs, fused_layers=args.fused_layers,
+        cuda_graphs=args.cuda_graphs, fused_layers=args.fused_layers, async_scheduling=args.async_scheduling,
         # None: the engine sizes the KV cache from gpu_memory_fraction once the weights are loaded.
         kv_cache_bytes=None if args.kv_cache_gib is None else int(args.kv_cache_gib * 2**30),
     )
@@ -347,6 +347,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=EngineConfig.cuda_graphs)
     parser.add_argument("--fused-layers", action=argparse.BooleanOptionalAction, default=EngineConfig.fused_layers,
                         help="merged projections and fused kernels on the triton backend (--no-fused-layers: transformers' layers)")
+    parser.add_argument("--async-scheduling", default=EngineConfig.async_scheduling, choices=["auto", "on", "off"],
+                        help="off: steps one after the other (to measure what the overlap gives)")
     parser.add_argument("--copy-gib", type=float, help="bandwidth copy size; default 1 on cuda, 1/16 on cpu")
     parser.add_argument("--seed", type=int, default=0, help="workload seed (the dummy weights use load_dummy's)")
     parser.add_argument("--json", type=Path, help="also write the figures here")

@@ -11,7 +11,12 @@ and has a 32-token prompt; once all are decoding, each decode step is timed by p
 and the whole step. "in a step" runs the real model; "alone" replays one logits tensor instead of
 the forward, so the host phases run without the forward's traffic through the caches.
 
-    python -m benchmarks.host_time [--steps 30] [--batches 1 64 256] [--json OUT]
+On a GPU (--device cuda) the phases are host time only (kernels run behind them) and the step is
+what the host waits for; --async-scheduling on/off compares the step with the host's work for step
+N+1 done while step N runs (engine.overlap) against steps one after the other.
+
+    python -m benchmarks.host_time [--steps 30] [--batches 1 64 256] [--device cuda]
+        [--async-scheduling auto|on|off] [--json OUT]
 """
 
 import argparse
@@ -32,6 +37,17 @@ PHASES = ("schedule", "prepare", "forward", "sample", "advance")
 PROMPT_TOKENS = 32
 
 
+class TimedSampler:
+    """The sampler with both of its entry points timed as "sample" (steps one by one call it, overlapped steps draw)."""
+
+    def __init__(self, sampler, timed):
+        self._call = timed("sample", sampler)
+        self.draw = timed("sample", sampler.draw)
+
+    def __call__(self, *args, **kwargs):
+        return self._call(*args, **kwargs)
+
+
 class PhaseTimer:
     """Wraps the engine's phases in place and keeps each call's seconds, per phase."""
 
@@ -41,7 +57,7 @@ class PhaseTimer:
         for name, owner, attr in (("schedule", session.scheduler, "schedule"), ("prepare", runner, "_prepare"),
                                   ("forward", runner, "forward"), ("advance", engine, "_advance")):
             setattr(owner, attr, self._timed(name, getattr(owner, attr)))
-        session.sampler = self._timed("sample", session.sampler)
+        session.sampler = TimedSampler(session.sampler, self._timed)
 
     def _timed(self, name, fn):
         def timed(*args, **kwargs):
@@ -59,9 +75,10 @@ class PhaseTimer:
         return {name: 1000 * sum(self.seconds[name]) / steps for name in PHASES}
 
 
-def measure(model: Path, batch: int, steps: int, alone: bool) -> dict:
+def measure(model: Path, batch: int, steps: int, alone: bool, device: str = "cpu", async_scheduling: str = "auto") -> dict:
     budget = max(2048, batch * PROMPT_TOKENS)
-    engine = Engine(EngineConfig(dtype="float32", max_num_seqs=batch, max_num_batched_tokens=budget))
+    engine = Engine(EngineConfig(dtype="float32", max_num_seqs=batch, max_num_batched_tokens=budget, device=device,
+                                 async_scheduling=async_scheduling))
     engine.load_model(model)
     for i in range(batch):
         prompt = [1000 + (7 * i + j) % 40000 for j in range(PROMPT_TOKENS)]
@@ -71,7 +88,8 @@ def measure(model: Path, batch: int, steps: int, alone: bool) -> dict:
         engine.step()  # warm-up decodes
     runner = engine.session.runner
     if alone:
-        logits = runner.forward(*runner._prepare(engine.session.scheduler.schedule().scheduled)[:3], 0).clone()
+        previous = engine.in_flight.token_ids if engine.in_flight is not None else None
+        logits = runner.execute(engine.session.scheduler.schedule().scheduled, previous).clone()
         runner.forward = lambda input_ids, positions, meta, keep: logits  # decodes only: every row is kept
     timer = PhaseTimer(engine)
     step_seconds = []
@@ -89,6 +107,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batches", type=int, nargs="*", default=[1, 64, 256])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--async-scheduling", default="auto", choices=["auto", "on", "off"])
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
@@ -99,9 +119,9 @@ def main() -> None:
         header = f"{'batch':>5} {'mode':<10}{'step':>8}" + "".join(f"{p:>10}" for p in PHASES)
         print(header + f"{'outside fwd':>13}  (ms per step)")
         for batch in args.batches:
-            for alone in (False, True):
+            for alone in (False, True) if args.device == "cpu" else (False,):  # graph replays skip forward()
                 mode = "alone" if alone else "in a step"
-                r = results[f"{batch} {mode}"] = measure(model, batch, args.steps, alone)
+                r = results[f"{batch} {mode}"] = measure(model, batch, args.steps, alone, args.device, args.async_scheduling)
                 print(f"{batch:>5} {mode:<10}{r['step_ms']:>8.2f}" + "".join(f"{r[p]:>10.2f}" for p in PHASES)
                       + f"{r['outside_forward_ms']:>13.2f}", flush=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")

@@ -113,9 +113,9 @@ class BlockManager:
 
     def cache_full_blocks(self, seq: Sequence) -> None:
         """Register the hashes of seq's blocks whose tokens are all computed."""
-        if not self.enable_prefix_caching:
-            return
         num_full = seq.num_computed_tokens // self.block_size
+        if not self.enable_prefix_caching or num_full == seq.num_cached_blocks:
+            return  # most decode steps: the new token did not fill a block
         hashes = self._block_hashes(seq, num_full)
         for block_id, h in zip(seq.block_table[seq.num_cached_blocks : num_full], hashes[seq.num_cached_blocks :]):
             block = self.blocks[block_id]

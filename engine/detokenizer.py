@@ -4,10 +4,15 @@ Decoding uses vLLM's prefix/read offset technique: each step converts only a sma
 tokens to text, from the last point where the text was complete (the prefix) to the newest
 token, and emits what lies beyond the already read part. Byte-level tokenizers split multi-byte
 characters across tokens; a window whose text ends in "\ufffd" waits for the next token.
+Tokenizers backed by the tokenizers library run that loop in Rust (its DecodeStream, ~1 µs a
+token against ~7 in Python: at batch 256 the difference is 1.5 ms a step); others run it here.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from tokenizers import Tokenizer
+from tokenizers.decoders import DecodeStream
 
 # Prompt tokens kept as the window's first context, so that the first output token decodes as a
 # continuation (its leading space kept). vLLM uses 5, reading 2 more in case some are skipped.
@@ -20,6 +25,58 @@ class DetokenizerDelta:
     stop_string: str | None = None  # set when a stop string matched; text then ends right before it
 
 
+class StreamDecoder:
+    """The tokenizers library's incremental decoder, and the ids it has not given text for yet."""
+
+    def __init__(self, backend: Tokenizer, context: list[int]):
+        self._backend = backend
+        self._stream = DecodeStream(ids=context, skip_special_tokens=False)
+        self._complete = context  # the last ids whose text is out, as the context of pending ones
+        self._pending: list[int] = []
+
+    def step(self, token_id: int) -> str | None:
+        """The new text, or None while it would end inside a character."""
+        text = self._stream.step(self._backend, token_id)
+        if text is None:
+            self._pending.append(token_id)
+        else:
+            self._complete = (self._complete + self._pending + [token_id])[-CONTEXT_TOKENS:]
+            self._pending = []
+        return text
+
+    def pending(self) -> str:
+        """The text of the ids step() gave none for, decoded as they are (an incomplete character as "\ufffd")."""
+        if not self._pending:
+            return ""
+        decode = self._backend.decode
+        return decode(self._complete + self._pending, skip_special_tokens=False)[len(decode(self._complete, skip_special_tokens=False)):]
+
+
+class WindowDecoder:
+    """The same technique over the tokenizer's own token strings, for tokenizers without a Rust backend."""
+
+    def __init__(self, tokenizer, context: list[int]):
+        self._to_string = tokenizer.convert_tokens_to_string
+        self._to_token = tokenizer.convert_ids_to_tokens
+        # The window: tokens from the prefix offset on; those before _read_offset are already read.
+        self._tokens = tokenizer.convert_ids_to_tokens(context)
+        self._read_offset = len(self._tokens)
+
+    def step(self, token_id: int) -> str | None:
+        self._tokens.append(self._to_token(token_id))
+        new_text = self.pending()
+        if not new_text or new_text.endswith("\ufffd"):
+            return None
+        # Complete text is read: its tokens become the next window's prefix.
+        del self._tokens[: self._read_offset]
+        self._read_offset = len(self._tokens)
+        return new_text
+
+    def pending(self) -> str:
+        read_text = self._to_string(self._tokens[: self._read_offset])
+        return self._to_string(self._tokens)[len(read_text) :]
+
+
 class IncrementalDetokenizer:
     def __init__(
         self,
@@ -29,13 +86,12 @@ class IncrementalDetokenizer:
         skip_special_tokens: bool = True,
         kept_special_ids: frozenset[int] = frozenset(),
     ):
-        self._tokenizer = tokenizer
         # Computed once: the tokenizer's own list of special ids is rebuilt on every access.
         self._skipped_ids = _special_ids(tokenizer) - kept_special_ids if skip_special_tokens else frozenset()
-        context = [t for t in prompt_token_ids[-CONTEXT_TOKENS - 2 :] if t not in self._skipped_ids]
-        # The window: tokens from the prefix offset on; those before _read_offset are already read.
-        self._tokens = tokenizer.convert_ids_to_tokens(context[-CONTEXT_TOKENS:])
-        self._read_offset = len(self._tokens)
+        context = [t for t in prompt_token_ids[-CONTEXT_TOKENS - 2 :] if t not in self._skipped_ids][-CONTEXT_TOKENS:]
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._decoder = (StreamDecoder(backend, context) if isinstance(backend, Tokenizer)
+                         else WindowDecoder(tokenizer, context))
         self._stops = list(stop)
         self._held = ""  # decoded text not emitted yet because it may begin a stop string
         self._pieces: list[str] = []
@@ -52,32 +108,23 @@ class IncrementalDetokenizer:
                 f"append() called after the detokenizer finished ({self._finished_by}); "
                 "the request's output is complete, stop feeding it tokens"
             )
-        if token_id not in self._skipped_ids:
-            self._tokens.append(self._tokenizer.convert_ids_to_tokens(token_id))
-        new_text, complete = self._read_new_text()
-        return self._emit(self._held + new_text, complete)
+        if token_id in self._skipped_ids:
+            return DetokenizerDelta("")
+        new_text = self._decoder.step(token_id)
+        if not self._stops:  # the common case, kept short: no stop string to find or hold back for
+            if new_text:
+                self._pieces.append(new_text)
+            return DetokenizerDelta(new_text or "")
+        if new_text is None:  # the text before the incomplete character may complete a stop string
+            return self._emit(self._held + self._decoder.pending(), complete=False)
+        return self._emit(self._held + new_text, complete=True)
 
     def flush(self) -> str:
         """At the end of generation: the held-back text, and any incomplete character as decoded."""
         if self._finished_by is not None:
             return ""
         self._finished_by = "flushed"
-        new_text, _ = self._read_new_text(final=True)
-        return self._emit(self._held + new_text, complete=True, final=True).text
-
-    def _read_new_text(self, final: bool = False) -> tuple[str, bool]:
-        """Text of the unread tokens, and whether it is complete: not ending inside a character.
-
-        Complete text is read: its tokens become the next window's prefix.
-        """
-        to_string = self._tokenizer.convert_tokens_to_string
-        read_text = to_string(self._tokens[: self._read_offset])
-        new_text = to_string(self._tokens)[len(read_text) :]
-        if not final and (not new_text or new_text.endswith("\ufffd")):
-            return new_text, False
-        del self._tokens[: self._read_offset]
-        self._read_offset = len(self._tokens)
-        return new_text, True
+        return self._emit(self._held + self._decoder.pending(), complete=True, final=True).text
 
     def _emit(self, text: str, complete: bool, final: bool = False) -> DetokenizerDelta:
         # Characters before an incomplete one are final already: a stop string there ends the

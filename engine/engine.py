@@ -16,6 +16,7 @@ from engine.detokenizer import IncrementalDetokenizer
 from engine.errors import DuplicateRequest, InvalidParameter, NoModelLoaded, PromptTooLong
 from engine.loader import LoadedModel, load_model
 from engine.model_runner import ModelRunner
+from engine.overlap import InFlightStep, overlappable, placeholder
 from engine.prompt_logprobs import add_prompt_logprobs, prompt_positions
 from engine.sampler import SampledToken, Sampler
 from engine.sampling_params import SamplingParams, StructuredOutput
@@ -24,7 +25,7 @@ from engine.sequence import Sequence
 from engine.structured_output import CompiledGrammar, GrammarCompiler, GrammarMatcher
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestOutput:
     request_id: str
     new_token_ids: list[int]
@@ -103,6 +104,8 @@ class Engine:
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self.structured_output_requests = 0
+        self.in_flight: InFlightStep | None = None  # the launched step whose tokens are not read yet
+        self.num_sequential = 0  # requests in the engine that async scheduling cannot take (engine.overlap)
         self.steps_total = 0
         self.last_step_time = time.monotonic()
 
@@ -118,6 +121,7 @@ class Engine:
         if self.sequences:
             raise RuntimeError(f"{len(self.sequences)} requests are still in the engine; abort or finish them first")
         self.session = None
+        self.in_flight = None
         if self.config.device.startswith("cuda"):
             torch.cuda.empty_cache()
 
@@ -175,6 +179,7 @@ class Engine:
         seq = Sequence(request_id, prompt_ids, params)
         session.scheduler.add(seq)
         self.sequences[request_id] = seq
+        self.num_sequential += not overlappable(params)
         if grammar is not None:
             self.matchers[request_id] = GrammarMatcher(grammar)
             self.structured_output_requests += 1
@@ -206,13 +211,10 @@ class Engine:
 
     def abort(self, request_id: str) -> bool:
         """Stop a request and free its KV blocks now. False if it is not in the engine."""
-        seq = self.sequences.pop(request_id, None)
+        seq = self.sequences.get(request_id)
         if seq is None:
             return False
-        self.detokenizers.pop(request_id, None)
-        self.matchers.pop(request_id, None)
-        self.grammar_starts.pop(request_id, None)
-        self._session().scheduler.finish(seq, "abort")
+        self._remove(self._session(), seq, "abort")
         return True
 
     def has_unfinished(self) -> bool:
@@ -220,39 +222,96 @@ class Engine:
 
     # -- the step ------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        """One step: the outputs of the requests that got a token. With async scheduling, the
+        tokens of the step launched by the previous call (engine.overlap)."""
         session = self._session()
+        try:
+            if self.config.overlaps_steps and not self.num_sequential:
+                return self._step_overlapped(session)
+            outputs = []
+            if self.in_flight is not None:  # a request that needs steps one by one has come in
+                outputs, self.in_flight = self._land(session, self.in_flight), None
+            return outputs + self._step_sequential(session)
+        except BaseException:
+            self.in_flight = None  # its placeholders go with the requests the caller aborts
+            raise
+
+    def _step_sequential(self, session: _Session) -> list[RequestOutput]:
         plan = session.scheduler.schedule()
         if plan.is_empty:
             return []
-        now = time.monotonic()
         sampling = [s for s in plan.scheduled if s.completes_prompt]
         logits = session.runner.execute(plan.scheduled)
         row = len(sampling)
-        for s in plan.scheduled:  # the rows after the sampling ones: prompt logprobs, in order
-            count = len(prompt_positions(s))
-            if count:
+        for s in plan.scheduled:
+            if s.seq.params.prompt_logprobs is not None:  # its rows follow the sampling ones, in order
+                count = len(prompt_positions(s))
                 add_prompt_logprobs(s, logits[row: row + count])
                 row += count
+        self._account(session, plan.scheduled)
         logits = logits[: len(sampling)]
-        for s in plan.scheduled:
-            if s.seq.first_scheduled_time is None:
-                s.seq.first_scheduled_time = now
-                self.prompt_tokens_total += s.seq.num_prompt_tokens
-            s.seq.num_computed_tokens += s.num_new_tokens
-            session.block_manager.cache_full_blocks(s.seq)
         matchers = [self.active_matcher(s.seq.request_id) for s in sampling] if self.matchers else None
         sampled = session.sampler(logits, [s.seq for s in sampling], matchers) if sampling else []
+        outputs = []
+        for s, token in zip(sampling, sampled):
+            s.seq.append_token(token.token_id)
+            outputs.append(self._advance(session, s.seq, token))
+        return outputs
+
+    def _step_overlapped(self, session: _Session) -> list[RequestOutput]:
+        """Launch the next step, then read and process the previous one's tokens while it runs."""
+        plan = session.scheduler.schedule()
+        previous, self.in_flight = self.in_flight, None
+        launched = None
+        if not plan.is_empty:
+            sampling = [s.seq for s in plan.scheduled if s.completes_prompt]
+            logits = session.runner.execute(plan.scheduled, previous.token_ids if previous is not None else None)
+            self._account(session, plan.scheduled)
+            if sampling:
+                launched = InFlightStep(sampling, session.sampler.draw(logits[: len(sampling)], sampling))
+        outputs = self._land(session, previous) if previous is not None else []
+        if launched is not None:
+            for row, seq in enumerate(launched.seqs):
+                if self.sequences.get(seq.request_id) is seq:  # not finished by the tokens just read
+                    seq.append_token(placeholder(row))
+            self.in_flight = launched
+        return outputs
+
+    def _account(self, session: _Session, scheduled: list) -> None:
+        """After a forward: the scheduled tokens are computed; full blocks of real tokens are cached."""
+        now = time.monotonic()
+        cache_full_blocks = session.block_manager.cache_full_blocks
+        for s in scheduled:
+            seq = s.seq
+            if seq.first_scheduled_time is None:
+                seq.first_scheduled_time = now
+                self.prompt_tokens_total += seq.num_prompt_tokens
+            seq.num_computed_tokens += s.num_new_tokens
+            if seq.token_ids[-1] >= 0:  # a placeholder's block is cached once its token is read
+                cache_full_blocks(seq)
         self.steps_total += 1
         self.last_step_time = time.monotonic()
-        return [self._advance(s.seq, token) for s, token in zip(sampling, sampled)]
+
+    def _land(self, session: _Session, step: InFlightStep) -> list[RequestOutput]:
+        """The launched step's tokens into their requests, skipping those that finished (or were
+        aborted) since it was launched: their token is one too many."""
+        outputs = []
+        for seq, token_id in zip(step.seqs, step.host_token_ids()):
+            if self.sequences.get(seq.request_id) is not seq:
+                continue
+            seq.fill_last_token(token_id)
+            session.block_manager.cache_full_blocks(seq)
+            outputs.append(self._advance(session, seq, SampledToken(token_id)))
+        return outputs
 
     def active_matcher(self, request_id: str) -> GrammarMatcher | None:
         """The request's matcher, once its grammar holds (after its after_token_id, when it has one)."""
         return None if request_id in self.grammar_starts else self.matchers.get(request_id)
 
-    def _advance(self, seq: Sequence, token: SampledToken) -> RequestOutput:
-        session = self._session()
-        seq.append_token(token.token_id)
+    def _advance(self, session: _Session, seq: Sequence, token: SampledToken) -> RequestOutput:
+        """A request's newest token (appended already): text, stop checks, the output. Runs once per
+        request per step, so the common case (no grammar, no stop string matched) takes the fewest steps."""
+        token_id = token.token_id
         self.generation_tokens_total += 1
         if seq.first_token_time is None:
             seq.first_token_time = self.last_step_time
@@ -261,43 +320,26 @@ class Engine:
         detok = self.detokenizers.get(seq.request_id)
         text, finish, stop_reason = "", None, None
         if detok is not None:
-            delta = detok.append(token.token_id)
+            delta = detok.append(token_id)
             text = delta.text
             if delta.stop_string is not None:
                 finish, stop_reason = "stop", delta.stop_string
         num_out = len(seq.output_token_ids)
-        matcher = self.active_matcher(seq.request_id)
-        if self.grammar_starts.get(seq.request_id) == token.token_id:
-            del self.grammar_starts[seq.request_id]  # the grammar holds from the next token on
-        if finish is None and matcher is not None:
-            if not matcher.accept_token(token.token_id):  # the bitmask allowed it: never expected
-                finish, stop_reason = "abort", f"the grammar refused token {token.token_id}"
-            elif matcher.is_terminated():  # the grammar ended and EOS followed; before min_tokens
-                finish = "stop"
+        if self.matchers and finish is None:
+            finish, stop_reason = self._grammar_finish(seq.request_id, token_id)
         if finish is None and num_out >= params.min_tokens:
-            if token.token_id in params.stop_token_ids:
-                finish, stop_reason = "stop", token.token_id
-            elif not params.ignore_eos and token.token_id in session.eos_token_ids:
+            if token_id in params.stop_token_ids:
+                finish, stop_reason = "stop", token_id
+            elif not params.ignore_eos and token_id in session.eos_token_ids:
                 finish = "stop"
         if finish is None and (num_out >= params.max_tokens or seq.num_tokens >= session.max_model_len):
             finish = "length"
         if finish is not None:
             if detok is not None and not isinstance(stop_reason, str):
                 text += detok.flush()
-            session.scheduler.finish(seq, finish)
-            del self.sequences[seq.request_id]
-            self.detokenizers.pop(seq.request_id, None)
-            self.matchers.pop(seq.request_id, None)
-            self.grammar_starts.pop(seq.request_id, None)
+            self._remove(session, seq, finish)
         return RequestOutput(
-            request_id=seq.request_id,
-            new_token_ids=[token.token_id],
-            new_text=text,
-            finished=finish is not None,
-            finish_reason=finish,
-            num_prompt_tokens=seq.num_prompt_tokens,
-            num_output_tokens=num_out,
-            num_cached_tokens=num_cached,
+            seq.request_id, [token_id], text, finish is not None, finish, seq.num_prompt_tokens, num_out, num_cached,
             logprobs=[token] if params.logprobs is not None else [],
             prompt_logprobs=[SampledToken(seq.prompt_token_ids[0])] + seq.prompt_logprobs
             if params.prompt_logprobs is not None and num_out == 1 else None,
@@ -306,6 +348,27 @@ class Engine:
             first_scheduled_time=seq.first_scheduled_time,
             first_token_time=seq.first_token_time,
         )
+
+    def _grammar_finish(self, request_id: str, token_id: int) -> tuple[str | None, str | None]:
+        """Whether the request's grammar ends it with this token: ("stop", None), ("abort", why) or (None, None)."""
+        matcher = self.active_matcher(request_id)
+        if self.grammar_starts.get(request_id) == token_id:
+            del self.grammar_starts[request_id]  # the grammar holds from the next token on
+        if matcher is None:
+            return None, None
+        if not matcher.accept_token(token_id):  # the bitmask allowed it: never expected
+            return "abort", f"the grammar refused token {token_id}"
+        if matcher.is_terminated():  # the grammar ended and EOS followed; before min_tokens
+            return "stop", None
+        return None, None
+
+    def _remove(self, session: _Session, seq: Sequence, finish: str) -> None:
+        session.scheduler.finish(seq, finish)
+        del self.sequences[seq.request_id]
+        self.num_sequential -= not overlappable(seq.params)
+        self.detokenizers.pop(seq.request_id, None)
+        self.matchers.pop(seq.request_id, None)
+        self.grammar_starts.pop(seq.request_id, None)
 
     def stats(self) -> EngineStats:
         s = self.session

@@ -15,6 +15,7 @@ from engine.block_manager import blocks_for
 from engine.config import CPU_KV_CACHE_BYTES, EngineConfig
 from engine.errors import ModelLoadError
 from engine.loader import LoadedModel
+from engine.overlap import fill_placeholders, to_device
 from engine.prompt_logprobs import prompt_rows
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledSequence
@@ -215,8 +216,8 @@ class ModelRunner:
                 continue
             seq, begin = s.seq, s.seq.num_computed_tokens
             end = begin + s.num_new_tokens
-            chunks.append(PrefillChunk(num_rows, s.num_new_tokens, end, torch.tensor(
-                seq.block_table[: blocks_for(end, self.block_size)], device=self.device)))
+            chunks.append(PrefillChunk(num_rows, s.num_new_tokens, end, to_device(torch.tensor(
+                seq.block_table[: blocks_for(end, self.block_size)]), self.device)))
             input_ids.append(np.asarray(seq.token_ids[begin:end], dtype=np.int64))
             positions.append(np.arange(begin, end, dtype=np.int64))
             slots.append(self._slots(seq.block_table, positions[-1]))
@@ -234,14 +235,14 @@ class ModelRunner:
             input_ids.append(np.fromiter((s.seq.token_ids[s.seq.num_computed_tokens] for s in group), np.int64, n))
             positions.append(position)
             slots.append(tables[np.arange(n), position // self.block_size] * self.block_size + position % self.block_size)
-            groups.append(DecodeGroup(num_rows, torch.from_numpy(tables).to(self.device),
+            groups.append(DecodeGroup(num_rows, to_device(torch.from_numpy(tables), self.device),
                                       self._padding_bias(position + 1, max_blocks * self.block_size)))
             num_rows += n
         meta = AttentionMetadata(self.kv_caches, self._tensor(slots), chunks, groups)
         return self._tensor(input_ids), self._tensor(positions), meta, last_row
 
     def _tensor(self, parts: list[np.ndarray]) -> torch.Tensor:
-        return torch.from_numpy(np.concatenate(parts)).to(self.device)
+        return to_device(torch.from_numpy(np.concatenate(parts)), self.device)
 
     def _padding_bias(self, context_lens: np.ndarray, width: int) -> torch.Tensor | None:
         """-inf over the width gathered slots past each context; None when no slot is padding."""
@@ -249,7 +250,7 @@ class ModelRunner:
             return None
         padding = torch.arange(width)[None, :] >= torch.from_numpy(context_lens)[:, None]
         bias = torch.zeros(padding.shape, dtype=self.dtype).masked_fill_(padding, float("-inf"))
-        return bias[:, None, None, :].to(self.device)
+        return to_device(bias[:, None, None, :], self.device)
 
     def _prepare_packed(self, scheduled: list[ScheduledSequence]):
         """The triton backend's batch: sequences in order, their rows and slots computed by tensor ops."""
@@ -274,17 +275,18 @@ class ModelRunner:
         first_position = (context_len - query_len - query_start).long()
         positions = first_position[seq_of_row] + torch.arange(len(input_ids))
         slots = block_tables[seq_of_row, positions // self.block_size].long() * self.block_size + positions % self.block_size
+        device = self.device
         meta = PackedMetadata(
             self.kv_caches,
-            slots.to(self.device),
-            query_start.to(self.device),
-            query_len.to(self.device),
-            context_len.to(self.device),
-            block_tables.to(self.device),
+            to_device(slots, device),
+            to_device(query_start, device),
+            to_device(query_len, device),
+            to_device(context_len, device),
+            to_device(block_tables, device),
             max(lens),
         )
         last_row = {id(s): start + n - 1 for s, start, n in zip(scheduled, starts, lens)}
-        return torch.tensor(input_ids, device=self.device), positions.to(self.device), meta, last_row
+        return to_device(torch.tensor(input_ids), device), to_device(positions, device), meta, last_row
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta, logits_to_keep) -> torch.Tensor:
         """Logits [rows, vocab] for the packed tokens; logits_to_keep: row indices, or 0 for all rows."""
@@ -298,16 +300,23 @@ class ModelRunner:
         return output.logits[0]
 
     @torch.inference_mode()
-    def execute(self, scheduled: list[ScheduledSequence]) -> torch.Tensor:
+    def execute(self, scheduled: list[ScheduledSequence], previous_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [n, vocab] for the scheduled sequences that complete their known tokens, in order; then
-        the rows that give prompt logprobs (engine.prompt_logprobs), sequence by sequence."""
+        the rows that give prompt logprobs (engine.prompt_logprobs), sequence by sequence.
+
+        previous_tokens: the previous step's sampled ids, still on the device, which the placeholders
+        of its tokens stand for (engine.overlap)."""
         if self.backend == "triton":
             input_ids, positions, meta, last_row = self._prepare_packed(scheduled)
         else:
             input_ids, positions, meta, last_row = self._prepare(scheduled)
+        if previous_tokens is not None:
+            input_ids = fill_placeholders(input_ids, previous_tokens)
         keep = [last_row[id(s)] for s in scheduled if s.completes_prompt]
-        keep += [row for s in scheduled for row in prompt_rows(s, last_row[id(s)])]
+        keep += [row for s in scheduled if s.seq.params.prompt_logprobs is not None
+                 for row in prompt_rows(s, last_row[id(s)])]
+        rows = to_device(torch.tensor(keep or [0]), self.device)
         if self.graphs is not None and self.graphs.fits(meta):
-            return self.graphs.replay(input_ids, positions, meta)[keep]
-        logits = self.forward(input_ids, positions, meta, torch.tensor(keep or [0], device=self.device))
+            return self.graphs.replay(input_ids, positions, meta)[rows]
+        logits = self.forward(input_ids, positions, meta, rows)
         return logits if keep else logits[:0]  # the model needs at least one row; the caller expects none

@@ -47,3 +47,8 @@ class Sequence:
     def append_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)
         self.output_token_ids.append(token_id)
+
+    def fill_last_token(self, token_id: int) -> None:
+        """The real id of the newest token, appended as a placeholder while it was on the device (engine.overlap)."""
+        self.token_ids[-1] = token_id
+        self.output_token_ids[-1] = token_id

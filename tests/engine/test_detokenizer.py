@@ -37,7 +37,33 @@ def smollm2(default_model_path):
     return AutoTokenizer.from_pretrained(default_model_path)
 
 
-@pytest.fixture(scope="module", params=["byte_bpe", "smollm2"])
+class PythonBacked:
+    """A tokenizer seen as one without a Rust backend (transformers' PythonBackend kind): the
+    detokenizer runs its own window over the tokenizer's token strings. Records the longest window."""
+
+    backend_tokenizer = None
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self.longest_window = 0
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+    def __len__(self):
+        return len(self._tokenizer)
+
+    def convert_tokens_to_string(self, tokens):
+        self.longest_window = max(self.longest_window, len(tokens))
+        return self._tokenizer.convert_tokens_to_string(tokens)
+
+
+@pytest.fixture(scope="module")
+def smollm2_python(smollm2):
+    return PythonBacked(smollm2)
+
+
+@pytest.fixture(scope="module", params=["byte_bpe", "smollm2", "smollm2_python"])
 def tokenizer(request):
     return request.getfixturevalue(request.param)
 
@@ -150,34 +176,20 @@ def test_special_tokens_are_left_out_when_asked(tokenizer, skip_special_tokens, 
     assert streamed_text(tokenizer, ids, prompt, skip_special_tokens=skip_special_tokens) == expected
 
 
-def test_the_first_token_continues_the_prompt():
+@pytest.mark.parametrize("backed", [lambda tokenizer: tokenizer, PythonBacked], ids=["rust", "python"])
+def test_the_first_token_continues_the_prompt(backed):
     # Metaspace decoders drop the leading space of a text's first token; after a prompt it stays.
-    tokenizer = train(pre_tokenizers.Metaspace(), decoders.Metaspace(), vocab_size=120)
+    tokenizer = backed(train(pre_tokenizers.Metaspace(), decoders.Metaspace(), vocab_size=120))
     ids = encode(tokenizer, " world")
     assert tokenizer.decode(ids) == "world"
     assert streamed_text(tokenizer, ids, encode(tokenizer, "Hello")) == " world"
 
 
-class WindowSpy:
-    """A tokenizer that records the longest token list it was asked to turn into text."""
-
-    def __init__(self, tokenizer):
-        self._tokenizer = tokenizer
-        self.longest_window = 0
-
-    def __getattr__(self, name):
-        return getattr(self._tokenizer, name)
-
-    def convert_tokens_to_string(self, tokens):
-        self.longest_window = max(self.longest_window, len(tokens))
-        return self._tokenizer.convert_tokens_to_string(tokens)
-
-
-def test_each_step_decodes_a_small_window_however_long_the_output(tokenizer):
-    spy = WindowSpy(tokenizer)
-    ids = encode(tokenizer, SAMPLE_TEXT * 100)
-    assert streamed_text(spy, ids, encode(tokenizer, "Hello prompt ok")) == SAMPLE_TEXT * 100
-    assert len(ids) > 1000 and spy.longest_window <= 10
+def test_each_step_decodes_a_small_window_however_long_the_output(smollm2):
+    spy = PythonBacked(smollm2)
+    ids = encode(smollm2, SAMPLE_TEXT * 100)
+    assert streamed_text(spy, ids, encode(smollm2, "Hello prompt ok")) == SAMPLE_TEXT * 100
+    assert len(ids) > 1000 and 0 < spy.longest_window <= 10
 
 
 def test_kept_special_tokens_are_decoded_while_others_are_skipped(default_model_path):

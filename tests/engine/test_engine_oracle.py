@@ -98,3 +98,13 @@ def test_preemption_by_recompute_does_not_change_tokens(default_model_path, prom
     stats, outputs = run_batch(default_model_path, prompts, config)
     assert stats.num_preemptions > 0
     assert outputs == expected
+
+
+def test_overlapped_steps_with_preemption_do_not_change_tokens(default_model_path, prompts, expected):
+    """Async scheduling (forced on CPU): steps launched before the previous tokens are read."""
+    longest = max(len(p) for p in prompts) + max(OUTPUT_LENS)
+    config = EngineConfig(dtype="float32", num_kv_blocks=-(-longest // 16) + 2, block_size=16, max_num_batched_tokens=128,
+                          async_scheduling="on")
+    stats, outputs = run_batch(default_model_path, prompts, config)
+    assert stats.num_preemptions > 0
+    assert outputs == expected

@@ -101,8 +101,9 @@ def test_embeddings_of_a_fused_model_equal_the_torch_backends():
         torch.testing.assert_close(torch.tensor(got), torch.tensor(want), atol=1e-5, rtol=1e-5)
 
 
-def test_triton_backend_with_transformers_layers_matches_generate_under_preemption(expected):
-    engine = make_engine(attention_backend="triton", num_kv_blocks=14, fused_layers=False)
+@pytest.mark.parametrize("async_scheduling", ["off", "on"])
+def test_triton_backend_with_transformers_layers_matches_generate_under_preemption(expected, async_scheduling):
+    engine = make_engine(attention_backend="triton", num_kv_blocks=14, fused_layers=False, async_scheduling=async_scheduling)
     assert not engine.session.runner.fused
     assert run(engine) == expected
     assert engine.stats().num_preemptions > 0

@@ -24,6 +24,7 @@ class PrefillChunk:
     query_len: int
     context_len: int  # tokens of the sequence in the cache after this chunk is written
     block_table: torch.Tensor  # [num_blocks] the sequence's blocks
+    first_block: int | None = None  # set when those blocks are consecutive: the context is read in place
 
 
 @dataclass
@@ -31,6 +32,7 @@ class DecodeGroup:
     query_start: int  # the group's decode tokens are packed together from here
     block_tables: torch.Tensor  # [num_seqs, max_blocks]; padding points at block 0
     bias: torch.Tensor | None  # [num_seqs, 1, 1, max_blocks * block_size]: 0 where real, -inf for padding
+    first_block: int | None = None  # a group of one sequence whose blocks are consecutive: read in place
 
 
 @dataclass
@@ -41,12 +43,17 @@ class AttentionMetadata:
     decodes: list[DecodeGroup]
 
 
-def gather_blocks(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
+def gather_blocks(cache: torch.Tensor, block_tables: torch.Tensor, first_block: int | None = None) -> torch.Tensor:
     """[n, blocks] block ids -> [n, blocks * block_size, kv_heads, head_dim], whole blocks at a time.
 
     index_select over whole blocks is many times faster on CPU than per-slot advanced indexing.
+    One sequence whose blocks are consecutive (first_block given; a lone request's usually are) is a
+    view of the cache: nothing is copied.
     """
     num_blocks, block_size, kv_heads, head_dim = cache.shape
+    if first_block is not None:
+        width = block_tables.shape[1]
+        return cache[first_block : first_block + width].view(1, width * block_size, kv_heads, head_dim)
     rows = cache.view(num_blocks, -1).index_select(0, block_tables.flatten())
     return rows.view(block_tables.shape[0], block_tables.shape[1] * block_size, kv_heads, head_dim)
 
@@ -61,8 +68,8 @@ def _attend_prefill(q, k_new, v_new, key_cache, value_cache, chunk: PrefillChunk
     if chunk.query_len == chunk.context_len:
         k, v = k_new, v_new
     else:
-        k = gather_blocks(key_cache, chunk.block_table[None])[0, : chunk.context_len].transpose(0, 1)
-        v = gather_blocks(value_cache, chunk.block_table[None])[0, : chunk.context_len].transpose(0, 1)
+        k = gather_blocks(key_cache, chunk.block_table[None], chunk.first_block)[0, : chunk.context_len].transpose(0, 1)
+        v = gather_blocks(value_cache, chunk.block_table[None], chunk.first_block)[0, : chunk.context_len].transpose(0, 1)
     group = num_heads // k.shape[0]
     # 4-D inputs with repeated kv heads take SDPA's fast CPU kernels (3-D or enable_gqa fall back to math).
     k = k.repeat_interleave(group, 0)[None]
@@ -84,8 +91,8 @@ def _attend_decode(q, key_cache, value_cache, group: DecodeGroup, scaling):
     num_kv_heads = key_cache.shape[2]
     # Query heads sharing a kv head become that head's rows: no kv repeat needed.
     q = q.transpose(0, 1).reshape(num_decodes, num_kv_heads, num_heads // num_kv_heads, head_dim)
-    k = gather_blocks(key_cache, group.block_tables).transpose(1, 2)
-    v = gather_blocks(value_cache, group.block_tables).transpose(1, 2)
+    k = gather_blocks(key_cache, group.block_tables, group.first_block).transpose(1, 2)
+    v = gather_blocks(value_cache, group.block_tables, group.first_block).transpose(1, 2)
     o = F.scaled_dot_product_attention(q, k, v, attn_mask=group.bias, scale=scaling)
     return o.reshape(num_decodes, num_heads, head_dim)
 

@@ -14,6 +14,7 @@ from engine.attention import ATTENTION_NAME, AttentionMetadata, DecodeGroup, Pre
 from engine.block_manager import blocks_for
 from engine.config import CPU_KV_CACHE_BYTES, EngineConfig
 from engine.errors import ModelLoadError
+from engine.lm_head import reuse_logits_buffer
 from engine.loader import LoadedModel
 from engine.overlap import fill_placeholders, to_device
 from engine.prompt_logprobs import prompt_rows
@@ -54,6 +55,11 @@ def kv_blocks_for_gpu(total: int, free: int, activation_peak: int, fraction: flo
     return budget // block_bytes
 
 
+def _first_of_consecutive(table: list[int]) -> int | None:
+    """The first block when the table is a run of consecutive blocks, else None."""
+    return table[0] if table[-1] - table[0] == len(table) - 1 and table == list(range(table[0], table[-1] + 1)) else None
+
+
 class ModelRunner:
     def __init__(self, loaded: LoadedModel, config: EngineConfig):
         self.model = loaded.model
@@ -65,6 +71,8 @@ class ModelRunner:
         self.fused = False
         self._use_backend(config.resolved_attention_backend)
         self.graphs = None
+        if not config.on_cuda:  # on CUDA the caching allocator already reuses the logits' memory
+            reuse_logits_buffer(self.model, config.max_num_seqs)
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []  # allocated once their size is known
         # On CUDA a full-size step runs now: it compiles the kernels (not on the first request) and
         # measures the activation peak the KV sizing leaves room for.
@@ -216,8 +224,9 @@ class ModelRunner:
                 continue
             seq, begin = s.seq, s.seq.num_computed_tokens
             end = begin + s.num_new_tokens
-            chunks.append(PrefillChunk(num_rows, s.num_new_tokens, end, to_device(torch.tensor(
-                seq.block_table[: blocks_for(end, self.block_size)]), self.device)))
+            table = seq.block_table[: blocks_for(end, self.block_size)]
+            chunks.append(PrefillChunk(num_rows, s.num_new_tokens, end, to_device(torch.tensor(table), self.device),
+                                       _first_of_consecutive(table)))
             input_ids.append(np.asarray(seq.token_ids[begin:end], dtype=np.int64))
             positions.append(np.arange(begin, end, dtype=np.int64))
             slots.append(self._slots(seq.block_table, positions[-1]))
@@ -236,7 +245,8 @@ class ModelRunner:
             positions.append(position)
             slots.append(tables[np.arange(n), position // self.block_size] * self.block_size + position % self.block_size)
             groups.append(DecodeGroup(num_rows, to_device(torch.from_numpy(tables), self.device),
-                                      self._padding_bias(position + 1, max_blocks * self.block_size)))
+                                      self._padding_bias(position + 1, max_blocks * self.block_size),
+                                      _first_of_consecutive(table) if n == 1 else None))
             num_rows += n
         meta = AttentionMetadata(self.kv_caches, self._tensor(slots), chunks, groups)
         return self._tensor(input_ids), self._tensor(positions), meta, last_row

@@ -20,7 +20,7 @@ from engine.overlap import InFlightStep, overlappable, placeholder
 from engine.prompt_logprobs import add_prompt_logprobs, prompt_positions
 from engine.sampler import SampledToken, Sampler
 from engine.sampling_params import SamplingParams, StructuredOutput
-from engine.scheduler import Scheduler
+from engine.scheduler import ScheduledSequence, Scheduler
 from engine.sequence import Sequence
 from engine.structured_output import CompiledGrammar, GrammarCompiler, GrammarMatcher
 
@@ -241,6 +241,7 @@ class Engine:
         if plan.is_empty:
             return []
         sampling = [s for s in plan.scheduled if s.completes_prompt]
+        scheduled_at = time.monotonic()
         logits = session.runner.execute(plan.scheduled)
         row = len(sampling)
         for s in plan.scheduled:
@@ -248,7 +249,7 @@ class Engine:
                 count = len(prompt_positions(s))
                 add_prompt_logprobs(s, logits[row: row + count])
                 row += count
-        self._account(session, plan.scheduled)
+        self._account(session, plan.scheduled, scheduled_at)
         logits = logits[: len(sampling)]
         matchers = [self.active_matcher(s.seq.request_id) for s in sampling] if self.matchers else None
         sampled = session.sampler(logits, [s.seq for s in sampling], matchers) if sampling else []
@@ -265,8 +266,9 @@ class Engine:
         launched = None
         if not plan.is_empty:
             sampling = [s.seq for s in plan.scheduled if s.completes_prompt]
+            scheduled_at = time.monotonic()
             logits = session.runner.execute(plan.scheduled, previous.token_ids if previous is not None else None)
-            self._account(session, plan.scheduled)
+            self._account(session, plan.scheduled, scheduled_at)
             if sampling:
                 launched = InFlightStep(sampling, session.sampler.draw(logits[: len(sampling)], sampling))
         outputs = self._land(session, previous) if previous is not None else []
@@ -277,14 +279,13 @@ class Engine:
             self.in_flight = launched
         return outputs
 
-    def _account(self, session: _Session, scheduled: list) -> None:
+    def _account(self, session: _Session, scheduled: list[ScheduledSequence], scheduled_at: float) -> None:
         """After a forward: the scheduled tokens are computed; full blocks of real tokens are cached."""
-        now = time.monotonic()
         cache_full_blocks = session.block_manager.cache_full_blocks
         for s in scheduled:
             seq = s.seq
             if seq.first_scheduled_time is None:
-                seq.first_scheduled_time = now
+                seq.first_scheduled_time = scheduled_at
                 self.prompt_tokens_total += seq.num_prompt_tokens
             seq.num_computed_tokens += s.num_new_tokens
             if seq.token_ids[-1] >= 0:  # a placeholder's block is cached once its token is read
@@ -296,7 +297,9 @@ class Engine:
         """The launched step's tokens into their requests, skipping those that finished (or were
         aborted) since it was launched: their token is one too many."""
         outputs = []
-        for seq, token_id in zip(step.seqs, step.host_token_ids()):
+        token_ids = step.host_token_ids()
+        self.last_step_time = time.monotonic()  # when its tokens came: their first_token_time
+        for seq, token_id in zip(step.seqs, token_ids):
             if self.sequences.get(seq.request_id) is not seq:
                 continue
             seq.fill_last_token(token_id)

@@ -122,7 +122,8 @@ class ModelRunner:
         """What runs the model, for operators asking whether the fast path is on (the triton backend
         may have handed over to torch at load, graph capture may have failed)."""
         return {"device": str(self.device), "dtype": self.config.resolved_dtype, "attention_backend": self.backend,
-                "fused_layers": self.fused, "cuda_graphs": self.graphs is not None}
+                "fused_layers": self.fused, "cuda_graphs": self.graphs is not None,
+                "async_scheduling": self.config.overlaps_steps}
 
     @property
     def kv_cache_bytes(self) -> int:

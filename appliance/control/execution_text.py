@@ -9,9 +9,10 @@ MISSING = "—"
 
 
 def execution(path: dict | None) -> str:
-    """How the engine runs the model, in a few words: "triton · fused · CUDA graphs · cuda:0 bfloat16"."""
+    """How the engine runs the model, in a few words: "triton · fused · CUDA graphs · async · cuda:0 bfloat16"."""
     if not path:
         return ""
     words = [path.get("attention_backend") or MISSING]
-    words += [name for key, name in (("fused_layers", "fused"), ("cuda_graphs", "CUDA graphs")) if path.get(key)]
+    words += [name for key, name in (("fused_layers", "fused"), ("cuda_graphs", "CUDA graphs"),
+                                                    ("async_scheduling", "async")) if path.get(key)]
     return " · ".join(words + [f"{path.get('device') or MISSING} {path.get('dtype') or MISSING}"])

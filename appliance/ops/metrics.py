@@ -58,10 +58,10 @@ class _EngineCollector:
             "vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
             labels=["block_size", "num_gpu_blocks", "model_name"],
         )
-        names = ["device", "dtype", "attention_backend", "fused_layers", "cuda_graphs"]
+        names = ["device", "dtype", "attention_backend", "fused_layers", "cuda_graphs", "async_scheduling"]
         path = GaugeMetricFamily(
             "appliance_engine_execution_info",
-            "What runs the model: device, dtype, attention backend, fused layers, CUDA graphs.",
+            "What runs the model: device, dtype, attention backend, fused layers, CUDA graphs, async scheduling.",
             labels=[*names, "model_name"],
         )
         for model, stats in engines:

@@ -43,9 +43,9 @@ def snapshot(second: int, gpus: bool = True, beside: tuple[str, ...] = ()) -> di
             "generation_tokens_per_s": round(1400 * load, 1), "requests_per_s": round(6 * load, 2),
             "ttft_s": {"p50": 0.045, "p99": 0.31}, "itl_s": {"p50": 0.012, "p99": 0.041},
             "execution": {"device": "cuda:0", "dtype": "bfloat16", "attention_backend": "triton",
-                          "fused_layers": True, "cuda_graphs": True} if gpus else
+                          "fused_layers": True, "cuda_graphs": True, "async_scheduling": True} if gpus else
                          {"device": "cpu", "dtype": "float32", "attention_backend": "torch",
-                          "fused_layers": False, "cuda_graphs": False},
+                          "fused_layers": False, "cuda_graphs": False, "async_scheduling": False},
             "preemptions": 3, "errors": 1, "rejected": 27, "requests_total": 48213,
         },
         "engines": [],

@@ -22,10 +22,11 @@ def test_counts_fit_in_a_few_characters(value, shown):
 
 
 def test_execution_path_in_a_few_words():
-    gpu = {"device": "cuda:0", "dtype": "bfloat16", "attention_backend": "triton", "fused_layers": True, "cuda_graphs": True}
-    assert execution(gpu) == "triton · fused · CUDA graphs · cuda:0 bfloat16"
+    gpu = {"device": "cuda:0", "dtype": "bfloat16", "attention_backend": "triton", "fused_layers": True, "cuda_graphs": True,
+           "async_scheduling": True}
+    assert execution(gpu) == "triton · fused · CUDA graphs · async · cuda:0 bfloat16"
     fallback = gpu | {"attention_backend": "torch", "cuda_graphs": False}  # triton failed its warm-up
-    assert execution(fallback) == "torch · fused · cuda:0 bfloat16"
+    assert execution(fallback) == "torch · fused · async · cuda:0 bfloat16"
     assert execution(None) == ""  # no model loaded
 
 

@@ -154,17 +154,22 @@ def engine_decode_rate(engine: Engine, request_id: str, prompt: list[int], n: in
 def decode_batch1(model: str, reference, prompt: list[int], n: int, dtype: str, rounds: int = 3) -> dict:
     """Decode tokens/s at batch 1, ours and generate() in alternating rounds (medians).
 
-    Alternating keeps a change in machine load from favouring whichever ran second.
+    Alternating keeps a change in machine load from favouring whichever ran second. Each round has a
+    prompt of its own (its first token changed): the same prompt again would hit the prefix cache,
+    and a context whose cached blocks lie apart from its new ones is gathered rather than read in
+    place, which is not what batch-1 decode measures (docs/BENCHMARKS.md, issue 20).
     """
     engine = Engine(EngineConfig(dtype=dtype))
     engine.load_model(model)
-    ids = torch.tensor([prompt])
-    mask = torch.ones_like(ids)
     with torch.inference_mode():
-        reference.generate(ids, attention_mask=mask, generation_config=greedy_config(4, 0))  # warm-up
+        reference.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                           generation_config=greedy_config(4, 0))  # warm-up
     ours, theirs = [], []
     for r in range(rounds):
-        ours.append(engine_decode_rate(engine, f"b1-{r}", prompt, n))
+        round_prompt = [(prompt[0] + 1 + r) % reference.config.vocab_size] + prompt[1:]
+        ids = torch.tensor([round_prompt])
+        mask = torch.ones_like(ids)
+        ours.append(engine_decode_rate(engine, f"b1-{r}", round_prompt, n))
         with torch.inference_mode():
             t0 = time.perf_counter()
             reference.generate(ids, attention_mask=mask, generation_config=greedy_config(1, 0))

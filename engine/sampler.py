@@ -274,7 +274,10 @@ def _cutoff(logits: torch.Tensor, top_k: list[int], top_p: torch.Tensor, candida
 def _exponential_noise(
     shape: torch.Size, generators: list[torch.Generator | None], device: torch.device
 ) -> torch.Tensor:
-    noise = torch.empty(shape, device=device).exponential_()  # seeded rows are drawn again below
+    noise = torch.empty(shape, device=device)
+    unseeded = [i for i, g in enumerate(generators) if g is None]
+    if unseeded:  # a device index: a list index would be a blocking copy (engine.overlap)
+        noise[to_device(torch.tensor(unseeded), device)] = torch.empty(len(unseeded), shape[1], device=device).exponential_()
     for i, g in enumerate(generators):
         if g is not None:
             # Drawn where the generator lives (the CPU), then moved.

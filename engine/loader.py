@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL_LM_NAMES
 
 from engine.errors import ModelLoadError
+from engine.kv_cache_spec import KVCacheLayout, layer_specs_from_config
 
 # Architectures whose attention our paged attention function reproduces exactly
 # (plain causal attention, RoPE applied by the model code, no softcap, no sliding window).
@@ -34,6 +35,10 @@ class LoadedModel:
     tokenizer: object | None
     config: PretrainedConfig
     architecture: str
+
+    @property
+    def layout(self) -> KVCacheLayout:
+        return KVCacheLayout.from_specs(layer_specs_from_config(self.config))
 
 
 def check_architecture(config: PretrainedConfig) -> str:

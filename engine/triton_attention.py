@@ -17,14 +17,13 @@ Runs on CUDA. On CPU it runs only under TRITON_INTERPRET=1 (set before this modu
 which is how the tests check it against the portable torch path.
 """
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 from transformers import AttentionInterface
 
 from engine.attention import write_kv_cache
+from engine.attention_metadata import PackedMetadata, PackedStep
 
 ATTENTION_NAME = "appliance_paged_triton"
 
@@ -37,17 +36,6 @@ PARTITION_KEYS = 512  # keys per program when a decode batch is split (more past
 MAX_PARTITIONS = 64  # bounds the partial results' memory for 128k-token contexts
 SPLIT_BELOW_PROGRAMS = 512  # split decode batches with fewer (sequence, kv head) programs than this
 MERGE_CHUNK = 16  # partitions the merge reads at a time
-
-
-@dataclass
-class PackedMetadata:
-    kv_caches: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: key, value [num_blocks, block_size, kv_heads, head_dim]
-    slot_mapping: torch.Tensor  # [T] int64: where each new token's key and value go
-    query_start: torch.Tensor  # [S] int32: first packed row of each sequence
-    query_len: torch.Tensor  # [S] int32: its new tokens this step (0: a padding sequence)
-    context_len: torch.Tensor  # [S] int32: its tokens in the cache once this step's are written
-    block_tables: torch.Tensor  # [S, max_blocks] int32
-    max_query_len: int  # host-side, so launching needs no device sync
 
 
 @triton.jit
@@ -262,11 +250,15 @@ def triton_paged_attention(
     attention_mask: torch.Tensor | None,
     scaling: float | None = None,
     dropout: float = 0.0,
-    attention_metadata: PackedMetadata | None = None,
+    attention_metadata: PackedStep | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    meta = attention_metadata
-    key_cache, value_cache = write_kv_cache(meta, module.layer_idx, key, value)
+    step = attention_metadata
+    meta, spec, caches = step.for_layer(module.layer_idx)
+    if not spec.is_full or kwargs.get("s_aux") is not None or kwargs.get("softcap") is not None:
+        raise NotImplementedError(f"the triton attention kernel does not run {spec.describe()} attention, sinks or "
+                                  "softcap yet")
+    key_cache, value_cache = write_kv_cache([caches], 0, meta.slot_mapping, key, value)
     q = query[0].transpose(0, 1).contiguous()  # [T, heads, dim]
     scale = scaling if scaling is not None else q.shape[-1] ** -0.5
     return paged_attention_packed(q, key_cache, value_cache, meta, scale).unsqueeze(0), None

@@ -7,7 +7,8 @@ on a GPU the same tests run the compiled kernel.
 import pytest
 import torch
 
-from engine.triton_attention import PackedMetadata, decode_partitions, paged_attention_packed
+from engine.attention_metadata import PackedMetadata
+from engine.triton_attention import decode_partitions, paged_attention_packed
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BLOCK_SIZE = 4
@@ -48,7 +49,6 @@ def build_batch(shapes, num_heads, num_kv_heads, head_dim, seed=0):
         return torch.tensor(values, dtype=torch.int32, device=DEVICE)
 
     meta = PackedMetadata(
-        kv_caches=[],
         slot_mapping=torch.empty(0, dtype=torch.long, device=DEVICE),
         query_start=t(starts),
         query_len=t([q for q, _ in shapes]),
@@ -165,7 +165,7 @@ def test_blocks_past_2_31_cache_elements_are_addressed_in_64_bits():
         return torch.tensor(values, dtype=torch.int32, device=DEVICE)
 
     ctx = 2 * BLOCK_SIZE
-    meta = PackedMetadata([], torch.empty(0, dtype=torch.long, device=DEVICE), t([0]), t([1]), t([ctx]), t([table]), 1)
+    meta = PackedMetadata(torch.empty(0, dtype=torch.long, device=DEVICE), t([0]), t([1]), t([ctx]), t([table]), 1)
     out = paged_attention_packed(q, key_cache, value_cache, meta, 0.25)
     expected = reference(q.float(), k.flatten(0, 1).float(), v.flatten(0, 1).float(), 0.25)
     torch.testing.assert_close(out.double(), expected, atol=2e-3, rtol=2e-3)

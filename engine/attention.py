@@ -109,6 +109,17 @@ def write_kv_cache(meta, layer_idx: int, key: torch.Tensor, value: torch.Tensor)
     return key_cache, value_cache
 
 
+def attention_chunk_size(module: torch.nn.Module) -> int | None:
+    """Chunked local attention (Llama 4's "chunked_attention" layers: a query sees the keys of its own
+    chunk of attention_chunk_size tokens). The model code passes no argument for it (its mask carries
+    it), so it is read off the layer's config."""
+    config = getattr(module, "config", None)
+    layer_types = getattr(config, "layer_types", None)
+    if not layer_types or layer_types[module.layer_idx] != "chunked_attention":
+        return None
+    return config.attention_chunk_size
+
+
 def paged_attention(
     module: torch.nn.Module,
     query: torch.Tensor,

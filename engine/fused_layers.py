@@ -90,7 +90,8 @@ class FusedAttention(nn.Module):
             key_cache, value_cache = meta.kv_caches[self.layer_idx]
             q = rotary_and_write_kv(qkv[0], cos[0], sin[0], meta.slot_mapping, key_cache, value_cache,
                                     self.num_heads, self.num_kv_heads)
-            out = paged_attention_packed(q, key_cache, value_cache, meta, self.scaling)
+            out = paged_attention_packed(q, key_cache, value_cache, meta, self.scaling,
+                                         sliding_window=self.sliding_window)
             return self.o_proj(out.view(hidden_states.shape[0], out.shape[0], -1)), None
         return self._unfused_forward(qkv, position_embeddings, attention_mask, past_key_values, **kwargs)
 

@@ -89,7 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="on CPU with tiny shapes (CI runs this)")
     parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma list of {', '.join(SHAPES)}")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
-    parser.add_argument("--budget-s", type=float, help="the whole run's time (default 540 on a GPU, 240 dry)")
+    parser.add_argument("--budget-s", type=float, help="the sections' time (default 510 on a GPU, 240 dry)")
     parser.add_argument("--out", type=Path, default=Path("gpu-check-results"), help="where the results go")
     args = parser.parse_args(argv)
     for flag, allowed in (("shapes", SHAPES), ("parts", PARTS)):

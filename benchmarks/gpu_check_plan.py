@@ -59,14 +59,14 @@ _, MIXED_PROMPTS, MIXED_OUTPUTS = WORKLOADS["mixed64"]
 # One H100 within one device command (10 minutes), wheels installed included. Sections run in order until
 # the budget is spent: correctness of every shape first, then each shape's speed, Llama's first.
 GPU = Plan(
-    device="cuda", tiny=False, budget_s=540.0,
+    device="cuda", tiny=False, budget_s=510.0,
     correctness_dtypes=("float32", "bfloat16"), correctness_prompt_lens=(5, 24, 130, 300, 700),
     correctness_shared_prefix=64, correctness_output_len=16, correctness_batched_tokens=256,
     correctness_kv_bytes=1024 * MIB,
     batch1_prompt_len=128, batch1_output_len=256, batch1_rounds=3,
     workloads=(64, 256), prompt_range=MIXED_PROMPTS, output_range=MIXED_OUTPUTS, generate_batch_size=16,
     served_dtype="auto", served_kv_bytes=None, copy_bytes=1 << 30,
-    caps_s={"correctness": 90, "ours": 150, "generate": 100, "cb": 150},
+    caps_s={"correctness": 150, "ours": 150, "generate": 100, "cb": 150},  # the first shape compiles the kernels
 )
 
 # The same code on CPU in seconds (CI): tiny shapes, float32 only (the interpreter has no bfloat16 dots,

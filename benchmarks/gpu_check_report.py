@@ -9,6 +9,10 @@ def _ratio(ours, theirs) -> str:
     return "–" if ours is None or not theirs else f"{ours / theirs:.2f}"
 
 
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
 def correctness_rows(report: dict) -> list[str]:
     rows = []
     for name, entry in report["correctness"].items():
@@ -17,10 +21,10 @@ def correctness_rows(report: dict) -> list[str]:
             if r is None:
                 continue
             e = r["execution"]
-            path = f"{e['attention_backend']}, graphs {'on' if e['cuda_graphs'] else 'off'}, async {'on' if e['async_scheduling'] else 'off'}"
-            rows.append(f"| {name} ({entry['layers']} layers) | {dtype} | {path} | {r['agreed']:.0%} / {r['agreed_async']:.0%} "
-                        f"| {'yes' if r['divergences_are_near_ties'] else 'NO'} | {r['logprob_rel_err']:.1e} "
-                        f"| {'pass' if r['passed'] else 'FAIL'} |")
+            path = f"{e['attention_backend']}, graphs {_on(e['cuda_graphs'])}, async {_on(e['async_scheduling'])}"
+            rows.append(f"| {name} ({entry['layers']} layers) | {dtype} | {path} "
+                        f"| {r['agreed']:.0%} / {r['agreed_async']:.0%} | {'yes' if r['divergences_are_near_ties'] else 'NO'} "
+                        f"| {r['logprob_rel_err']:.1e} | {'pass' if r['passed'] else 'FAIL'} |")
     return rows
 
 
@@ -30,8 +34,9 @@ def speed_rows(report: dict) -> tuple[list[str], list[str]]:
         b1 = entry.get("batch1")
         if b1:
             ours, theirs = b1["ours_tokens_per_s"], b1.get("generate_tokens_per_s")
+            gb_per_token = (b1["weight_bytes_per_token"] + b1["kv_bytes_per_token"]) / 1e9
             batch1.append(f"| {name} | {entry['dtype']} | {ours:.1f} | {_fmt(theirs)} | {_ratio(ours, theirs)} "
-                          f"| {(b1['weight_bytes_per_token'] + b1['kv_bytes_per_token']) / 1e9:.2f} | {b1['mbu']:.2f} |")
+                          f"| {gb_per_token:.2f} | {b1['mbu']:.2f} |")
         for requests, t in entry.get("throughput", {}).items():
             ours, cb, gen = t["ours_tokens_per_s"], t.get("cb_tokens_per_s"), t.get("generate_tokens_per_s")
             throughput.append(f"| {name} | {requests} | {t['output_tokens']} | {ours:.0f} | {_fmt(cb, '.0f')} "
@@ -97,16 +102,18 @@ def summary(report: dict) -> str:
                 figures[f"correctness {name}"] = figures.get(f"correctness {name}", "") + (
                     f"{dtype} {'pass' if r['passed'] else 'FAIL'} (rel {r['logprob_rel_err']:.0e}) ")
     for name, entry in report["speed"].items():
-        if "batch1" in entry:
-            figures[f"ours {name}"] = f"b1 {entry['batch1']['ours_tokens_per_s']:.0f} tok/s, MBU {entry['batch1']['mbu']:.2f}; " + ", ".join(
-                f"{n} req {t['ours_tokens_per_s']:.0f} tok/s" for n, t in entry.get("throughput", {}).items())
-        if "generate_tokens_per_s" in entry.get("batch1", {}):
-            b1, smallest = entry["batch1"], entry["throughput"][min(entry["throughput"], key=int)]
-            figures[f"generate() {name}"] = (f"ours / generate(): b1 {_ratio(b1['ours_tokens_per_s'], b1['generate_tokens_per_s'])}"
-                                             f", throughput {_ratio(smallest['ours_tokens_per_s'], smallest.get('generate_tokens_per_s'))}")
+        b1, throughput = entry.get("batch1", {}), entry.get("throughput", {})
+        if b1:
+            figures[f"ours {name}"] = f"b1 {b1['ours_tokens_per_s']:.0f} tok/s, MBU {b1['mbu']:.2f}; " + ", ".join(
+                f"{n} req {t['ours_tokens_per_s']:.0f} tok/s" for n, t in throughput.items())
+        if "generate_tokens_per_s" in b1:
+            smallest = throughput[min(throughput, key=int)]
+            figures[f"generate() {name}"] = (
+                f"ours / generate(): b1 {_ratio(b1['ours_tokens_per_s'], b1['generate_tokens_per_s'])}, "
+                f"throughput {_ratio(smallest['ours_tokens_per_s'], smallest.get('generate_tokens_per_s'))}")
         figures[f"transformers CB {name}"] = "ours / CB: " + ", ".join(
             f"{n} req {_ratio(t['ours_tokens_per_s'], t['cb_tokens_per_s'])}"
-            for n, t in entry.get("throughput", {}).items() if "cb_tokens_per_s" in t)
+            for n, t in throughput.items() if "cb_tokens_per_s" in t)
     lines = [f"{'section':<36} {'status':<10} {'s':>5}  figures"]
     for s in report["sections"]:
         figure = figures.get(s["name"], "") if s["status"] == "ok" else (s["error"] or "")

@@ -102,7 +102,8 @@ def measure_generate(name: str, plan: Plan, entry: dict) -> None:
     smallest = str(min(plan.workloads))
     r = run_static_generate(model, workload(plan, int(smallest), vocab), plan.generate_batch_size)
     entry["throughput"][smallest]["generate_tokens_per_s"] = r.tokens_per_s
-    entry["generate_attention"] = model.config._attn_implementation
+    entry["transformers_implementation"] = {"attention": model.config._attn_implementation,
+                                            "experts": getattr(model.config, "_experts_implementation", None)}
 
 
 def measure_continuous_batching(name: str, plan: Plan, entry: dict) -> None:

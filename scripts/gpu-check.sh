@@ -11,7 +11,7 @@
 # Qwen3-30B-A3B, gpt-oss-20b and Gemma-3-12B (fewer layers): greedy tokens and log-probabilities; then at
 # full size batch-1 decode tokens/s and memory-bandwidth utilisation, and 64- and 256-request throughput
 # against transformers' generate() and its continuous batching, in the same run. Every section is guarded
-# and the run keeps to a time budget (--budget-s, default 540 s: one device command of at most 10 minutes,
+# and the run keeps to a time budget (--budget-s, default 510 s: one device command of at most 10 minutes,
 # wheels installed included). Results: gpu-check.md (to paste into docs/BENCHMARKS.md) and gpu-check.json
 # in $OUT if set, else ./gpu-check-results; a short table is printed last.
 #

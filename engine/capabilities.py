@@ -83,11 +83,11 @@ def resolve_architecture(config: PretrainedConfig) -> Architecture:
         if text_class is None:
             raise ModelLoadError(f"{declared}: its language model ({text_config.model_type}) has no causal-LM class in "
                                  "transformers, which this engine needs to serve its text")
+        # The multimodal class ties (or not) its language model's head as its own config says.
+        text_config.tie_word_embeddings = getattr(config, "tie_word_embeddings", text_config.tie_word_embeddings)
         return Architecture(declared, text_class, text_config)
     if declared in CAUSAL_LM_NAMES.values() and hasattr(transformers, declared):
         return Architecture(declared, declared, config)
-    if _causal_class(config.model_type):
-        return Architecture(declared, _causal_class(config.model_type), config)
     raise ModelLoadError(f"{declared} is not a decoder-only causal language model (text generation) of transformers "
                          f"{transformers.__version__}; the engine serves those")
 
@@ -112,13 +112,11 @@ def check_config(config: PretrainedConfig) -> Architecture:
 
 
 def decoder_layers(model: nn.Module, arch: str) -> nn.ModuleList:
-    """The model's decoder layers: the ModuleList of its base model (model.model.layers for most)."""
-    base = getattr(model, model.base_model_prefix, model)
-    layers = getattr(base, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise ModelLoadError(f"{arch}: its decoder layers are not where transformers' causal LMs keep them "
-                             f"({type(base).__name__}.layers)")
-    return layers
+    """The model's decoder layers: the ModuleList of its decoder (model.model.layers for most)."""
+    for base in (model.get_decoder(), getattr(model, model.base_model_prefix, None), getattr(model, "model", None)):
+        if isinstance(getattr(base, "layers", None), nn.ModuleList):
+            return base.layers
+    raise ModelLoadError(f"{arch}: its decoder layers are not where transformers' causal LMs keep them (model.layers)")
 
 
 def _check_layer(arch: str, index: int, layer: nn.Module) -> None:

@@ -144,9 +144,11 @@ def blocks_per_sequence(specs: list[AttentionSpec], block_size: int, num_tokens:
     return total
 
 
-def max_tokens_per_sequence(specs: list[AttentionSpec], block_size: int, num_blocks: int, max_new_tokens: int) -> int:
-    """The longest sequence that fits in a pool of num_blocks on its own."""
-    low, high = 0, num_blocks * block_size
+def max_tokens_per_sequence(specs: list[AttentionSpec], block_size: int, num_blocks: int, max_new_tokens: int,
+                            limit: int) -> int:
+    """The longest sequence, up to limit tokens, that fits in a pool of num_blocks on its own (a model whose
+    every layer has a window holds a bounded number of blocks however long the sequence)."""
+    low, high = 0, limit
     while low < high:  # blocks_per_sequence grows with num_tokens
         mid = (low + high + 1) // 2
         if blocks_per_sequence(specs, block_size, mid, max_new_tokens) <= num_blocks:

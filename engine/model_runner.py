@@ -75,9 +75,8 @@ class ModelRunner:
         activation_peak = self._cuda_warm_up() if config.on_cuda else 0
         self.num_blocks = self._num_blocks(activation_peak)
         model_len = config.max_model_len or getattr(self.hf_config, "max_position_embeddings", 2048)
-        fits = max_tokens_per_sequence(self.layout.specs(), self.block_size, self.num_blocks,
-                                       config.max_num_batched_tokens)
-        self.max_model_len = min(model_len, fits)
+        self.max_model_len = max_tokens_per_sequence(self.layout.specs(), self.block_size, self.num_blocks,
+                                                     config.max_num_batched_tokens, model_len)
         # Block 0 is the null block (engine.block_manager): freed window entries point at it, and CUDA
         # graph replays write their padding rows' keys into it.
         self.kv_caches = self._allocate(self.num_blocks + 1)

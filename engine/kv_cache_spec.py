@@ -65,12 +65,14 @@ class KVCacheGroup:
 
 @dataclass(frozen=True)
 class KVCacheLayout:
-    """Which group and which cache tensor each attention layer uses."""
+    """Which group and which cache tensor each attention layer uses, and the shape of a token's keys."""
 
     groups: tuple[KVCacheGroup, ...]
+    kv_heads: int
+    head_dim: int
 
     @classmethod
-    def from_specs(cls, specs: dict[int, AttentionSpec]) -> "KVCacheLayout":
+    def from_specs(cls, specs: dict[int, AttentionSpec], kv_heads: int, head_dim: int) -> "KVCacheLayout":
         """Layers of each kind in groups of the same size: the count of the rarest kind (as vLLM does).
         A kind whose count is not a multiple of it ends with a smaller group (its blocks are partly unused)."""
         by_kind: dict[AttentionSpec, list[int]] = {}
@@ -82,7 +84,11 @@ class KVCacheLayout:
             groups += [KVCacheGroup(spec, tuple(layers[i : i + size])) for i in range(0, len(layers), size)]
         # Full-attention groups first: prefix-cache lookups start from them.
         groups.sort(key=lambda g: (not g.spec.is_full, g.layers[0]))
-        return cls(tuple(groups))
+        return cls(tuple(groups), kv_heads, head_dim)
+
+    def block_bytes(self, block_size: int, dtype_bytes: int) -> int:
+        """One block of the shared pool: block_size tokens' keys and values in every cache tensor."""
+        return 2 * self.layers_per_group * self.kv_heads * self.head_dim * block_size * dtype_bytes
 
     @property
     def layers_per_group(self) -> int:
@@ -107,6 +113,14 @@ class KVCacheLayout:
             kinds[g.spec.describe()] = kinds.get(g.spec.describe(), 0) + 1
         parts = " + ".join(f"{n} {kind}" for kind, n in kinds.items())
         return f"{parts} group{'s' if len(self.groups) > 1 else ''} of {self.layers_per_group} layers"
+
+
+def layout_from_config(config) -> KVCacheLayout:
+    """The layout a config describes (an object or a dict), before the model is probed: for the memory plan."""
+    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    heads = get("num_attention_heads")
+    head_dim = get("head_dim") or get("hidden_size") // heads
+    return KVCacheLayout.from_specs(layer_specs_from_config(config), get("num_key_value_heads") or heads, head_dim)
 
 
 def layer_specs_from_config(config) -> dict[int, AttentionSpec]:

@@ -13,7 +13,7 @@ from engine.attention import ATTENTION_NAME
 from engine.block_manager import NULL_BLOCK, blocks_for
 from engine.config import CPU_KV_CACHE_BYTES, EngineConfig
 from engine.errors import ModelLoadError
-from engine.kv_cache_spec import KVCacheLayout, max_tokens_per_sequence
+from engine.kv_cache_spec import max_tokens_per_sequence
 from engine.lm_head import reuse_logits_buffer
 from engine.loader import LoadedModel
 from engine.overlap import fill_placeholders, to_device
@@ -26,16 +26,6 @@ from engine.sequence import Sequence
 log = logging.getLogger(__name__)
 
 GIB = 1 << 30
-
-
-def head_dim(hf_config) -> int:
-    return getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
-
-
-def kv_bytes_per_block(hf_config, layout: KVCacheLayout, block_size: int, dtype: torch.dtype) -> int:
-    """One block of the shared pool: block_size tokens' keys and values in every cache tensor."""
-    per_token = 2 * layout.layers_per_group * hf_config.num_key_value_heads * head_dim(hf_config)
-    return per_token * block_size * dtype.itemsize
 
 
 def kv_blocks_for_gpu(total: int, free: int, activation_peak: int, fraction: float, block_bytes: int, min_blocks: int) -> int:
@@ -62,6 +52,8 @@ class ModelRunner:
         self.block_size = config.block_size
         self.dtype = config.torch_dtype
         self.layout = loaded.layout
+        self.experts = loaded.experts
+        self.attention_features = loaded.attention_features
         self.placement = self.layout.placement()
         self.packer = BatchPacker(self.layout.specs(), self.block_size, self.device, self.dtype)
         self.fused = False
@@ -120,7 +112,8 @@ class ModelRunner:
         may have handed over to torch at load, graph capture may have failed)."""
         return {"device": str(self.device), "dtype": self.config.resolved_dtype, "attention_backend": self.backend,
                 "fused_layers": self.fused, "cuda_graphs": self.graphs is not None,
-                "async_scheduling": self.config.overlaps_steps}
+                "async_scheduling": self.config.overlaps_steps, "experts": self.experts or "none",
+                "attention": ",".join(self.attention_features) or "full", "kv_cache": self.layout.describe()}
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -128,7 +121,7 @@ class ModelRunner:
 
     def _allocate(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """One key and one value tensor per layer of the largest group: tensor j serves each group's j-th layer."""
-        shape = (num_blocks, self.block_size, self.hf_config.num_key_value_heads, head_dim(self.hf_config))
+        shape = (num_blocks, self.block_size, self.layout.kv_heads, self.layout.head_dim)
         return [
             (torch.zeros(shape, dtype=self.dtype, device=self.device), torch.zeros(shape, dtype=self.dtype, device=self.device))
             for _ in range(self.layout.layers_per_group)
@@ -136,7 +129,7 @@ class ModelRunner:
 
     def _num_blocks(self, activation_peak: int) -> int:
         config = self.config
-        per_block = kv_bytes_per_block(self.hf_config, self.layout, config.block_size, self.dtype)
+        per_block = self.layout.block_bytes(config.block_size, self.dtype.itemsize)
         if config.num_kv_blocks:
             return config.num_kv_blocks
         if config.kv_cache_bytes is not None:

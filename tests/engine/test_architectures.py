@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from engine import Engine, EngineConfig, SamplingParams
-from engine.kv_cache_spec import KVCacheLayout, blocks_per_sequence, layer_specs_from_config
+from engine.kv_cache_spec import blocks_per_sequence, layout_from_config
 from tests.engine.architectures import CONFIGS, VOCAB, build
 
 BLOCK = 4
@@ -44,7 +44,7 @@ def test_batched_chunked_cached_and_preempted_requests_match_generate_alone(name
     expected = [generate_alone(model, prompt, n) for prompt, n in requests]
 
     # A pool that holds the longest request alone: eight at once must preempt.
-    specs = KVCacheLayout.from_specs(layer_specs_from_config(model.config.get_text_config())).specs()
+    specs = layout_from_config(model.config.get_text_config()).specs()
     longest = max(len(p) + n for p, n in requests)
     num_blocks = blocks_per_sequence(specs, BLOCK, longest, BUDGET)
     engine = Engine(EngineConfig(dtype="float32", block_size=BLOCK, max_num_batched_tokens=BUDGET,

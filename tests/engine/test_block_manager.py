@@ -1,10 +1,12 @@
 """The KV block pool: allocation, reference counts, prefix caching and LRU eviction."""
 
 from hypothesis import given, settings
+from transformers import Gemma3TextConfig
 from hypothesis import strategies as st
 
 from engine.block_manager import NULL_BLOCK, BlockManager, blocks_for
-from engine.kv_cache_spec import AttentionSpec
+from benchmarks.kv_capacity import full_allocation, sequences_held
+from engine.kv_cache_spec import AttentionSpec, layout_from_config
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
 
@@ -177,3 +179,18 @@ def test_random_operations_never_leak_and_every_visible_block_holds_its_tokens(o
     for seq in live.values():
         bm.free(seq)
     assert bm.num_free_blocks == num_blocks
+
+
+def test_a_gemma3_shaped_model_holds_four_times_the_32k_sequences_of_full_allocation():
+    """Gemma 3 12B's shape (40 sliding layers with a 1024-token window, 8 full; 8 kv heads of 256) at 32k
+    context in one 40 GiB KV budget: window groups keep a window and a block, full allocation keeps all."""
+    config = Gemma3TextConfig(num_hidden_layers=48, sliding_window=1024, num_key_value_heads=8, head_dim=256)
+    windowed = layout_from_config(config)
+    assert windowed.describe() == "1 full + 5 sliding window 1024 groups of 8 layers"
+    budget = 40 << 30
+    with_windows, bm = sequences_held(windowed, budget, 32768, 2048)
+    without, _ = sequences_held(full_allocation(windowed), budget, 32768, 2048)
+    assert without == 3 and with_windows >= 4 * without
+    # What the pool counts as used is what the sequences really hold: a 32k sequence's full group and
+    # each window group's last 1024 tokens (65 blocks, the window starting inside one).
+    assert bm.num_blocks - bm.num_free_blocks <= with_windows * (32768 // 16 + 5 * 65) + 2048 // 16 * 6

@@ -61,6 +61,8 @@ class ModelRunner:
         self.device = torch.device(config.device)
         self.block_size = config.block_size
         self.dtype = config.torch_dtype
+        self.kv_dtype = torch.float8_e4m3fn if config.kv_cache_dtype == "fp8" else self.dtype
+        self.weights = loaded.weights
         self.layout = loaded.layout
         self.placement = self.layout.placement()
         self.packer = BatchPacker(self.layout.specs(), self.block_size, self.device, self.dtype)
@@ -120,7 +122,9 @@ class ModelRunner:
         may have handed over to torch at load, graph capture may have failed)."""
         return {"device": str(self.device), "dtype": self.config.resolved_dtype, "attention_backend": self.backend,
                 "fused_layers": self.fused, "cuda_graphs": self.graphs is not None,
-                "async_scheduling": self.config.overlaps_steps}
+                "async_scheduling": self.config.overlaps_steps,
+                "kv_cache_dtype": str(self.kv_dtype).removeprefix("torch."),
+                **(self.weights.to_dict() if self.weights else {})}
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -130,13 +134,14 @@ class ModelRunner:
         """One key and one value tensor per layer of the largest group: tensor j serves each group's j-th layer."""
         shape = (num_blocks, self.block_size, self.hf_config.num_key_value_heads, head_dim(self.hf_config))
         return [
-            (torch.zeros(shape, dtype=self.dtype, device=self.device), torch.zeros(shape, dtype=self.dtype, device=self.device))
+            (torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
+             torch.zeros(shape, dtype=self.kv_dtype, device=self.device))
             for _ in range(self.layout.layers_per_group)
         ]
 
     def _num_blocks(self, activation_peak: int) -> int:
         config = self.config
-        per_block = kv_bytes_per_block(self.hf_config, self.layout, config.block_size, self.dtype)
+        per_block = kv_bytes_per_block(self.hf_config, self.layout, config.block_size, self.kv_dtype)
         if config.num_kv_blocks:
             return config.num_kv_blocks
         if config.kv_cache_bytes is not None:

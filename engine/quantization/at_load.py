@@ -1,8 +1,9 @@
 """Quantize a loaded model's linear layers: `quantization = "int8" | "int4" | "fp8"`.
 
 The quantization math is torchao's (pinned): int8 symmetric per output channel, int4 asymmetric in
-groups of 128 (64 or 32 where the input size asks) with tinygemm's zero in the floating domain; fp8
-per output channel. The result is packed for the engine's kernels (engine.quantization.packed_linear).
+groups of 32 with tinygemm's zero in the floating domain; fp8 per output channel. Groups of 32, not
+the usual 128: on the default model groups of 64 measured 2.5x float32's perplexity, groups of 32
++0.3 % (docs/BENCHMARKS.md), for 5 bits a weight instead of 4.25. The result is packed for the engine's kernels (engine.quantization.packed_linear).
 
 What is quantized: every nn.Linear of the decoder layers. Kept in floating point: the embeddings,
 the LM head (often tied to them), and mixture-of-experts routers (few weights, and top-k choices are
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from engine.errors import ModelLoadError
-from engine.quantization.packed_linear import (FP8, FP8_MAX, INT4_GROUP_SIZES, Fp8Linear, Int4Linear, Int8Linear,
+from engine.quantization.packed_linear import (FP8, FP8_MAX, Fp8Linear, Int4Linear, Int8Linear,
                                                PackedLinear, cuda_has_fp8)
 
 SCHEMES = ("int8", "int4", "fp8")
@@ -56,15 +57,13 @@ def int8_per_channel(weight: torch.Tensor, bias: torch.Tensor | None = None) -> 
     return Int8Linear(q, scale.reshape(-1), bias)
 
 
-def int4_group_size(in_features: int) -> int | None:
-    return next((g for g in INT4_GROUP_SIZES if in_features % g == 0), None)
+INT4_GROUP_SIZE = 32
 
 
-def int4_grouped(weight: torch.Tensor, bias: torch.Tensor | None = None, group_size: int | None = None) -> Int4Linear:
+def int4_grouped(weight: torch.Tensor, bias: torch.Tensor | None = None) -> Int4Linear:
     _, utils = _torchao()
     w = weight.detach().to(torch.float32)
-    group_size = group_size or int4_group_size(w.shape[1])
-    q, scales_and_zeros = utils.groupwise_affine_quantize_tensor(w, 4, group_size, torch.float32)
+    q, scales_and_zeros = utils.groupwise_affine_quantize_tensor(w, 4, INT4_GROUP_SIZE, torch.float32)
     scale, zero = scales_and_zeros.transpose(0, 1).unbind(-1)  # [in / group, out, 2] -> [out, in / group] each
     return Int4Linear(q, scale, zero, bias)
 
@@ -92,7 +91,8 @@ def quantize_model(model: nn.Module, scheme: str, device: str) -> int:
     for parent, name, linear in quantizable_linears(model):
         packed = pack_linear(linear.weight, linear.bias, scheme)
         if packed is None:
-            log.info("%s stays in floating point: no int4 group size divides its %d inputs", name, linear.in_features)
+            log.info("%s stays in floating point: its %d inputs are not groups of %d", name, linear.in_features,
+                     INT4_GROUP_SIZE)
             continue
         setattr(parent, name, packed)
         replaced += 1
@@ -104,5 +104,5 @@ def pack_linear(weight: torch.Tensor, bias: torch.Tensor | None, scheme: str) ->
     if scheme == "int8":
         return int8_per_channel(weight, bias)
     if scheme == "int4":
-        return int4_grouped(weight, bias) if int4_group_size(weight.shape[1]) else None
+        return int4_grouped(weight, bias) if weight.shape[1] % INT4_GROUP_SIZE == 0 else None
     return fp8_per_channel(weight, bias)

@@ -32,8 +32,7 @@ from transformers.quantizers.auto import register_quantization_config, register_
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from engine.errors import ModelLoadError
-from engine.quantization.at_load import int4_group_size
-from engine.quantization.packed_linear import FP8, Fp8Linear, Int4Linear, Int8Linear, PackedLinear
+from engine.quantization.packed_linear import FP8, INT4_GROUP_SIZES, Fp8Linear, Int4Linear, Int8Linear, PackedLinear
 
 METHOD = "appliance"
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i of an AWQ int32 holds column AWQ_ORDER[i] of its eight
@@ -171,7 +170,7 @@ class CheckpointLinear(nn.Module):
     def _groups(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor):
         """A per-channel or odd-sized grouping regrouped to a size the int4 kernels take (repeating the scales)."""
         group = self.in_features // scale.shape[1]
-        target = int4_group_size(self.in_features)
+        target = next((g for g in INT4_GROUP_SIZES if self.in_features % g == 0), None)
         if group == target or target is None or group % target:
             return q, scale, zero
         return q, scale.repeat_interleave(group // target, 1), zero.repeat_interleave(group // target, 1)

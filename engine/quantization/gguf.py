@@ -18,9 +18,8 @@ from gguf import GGMLQuantizationType as GGML
 from gguf import GGUFReader
 from torch import nn
 
-from engine.quantization.at_load import int4_grouped, int8_per_channel, quantizable_linears
+from engine.quantization.at_load import INT4_GROUP_SIZE, int4_grouped, int8_per_channel, quantizable_linears
 
-GGUF_GROUP_SIZE = 32
 FLOAT_TYPES = {GGML.F32, GGML.F16, GGML.BF16}
 INT8_TYPES = {GGML.Q8_0, GGML.Q8_1, GGML.Q8_K, GGML.Q6_K, GGML.Q5_K, GGML.Q5_0, GGML.Q5_1}
 # llama.cpp's names of a decoder layer's linear tensors -> transformers' module paths inside the layer.
@@ -69,6 +68,6 @@ def keep_gguf_packing(model: nn.Module, path: Path) -> Counter:
         bias = None if linear.bias is None else linear.bias.detach()
         if packing == "int8":
             setattr(parent, attribute, int8_per_channel(linear.weight, bias))
-        elif packing == "int4" and linear.in_features % GGUF_GROUP_SIZE == 0:
-            setattr(parent, attribute, int4_grouped(linear.weight, bias, GGUF_GROUP_SIZE))
+        elif packing == "int4" and linear.in_features % INT4_GROUP_SIZE == 0:  # llama.cpp's blocks are 32 too
+            setattr(parent, attribute, int4_grouped(linear.weight, bias))
     return met

@@ -9,10 +9,23 @@ MISSING = "—"
 
 
 def execution(path: dict | None) -> str:
-    """How the engine runs the model, in a few words: "triton · fused · CUDA graphs · async · cuda:0 bfloat16"."""
+    """How the engine runs the model, in a few words: "triton · fused · CUDA graphs · async · cuda:0 bfloat16",
+    then its weights when packed ("weights int4 g32 + bfloat16, 3.1 GiB") and an fp8 KV cache ("KV fp8")."""
     if not path:
         return ""
     words = [path.get("attention_backend") or MISSING]
     words += [name for key, name in (("fused_layers", "fused"), ("cuda_graphs", "CUDA graphs"),
                                                     ("async_scheduling", "async")) if path.get(key)]
-    return " · ".join(words + [f"{path.get('device') or MISSING} {path.get('dtype') or MISSING}"])
+    words.append(f"{path.get('device') or MISSING} {path.get('dtype') or MISSING}")
+    weights = path.get("weights")
+    if weights and weights != path.get("dtype"):
+        words.append(f"weights {weights}, {size(path.get('weight_bytes'))}")
+    if str(path.get("kv_cache_dtype", "")).startswith("float8"):
+        words.append("KV fp8")
+    return " · ".join(words)
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return MISSING
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MiB"

@@ -1,7 +1,9 @@
 """What a model needs in memory before it loads, and whether that fits next to the models already loaded.
 
-Needs = weights (bytes on disk scaled from the stored dtype to the serving one) + the KV cache the
-engine will allocate + an activation peak (the largest step's hidden states and logits). Free = on a
+Needs = weights (bytes on disk scaled from the stored dtype to the serving one; a pre-quantized checkpoint's
+as stored; with `quantization` the decoder's linear layers at their packed size) + the KV cache the engine
+will allocate (one byte a value with kv_cache_dtype = "fp8") + an activation peak (the largest step's hidden
+states and logits). Free = on a
 GPU what the device has free, on CPU the RAM available, capped by `pool_memory_bytes` less what the
 loaded models were planned to use. A model that does not fit is refused with these numbers, before
 anything is allocated.
@@ -13,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+# Bytes a weight takes packed (engine.quantization): int8 and fp8 one, plus a scale per output channel; int4 half,
+# plus a bfloat16 scale and zero per group of 32.
+PACKED_BYTES_PER_WEIGHT = {"int8": 1.0, "fp8": 1.0, "int4": 0.5 + 4 / 32}
 GIB = 1 << 30
 
 
@@ -48,14 +53,30 @@ def kv_bytes_per_token(config: dict, dtype_bytes: int) -> int:
     return 2 * layers * kv_heads * head_dim * dtype_bytes
 
 
+def linear_weights(config: dict) -> int:
+    """Weights in the decoder layers' linear layers, which quantization packs (experts' excepted: they stay float)."""
+    hidden = config.get("hidden_size", 0)
+    heads = config.get("num_attention_heads", 1) or 1
+    head_dim = config.get("head_dim") or hidden // heads
+    kv_heads = config.get("num_key_value_heads") or heads
+    attention = hidden * head_dim * (2 * heads + 2 * kv_heads)
+    experts = config.get("num_local_experts") or config.get("num_experts")
+    mlp = 0 if experts else 3 * hidden * config.get("intermediate_size", 4 * hidden)
+    return config.get("num_hidden_layers", 0) * (attention + mlp)
+
+
 def needs(path: Path, engine_config, kv_context: int) -> Needs:
     """What loading the model at `path` with `engine_config` (an engine.EngineConfig) will take."""
     config = model_config(path)
     stored = DTYPE_BYTES.get(str(config.get("dtype") or config.get("torch_dtype") or "float32"), 4)
     serving = DTYPE_BYTES.get(engine_config.resolved_dtype, 4)
     files = path.glob("*.safetensors") if path.is_dir() else [path]
-    weights = sum(f.stat().st_size for f in files) * serving // stored
-    per_token = kv_bytes_per_token(config, serving)
+    on_disk = sum(f.stat().st_size for f in files)
+    weights = on_disk if "quantization_config" in config else on_disk * serving // stored
+    if engine_config.quantization in PACKED_BYTES_PER_WEIGHT:
+        linear = linear_weights(config)
+        weights -= int(linear * (serving - PACKED_BYTES_PER_WEIGHT[engine_config.quantization]))
+    per_token = kv_bytes_per_token(config, 1 if engine_config.kv_cache_dtype == "fp8" else serving)
     if engine_config.num_kv_blocks is not None:
         kv = per_token * engine_config.block_size * engine_config.num_kv_blocks
     else:
@@ -76,7 +97,8 @@ def default_kv_bytes(config: dict, engine_config, kv_context: int) -> int:
     if not engine_config.on_cuda:
         return CPU_KV_CACHE_BYTES
     context = min(kv_context, engine_config.max_model_len or config.get("max_position_embeddings") or kv_context)
-    return engine_config.max_num_seqs * context * kv_bytes_per_token(config, DTYPE_BYTES.get(engine_config.resolved_dtype, 4))
+    kv_bytes = 1 if engine_config.kv_cache_dtype == "fp8" else DTYPE_BYTES.get(engine_config.resolved_dtype, 4)
+    return engine_config.max_num_seqs * context * kv_bytes_per_token(config, kv_bytes)
 
 
 def free_memory_bytes(device: str) -> int | None:

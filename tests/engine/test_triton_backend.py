@@ -69,9 +69,12 @@ def expected() -> list[list[int]]:
 
 def test_triton_backend_matches_generate(expected):
     engine = make_engine(attention_backend="triton")
-    assert engine.stats().execution == {"device": DEVICE, "dtype": "float32", "attention_backend": "triton",
-                                        "fused_layers": True, "cuda_graphs": DEVICE == "cuda",
-                                        "async_scheduling": DEVICE == "cuda"}
+    execution = engine.stats().execution
+    assert {k: execution[k] for k in ("device", "dtype", "attention_backend", "fused_layers", "cuda_graphs",
+                                      "async_scheduling", "kv_cache_dtype", "weights")} == {
+        "device": DEVICE, "dtype": "float32", "attention_backend": "triton", "fused_layers": True,
+        "cuda_graphs": DEVICE == "cuda", "async_scheduling": DEVICE == "cuda", "kv_cache_dtype": "float32",
+        "weights": "float32"}
     assert run(engine) == expected
     assert engine.stats().prefix_cache_hits > 0
 

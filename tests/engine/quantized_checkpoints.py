@@ -47,8 +47,11 @@ def _asym_int4(w: torch.Tensor, group: int):
 
 
 def _write(model: nn.Module, path: Path, tensors: dict, quantization_config: dict) -> None:
-    state = {k: v.contiguous() for k, v in model.state_dict().items()
-             if k.rsplit(".", 1)[0] not in linears(model) or k.endswith(".bias")}
+    state, seen = {}, set()
+    for k, v in model.state_dict().items():  # a tied LM head is saved once, as its embeddings
+        if (k.rsplit(".", 1)[0] not in linears(model) or k.endswith(".bias")) and v.data_ptr() not in seen:
+            state[k] = v.contiguous()
+            seen.add(v.data_ptr())
     state.update({k: v.contiguous() for k, v in tensors.items()})
     path.mkdir(parents=True, exist_ok=True)
     save_file(state, path / "model.safetensors", metadata={"format": "pt"})

@@ -37,11 +37,13 @@ class ModelSettings:
     max_num_seqs: int | None = None
     max_model_len: int | None = None
     dtype: str | None = None
+    quantization: str | None = None  # quantize at load: "int8", "int4" (CPU and GPU), "fp8" (GPUs with fp8)
+    kv_cache_dtype: str | None = None  # "fp8": twice the tokens in the same KV cache bytes
     pinned: bool = False  # loaded at start and never evicted
     keep_alive_s: float | None = None  # idle this long, the model may make room for another; default: the pool's
     aliases: list[str] = field(default_factory=list)  # other names requests may use for it
 
-    ENGINE_KEYS = ("kv_cache_bytes", "max_num_seqs", "max_model_len", "dtype")
+    ENGINE_KEYS = ("kv_cache_bytes", "max_num_seqs", "max_model_len", "dtype", "quantization", "kv_cache_dtype")
 
 
 @dataclass

@@ -64,13 +64,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--no-fused-layers", dest="fused_layers", action="store_false", default=None)
     engine.add_argument("--max-waiting-requests", type=int)
     engine.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    engine.add_argument("--quantization", choices=["int8", "int4", "fp8"])
+    engine.add_argument("--kv-cache-dtype", choices=["auto", "fp8"])
     engine.add_argument("--device")
     engine.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false", default=None)
 
 
 ENGINE_FLAGS = ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "num_kv_blocks", "kv_cache_bytes",
                 "gpu_memory_fraction", "max_waiting_requests", "dtype", "device", "enable_prefix_caching",
-                "attention_backend", "cuda_graphs", "fused_layers")
+                "attention_backend", "cuda_graphs", "fused_layers", "quantization", "kv_cache_dtype")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -21,6 +21,8 @@ from transformers import AttentionInterface
 from engine.attention_metadata import AttentionMetadata, DecodeGroup, PrefillChunk
 
 ATTENTION_NAME = "appliance_paged"
+FP8 = torch.float8_e4m3fn
+FP8_MAX = torch.finfo(FP8).max
 
 
 def gather_blocks(cache: torch.Tensor, block_tables: torch.Tensor, first_block: int | None = None) -> torch.Tensor:
@@ -34,8 +36,13 @@ def gather_blocks(cache: torch.Tensor, block_tables: torch.Tensor, first_block: 
     if first_block is not None:
         width = block_tables.shape[1]
         return cache[first_block : first_block + width].view(1, width * block_size, kv_heads, head_dim)
-    rows = cache.view(num_blocks, -1).index_select(0, block_tables.flatten())
+    rows = as_copyable(cache).view(num_blocks, -1).index_select(0, block_tables.flatten()).view(cache.dtype)
     return rows.view(block_tables.shape[0], block_tables.shape[1] * block_size, kv_heads, head_dim)
+
+
+def as_copyable(t: torch.Tensor) -> torch.Tensor:
+    """The tensor, or its bytes for an fp8 one: torch's CPU index_copy_ and index_select take no fp8."""
+    return t.view(torch.uint8) if t.dtype == FP8 else t
 
 
 @dataclass(frozen=True)
@@ -90,8 +97,8 @@ def _attend_prefill(q, k_new, v_new, key_cache, value_cache, chunk: PrefillChunk
         k, v = k_new, v_new
     else:
         length = chunk.context_len - chunk.context_start
-        k = gather_blocks(key_cache, chunk.block_table[None], chunk.first_block)[0, :length].transpose(0, 1)
-        v = gather_blocks(value_cache, chunk.block_table[None], chunk.first_block)[0, :length].transpose(0, 1)
+        k = gather_blocks(key_cache, chunk.block_table[None], chunk.first_block)[0, :length].transpose(0, 1).to(q.dtype)
+        v = gather_blocks(value_cache, chunk.block_table[None], chunk.first_block)[0, :length].transpose(0, 1).to(q.dtype)
     group = num_heads // k.shape[0]
     # 4-D inputs with repeated kv heads take SDPA's fast CPU kernels (3-D or enable_gqa fall back to math).
     k = k.repeat_interleave(group, 0)[None]
@@ -106,10 +113,18 @@ def _attend_decode(q, key_cache, value_cache, group: DecodeGroup, softmax: Softm
     num_kv_heads = key_cache.shape[2]
     # Query heads sharing a kv head become that head's rows: no kv repeat needed.
     q = q.transpose(0, 1).reshape(num_decodes, num_kv_heads, num_heads // num_kv_heads, head_dim)
-    k = gather_blocks(key_cache, group.block_tables, group.first_block).transpose(1, 2)
-    v = gather_blocks(value_cache, group.block_tables, group.first_block).transpose(1, 2)
+    k = gather_blocks(key_cache, group.block_tables, group.first_block).transpose(1, 2).to(q.dtype)
+    v = gather_blocks(value_cache, group.block_tables, group.first_block).transpose(1, 2).to(q.dtype)
     o = attend(q, k, v, group.bias, softmax.shaped(1, num_kv_heads, num_heads // num_kv_heads, 1))
     return o.reshape(num_decodes, num_heads, head_dim)
+
+
+def stored(x: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+    """x in the cache's dtype; an fp8 cache (kv_cache_dtype = "fp8", e4m3 with a scale of 1, as vLLM's
+    default) saturates at its largest value instead of overflowing to NaN. Readers widen it back."""
+    if cache.dtype == FP8:
+        x = x.clamp(-FP8_MAX, FP8_MAX)
+    return x.to(cache.dtype)
 
 
 def write_kv_cache(kv_caches, cache_index: int, slot_mapping: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
@@ -117,8 +132,8 @@ def write_kv_cache(kv_caches, cache_index: int, slot_mapping: torch.Tensor, key:
     per cache, at slot_mapping); returns that (key, value) cache."""
     key_cache, value_cache = kv_caches[cache_index]
     slots_view = (-1, key_cache.shape[2], key_cache.shape[3])
-    key_cache.view(slots_view).index_copy_(0, slot_mapping, key[0].transpose(0, 1))
-    value_cache.view(slots_view).index_copy_(0, slot_mapping, value[0].transpose(0, 1))
+    for cache, new in ((key_cache, key), (value_cache, value)):
+        as_copyable(cache).view(slots_view).index_copy_(0, slot_mapping, as_copyable(stored(new[0].transpose(0, 1), cache)))
     return key_cache, value_cache
 
 

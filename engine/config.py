@@ -15,6 +15,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")  # torch dtype names; string
 NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 ATTENTION_BACKENDS = ("auto", "torch", "triton")
 ASYNC_SCHEDULING = ("auto", "on", "off")
+QUANTIZATIONS = ("int8", "int4", "fp8")  # quantize at load (engine.quantization.at_load)
+KV_CACHE_DTYPES = ("auto", "fp8")  # auto: the model's dtype; fp8: e4m3 with a scale per kv head
 CPU_KV_CACHE_BYTES = 2 << 30
 
 
@@ -37,6 +39,10 @@ class EngineConfig:
     # auto: on CUDA, where the host schedules the next step while the device runs this one (engine.overlap);
     # on CPU the same cores do both, so there is nothing to overlap ("on" runs it there, for tests)
     async_scheduling: str = "auto"
+    # Weights quantized at load: int8 / int4 weight-only, fp8 (GPUs with fp8). None: as the checkpoint has them
+    # (a pre-quantized checkpoint or a GGUF stays quantized).
+    quantization: str | None = None
+    kv_cache_dtype: str = "auto"  # fp8: twice the tokens in the same KV cache bytes
 
     def __post_init__(self):
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "max_waiting_requests"):
@@ -65,6 +71,12 @@ class EngineConfig:
                 "async_scheduling",
                 f"async_scheduling must be one of {', '.join(ASYNC_SCHEDULING)}, got {self.async_scheduling!r}",
             )
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            raise InvalidParameter("quantization", f"quantization must be one of {', '.join(QUANTIZATIONS)} (or unset), "
+                                                   f"got {self.quantization!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise InvalidParameter("kv_cache_dtype", f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
+                                                     f"got {self.kv_cache_dtype!r}")
         if self.dtype not in DTYPES:
             raise InvalidParameter("dtype", f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 

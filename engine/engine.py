@@ -113,7 +113,7 @@ class Engine:
     # -- model ---------------------------------------------------------------------------------
     def load_model(self, source: str | Path | PretrainedConfig) -> LoadedModel:
         """Load a model (replacing any loaded one, which must have no requests left)."""
-        loaded = load_model(source, self.config.torch_dtype, self.config.device)
+        loaded = load_model(source, self.config.torch_dtype, self.config.device, self.config.quantization)
         self.unload_model()
         self.session = _Session(loaded, self.config)
         return loaded

@@ -129,8 +129,8 @@ def _rotary_and_write_kv_kernel(
     v_offsets = (NUM_HEADS + NUM_KV_HEADS) * HEAD_DIM + head_offsets
     v1 = tl.load(row + v_offsets, mask=kv_mask, other=0.0)
     v2 = tl.load(row + v_offsets + HALF, mask=kv_mask, other=0.0)
-    tl.store(v_cache_ptr + cache_offsets, v1, mask=kv_mask)
-    tl.store(v_cache_ptr + cache_offsets + HALF, v2, mask=kv_mask)
+    tl.store(v_cache_ptr + cache_offsets, v1.to(v_cache_ptr.dtype.element_ty), mask=kv_mask)
+    tl.store(v_cache_ptr + cache_offsets + HALF, v2.to(v_cache_ptr.dtype.element_ty), mask=kv_mask)
 
 
 def rotary_constants(num_heads: int, num_kv_heads: int, head_dim: int) -> dict:

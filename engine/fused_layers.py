@@ -20,6 +20,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from engine.fused_kernels import rms_norm, rotary_and_write_kv, silu_and_mul
 from engine.attention import Softmax
 from engine.attention_metadata import PackedStep
+from engine.quantization.packed_linear import packed_linears
 from engine.triton_attention import paged_attention_layer
 
 # Same layer structure as Llama: q/k/v/o projections (biases allowed), RoPE, a SiLU-gated MLP,
@@ -120,6 +121,8 @@ def can_fuse(model: nn.Module) -> bool:
         and config.hidden_act == "silu"
         and not getattr(config, "mlp_bias", False)
         and (getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads) % 2 == 0
+        # Packed weights are not merged: a quantized model keeps transformers' layers, its linears packed.
+        and not packed_linears(model)
     )
 
 

@@ -20,6 +20,8 @@ from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 from engine.capabilities import Architecture, check_config, probe_attention
 from engine.errors import ModelLoadError
 from engine.kv_cache_spec import KVCacheLayout
+from engine.quantization import checkpoint
+from engine.quantization.weights import WeightFormat, pack_weights
 
 # Where multimodal checkpoints keep their language model's weights: transformers 5 saves
 # model.language_model.* and lm_head.*; checkpoints saved by transformers 4 (most on the hub) keep
@@ -42,14 +44,26 @@ class LoadedModel:
     attention_features: list[str] = field(default_factory=list)  # "sliding", "sinks", "softcap", ...
     experts: str | None = None  # the experts implementation of MoE layers; None for a dense model
     text_only: bool = False  # a multimodal checkpoint whose language model alone is loaded
+    weights: WeightFormat | None = None  # how the weights are packed in memory (engine.quantization)
 
 
-def _finish(name: str, model: torch.nn.Module, tokenizer, arch: Architecture, device: str) -> LoadedModel:
-    """The capability probe and the experts implementation, on the loaded weights."""
+@dataclass(frozen=True)
+class Weights:
+    """How the loaded weights are to be packed: quantized at load, as the GGUF was, or as the checkpoint is."""
+
+    quantization: str | None = None  # "int8", "int4", "fp8": quantize at load
+    gguf: Path | None = None
+    stored: str | None = None  # a pre-quantized checkpoint's format, e.g. "GPTQ int4 g128"
+
+
+def _finish(name: str, model: torch.nn.Module, tokenizer, arch: Architecture, device: str, weights: Weights) -> LoadedModel:
+    """The weights packed, the capability probe and the experts implementation, on the loaded weights."""
     model.eval()
+    packed = pack_weights(model, weights.quantization, device, model.dtype, weights.gguf, weights.stored)
     experts = choose_experts_implementation(model, device)
     layout, features = probe_attention(model, arch.declared, device)
-    return LoadedModel(name, model, tokenizer, model.config, arch.declared, layout, features, experts, arch.text_only)
+    return LoadedModel(name, model, tokenizer, model.config, arch.declared, layout, features, experts, arch.text_only,
+                       packed)
 
 
 def choose_experts_implementation(model: torch.nn.Module, device: str) -> str | None:
@@ -66,13 +80,14 @@ def choose_experts_implementation(model: torch.nn.Module, device: str) -> str | 
     return model.config._experts_implementation
 
 
-def load_dummy(config: PretrainedConfig, dtype: torch.dtype, device: str, seed: int = 0) -> LoadedModel:
+def load_dummy(config: PretrainedConfig, dtype: torch.dtype, device: str, seed: int = 0,
+               quantization: str | None = None) -> LoadedModel:
     """Random weights from a config: for benchmarks and tests that need no real model."""
     arch = check_config(config)
     torch.manual_seed(seed)
     with torch.device(device):
         model = getattr(transformers, arch.class_name)._from_config(arch.text_config, dtype=dtype)
-    return _finish(f"dummy-{arch.text_config.model_type}", model, None, arch, device)
+    return _finish(f"dummy-{arch.text_config.model_type}", model, None, arch, device, Weights(quantization))
 
 
 def _from_pretrained(arch: Architecture, path: Path, dtype: torch.dtype, device: str, **kwargs):
@@ -82,7 +97,7 @@ def _from_pretrained(arch: Architecture, path: Path, dtype: torch.dtype, device:
     return getattr(transformers, arch.class_name).from_pretrained(path, dtype=dtype, device_map=device, **kwargs)
 
 
-def _load_folder(path: Path, dtype: torch.dtype, device: str) -> LoadedModel:
+def _load_folder(path: Path, dtype: torch.dtype, device: str, quantization: str | None = None) -> LoadedModel:
     if not (path / "config.json").exists():
         raise ModelLoadError(f"{path} has no config.json; is it a Hugging Face model folder?")
     try:
@@ -92,15 +107,17 @@ def _load_folder(path: Path, dtype: torch.dtype, device: str) -> LoadedModel:
     arch = check_config(config)
     if not any(path.glob("*.safetensors")):
         raise ModelLoadError(f"{path} has no *.safetensors weights")
+    quantized, stored = checkpoint.prepare(config)  # a pre-quantized checkpoint loads through the engine's quantizer
     try:
-        model = _from_pretrained(arch, path, dtype, device)
+        model = _from_pretrained(arch, path, dtype, device, **quantized)
         tokenizer = AutoTokenizer.from_pretrained(path) if any(path.glob("tokenizer*")) else None
     except Exception as e:  # transformers raises many kinds for corrupt files
         raise ModelLoadError(f"could not load the model in {path}: {type(e).__name__}: {e}") from e
-    return _finish(path.name, model, tokenizer, arch, device)
+    return _finish(path.name, model, tokenizer, arch, device, Weights(quantization, stored=stored))
 
 
-def _load_gguf(path: Path, dtype: torch.dtype, device: str) -> LoadedModel:
+def _load_gguf(path: Path, dtype: torch.dtype, device: str, quantization: str | None = None,
+               keep_packing: bool = True) -> LoadedModel:
     try:
         config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
         arch = check_config(config)
@@ -113,26 +130,29 @@ def _load_gguf(path: Path, dtype: torch.dtype, device: str) -> LoadedModel:
         raise
     except Exception as e:
         raise ModelLoadError(f"could not load the GGUF file {path}: {type(e).__name__}: {e}") from e
-    return _finish(path.stem, model, tokenizer, arch, device)
+    return _finish(path.stem, model, tokenizer, arch, device,
+                   Weights(quantization, gguf=path if keep_packing and quantization is None else None))
 
 
-def load_model(source: str | Path | PretrainedConfig, dtype: torch.dtype = torch.float32, device: str = "cpu") -> LoadedModel:
-    """Load from a model folder, a .gguf file, or (given a config) with dummy weights."""
+def load_model(source: str | Path | PretrainedConfig, dtype: torch.dtype = torch.float32, device: str = "cpu",
+               quantization: str | None = None) -> LoadedModel:
+    """Load from a model folder, a .gguf file, or (given a config) with dummy weights; quantization: "int8",
+    "int4" or "fp8" to quantize at load (a GGUF otherwise stays as quantized as the engine runs it)."""
     if isinstance(source, PretrainedConfig):
-        return load_dummy(source, dtype, device)
+        return load_dummy(source, dtype, device, quantization=quantization)
     path = Path(source)
     if not path.exists():
         raise ModelLoadError(f"{path} does not exist; give a model folder or a .gguf file")
     if path.is_file():
         if path.suffix != ".gguf":
             raise ModelLoadError(f"{path} is a file but not a .gguf; give a model folder or a .gguf file")
-        return _load_gguf(path, dtype, device)
-    return _load_folder(path, dtype, device)
+        return _load_gguf(path, dtype, device, quantization)
+    return _load_folder(path, dtype, device, quantization)
 
 
 def convert_gguf_to_folder(gguf: Path, target: Path) -> None:
     """Dequantize a GGUF once into a safetensors folder that loads quickly."""
-    loaded = _load_gguf(gguf, torch.float32, "cpu")
+    loaded = _load_gguf(gguf, torch.float32, "cpu", keep_packing=False)
     # A model loaded from GGUF is not directly save_pretrained-able: rebuild it from config + weights.
     with torch.device("meta"):
         model = type(loaded.model)(loaded.config)

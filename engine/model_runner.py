@@ -51,6 +51,8 @@ class ModelRunner:
         self.device = torch.device(config.device)
         self.block_size = config.block_size
         self.dtype = config.torch_dtype
+        self.kv_dtype = torch.float8_e4m3fn if config.kv_cache_dtype == "fp8" else self.dtype
+        self.weights = loaded.weights
         self.layout = loaded.layout
         self.experts = loaded.experts
         self.attention_features = loaded.attention_features
@@ -113,7 +115,9 @@ class ModelRunner:
         return {"device": str(self.device), "dtype": self.config.resolved_dtype, "attention_backend": self.backend,
                 "fused_layers": self.fused, "cuda_graphs": self.graphs is not None,
                 "async_scheduling": self.config.overlaps_steps, "experts": self.experts or "none",
-                "attention": ",".join(self.attention_features) or "full", "kv_cache": self.layout.describe()}
+                "attention": ",".join(self.attention_features) or "full", "kv_cache": self.layout.describe(),
+                "kv_cache_dtype": str(self.kv_dtype).removeprefix("torch."),
+                **(self.weights.to_dict() if self.weights else {})}
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -123,13 +127,14 @@ class ModelRunner:
         """One key and one value tensor per layer of the largest group: tensor j serves each group's j-th layer."""
         shape = (num_blocks, self.block_size, self.layout.kv_heads, self.layout.head_dim)
         return [
-            (torch.zeros(shape, dtype=self.dtype, device=self.device), torch.zeros(shape, dtype=self.dtype, device=self.device))
+            (torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
+             torch.zeros(shape, dtype=self.kv_dtype, device=self.device))
             for _ in range(self.layout.layers_per_group)
         ]
 
     def _num_blocks(self, activation_peak: int) -> int:
         config = self.config
-        per_block = self.layout.block_bytes(config.block_size, self.dtype.itemsize)
+        per_block = self.layout.block_bytes(config.block_size, self.kv_dtype.itemsize)
         if config.num_kv_blocks:
             return config.num_kv_blocks
         if config.kv_cache_bytes is not None:

@@ -130,9 +130,10 @@ def _paged_attention_kernel(
         # int64: block * stride_cache_block passes 2**31 in a large cache (a small model on a big GPU).
         block = tl.load(block_tables_ptr + seq * stride_table + k_position // BLOCK_SIZE, mask=k_valid, other=0).to(tl.int64)
         cache_offsets = block * stride_cache_block + (k_position % BLOCK_SIZE) * stride_cache_slot + kv_head * stride_cache_head
+        # An fp8 cache (kv_cache_dtype = "fp8") is widened to the queries' dtype; otherwise a no-op.
         k = tl.load(
             k_cache_ptr + cache_offsets[None, :] + dims[:, None], mask=k_valid[None, :] & dim_valid[:, None], other=0.0
-        )
+        ).to(q.dtype)
         scores = tl.dot(q, k, input_precision=DOT_PRECISION) * scale
         if SOFTCAP:
             scores = softcap * _tanh(scores / softcap)
@@ -147,7 +148,7 @@ def _paged_attention_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(
             v_cache_ptr + cache_offsets[:, None] + dims[None, :], mask=k_valid[:, None] & dim_valid[None, :], other=0.0
-        )
+        ).to(q.dtype)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     if SPLIT:  # unnormalised, with its running max and sum, for the merge

@@ -18,9 +18,12 @@ async def list_models(request: Request) -> Response:
         served = pool.resident.get(model)
         state = "loaded" if served is not None else "loading" if model in pool.loads else "on_demand"
         shown = pool.served_name(served) if served is not None else model
+        execution = (served.engine.stats().execution if served is not None else None) or {}
         cards.append(ModelCard(id=name, created=int(served.loaded_at) if served is not None else service.created,
                                max_model_len=served.max_model_len if served is not None else None, state=state,
-                               model=shown if shown != name else None))
+                               model=shown if shown != name else None, weights=execution.get("weights"),
+                               weight_bytes=execution.get("weight_bytes"),
+                               kv_cache_dtype=execution.get("kv_cache_dtype")))
     if not cards:  # starting: the configured model, not loaded yet
         cards.append(ModelCard(id=pool.model_name, created=service.created, state="loading"))
     return Response(ModelList(data=cards).model_dump_json(), media_type="application/json")

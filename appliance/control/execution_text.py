@@ -10,8 +10,9 @@ MISSING = "—"
 
 def execution(path: dict | None) -> str:
     """How the engine runs the model, in a few words: "triton · fused · CUDA graphs · async · cuda:0 bfloat16",
-    with its experts implementation and attention variants where it has them ("experts grouped_mm",
-    "sliding+sinks")."""
+    with its attention variants and experts implementation where it has them ("sliding+sinks", "experts
+    grouped_mm"), then its weights when packed ("weights int4 g32 + bfloat16, 3.1 GiB") and an fp8 KV cache
+    ("KV fp8")."""
     if not path:
         return ""
     words = [path.get("attention_backend") or MISSING]
@@ -21,4 +22,16 @@ def execution(path: dict | None) -> str:
         words.append(path["attention"].replace(",", "+"))
     if path.get("experts") not in (None, "none"):
         words.append(f"experts {path['experts']}")
-    return " · ".join(words + [f"{path.get('device') or MISSING} {path.get('dtype') or MISSING}"])
+    words.append(f"{path.get('device') or MISSING} {path.get('dtype') or MISSING}")
+    weights = path.get("weights")
+    if weights and weights != path.get("dtype"):
+        words.append(f"weights {weights}, {size(path.get('weight_bytes'))}")
+    if str(path.get("kv_cache_dtype", "")).startswith("float8"):
+        words.append("KV fp8")
+    return " · ".join(words)
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return MISSING
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MiB"

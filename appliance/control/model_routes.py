@@ -51,7 +51,11 @@ def pool_entry(pool: ModelPool, name: str) -> dict:
         state = "on_demand" if pool.config.load_on_demand else "stored"
     planned = pool.planned.get(name)
     idle = round(time.monotonic() - served.last_used, 1) if served is not None else None
+    execution = served.engine.stats().execution if served is not None else None
     return {"loaded": served is not None, "state": state, "default": name == pool.default,
+            "weights": execution.get("weights") if execution else None,
+            "weight_bytes": execution.get("weight_bytes") if execution else None,
+            "kv_cache_dtype": execution.get("kv_cache_dtype") if execution else None,
             "pinned": name in pool.pinned, "idle_s": idle,
             "evictable": served is not None and served in pool.evictable(),
             "memory": planned.to_dict() if planned is not None else None, "load_error": pool.load_errors.get(name)}

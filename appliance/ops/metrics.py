@@ -59,17 +59,18 @@ class _EngineCollector:
             labels=["block_size", "num_gpu_blocks", "model_name"],
         )
         names = ["device", "dtype", "attention_backend", "fused_layers", "cuda_graphs", "async_scheduling", "experts",
-                 "attention", "kv_cache"]
+                 "attention", "kv_cache", "weights", "kv_cache_dtype"]
         path = GaugeMetricFamily(
             "appliance_engine_execution_info",
             "What runs the model: device, dtype, attention backend, fused layers, CUDA graphs, async scheduling, "
-            "experts implementation (MoE), attention variants, KV cache groups.",
+            "experts implementation (MoE), attention variants, KV cache groups, the weights' packing (e.g. int4 g32 "
+            "+ bfloat16), the KV cache's dtype.",
             labels=[*names, "model_name"],
         )
         for model, stats in engines:
             info.add_metric([str(stats.block_size), str(stats.kv_blocks_total), model], 1.0)
             if stats.execution is not None:
-                path.add_metric([str(stats.execution[n]).lower() for n in names] + [model], 1.0)
+                path.add_metric([str(stats.execution.get(n, "")).lower() for n in names] + [model], 1.0)
         yield info
         yield path
 

@@ -1,9 +1,11 @@
 """What a model needs in memory before it loads, and whether that fits next to the models already loaded.
 
 Needs = weights (bytes on disk scaled from the stored dtype to the serving one: every expert of a
-mixture of experts; a multimodal checkpoint's language model only) + the KV cache the engine will
-allocate (its layers grouped as the engine groups them: a sliding-window layer holds its window) + an
-activation peak (the largest step's hidden states and logits). Free = on a
+mixture of experts; a multimodal checkpoint's language model only; a pre-quantized checkpoint's as
+stored; with `quantization` the decoder's linear layers at their packed size) + the KV cache the engine
+will allocate (its layers grouped as the engine groups them: a sliding-window layer holds its window;
+one byte a value with kv_cache_dtype = "fp8") + an activation peak (the largest step's hidden states
+and logits). Free = on a
 GPU what the device has free, on CPU the RAM available, capped by `pool_memory_bytes` less what the
 loaded models were planned to use. A model that does not fit is refused with these numbers, before
 anything is allocated.
@@ -15,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+# Bytes a weight takes packed (engine.quantization): int8 and fp8 one, plus a scale per output channel; int4 half,
+# plus a bfloat16 scale and zero per group of 32.
+PACKED_BYTES_PER_WEIGHT = {"int8": 1.0, "fp8": 1.0, "int4": 0.5 + 4 / 32}
 GIB = 1 << 30
 
 
@@ -61,6 +66,18 @@ def weight_bytes(path: Path, multimodal: bool) -> int:
     return total
 
 
+def linear_weights(config: dict) -> int:
+    """Weights in the decoder layers' linear layers, which quantization packs (experts' excepted: they stay float)."""
+    hidden = config.get("hidden_size", 0)
+    heads = config.get("num_attention_heads", 1) or 1
+    head_dim = config.get("head_dim") or hidden // heads
+    kv_heads = config.get("num_key_value_heads") or heads
+    attention = hidden * head_dim * (2 * heads + 2 * kv_heads)
+    experts = config.get("num_local_experts") or config.get("num_experts")
+    mlp = 0 if experts else 3 * hidden * config.get("intermediate_size", 4 * hidden)
+    return config.get("num_hidden_layers", 0) * (attention + mlp)
+
+
 def needs(path: Path, engine_config, kv_context: int) -> Needs:
     """What loading the model at `path` with `engine_config` (an engine.EngineConfig) will take."""
     from engine.kv_cache_spec import layout_from_config
@@ -69,8 +86,12 @@ def needs(path: Path, engine_config, kv_context: int) -> Needs:
     text = config.get("text_config") or config  # a multimodal checkpoint serves its language model
     stored = DTYPE_BYTES.get(str(config.get("dtype") or config.get("torch_dtype") or text.get("dtype") or "float32"), 4)
     serving = DTYPE_BYTES.get(engine_config.resolved_dtype, 4)
-    weights = weight_bytes(path, text is not config) * serving // stored  # every expert of a MoE model counts
-    block = layout_from_config(text).block_bytes(engine_config.block_size, serving) if text else 0
+    on_disk = weight_bytes(path, text is not config)  # every expert of a MoE model counts
+    weights = on_disk if "quantization_config" in config else on_disk * serving // stored
+    if engine_config.quantization in PACKED_BYTES_PER_WEIGHT:
+        linear = linear_weights(text)
+        weights -= int(linear * (serving - PACKED_BYTES_PER_WEIGHT[engine_config.quantization]))
+    block = layout_from_config(text).block_bytes(engine_config.block_size, kv_value_bytes(engine_config)) if text else 0
     if engine_config.num_kv_blocks is not None:
         kv = block * (engine_config.num_kv_blocks + 1)
     else:
@@ -95,8 +116,13 @@ def default_kv_bytes(config: dict, engine_config, kv_context: int) -> int:
     context = min(kv_context, engine_config.max_model_len or config.get("max_position_embeddings") or kv_context)
     layout = layout_from_config(config)
     blocks = blocks_per_sequence(layout.specs(), engine_config.block_size, context, engine_config.max_num_batched_tokens)
-    block = layout.block_bytes(engine_config.block_size, DTYPE_BYTES.get(engine_config.resolved_dtype, 4))
+    block = layout.block_bytes(engine_config.block_size, kv_value_bytes(engine_config))
     return (engine_config.max_num_seqs * blocks + 1) * block
+
+
+def kv_value_bytes(engine_config) -> int:
+    """Bytes of one key or value element in the KV cache: one with kv_cache_dtype = "fp8", else the serving dtype's."""
+    return 1 if engine_config.kv_cache_dtype == "fp8" else DTYPE_BYTES.get(engine_config.resolved_dtype, 4)
 
 
 def free_memory_bytes(device: str) -> int | None:

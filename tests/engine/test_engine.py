@@ -124,9 +124,14 @@ def test_dummy_weights_from_a_config_run():
     eng = Engine(EngineConfig(dtype="float32"))
     assert eng.stats().execution is None  # nothing runs without a model
     eng.load_model(config)
-    assert eng.stats().execution == {"device": "cpu", "dtype": "float32", "attention_backend": "torch",
-                                     "fused_layers": False, "cuda_graphs": False, "async_scheduling": False,
-                                     "experts": "none", "attention": "full", "kv_cache": "1 full group of 2 layers"}
+    execution = eng.stats().execution
+    assert execution == {"device": "cpu", "dtype": "float32", "attention_backend": "torch",
+                         "fused_layers": False, "cuda_graphs": False, "async_scheduling": False,
+                         "experts": "none", "attention": "full", "kv_cache": "1 full group of 2 layers",
+                         "kv_cache_dtype": "float32", "weights": "float32", "weights_source": "checkpoint",
+                         "weight_bytes": execution["weight_bytes"]}
+    model = eng.session.loaded.model
+    assert execution["weight_bytes"] == sum(t.nbytes for t in [*model.parameters(), *model.buffers()])
     eng.add_request("x", [1, 2, 3], SamplingParams(max_tokens=4, ignore_eos=True))
     assert sum(len(o.new_token_ids) for o in drain(eng)["x"]) == 4
 

@@ -69,10 +69,13 @@ def expected() -> list[list[int]]:
 
 def test_triton_backend_matches_generate(expected):
     engine = make_engine(attention_backend="triton")
-    assert engine.stats().execution == {"device": DEVICE, "dtype": "float32", "attention_backend": "triton",
-                                        "fused_layers": True, "cuda_graphs": DEVICE == "cuda",
-                                        "async_scheduling": DEVICE == "cuda", "experts": "none",
-                                        "attention": "full", "kv_cache": "1 full group of 2 layers"}
+    execution = engine.stats().execution
+    assert {k: execution[k] for k in ("device", "dtype", "attention_backend", "fused_layers", "cuda_graphs",
+                                      "async_scheduling", "kv_cache_dtype", "weights", "experts", "attention",
+                                      "kv_cache")} == {
+        "device": DEVICE, "dtype": "float32", "attention_backend": "triton", "fused_layers": True,
+        "cuda_graphs": DEVICE == "cuda", "async_scheduling": DEVICE == "cuda", "kv_cache_dtype": "float32",
+        "weights": "float32", "experts": "none", "attention": "full", "kv_cache": "1 full group of 2 layers"}
     assert run(engine) == expected
     assert engine.stats().prefix_cache_hits > 0
 

@@ -98,6 +98,7 @@ MODELS = {
          "architecture": "LlamaForCausalLM", "dtype": "bfloat16", "size_bytes": 538_000_000, "files": 7,
          "created_at": "2026-11-02T10:00:00+00:00", "loaded": True, "state": "resident", "default": True,
          "pinned": False, "idle_s": 0.4, "evictable": False, "load_error": None,
+         "weights": "int8 + bfloat16", "weight_bytes": 219_000_000, "kv_cache_dtype": "float8_e4m3fn",
          "memory": {"weights_bytes": 538_000_000, "kv_cache_bytes": 8 * GIB, "activations_bytes": 180_000_000,
                     "total_bytes": 538_000_000 + 8 * GIB + 180_000_000}},
         {"name": "qwen2.5-7b-instruct", "path": "/var/lib/appliance/models/qwen2.5-7b-instruct",

@@ -28,6 +28,9 @@ def test_execution_path_in_a_few_words():
     fallback = gpu | {"attention_backend": "torch", "cuda_graphs": False}  # triton failed its warm-up
     assert execution(fallback) == "torch · fused · async · cuda:0 bfloat16"
     assert execution(None) == ""  # no model loaded
+    packed = gpu | {"weights": "int4 g32 + bfloat16", "weight_bytes": 3 << 30, "kv_cache_dtype": "float8_e4m3fn"}
+    assert execution(packed) == ("triton · fused · CUDA graphs · async · cuda:0 bfloat16 · weights int4 g32 + bfloat16, "
+                                 "3.0 GiB · KV fp8")
 
 
 def test_sizes_share_the_totals_unit():

@@ -17,7 +17,7 @@ from tui.state import ServiceState
 from tui.widgets.confirm import ConfirmScreen
 from tui.widgets.gauge import Gauge
 
-COLUMNS = ("", "Name", "State", "Memory", "Architecture", "Size", "Revision", "Source", "Added")
+COLUMNS = ("", "Name", "State", "Memory", "Weights", "Architecture", "Size", "Revision", "Source", "Added")
 TASK_VERBS = {"load": "Loading", "unload": "Unloading", "pull": "Pulling", "import": "Importing"}
 
 
@@ -39,6 +39,14 @@ def state_text(model: dict) -> str:
     elif model.get("idle_s") is not None and not model.get("default"):
         state += f" · idle {fmt.duration(model['idle_s'])}"
     return state
+
+
+def weights_text(model: dict) -> str:
+    """A loaded model's weights as packed, and an fp8 KV cache: "int4 g32 + float32 · KV fp8"."""
+    if not model.get("weights"):
+        return fmt.MISSING
+    kv = " · KV fp8" if str(model.get("kv_cache_dtype") or "").startswith("float8") else ""
+    return f"{model['weights']}{kv}"
 
 
 def plan_text(answer: dict) -> str:
@@ -98,7 +106,7 @@ class ModelsScreen(LiveScreen):
         for name, model in self.models.items():
             loaded = name == self.loaded
             memory = (model.get("memory") or {}).get("total_bytes")
-            cells = [state_text(model), fmt.size(memory) if memory else fmt.MISSING,
+            cells = [state_text(model), fmt.size(memory) if memory else fmt.MISSING, weights_text(model),
                      model.get("architecture") or fmt.MISSING, fmt.size(model.get("size_bytes")), revision_text(model),
                      model.get("source") or fmt.MISSING, fmt.day(model.get("created_at"))]
             # Text, not str: DataTable would read a str as Rich markup (names and sources come from outside).

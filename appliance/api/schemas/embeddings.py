@@ -37,6 +37,9 @@ class ModelCard(BaseModel):
     max_model_len: int | None = None
     state: str = Field("loaded", description="loaded, loading, or on_demand (loads on its first request)")
     model: str | None = Field(None, description="for an alias: the model it routes to")
+    weights: str | None = Field(None, description="a loaded model's weight packing, e.g. \"int4 g32 + float32\"")
+    weight_bytes: int | None = Field(None, description="a loaded model's weights in memory, in bytes")
+    kv_cache_dtype: str | None = Field(None, description="a loaded model's KV cache dtype, e.g. float8_e4m3fn")
 
 
 class ModelList(BaseModel):

@@ -10,7 +10,6 @@ from torch import nn
 from engine import Engine, EngineConfig, SamplingParams
 from engine.errors import ModelLoadError
 from engine.loader import load_model
-from engine.model_runner import kv_bytes_per_block
 from engine.quantization.packed_linear import PackedLinear, packed_linears
 from tests.engine.architectures import build
 from tests.engine.quantized_checkpoints import WRITERS, linears
@@ -114,7 +113,7 @@ def test_fp8_kv_cache_holds_twice_the_blocks_of_bfloat16_in_the_same_bytes(tmp_p
         blocks[kv] = engine.stats().kv_blocks_total
         runner = engine.session.runner
         assert runner.kv_cache_bytes <= budget
-        assert kv_bytes_per_block(model.config, runner.layout, 4, runner.kv_dtype) * (blocks[kv] + 1) == \
+        assert runner.layout.block_bytes(4, runner.kv_dtype.itemsize) * (blocks[kv] + 1) == \
             runner.kv_cache_bytes
     assert blocks["fp8"] + 1 == 2 * (blocks["auto"] + 1)
     assert engine.stats().execution["kv_cache_dtype"] == "float8_e4m3fn"

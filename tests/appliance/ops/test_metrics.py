@@ -52,8 +52,9 @@ def test_vllm_names_and_counts_move_with_a_request(live_server, client):
     # What runs the model: on these CPU machines, the portable torch path.
     dtype = stats.execution["dtype"]  # dtype auto: float32, or bfloat16 where this CPU computes it natively
     assert value(after, "appliance_engine_execution_info", device="cpu", dtype=dtype, attention_backend="torch",
-                 fused_layers="false", cuda_graphs="false", async_scheduling="false", weights=dtype,
-                 kv_cache_dtype=dtype, model_name=model) == 1.0
+                 fused_layers="false", cuda_graphs="false", async_scheduling="false", experts="none",
+                 attention="full", kv_cache="1 full group of 2 layers", weights=dtype, kv_cache_dtype=dtype,
+                 model_name=model) == 1.0
     # per key
     assert value(after, "appliance_key_requests_total", key_id=key_id) == value(before, "appliance_key_requests_total", key_id=key_id) + 1
     assert value(after, "appliance_key_completion_tokens_total", key_id=key_id) - value(before, "appliance_key_completion_tokens_total", key_id=key_id) == 5

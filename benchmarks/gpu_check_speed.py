@@ -18,11 +18,11 @@ import torch
 
 from benchmarks.cuda_fast_path import cpu_cb_config, generate_decode_rate, weight_bytes
 from benchmarks.gpu_check_plan import Plan
-from benchmarks.model_shapes import SHAPES, sliding_window_of
+from benchmarks.model_shapes import SHAPES
 from benchmarks.throughput import Request, engine_decode_rate, make_workload, run_engine, run_static_generate, run_transformers_cb
 from engine import Engine
 from engine.loader import load_dummy
-from engine.model_runner import head_dim
+from engine.kv_cache_spec import layout_from_config
 
 
 def weights_read_per_token(model: torch.nn.Module, config) -> int:
@@ -35,15 +35,12 @@ def weights_read_per_token(model: torch.nn.Module, config) -> int:
 
 
 def kv_read_per_token(config, dtype: torch.dtype, prompt_len: int, output_len: int) -> float:
-    """Mean KV bytes one decode token attends over the batch-1 run (contexts prompt + 1 .. prompt + output - 1)."""
-    per_layer_token = 2 * config.num_key_value_heads * head_dim(config) * dtype.itemsize
-    window = sliding_window_of(config)
-    layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
+    """Mean KV bytes one decode token attends over the batch-1 run (contexts prompt + 1 .. prompt + output - 1):
+    each layer reads what its spec lets its query see (engine.kv_cache_spec: a sliding layer its window)."""
+    layout = layout_from_config(config)
+    per_layer_token = 2 * layout.kv_heads * layout.head_dim * dtype.itemsize
     contexts = range(prompt_len + 1, prompt_len + output_len)
-    total = 0
-    for layer_type in layer_types:
-        sliding = layer_type == "sliding_attention" and window
-        total += sum(min(c, window) if sliding else c for c in contexts)
+    total = sum(len(group.layers) * sum(c - group.spec.first_visible(c - 1) for c in contexts) for group in layout.groups)
     return per_layer_token * total / len(contexts)
 
 

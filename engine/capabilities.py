@@ -188,6 +188,7 @@ def probe_attention(model: nn.Module, arch: str, device: str) -> tuple[KVCacheLa
     config = model.config
     static = layer_specs_from_config(config)
     _calls.clear()
+    previous = model.config._attn_implementation
     model.set_attn_implementation(PROBE_ATTENTION)
     ids = torch.zeros(1, 2, dtype=torch.long, device=device)
     try:  # the engine's per-step metadata must reach every layer's attention function, as the probe's marker does
@@ -195,6 +196,8 @@ def probe_attention(model: nn.Module, arch: str, device: str) -> tuple[KVCacheLa
               attention_metadata=PROBE_ATTENTION)
     except Exception as e:  # the model's own code failed: it cannot run packed as the engine runs it
         raise ModelLoadError(f"{arch}: a two-token test forward failed ({type(e).__name__}: {e})") from e
+    finally:
+        model.set_attn_implementation(previous)
     calls = dict(_calls)
     _calls.clear()
     if sorted(calls) != sorted(static):

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from appliance.api.reasoning import ReasoningParser
-from appliance.api.tools.events import ContentDelta, ReasoningDelta
+from appliance.serving.formats.think import ThinkParser
+from appliance.serving.formats.events import ContentDelta, ReasoningDelta
 from tests.appliance.api.reasoning_model import build_reasoning_model
 from tests.appliance.conftest import add_keys, chat_choice, make_config, openai_clients, start_server
 
@@ -104,13 +104,13 @@ def test_responses_put_the_reasoning_in_its_own_item_first(client, server):
 
 def test_the_split_does_not_depend_on_how_the_text_is_cut():
     text = "\n<think>a</thi</think>\n\nb<think>c"
-    whole = ReasoningParser(opened=False)
+    whole = ThinkParser(opened=False)
     expected = whole.feed(text) + whole.close()
     assert expected == [ReasoningDelta("a</thi"), ContentDelta("b<think>c")]
     for cut in range(len(text) + 1):
-        parser = ReasoningParser(opened=False)
+        parser = ThinkParser(opened=False)
         events = parser.feed(text[:cut]) + parser.feed(text[cut:]) + parser.close()
         assert "".join(e.text for e in events if isinstance(e, ReasoningDelta)) == "a</thi"
         assert "".join(e.text for e in events if isinstance(e, ContentDelta)) == "b<think>c"
-    opened = ReasoningParser(opened=True)
+    opened = ThinkParser(opened=True)
     assert opened.feed("cut off") + opened.close() == [ReasoningDelta("cut off")]  # never closed: all reasoning

@@ -13,7 +13,7 @@ import jsonschema
 import openai
 import pytest
 
-from tests.appliance.api.tools.templates import HERMES_TEMPLATE
+from tests.appliance.serving.formats.tools.templates import HERMES_TEMPLATE
 from tests.appliance.conftest import add_keys, chat_choice, make_config, openai_clients, start_server
 
 WEATHER = {

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from appliance.api.tools.formats import ToolFormat, detect_format, marker_token_ids
-from appliance.api.tools.history import native_history
-from appliance.api.tools.parsers import parse
-from tests.appliance.api.tools.templates import (
+from appliance.serving.formats.tools.formats import ToolFormat, detect_format, marker_token_ids
+from appliance.serving.formats.tools.history import native_history
+from appliance.serving.formats.tools.parsers import parse
+from tests.appliance.serving.formats.tools.templates import (
     HERMES_TEMPLATE,
     LLAMA3_SNIPPET,
     MISTRAL_SNIPPET,

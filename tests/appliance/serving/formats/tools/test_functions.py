@@ -2,8 +2,8 @@
 
 import pytest
 
-from appliance.api.tools.functions import Function, ToolChoice, check_tools
-from appliance.api.tools.generic import messages_with_tools
+from appliance.serving.formats.tools.functions import Function, ToolChoice, check_tools
+from appliance.serving.formats.tools.generic import messages_with_tools
 from appliance.errors import APIError
 
 

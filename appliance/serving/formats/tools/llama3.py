@@ -6,7 +6,7 @@ later in a reply is content. A reply that starts with a JSON object that is not 
 content. "arguments" is accepted in place of "parameters" (some fine-tunes write it).
 """
 
-from appliance.api.tools.stream import StreamParser
+from appliance.serving.formats.tools.stream import StreamParser
 
 PYTHON_TAG = "<|python_tag|>"
 
@@ -24,39 +24,21 @@ class Llama3Parser(StreamParser):
                 self._consume(len(self._buffer) - len(rest))
                 if rest.startswith(PYTHON_TAG):
                     self._consume(len(PYTHON_TAG))
+                    self._commit()
                 return self._to("open")
             return self._to("text")
         if self._state == "text":
-            if self._text_until((PYTHON_TAG,)) is None:
-                return False
-            return self._to("open")
+            return self._text_until((PYTHON_TAG,)) is not None and self._to("open")
         if self._state == "open":
-            char = self._next_char()
-            if char is None:
-                return False
-            if char != "{":
-                self._fail()
-                return self._to("text")
-            self._start_object()
-            return self._to("object")
+            return self._open()
         if self._state == "object":
-            call = self._scan_call()
-            if call is None:
-                return False
-            if call is False:
-                self._fail()
-                return self._to("text")
-            self._call(*call)
-            return self._to("next")
+            return self._object("next")
         # "next": `;` and another call, `<|python_tag|>` and another call, or the end of the calls.
         rest = self._buffer.lstrip()
         if rest.startswith(";") or rest.startswith(PYTHON_TAG):
             self._consume(len(self._buffer) - len(rest) + (1 if rest.startswith(";") else len(PYTHON_TAG)))
+            self._commit()
             return self._to("open")
         if (not rest or PYTHON_TAG.startswith(rest)) and not self._final:
             return False
         return self._to("text")
-
-    def _to(self, state: str) -> bool:
-        self._state = state
-        return True

@@ -2,10 +2,10 @@
 
 The format of NousResearch's Hermes models, adopted by Qwen2.5, Qwen3 and SmolLM3. Text
 before, between and after the calls is content. The closing tag is optional (some models stop
-right after the JSON), so a call is announced as soon as its object is complete.
+right after the JSON), so a call ends as soon as its object closes.
 """
 
-from appliance.api.tools.stream import StreamParser
+from appliance.serving.formats.tools.stream import StreamParser
 
 START = "<tool_call>"
 END = "</tool_call>"
@@ -15,31 +15,11 @@ class HermesParser(StreamParser):
     def _step(self) -> bool:
         """One move of the state machine; False when it needs more text."""
         if self._state == "text":
-            if self._text_until((START,)) is None:
-                return False
-            self._state = "open"
+            return self._text_until((START,)) is not None and self._to("open")
         if self._state == "open":
-            char = self._next_char()
-            if char is None:
-                return False
-            if char != "{":
-                self._fail()
-                self._state = "text"
-                return True
-            self._start_object()
-            self._state = "object"
+            return self._open()
         if self._state == "object":
-            call = self._scan_call()
-            if call is None:
-                return False
-            if call is False:
-                self._fail()
-            else:
-                self._call(*call)
-                self._state = "close"
-                return True
-            self._state = "text"
-            return True
+            return self._object("close")
         # "close": the optional closing tag, after optional whitespace.
         rest = self._buffer.lstrip()
         if rest.startswith(END):

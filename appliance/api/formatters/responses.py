@@ -1,7 +1,8 @@
 """The Responses API's answer: a Response object from a finished choice, or the events the openai SDK's
 `responses.stream` folds (created, output item and text deltas, function-call argument deltas, completed)."""
 
-from appliance.api import formatting as fmt
+from appliance.api.formatters.base import Formatter
+from appliance.api.generation import Choice, Generation, Update
 from appliance.api.schemas.responses import (
     FunctionCallOutput,
     IncompleteDetails,
@@ -13,64 +14,74 @@ from appliance.api.schemas.responses import (
     ResponsesRequest,
     ResponseUsage,
 )
-from appliance.api.tools.events import ContentDelta, ReasoningDelta, ToolCallDelta, collect, reasoning
+from appliance.serving.formats.events import (
+    ContentDelta,
+    ReasoningDelta,
+    ToolCallArguments,
+    ToolCallEnd,
+    ToolCallStart,
+    collect,
+    reasoning,
+)
 
 
-def response_formats(req: ResponsesRequest) -> fmt.Formats:
-    echo = {"instructions": req.instructions, "parallel_tool_calls": req.parallel_tool_calls,
+class ResponseFormatter(Formatter):
+    """One choice (the Responses API has no n), echoing the request's settings as OpenAI's Response does."""
+
+    def __init__(self, generation: Generation, request_id: str, model: str, req: ResponsesRequest):
+        super().__init__(generation, request_id, model)
+        self.echo = {
+            "instructions": req.instructions, "parallel_tool_calls": req.parallel_tool_calls,
             "tool_choice": req.tool_choice.model_dump() if hasattr(req.tool_choice, "model_dump")
             else (req.tool_choice or "auto"),
             "tools": [t.model_dump(exclude_none=True) for t in req.tools or []], "temperature": req.temperature,
             "top_p": req.top_p, "max_output_tokens": req.max_output_tokens, "metadata": req.metadata,
             "text": req.text.model_dump(by_alias=True, exclude_none=True) if req.text is not None else None}
+        self.stream = ResponseStream(request_id)
 
-    def response(request_id: str, model: str, states: list, status: str) -> Response:
-        state = states[0]
+    def response(self, status: str) -> Response:
+        """The Response object: empty while in progress."""
         output, usage, incomplete = [], None, None
         if status != "in_progress":
-            output = output_items(request_id, state)
-            u = fmt.usage(states)
-            usage = ResponseUsage(input_tokens=u.prompt_tokens, output_tokens=u.completion_tokens,
-                                  total_tokens=u.total_tokens,
-                                  output_tokens_details={"reasoning_tokens": state.reasoning_tokens},
-                                  input_tokens_details={"cached_tokens": u.prompt_tokens_details["cached_tokens"]})
-            if state.finish_reason == "length":
+            choice = self.generation.choices[0]
+            output = output_items(self.request_id, choice)
+            counts = self.generation.counts()
+            usage = ResponseUsage(input_tokens=counts.prompt, output_tokens=counts.completion,
+                                  total_tokens=counts.prompt + counts.completion,
+                                  output_tokens_details={"reasoning_tokens": counts.reasoning},
+                                  input_tokens_details={"cached_tokens": counts.cached})
+            if choice.finish_reason == "length":
                 status, incomplete = "incomplete", IncompleteDetails(reason="max_output_tokens")
-        return Response(id=request_id, model=model, status=status, output=output, usage=usage,
-                        incomplete_details=incomplete, **echo)
+        return Response(id=self.request_id, model=self.model, status=status, output=output, usage=usage,
+                        incomplete_details=incomplete, **self.echo)
 
-    def whole(request_id: str, model: str, states: list, token_text, top) -> Response:
-        return response(request_id, model, states, "completed")
+    def body(self) -> Response:
+        return self.response("completed")
 
-    def chunks(request_id: str, model: str, created: int, state, out, token_text, top) -> list[dict]:
-        stream = state.stream if state.started else ResponseStream(request_id)
-        events = []
-        if not state.started:
-            state.started, state.stream = True, stream
-            events += [stream.event("response.created", response=response(request_id, model, [state],
-                                                                            "in_progress").model_dump())]
-        text_events = state.new_events if state.parsed else [ContentDelta(out.new_text)]
-        for e in text_events:
+    def chunks(self, choice: Choice, update: Update) -> list[dict]:
+        stream, events = self.stream, []
+        if stream.sequence == 0:
+            events.append(stream.event("response.created", response=self.response("in_progress").model_dump()))
+        for e in update.events:
             if isinstance(e, ReasoningDelta):
                 events += stream.reasoning(e.text)
             elif isinstance(e, ContentDelta) and e.text:
                 events += stream.text(e.text)
-            elif isinstance(e, ToolCallDelta):
-                events += stream.call(e)
-        if out.finished:
-            events += stream.close()
-            final = response(request_id, model, [state], "completed")
-            events.append(stream.event("response.completed", response=final.model_dump()))
+            elif isinstance(e, ToolCallStart):
+                events += stream.call(e.id, e.name)
+            elif isinstance(e, ToolCallArguments):
+                events += stream.arguments(e.text)
+            elif isinstance(e, ToolCallEnd):
+                events += stream.close()
+        if update.finished:
+            events += stream.close(cut=True)
+            completed = self.response("completed")
+            events.append(stream.event("response.completed", response=completed.model_dump()))
         return events
 
-    return fmt.Formats(whole, chunks, lambda *args: {})
 
-
-def output_items(request_id: str, state) -> list:
-    if not state.parsed:
-        content, calls, thought = "".join(state.text), [], None
-    else:
-        (content, calls), thought = collect(state.events), reasoning(state.events)
+def output_items(request_id: str, choice: Choice) -> list:
+    (content, calls), thought = collect(choice.events), reasoning(choice.events)
     items = []
     if thought is not None:
         items.append(ReasoningOutput(id=f"rs_{request_id}", content=[ReasoningText(text=thought)]))
@@ -127,22 +138,21 @@ class ResponseStream:
         events.append(self.event("response.reasoning_text.delta", **self._place(), content_index=0, delta=delta))
         return events
 
-    def call(self, e: ToolCallDelta) -> list[dict]:
-        events = []
-        if e.id is not None:  # a new call
-            events += self.close()
-            self.open = {"id": f"fc_{e.id}", "type": "function_call", "call_id": e.id, "name": e.name or "",
-                         "arguments": "", "status": "in_progress"}
-            self.items.append(self.open)
-            events.append(self.event("response.output_item.added", output_index=len(self.items) - 1,
-                                     item=dict(self.open)))
-        if e.arguments:
-            self.open["arguments"] += e.arguments
-            events.append(self.event("response.function_call_arguments.delta", **self._place(), delta=e.arguments))
+    def call(self, call_id: str, name: str) -> list[dict]:
+        events = self.close()
+        self.open = {"id": f"fc_{call_id}", "type": "function_call", "call_id": call_id, "name": name,
+                     "arguments": "", "status": "in_progress"}
+        self.items.append(self.open)
+        events.append(self.event("response.output_item.added", output_index=len(self.items) - 1, item=dict(self.open)))
         return events
 
-    def close(self) -> list[dict]:
-        """The done events of the item being written, if any."""
+    def arguments(self, delta: str) -> list[dict]:
+        self.open["arguments"] += delta
+        return [self.event("response.function_call_arguments.delta", **self._place(), delta=delta)]
+
+    def close(self, cut: bool = False) -> list[dict]:
+        """The done events of the item being written, if any; a call still open when the output ended (`cut`)
+        is incomplete."""
         item, events = self.open, []
         if item is None:
             return events
@@ -157,7 +167,7 @@ class ResponseStream:
         else:
             events.append(self.event("response.function_call_arguments.done", **self._place(),
                                      arguments=item["arguments"], name=item["name"]))
-        item["status"] = "completed"
+        item["status"] = "incomplete" if cut and item["type"] == "function_call" else "completed"
         events.append(self.event("response.output_item.done", output_index=len(self.items) - 1, item=dict(item)))
         self.open = None
         return events

@@ -5,8 +5,6 @@ character once: a parser feeds it only the text it has not seen. Nothing here va
 fully; a parser hands the extent found here to `json.loads` and decides what a failure means.
 """
 
-import json
-
 
 class JsonExtent:
     """Finds the end of one JSON object or array whose first character is the first one fed."""
@@ -126,29 +124,3 @@ def held_back(text: str, markers: tuple[str, ...]) -> int:
                 longest = length
                 break
     return longest
-
-
-def call_from_json(text: str, argument_keys: tuple[str, ...]) -> tuple[str, str] | None:
-    """(name, arguments JSON text) of a call object such as {"name": ..., "arguments": {...}}, or None.
-
-    The arguments may be an object or a string holding one (some models write them that way).
-    They are re-serialized, so the text is always one valid JSON object.
-    """
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(value, dict) or not isinstance(value.get("name"), str) or not value["name"]:
-        return None
-    key = next((k for k in argument_keys if k in value), None)
-    if key is None:
-        return None
-    arguments = value[key]
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except ValueError:
-            return None
-    if not isinstance(arguments, dict):
-        return None
-    return value["name"], json.dumps(arguments, ensure_ascii=False)

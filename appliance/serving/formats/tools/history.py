@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 
-from appliance.api.tools.formats import ToolFormat
+from appliance.serving.formats.tools.formats import ToolFormat
 
 _MISTRAL_ID = re.compile(r"^[A-Za-z0-9]{9}$")
 

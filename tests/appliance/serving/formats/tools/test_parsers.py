@@ -1,4 +1,5 @@
-"""The tool-call parsers: streaming equals parsing the whole text, however the text is cut."""
+"""The tool-call parsers: streaming equals parsing the whole text, however the text is cut; a call's
+arguments stream as they are written; a call cut off is dropped, never content."""
 
 import itertools
 import json
@@ -8,9 +9,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appliance.api.tools.events import ContentDelta, ToolCall, ToolCallDelta, collect
-from appliance.api.tools.formats import ToolFormat
-from appliance.api.tools.parsers import parse, parser_for
+from appliance.serving.formats.events import (
+    ContentDelta,
+    ToolCallArguments,
+    ToolCallEnd,
+    ToolCallStart,
+    collect,
+)
+from appliance.serving.formats.tools.formats import ToolFormat
+from appliance.serving.formats.tools.parsers import parse, parser_for
 
 W = '{"name": "get_weather", "arguments": {"city": "New York", "note": "a } and a \\" inside"}}'
 A = '{"name": "add", "arguments": {"a": 1, "b": [2.5, {"c": null}]}}'
@@ -30,10 +37,16 @@ CASES = [
     (ToolFormat.HERMES, f"<tool_call>{A}</tool_call>Done <b>.", "Done <b>.", [("add", A_ARGS)]),
     (ToolFormat.HERMES, f"<tool_call>\n{A}", None, [("add", A_ARGS)]),  # no closing tag: still a call
     (ToolFormat.HERMES, f"<tool_call>\n{A}\n</tool", None, [("add", A_ARGS)]),  # cut inside the closing tag
-    (ToolFormat.HERMES, CUT, CUT, []),  # broke off inside the call: content
+    (ToolFormat.HERMES, CUT, None, []),  # broke off inside the call: dropped, not content
+    (ToolFormat.HERMES, 'Hi <tool_call>\n{"na', "Hi", []),  # broke off before the name: dropped too
+    (ToolFormat.HERMES, f"<tool_call>\n{A}\n</tool_call>\n{CUT}", None, [("add", A_ARGS)]),
     (ToolFormat.HERMES, "a <tool_call> not json </tool_call> b", "a <tool_call> not json </tool_call> b", []),
     (ToolFormat.HERMES, NAME_3, NAME_3, []),
-    (ToolFormat.HERMES, BAD_JSON, BAD_JSON, []),
+    (ToolFormat.HERMES, BAD_JSON, "x", []),  # announced, then broken: incomplete, read to its closing tag
+    (ToolFormat.HERMES, '<tool_call>{"arguments": {"a": 1}, "name": "f"}</tool_call>', None, [("f", {"a": 1})]),
+    (ToolFormat.HERMES, '<tool_call>{"name": "f", "id": 3, "x": [1, {"y": "}"}], "arguments": {}}', None,
+     [("f", {})]),  # other keys are skipped
+    (ToolFormat.HERMES, '<tool_call>{"name": "f"}</tool_call> ok', '<tool_call>{"name": "f"}</tool_call> ok', []),
     (ToolFormat.HERMES, '<tool_call>{"name": "f", "arguments": "{\\"k\\": true}"}</tool_call>', None,
      [("f", {"k": True})]),
     (ToolFormat.LLAMA3, '{"name": "get_weather", "parameters": {"city": "Oslo"}}', None,
@@ -45,13 +58,15 @@ CASES = [
     (ToolFormat.LLAMA3, '{"answer": 42}', '{"answer": 42}', []),  # a JSON reply that is not a call
     (ToolFormat.LLAMA3, LATE_BRACE, LATE_BRACE, []),
     (ToolFormat.LLAMA3, '{"name": "a", "parameters": {}}; nope', "; nope", [("a", {})]),
-    (ToolFormat.LLAMA3, '{"name": "a", "parameters": {"x": [1, 2', '{"name": "a", "parameters": {"x": [1, 2', []),
+    (ToolFormat.LLAMA3, '{"name": "a", "parameters": {"x": [1, 2', None, []),  # a call cut off
+    (ToolFormat.LLAMA3, '{"answer": 4', '{"answer": 4', []),  # a JSON reply cut off: no call in it
     (ToolFormat.LLAMA3, "<|python", "<|python", []),
     (ToolFormat.MISTRAL, f"[TOOL_CALLS][{W}, {A}]", None, [("get_weather", W_ARGS), ("add", A_ARGS)]),
     (ToolFormat.MISTRAL, f"Checking. [TOOL_CALLS] [ {A} ]", "Checking.", [("add", A_ARGS)]),
     (ToolFormat.MISTRAL, "[TOOL_CALLS] oops", "[TOOL_CALLS] oops", []),
     (ToolFormat.MISTRAL, f"[TOOL_CALLS][{A}, {{\"bad\": 1}}]", ', {"bad": 1}]', [("add", A_ARGS)]),
-    (ToolFormat.MISTRAL, f"[TOOL_CALLS][{A}, {{\"name\": \"f\", \"argu", ', {"name": "f", "argu', [("add", A_ARGS)]),
+    (ToolFormat.MISTRAL, f"[TOOL_CALLS][{A}, {{\"name\": \"f\", \"argu", None, [("add", A_ARGS)]),
+    (ToolFormat.MISTRAL, f"[TOOL_CALLS][{A}, ", None, [("add", A_ARGS)]),
     (ToolFormat.MISTRAL, "[TOOL_CALLS", "[TOOL_CALLS", []),
     (ToolFormat.GENERIC, '{"content": "Hi \\"you\\"\\n\\u00e9\\ud83d\\ude00 \\\\ end"}',
      'Hi "you"\n\u00e9\U0001f600 \\ end', []),
@@ -61,7 +76,8 @@ CASES = [
     (ToolFormat.GENERIC, '{"answer": "x"}', '{"answer": "x"}', []),
     (ToolFormat.GENERIC, '{"content": "cut off here', "cut off here", []),
     (ToolFormat.GENERIC, '{"content": "cut \\u00', "cut \\u00", []),
-    (ToolFormat.GENERIC, '{"tool_calls": [{"name": "f", "arg', '{"tool_calls": [{"name": "f", "arg', []),
+    (ToolFormat.GENERIC, '{"tool_calls": [{"name": "f", "arg', None, []),
+    (ToolFormat.GENERIC, f'{{"tool_calls": [{A}, {{"name": "lookup_flight", "arguments": {{"', None, [("add", A_ARGS)]),
     (ToolFormat.GENERIC, '{"content": "a", "tool_calls": []}', 'a, "tool_calls": []}', []),
     (ToolFormat.GENERIC, '{"tool_calls": []}', None, []),
 ]
@@ -123,9 +139,18 @@ def test_arbitrary_text_never_raises_and_streams_as_it_parses(parts, fmt, step):
     pieces = [text[i : i + step] for i in range(0, len(text), step)]
     events = stream(fmt, pieces)
     assert collect(events) == parse(fmt, text, new_id=counter_ids())
+    started, ended = [], []
     for event in events:
-        if isinstance(event, ToolCallDelta) and event.name is None:
-            assert isinstance(json.loads(event.arguments), dict)
+        if isinstance(event, ToolCallStart):
+            assert event.index == len(started) and not (set(started) - set(ended))  # one call at a time, in order
+            started.append(event.index)
+        elif isinstance(event, ToolCallArguments):
+            assert started and event.index == started[-1] not in ended
+        elif isinstance(event, ToolCallEnd):
+            assert started and event.index == started[-1]
+            ended.append(event.index)
+    for call in collect(events)[1]:
+        assert isinstance(json.loads(call.arguments), dict)
 
 
 def test_partial_marker_is_held_back_until_it_is_not_one():
@@ -133,39 +158,24 @@ def test_partial_marker_is_held_back_until_it_is_not_one():
     assert parser.feed("Hello <tool") == [ContentDelta("Hello")]
     assert parser.feed("s are") == [ContentDelta(" <tools are")]
     assert parser.feed(" fun <") == [ContentDelta(" fun")]
-    assert parser.feed("tool_call>\n{\"name\": \"f\", ") == []
-    events = parser.feed('"arguments": {}}\n</tool_call>')
-    assert [type(e) for e in events] == [ToolCallDelta, ToolCallDelta]
+    assert parser.feed("tool_call>\n{\"name\": \"f\", ") == []  # a name, but no arguments yet
+    [start, arguments] = parser.feed('"arguments": {"city": "Par')
+    assert isinstance(start, ToolCallStart) and start.name == "f" and arguments == ToolCallArguments(0, '{"city": "Par')
+    assert parser.feed('is"') == [ToolCallArguments(0, 'is"')]  # the arguments stream as they are written
+    assert parser.feed('}}\n</tool_call>') == [ToolCallArguments(0, "}"), ToolCallEnd(0)]
     assert parser.close() == []
 
 
-def test_each_call_has_one_id_given_on_its_first_delta():
+def test_each_call_has_one_id_given_when_it_starts():
     text = f"<tool_call>\n{W}\n</tool_call>\n<tool_call>\n{A}\n</tool_call>"
     parser = parser_for(ToolFormat.HERMES)  # the default ids
     events = [e for piece in re.findall(".{1,3}", text, re.S) for e in parser.feed(piece)] + parser.close()
-    by_index: dict[int, list[ToolCallDelta]] = {}
-    for event in events:
-        by_index.setdefault(event.index, []).append(event)
-    assert list(by_index) == [0, 1]
-    ids = []
-    for deltas in by_index.values():
-        first, *rest = deltas
-        assert re.fullmatch(r"call_[0-9a-f]{24}", first.id) and first.name and first.arguments == ""
-        assert all(d.id is None and d.name is None for d in rest)
-        ids.append(first.id)
-    assert len(set(ids)) == 2
+    starts = [e for e in events if isinstance(e, ToolCallStart)]
+    assert [s.index for s in starts] == [0, 1] and all(re.fullmatch(r"call_[0-9a-f]{24}", s.id) for s in starts)
+    assert len({s.id for s in starts}) == 2
+    assert [e.index for e in events if isinstance(e, ToolCallEnd)] == [0, 1]
     _, calls = collect(events)
-    assert [c.id for c in calls] == ids
-
-
-def test_openai_shapes():
-    assert ToolCallDelta(0, id="call_x", name="f").to_openai() == {
-        "index": 0, "id": "call_x", "type": "function", "function": {"name": "f", "arguments": ""},
-    }
-    assert ToolCallDelta(0, arguments='{"a": 1}').to_openai() == {"index": 0, "function": {"arguments": '{"a": 1}'}}
-    assert ToolCall("call_x", "f", "{}").to_openai() == {
-        "id": "call_x", "type": "function", "function": {"name": "f", "arguments": "{}"},
-    }
+    assert [c.id for c in calls] == [s.id for s in starts]
 
 
 def test_generic_reply_streams_as_it_is_decoded():

@@ -7,13 +7,13 @@ text and `parser.close()` at the end, each returning content and tool-call delta
 
 from collections.abc import Callable
 
-from appliance.api.tools.events import ToolCall, collect, new_call_id
-from appliance.api.tools.formats import ToolFormat
-from appliance.api.tools.generic_parser import GenericParser
-from appliance.api.tools.hermes import HermesParser
-from appliance.api.tools.llama3 import Llama3Parser
-from appliance.api.tools.mistral import MistralParser
-from appliance.api.tools.stream import StreamParser
+from appliance.serving.formats.events import ToolCall, collect, new_call_id
+from appliance.serving.formats.tools.formats import ToolFormat
+from appliance.serving.formats.tools.generic_parser import GenericParser
+from appliance.serving.formats.tools.hermes import HermesParser
+from appliance.serving.formats.tools.llama3 import Llama3Parser
+from appliance.serving.formats.tools.mistral import MistralParser
+from appliance.serving.formats.tools.stream import StreamParser
 
 _PARSERS: dict[ToolFormat, type[StreamParser]] = {
     ToolFormat.HERMES: HermesParser,

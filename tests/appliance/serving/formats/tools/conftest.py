@@ -8,7 +8,7 @@ def tokenizer(default_model_path):
     """SmolLM2's tokenizer (the tiny random model's), with our Hermes-style template."""
     from transformers import AutoTokenizer
 
-    from tests.appliance.api.tools.templates import HERMES_TEMPLATE
+    from tests.appliance.serving.formats.tools.templates import HERMES_TEMPLATE
 
     tokenizer = AutoTokenizer.from_pretrained(default_model_path)
     tokenizer.chat_template = HERMES_TEMPLATE

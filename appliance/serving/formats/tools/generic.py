@@ -15,7 +15,7 @@ earlier calls as the same JSON object it is asked to write, tool results as user
 
 import json
 
-from appliance.api.tools.functions import Function, ToolChoice, check_tools
+from appliance.serving.formats.tools.functions import Function, ToolChoice, check_tools
 
 
 def messages_with_tools(

@@ -31,6 +31,43 @@ class ToolChoice:
     name: str | None = None
 
 
+@dataclass(frozen=True)
+class ToolRequest:
+    """What one request says about tools, checked: the functions, the choice, whether calls may be parallel, and
+    the definitions as the request gave them (OpenAI's shape, which tool-aware chat templates take)."""
+
+    functions: tuple[Function, ...] = ()
+    choice: ToolChoice = ToolChoice("none")
+    parallel: bool = True
+    definitions: tuple[dict, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        """Whether the model may call a function (tool_choice is not "none")."""
+        return self.choice.mode != "none" and bool(self.functions)
+
+    @property
+    def choice_field(self) -> str | dict:
+        """The choice as OpenAI's `tool_choice` field says it."""
+        if self.choice.mode == "function":
+            return {"type": "function", "function": {"name": self.choice.name}}
+        return self.choice.mode
+
+    @property
+    def label(self) -> str | None:
+        """For the request log: which constraint held the answer."""
+        return f"tools:{self.choice.mode}" if self.active else None
+
+
+NO_TOOLS = ToolRequest()
+
+
+def tool_request(tools: list[dict] | None, tool_choice: str | dict | None, parallel: bool = True) -> ToolRequest:
+    """A request's tools checked (400s name `tools` or `tool_choice`)."""
+    functions, choice = check_tools(tools, tool_choice)
+    return ToolRequest(tuple(functions), choice, parallel, tuple(tools or ()))
+
+
 def check_tools(tools: list | None, tool_choice: str | dict | None) -> tuple[list[Function], ToolChoice]:
     """The functions and the choice of a chat request, or an APIError (400) naming what is wrong.
 

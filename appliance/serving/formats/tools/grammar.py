@@ -34,10 +34,10 @@ from xgrammar.structural_tag import (
     TriggeredTagsFormat,
 )
 
-from appliance.api.tools import hermes, llama3, mistral
-from appliance.api.tools.formats import ToolFormat
-from appliance.api.tools.functions import Function, ToolChoice, schema_error
-from appliance.api.tools.generic import answer_schema
+from appliance.serving.formats.tools import hermes, llama3, mistral
+from appliance.serving.formats.tools.formats import ToolFormat
+from appliance.serving.formats.tools.functions import Function, ToolChoice, schema_error
+from appliance.serving.formats.tools.generic import answer_schema
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,10 @@ import json
 import pytest
 import xgrammar
 
-from appliance.api.tools.formats import ToolFormat
-from appliance.api.tools.functions import check_tools
-from appliance.api.tools.grammar import constraint_for
-from appliance.api.tools.parsers import parse
+from appliance.serving.formats.tools.formats import ToolFormat
+from appliance.serving.formats.tools.functions import check_tools
+from appliance.serving.formats.tools.grammar import constraint_for
+from appliance.serving.formats.tools.parsers import parse
 
 TOOLS = [
     {

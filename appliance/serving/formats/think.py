@@ -17,65 +17,41 @@ reasoning, it starts after `</think>` (the engine's StructuredOutput.after_token
 not, it holds from the first token, and the model answers without reasoning.
 """
 
-import weakref
 from dataclasses import dataclass
 
-from appliance.api.tools.events import ContentDelta, ReasoningDelta
-from appliance.api.tools.scanning import held_back
+from appliance.serving.formats.events import ContentDelta, ReasoningDelta
+from appliance.serving.formats.tools.scanning import held_back
 
 START = "<think>"
 END = "</think>"
 
-_formats: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # served model -> ReasoningFormat | None
-
 
 @dataclass(frozen=True)
-class ReasoningFormat:
+class ThinkFormat:
     """A reasoning model's markers as token ids."""
 
     start_id: int
     end_id: int
 
-    def plan(self, prompt: str) -> "ReasoningPlan":
-        return ReasoningPlan(self, opened=prompt.rfind(START) > prompt.rfind(END))
+    @classmethod
+    def detect(cls, template: str | None, vocab: dict[str, int]) -> "ThinkFormat | None":
+        """The format where both markers are single tokens and the chat template writes `</think>`."""
+        if START in vocab and END in vocab and isinstance(template, str) and END in template:
+            return cls(vocab[START], vocab[END])
+        return None
 
-
-def model_reasoning(served) -> ReasoningFormat | None:
-    """The served model's reasoning format, detected once from its vocabulary and chat template."""
-    if served in _formats:
-        return _formats[served]
-    tokenizer = served.engine.tokenizer
-    template = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
-    vocab = tokenizer.get_vocab() if tokenizer is not None else {}
-    found = None
-    if START in vocab and END in vocab and isinstance(template, str) and END in template:
-        found = ReasoningFormat(vocab[START], vocab[END])
-    _formats[served] = found
-    return found
-
-
-@dataclass(frozen=True)
-class ReasoningPlan:
-    """One request's reasoning: the model's format, and whether the prompt left the reasoning open."""
-
-    fmt: ReasoningFormat
-
-    opened: bool
+    @staticmethod
+    def opened(prompt: str) -> bool:
+        """Whether the rendered prompt leaves the reasoning open (the model's text is reasoning up to `</think>`)."""
+        return prompt.rfind(START) > prompt.rfind(END)
 
     @property
-    def grammar_after(self) -> int | None:
-        """The token after which an answer's grammar holds, or None: from the start."""
-        return self.fmt.end_id if self.opened else None
-
     def marker_token_ids(self) -> frozenset[int]:
         """Kept by the detokenizer where they are special tokens, or the parser would never see them."""
-        return frozenset((self.fmt.start_id, self.fmt.end_id))
-
-    def parser(self) -> "ReasoningParser":
-        return ReasoningParser(self.opened)
+        return frozenset((self.start_id, self.end_id))
 
 
-class ReasoningParser:
+class ThinkParser:
     """feed(delta) -> [ReasoningDelta | ContentDelta]; close() -> the rest. The split does not depend on how
     the text was cut into deltas: a marker's possible beginning at the end of a delta waits for the next.
 

@@ -1,12 +1,12 @@
 """Reads the generic format's answer (see `generic`): `{"content": "..."}` or `{"tool_calls": [...]}`.
 
 The reply string is decoded as it streams, JSON escapes included, and given out as content
-deltas; each call is announced when its object closes. Output that is not such an object (a
+deltas; each call is announced when its name is read, and its arguments stream. Output that is not such an object (a
 model that ignored the format, or an unknown key) is content as written.
 """
 
-from appliance.api.tools.scanning import JsonStringDecoder
-from appliance.api.tools.stream import StreamParser
+from appliance.serving.formats.tools.scanning import JsonStringDecoder
+from appliance.serving.formats.tools.stream import StreamParser
 
 
 class GenericParser(StreamParser):
@@ -27,10 +27,6 @@ class GenericParser(StreamParser):
             self._held = ""
         return super().close()
 
-    def _advance(self) -> None:
-        while self._step():
-            pass
-
     def _step(self) -> bool:
         state = self._state
         if state == "raw":
@@ -40,12 +36,11 @@ class GenericParser(StreamParser):
         if state in ("key", "string"):
             return self._read_string()
         if state == "object":
-            call = self._scan_call()
-            if call is None:
+            called = self._read_call()
+            if called is None:
                 return False
-            if call is False:
+            if not called:
                 return self._to_raw()
-            self._call(*call)
             self._calls += 1
             return self._to("next")
         if state == "done":
@@ -69,6 +64,8 @@ class GenericParser(StreamParser):
                 self._decoder = JsonStringDecoder()
                 return self._to("key" if state == "open_key" else "string")
             if state == "colon":
+                if self._key == "tool_calls":
+                    self._commit()
                 return self._to("content" if self._key == "content" else "calls")
             if state == "calls":
                 return self._to("item")
@@ -108,7 +105,3 @@ class GenericParser(StreamParser):
     def _to_raw(self) -> bool:
         self._fail()
         return self._to("raw")
-
-    def _to(self, state: str) -> bool:
-        self._state = state
-        return True

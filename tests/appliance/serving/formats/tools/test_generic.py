@@ -2,11 +2,11 @@
 
 import json
 
-from appliance.api.tools.formats import ToolFormat
-from appliance.api.tools.functions import check_tools
-from appliance.api.tools.generic import answer_schema, messages_with_tools
-from appliance.api.tools.parsers import parse
-from tests.appliance.api.tools.templates import PLAIN_TEMPLATE
+from appliance.serving.formats.tools.formats import ToolFormat
+from appliance.serving.formats.tools.functions import check_tools
+from appliance.serving.formats.tools.generic import answer_schema, messages_with_tools
+from appliance.serving.formats.tools.parsers import parse
+from tests.appliance.serving.formats.tools.templates import PLAIN_TEMPLATE
 
 TOOLS = [
     {

@@ -122,7 +122,6 @@ REFUSED_REASONS = {
     "file": "this model reads text only",
     "input_image": "this model reads text only",
     "input_file": "this model reads text only",
-    "refusal": "refusal parts are not implemented; send the text",
     "suffix": "insertion (a suffix after the completion) is not implemented",
     # A message's fields that belong to another role (each role has its own shape, as OpenAI's).
     "tool_calls": "only assistant messages carry tool_calls",
@@ -172,5 +171,6 @@ def _is_union_tag(part) -> bool:
         part in ("str", "int", "float", "bool", "list", "dict")
         or "[" in part
         or part.startswith(("function-", "constrained-"))
-        or part in ("TextPart", "SystemMessage", "UserMessage", "AssistantMessage", "ToolMessage")
+        or part in ("TextPart", "RefusalPart", "SystemMessage", "UserMessage", "AssistantMessage", "ToolMessage",
+                    "FunctionMessage")
     )

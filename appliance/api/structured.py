@@ -17,8 +17,11 @@ def requested_constraint(req) -> OutputConstraint | None:
     elif fmt is not None and fmt.type == "json_schema":
         found.append(OutputConstraint("response_format", "json", fmt.json_schema.schema_))
     if req.structured_outputs is not None:
-        # the schema let exactly one member through
-        [(kind, value)] = req.structured_outputs.model_dump(by_alias=True, exclude_none=True).items()
+        members = req.structured_outputs.model_dump(by_alias=True, exclude_none=True)
+        if len(members) != 1:
+            raise invalid("structured_outputs", "structured_outputs takes exactly one of json, regex, choice, grammar "
+                                                f"or json_object, got {len(members)}; give one, or drop the field")
+        [(kind, value)] = members.items()
         found.append(OutputConstraint("structured_outputs", kind, value))
     for name, kind in GUIDED_NAMES.items():
         value = getattr(req, name)

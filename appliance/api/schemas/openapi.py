@@ -24,7 +24,7 @@ ROUTES: list[tuple[str, str, tuple[type[BaseModel], ...], type[BaseModel], str]]
     ("/v1/completions", "post", (CompletionRequest,), Completion,
      "Create a text completion (stream: SSE of Completion chunks)"),
     ("/v1/responses", "post", (ResponsesRequest,), Response,
-     "Create a response, statelessly (stream: SSE of response events)"),
+     "Create a response (stream: SSE of response events)"),
     ("/v1/embeddings", "post", (EmbeddingRequest,), EmbeddingList, "Embed inputs (mean-pooled last hidden states)"),
     ("/v1/models", "get", (), ModelList, "List the served models"),
     ("/tokenize", "post", (TokenizePromptRequest, TokenizeChatRequest), TokenizeResponse,
@@ -32,6 +32,21 @@ ROUTES: list[tuple[str, str, tuple[type[BaseModel], ...], type[BaseModel], str]]
     ("/detokenize", "post", (DetokenizeRequest,), DetokenizeResponse, "The text of token ids"),
 ]
 EXTRA_SCHEMAS = [ChatCompletionChunk, ErrorResponse]
+# What a streamed answer's `data:` lines carry, by route (with `stream: true`).
+STREAMS: dict[str, tuple[type[BaseModel] | None, str]] = {
+    "/v1/chat/completions": (ChatCompletionChunk, "`data: ` and a ChatCompletionChunk per event, `data: [DONE]` last"),
+    "/v1/completions": (Completion, "`data: ` and a Completion chunk per event, `data: [DONE]` last"),
+    "/v1/responses": (None, "`data: ` and a response event (an object with `type` and `sequence_number`) per event"),
+}
+
+
+def event_stream(event: type[BaseModel] | None, description: str, refs: dict) -> dict[str, Any]:
+    """A text/event-stream answer: OpenAPI 3.1 has no schema for the events themselves, so the event's schema is
+    named beside the text's in an extension (what OpenAPI 3.2 calls itemSchema)."""
+    stream: dict[str, Any] = {"schema": {"type": "string", "description": description}}
+    if event is not None:
+        stream["x-event-schema"] = refs[(event, "serialization")]
+    return stream
 
 
 def openapi_spec(version: str) -> dict[str, Any]:
@@ -43,12 +58,14 @@ def openapi_spec(version: str) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     error_ref = {"$ref": refs[(ErrorResponse, "serialization")]["$ref"]}
     for path, method, requests, response, summary in ROUTES:
+        content: dict[str, Any] = {"application/json": {"schema": refs[(response, "serialization")]}}
+        if path in STREAMS:
+            content["text/event-stream"] = event_stream(*STREAMS[path], refs)
         op: dict[str, Any] = {
             "summary": summary,
             "security": [{"bearer": []}],
             "responses": {
-                "200": {"description": "OK",
-                        "content": {"application/json": {"schema": refs[(response, "serialization")]}}},
+                "200": {"description": "OK: JSON, or server-sent events with stream: true", "content": content},
                 "default": {"description": "An OpenAI error object",
                             "content": {"application/json": {"schema": error_ref}}},
             },

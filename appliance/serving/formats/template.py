@@ -44,7 +44,9 @@ class TemplateFormat:
             return messages, {}
         if self.tools.native:
             return native_history(messages, self.tools), ({"tools": list(tools.definitions)} if tools.active else {})
-        return messages_with_tools(messages, list(tools.definitions) or None, tools.choice_field, tools.parallel), {}
+        definitions = list(tools.definitions) or None  # a history of calls may come without tools
+        choice = tools.choice_field if definitions is not None else None
+        return messages_with_tools(messages, definitions, choice, tools.parallel), {}
 
     def reading(self, prompt: str, tools: ToolRequest) -> OutputReading:
         think = self.think

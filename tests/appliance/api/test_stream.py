@@ -122,6 +122,11 @@ def test_openapi_describes_the_request_bodies(http):
         assert field in chat, field
     assert "prompt" in schemas["CompletionRequest"]["properties"]
     assert "get" in spec["paths"]["/v1/models"]
+    for path, event in [("/v1/chat/completions", "ChatCompletionChunk"), ("/v1/completions", "Completion"),
+                        ("/v1/responses", None)]:
+        streamed = spec["paths"][path]["post"]["responses"]["200"]["content"]["text/event-stream"]
+        assert streamed["schema"]["type"] == "string"
+        assert streamed.get("x-event-schema") == ({"$ref": f"#/components/schemas/{event}"} if event else None)
 
 
 def test_request_log_lines_are_json_without_secrets(live_server, client, caplog):

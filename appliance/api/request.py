@@ -59,9 +59,12 @@ async def read_request(request: Request, model: type[BaseModel]):
 
 
 def api_key(request: Request) -> str | None:
+    """The key a request sends: as a Bearer token (OpenAI's clients), or in x-api-key (Anthropic's)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("x-api-key", "").strip() or None
 
 
 def client_address(request: Request) -> str | None:

@@ -1,7 +1,9 @@
 """One error type for the public API, rendered in one place as an OpenAI error object.
 
 {"error": {"message", "type", "param", "code"}} with the matching HTTP status, and Retry-After
-on 429 and 503. Engine, key-store and validation errors are translated here, nowhere else.
+on 429 and 503; the Messages API's routes get Anthropic's shape of the same error,
+{"type": "error", "error": {"type", "message"}}. Engine, key-store and validation errors are
+translated here, nowhere else.
 """
 
 import json
@@ -22,6 +24,14 @@ ERROR_TYPES = {
     501: "invalid_request_error",
     503: "service_unavailable_error",
 }
+
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                   404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error"}
+
+
+def anthropic_route(path: str) -> bool:
+    """The Messages API's routes, whose errors take Anthropic's shape."""
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
 
 
 class APIError(Exception):
@@ -46,13 +56,19 @@ class APIError(Exception):
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def to_response(self, headers: dict[str, str] | None = None) -> Response:
+    def anthropic_body(self) -> dict:
+        """Anthropic's shape: its error type by status; the field at fault is named in the message."""
+        kind = ANTHROPIC_TYPES.get(self.status, "api_error" if self.status >= 500 else "invalid_request_error")
+        named = self.param is None or self.message.startswith(self.param)
+        return {"type": "error", "error": {"type": kind, "message": self.message if named else
+                                           f"{self.param}: {self.message}"}}
+
+    def to_response(self, headers: dict[str, str] | None = None, anthropic: bool = False) -> Response:
         headers = dict(headers or {})
         if self.retry_after_s is not None:
             headers["Retry-After"] = str(max(1, math.ceil(self.retry_after_s)))
-        return Response(
-            json.dumps(self.body()), status_code=self.status, headers=headers, media_type="application/json"
-        )
+        body = self.anthropic_body() if anthropic else self.body()
+        return Response(json.dumps(body), status_code=self.status, headers=headers, media_type="application/json")
 
 
 def invalid(param: str | None, message: str) -> APIError:
@@ -122,7 +138,10 @@ REFUSED_REASONS = {
     "file": "this model reads text only",
     "input_image": "this model reads text only",
     "input_file": "this model reads text only",
-    "refusal": "refusal parts are not implemented; send the text",
+    "container": "there are no code execution containers here",
+    "mcp_servers": "MCP servers are not called from here",
+    "image": "this model reads text only",
+    "document": "this model reads text only",
     "suffix": "insertion (a suffix after the completion) is not implemented",
     # A message's fields that belong to another role (each role has its own shape, as OpenAI's).
     "tool_calls": "only assistant messages carry tool_calls",
@@ -152,18 +171,27 @@ def from_validation_error(error, refused_reasons: dict[str, str] = REFUSED_REASO
         return invalid("logit_bias", f"logit_bias maps token ids (non-negative integers, as strings) to biases "
                                      f"between -100 and 100; these entries are not: {', '.join(bad)}")
     if refused is not None:
-        part = refused["input"]
+        part = _part_type(refused)
         return invalid(param, f"{param}: content of type '{part}' is not supported: {reasons[part]}; send text")
     message = first.get("msg", "invalid value")
     return invalid(param, f"{param}: {message}" if param else message)
 
 
-def _refused_part(error: dict, reasons: dict[str, str]) -> bool:
-    """A content part's `type` that is one of the refused ones (image_url, input_audio...)."""
-    loc = error.get("loc", ())
+def _part_type(error: dict) -> str | None:
+    """The `type` of the content part an error is about: its input where the error is about the type field, or the
+    part's own `type` where a tagged union found no member for it."""
     value = error.get("input")
-    return (error["type"] in ("literal_error", "union_tag_invalid") and bool(loc) and loc[-1] == "type"
-            and isinstance(value, str) and value in reasons)
+    loc = error.get("loc", ())
+    if error["type"] == "union_tag_invalid" and isinstance(value, dict):
+        return value.get("type") if isinstance(value.get("type"), str) else None
+    if error["type"] in ("literal_error", "union_tag_invalid") and loc and loc[-1] == "type" and isinstance(value, str):
+        return value
+    return None
+
+
+def _refused_part(error: dict, reasons: dict[str, str]) -> bool:
+    """A content part's `type` that is one of the refused ones (image_url, input_audio, image...)."""
+    return _part_type(error) in reasons
 
 
 def _is_union_tag(part) -> bool:
@@ -172,5 +200,6 @@ def _is_union_tag(part) -> bool:
         part in ("str", "int", "float", "bool", "list", "dict")
         or "[" in part
         or part.startswith(("function-", "constrained-"))
-        or part in ("TextPart", "SystemMessage", "UserMessage", "AssistantMessage", "ToolMessage")
+        or part in ("TextPart", "RefusalPart", "SystemMessage", "UserMessage", "AssistantMessage", "ToolMessage",
+                    "FunctionMessage")
     )

@@ -1,6 +1,7 @@
-"""The public OpenAI-compatible API: routes, request schemas, response formatting, one request's generation.
+"""The public OpenAI-compatible API: routes, request schemas, one request's plan, generation and answer.
 
-A route parses and validates the body (schemas), hands it to the serving core (appliance.serving)
-and turns what comes back into JSON or server-sent events (formatting, generation). Nothing below
-this package imports it.
+A generating route reads one way (endpoint.py): the body (schemas) → its Ask → admission's lease
+on a model (appliance.serving) → the plan (render) → the generation every API shares → the API's
+formatter (formatters/) → JSON or server-sent events → accounting. Nothing below this package
+imports it.
 """

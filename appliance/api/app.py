@@ -18,12 +18,13 @@ from appliance.api.completions import completions
 from appliance.api.embeddings import embeddings
 from appliance.api.fallback import with_fallback
 from appliance.api.gate import ClientGate
+from appliance.api.messages import count_tokens, messages
 from appliance.api.model_list import list_models
 from appliance.api.response_counter import ResponseCounter
 from appliance.api.responses import responses
 from appliance.api.schemas import openapi_spec
 from appliance.api.tokenize import detokenize, tokenize
-from appliance.errors import APIError, from_engine_error
+from appliance.errors import APIError, anthropic_route, from_engine_error
 from appliance.ops.requestlog import log_refusal
 from appliance.serving.context import RequestContext
 from appliance.serving.service import Service
@@ -60,7 +61,7 @@ async def on_api_error(request: Request, exc: APIError) -> Response:
         known = {"request_id": ctx.request_id, "key_id": ctx.key_id, "model": ctx.model} if ctx else {}
         log_refusal(method=request.method, path=request.url.path, status=exc.status, code=exc.code,
                     message=exc.message, **known)
-    return exc.to_response()
+    return exc.to_response(anthropic=anthropic_route(request.url.path))
 
 
 async def on_http_error(request: Request, exc: HTTPException) -> Response:
@@ -70,16 +71,17 @@ async def on_http_error(request: Request, exc: HTTPException) -> Response:
     """
     message = "no such route" if exc.status_code == 404 else str(exc.detail)
     error = APIError(exc.status_code, f"{message}: {request.method} {request.url.path}")
-    return error.to_response(headers=exc.headers)
+    return error.to_response(headers=exc.headers, anthropic=anthropic_route(request.url.path))
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     from engine.errors import EngineError
 
+    anthropic = anthropic_route(request.url.path)
     if isinstance(exc, EngineError):
-        return from_engine_error(exc, request.app.state.service.config.retry_after_s).to_response()
+        return from_engine_error(exc, request.app.state.service.config.retry_after_s).to_response(anthropic=anthropic)
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return APIError(500, "internal error; the server log has the details").to_response()
+    return APIError(500, "internal error; the server log has the details").to_response(anthropic=anthropic)
 
 
 def build_app(service: Service) -> ASGIApp:
@@ -87,6 +89,8 @@ def build_app(service: Service) -> ASGIApp:
         Route("/v1/chat/completions", with_fallback(chat_completions), methods=["POST"]),
         Route("/v1/completions", with_fallback(completions), methods=["POST"]),
         Route("/v1/responses", with_fallback(responses), methods=["POST"]),
+        Route("/v1/messages", with_fallback(messages), methods=["POST"]),
+        Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
         Route("/v1/embeddings", with_fallback(embeddings), methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/tokenize", tokenize, methods=["POST"]),

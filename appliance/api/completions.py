@@ -1,18 +1,12 @@
 """POST /v1/completions: one or more prompts (text or token ids), n choices each."""
 
-import json
-
-from starlette.requests import Request
-from starlette.responses import Response
-
-from appliance.api import formatting as fmt
-from appliance.api.generation import generate_response
-from appliance.api.request import admit, read_request
-from appliance.api.sampling import param_names, sampling_params
+from appliance.api.endpoint import Endpoint, route
+from appliance.api.formatters.completions import CompletionFormatter
+from appliance.api.plan import Ask
+from appliance.api.sampling import Sampling
 from appliance.api.schemas import MAX_PROMPTS, CompletionRequest
 from appliance.api.structured import requested_constraint
 from appliance.errors import invalid
-from appliance.serving.service import Service
 
 
 def prompt_list(prompt) -> list:
@@ -24,24 +18,22 @@ def prompt_list(prompt) -> list:
     return list(prompt)
 
 
-async def completions(request: Request) -> Response:
-    service: Service = request.app.state.service
-    req = await read_request(request, CompletionRequest)
+def completion_ask(req: CompletionRequest) -> Ask:
     prompts = prompt_list(req.prompt)
     if len(prompts) * req.n > MAX_PROMPTS:
         raise invalid("n", f"prompts × n may be at most {MAX_PROMPTS}, got {len(prompts) * req.n}")
-    constraint = requested_constraint(req)
-    ctx = await admit(request, "cmpl", "completions", req.model)
-    ctx.constraint = constraint.label if constraint is not None else None
-    ctx.prompt_text = json.dumps(req.prompt) if not isinstance(req.prompt, str) else req.prompt
-    top = req.logprobs
-    retry = service.config.retry_after_s
-    prompt_top = top if req.echo else None  # echo with logprobs: the prompt's tokens have theirs too
-    jobs = [(p, prompt, sampling_params(req, req.max_tokens or 16, top, j, retry, constraint,
-                                        prompt_logprobs=prompt_top))
-            for p, prompt in enumerate(prompts) for j in range(req.n)]
-    formats = fmt.echoing([prompt_text(ctx.served, p) for p in prompts]) if req.echo else fmt.COMPLETION
-    return await generate_response(request, ctx, jobs, param_names(constraint), req, top, formats)
+    return Ask(
+        model=req.model, sampling=Sampling.from_openai(req), prompt_param="prompt", max_tokens=req.max_tokens or 16,
+        n=req.n, stream=req.stream, include_usage=bool(req.stream_options and req.stream_options.include_usage),
+        logprobs=req.logprobs, prompt_logprobs=req.logprobs if req.echo else None,  # echo: the prompt's tokens too
+        constraint=requested_constraint(req), prompts=tuple(prompts),
+    )
+
+
+def completion_formatter(req: CompletionRequest, generation, request_id: str, model: str) -> CompletionFormatter:
+    plan = generation.plan
+    echoed = [prompt_text(plan.served, p) for p in plan.prompts] if req.echo else None
+    return CompletionFormatter(generation, request_id, model, plan.ask.logprobs, plan.ask.include_usage, echoed)
 
 
 def prompt_text(served, prompt) -> str:
@@ -50,3 +42,7 @@ def prompt_text(served, prompt) -> str:
         return prompt
     tokenizer = served.engine.tokenizer
     return tokenizer.decode(prompt) if tokenizer is not None else ""
+
+
+COMPLETIONS = Endpoint("completions", "cmpl", CompletionRequest, completion_ask, completion_formatter)
+completions = route(COMPLETIONS)

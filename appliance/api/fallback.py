@@ -36,8 +36,7 @@ def with_fallback(endpoint: Endpoint) -> Endpoint:
                     raise
                 log.warning("%s failed before its first token on %s (%s); trying its fallback",
                             ctx.request_id, ctx.served.name, e.message)
-                ctx.served.admitted.discard(ctx)
-                failed.add(ctx.served.name)
+                failed.add(ctx.served.name)  # its lease was released when it failed (endpoint.py)
                 continue
             ctx = getattr(request.state, "context", None)
             if ctx is not None and ctx.fallback is not None:

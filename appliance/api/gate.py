@@ -9,7 +9,7 @@ request (the lock-out is logged once when it starts).
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from appliance.api.connections import OVER_LIMIT
-from appliance.errors import APIError
+from appliance.errors import APIError, anthropic_route
 from appliance.serving.lockout import AuthLockout
 
 
@@ -24,7 +24,7 @@ class ClientGate:
             refusal = self.refusal(scope)
             if refusal is not None:
                 error, headers = refusal
-                await error.to_response(headers=headers)(scope, receive, send)
+                await error.to_response(headers=headers, anthropic=anthropic_route(scope["path"]))(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

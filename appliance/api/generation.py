@@ -1,9 +1,10 @@
-"""The engine requests behind one API request, run to a JSON answer or an SSE stream.
+"""The generation every API shares: the engine requests of a plan (n choices for each prompt), their outputs
+read into events.
 
-n choices for each prompt become engine requests submitted together; their first outputs are
-awaited before the HTTP status is sent (so refusals are proper 4xx/5xx), then the outputs are
-merged, formatted (formatting.py) and accounted once (usage, per-key metrics, the request log).
-A client that leaves cancels the work, which aborts its engine requests and frees their blocks.
+All of a plan's engine requests are submitted together and their first outputs awaited before the
+HTTP status is sent (so refusals are proper 4xx/5xx). Each output updates its Choice: the text, the
+tokens with their logprobs, the counts, and the events its parser read from the text (reasoning,
+content, tool calls: appliance.serving.formats); the API's formatter turns those into its answer.
 
 A slow reader: uvicorn stops the writer while the socket is full, and the outputs the engine
 keeps producing wait in that request's queue, so memory per request is bounded by its
@@ -11,69 +12,122 @@ max_tokens (at most the model's context), not by how slowly the client reads.
 """
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
-from pydantic import BaseModel
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-
-from appliance.api import formatting as fmt
-from appliance.errors import APIError
-from appliance.api.response_counter import mark_stream_failed
+from appliance.api.plan import RequestPlan
 from appliance.serving.context import RequestContext
+from appliance.serving.formats.events import ContentDelta, Event, ToolCallEnd
 from appliance.serving.service import Service
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+@dataclass(frozen=True)
+class Update:
+    """What one engine output added to its choice."""
+
+    text: str  # the new text, as the engine detokenized it
+    events: list[Event]  # that text read by the choice's parser (all content without one)
+    logprobs: list  # SampledTokens of the new tokens, when logprobs were asked for
+    finished: bool
+
+
+class Choice:
+    """What one engine request (one choice) has produced so far."""
+
+    def __init__(self, index: int, prompt_index: int, parser):
+        self.index = index
+        self.prompt_index = prompt_index
+        self.parser = parser  # a ChoiceParser, or None: the text is all content
+        self.text: list[str] = []
+        self.events: list[Event] = []
+        self.tokens: list = []  # SampledTokens with logprobs, when asked for
+        self.prompt_tokens: list = []  # the prompt's SampledTokens (the first without a logprob), for echo
+        self.finish_reason: str | None = None  # the engine's: stop, length, abort
+        self.stop_reason: str | int | None = None
+        self.num_prompt_tokens = 0
+        self.num_output_tokens = 0
+        self.num_cached_tokens = 0
+
+    @property
+    def reasoning_tokens(self) -> int:
+        return self.parser.reasoning_tokens if self.parser is not None else 0
+
+    @property
+    def called(self) -> bool:
+        """Whether the model wrote a complete tool call."""
+        return any(isinstance(e, ToolCallEnd) for e in self.events)
+
+    def add(self, out) -> Update:
+        if out.new_text:
+            self.text.append(out.new_text)
+        if out.logprobs:
+            self.tokens.extend(out.logprobs)
+        if out.prompt_logprobs:
+            self.prompt_tokens = out.prompt_logprobs
+        self.num_prompt_tokens = out.num_prompt_tokens
+        self.num_output_tokens = out.num_output_tokens
+        self.num_cached_tokens = out.num_cached_tokens
+        if self.parser is None:
+            events = [ContentDelta(out.new_text)] if out.new_text else []
+        else:
+            events = self.parser.feed(out.new_text, len(out.new_token_ids))
+            if out.finished:
+                events += self.parser.close()
+        self.events += events
+        if out.finished:
+            self.finish_reason = out.finish_reason
+            self.stop_reason = out.stop_reason if out.finish_reason in ("stop", "length") else None
+        return Update(out.new_text, events, out.logprobs or [], out.finished)
+
+
+@dataclass(frozen=True)
+class TokenCounts:
+    prompt: int
+    completion: int
+    cached: int
+    reasoning: int
 
 
 class Generation:
-    """The engine requests behind one API request: n choices for each prompt."""
+    """The engine requests behind one request plan."""
 
-    def __init__(self, service: Service, ctx: RequestContext, jobs: list[tuple[int, object, object]],
-                 param_names: dict[str, str], parser=None, reasoning=None):
-        self.service = service
-        self.ctx = ctx
-        self.states = [fmt.ChoiceState(i, prompt_index, parser() if parser is not None else None,
-                                       reasoning() if reasoning is not None else None)
-                       for i, (prompt_index, _, _) in enumerate(jobs)]
-        self.streams = [
-            service.engine_stream.generate(prompt, params, f"{ctx.request_id}-{i}", ctx, param_names)
-            for i, (_, prompt, params) in enumerate(jobs)
-        ]
-        self.firsts: list = []
+    def __init__(self, service: Service, plan: RequestPlan, ctx: RequestContext):
+        self.plan = plan
+        jobs = plan.jobs(service.config.retry_after_s)
+        self.choices = [Choice(i, job.prompt_index, plan.reading.new_parser()) for i, job in enumerate(jobs)]
+        self.streams = [service.engine_stream.generate(plan.served, job.prompt, job.params, f"{ctx.request_id}-{i}",
+                                                       ctx, plan.param_names)
+                        for i, job in enumerate(jobs)]
+        self._firsts: list = []
 
     async def start(self) -> None:
         """Submit every request and wait for its first output, so refusals become HTTP statuses."""
         try:
             if len(self.streams) == 1:
-                self.firsts = [await anext(self.streams[0])]
+                self._firsts = [await anext(self.streams[0])]
             else:
                 results = await asyncio.gather(*(anext(s) for s in self.streams), return_exceptions=True)
                 errors = [r for r in results if isinstance(r, BaseException)]
                 if errors:
                     raise errors[0]
-                self.firsts = results
+                self._firsts = results
         except BaseException:
             await self.close()
             raise
 
-    async def outputs(self) -> AsyncIterator[tuple[fmt.ChoiceState, object]]:
-        """(choice, output) pairs as they come; the choice's state is already updated."""
+    async def updates(self) -> AsyncIterator[tuple[Choice, Update]]:
+        """(choice, update) pairs as the outputs come; the choice is already updated."""
         if len(self.streams) == 1:
-            state, stream = self.states[0], self.streams[0]
-            out = self.firsts[0]
-            state.add(out)
-            yield state, out
-            async for out in stream:
-                state.add(out)
-                yield state, out
+            choice = self.choices[0]
+            yield choice, choice.add(self._firsts[0])
+            async for out in self.streams[0]:
+                yield choice, choice.add(out)
             return
         queue: asyncio.Queue = asyncio.Queue()
 
         async def pump(i: int):
             try:
-                await queue.put((i, self.firsts[i]))
+                await queue.put((i, self._firsts[i]))
                 async for out in self.streams[i]:
                     await queue.put((i, out))
             except BaseException as e:  # handed to the consumer
@@ -91,113 +145,32 @@ class Generation:
                     continue
                 if isinstance(item, BaseException):
                     raise item
-                self.states[i].add(item)
-                yield self.states[i], item
+                yield self.choices[i], self.choices[i].add(item)
         finally:
             for t in tasks:
                 t.cancel()
 
-    async def collect(self) -> list[fmt.ChoiceState]:
-        async for _ in self.outputs():
+    async def collect(self) -> list[Choice]:
+        async for _ in self.updates():
             pass
-        return self.states
+        return self.choices
 
     async def close(self) -> None:
+        """End the engine requests (a finished one is already ended; an unfinished one is aborted)."""
         for s in self.streams:
             await s.aclose()
 
-    def account(self) -> None:
-        usage = fmt.usage(self.states)
-        self.ctx.prompt_tokens, self.ctx.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-        reasons = {s.finish_reason for s in self.states}
-        self.ctx.finish_reason = reasons.pop() if len(reasons) == 1 else ",".join(sorted(map(str, reasons)))
+    def counts(self) -> TokenCounts:
+        """Prompt tokens counted once per prompt (n choices share it), completions summed."""
+        per_prompt: dict[int, tuple[int, int]] = {}
+        for c in self.choices:
+            per_prompt.setdefault(c.prompt_index, (c.num_prompt_tokens, c.num_cached_tokens))
+        return TokenCounts(prompt=sum(p for p, _ in per_prompt.values()),
+                           completion=sum(c.num_output_tokens for c in self.choices),
+                           cached=sum(c for _, c in per_prompt.values()),
+                           reasoning=sum(c.reasoning_tokens for c in self.choices))
 
-
-def sse(obj: BaseModel | dict) -> str:
-    body = obj.model_dump_json() if isinstance(obj, BaseModel) else json.dumps(obj)
-    return f"data: {body}\n\n"
-
-
-async def until_disconnect(request: Request, work):
-    """Run `work`; if the client goes away first, cancel it (which aborts its engine requests)."""
-    task = asyncio.ensure_future(work)
-
-    async def disconnected():
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watch = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watch.cancel()
-        if not task.done():
-            task.cancel()
-    if not task.done() or task.cancelled():
-        raise ClientGone()
-    return task.result()
-
-
-class ClientGone(Exception):
-    """The client disconnected before its answer was ready."""
-
-
-async def respond(request: Request, gen: Generation, stream: bool, include_usage: bool, whole, chunks,
-                  usage_chunk) -> Response:
-    """Run a started Generation to a JSON body or an SSE stream; account for it either way."""
-    service, ctx = gen.service, gen.ctx
-    created = fmt.now_s()
-    if not stream:
-        try:
-            states = await until_disconnect(request, gen.collect())
-        except APIError as e:
-            ctx.status = f"error {e.status}"
-            raise
-        except ClientGone:
-            ctx.status = "disconnected"
-            return Response(status_code=499)  # nobody reads it; as nginx logs a client that left
-        finally:
-            gen.account()
-            service.accounting.finish(ctx)
-        return Response(whole(states).model_dump_json(), media_type="application/json")
-
-    async def events():
-        try:
-            async for state, out in gen.outputs():
-                for body in chunks(created, state, out):
-                    yield sse(body)
-            if include_usage:
-                yield sse(usage_chunk(created, gen.states))
-        except APIError as e:
-            ctx.status = f"error {e.status}"
-            mark_stream_failed(request, e.status)
-            yield sse(e.body())
-        except BaseException:
-            ctx.status = "disconnected"
-            raise
-        finally:
-            await gen.close()
-            gen.account()
-            service.accounting.finish(ctx)
-        yield "data: [DONE]\n\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
-
-
-async def generate_response(request: Request, ctx: RequestContext, jobs: list, param_names: dict[str, str], req,
-                            top: int | None, formats: fmt.Formats, parser=None, reasoning=None) -> Response:
-    """The end every generating route shares: submit the jobs, then answer in JSON or SSE.
-
-    `parser`, when given, makes each choice's tool-call parser (the text becomes content and tool_calls);
-    `reasoning` each choice's reasoning parser (a reasoning model's text: reasoning, then the answer).
-    """
-    service: Service = request.app.state.service
-    gen = Generation(service, ctx, jobs, param_names, parser, reasoning)
-    await gen.start()
-    model, rid, text = service.pool.served_name(ctx.served), ctx.request_id, ctx.served.token_text
-    return await respond(
-        request, gen, req.stream, bool(req.stream_options and req.stream_options.include_usage),
-        whole=lambda states: formats.whole(rid, model, states, text, top),
-        chunks=lambda created, state, out: formats.chunks(rid, model, created, state, out, text, top),
-        usage_chunk=lambda created, states: formats.usage_chunk(rid, model, created, states),
-    )
+    def finish_reason(self) -> str | None:
+        """For the request log: the choices' reason, or their reasons joined; a stop to call tools is tool_calls."""
+        reasons = {"tool_calls" if c.finish_reason == "stop" and c.called else c.finish_reason for c in self.choices}
+        return reasons.pop() if len(reasons) == 1 else ",".join(sorted(map(str, reasons)))

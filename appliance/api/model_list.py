@@ -11,7 +11,7 @@ from appliance.serving.service import Service
 
 async def list_models(request: Request) -> Response:
     service: Service = request.app.state.service
-    await service.admission.authorize(api_key(request), None, client=client_address(request))
+    await service.admission.authorize(api_key(request), client=client_address(request))
     pool = service.pool
     cards = []
     for name, model in sorted(service.router.routable_names().items(), key=lambda item: (item[0] != pool.model_name, item[0])):

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from appliance.errors import APIError, from_validation_error, invalid
 from appliance.ops.tracing import SPAN_STATE
 from appliance.serving.context import RequestContext
+from appliance.serving.served_model import ModelLease
 from appliance.serving.service import Service
 
 
@@ -58,9 +59,12 @@ async def read_request(request: Request, model: type[BaseModel]):
 
 
 def api_key(request: Request) -> str | None:
+    """The key a request sends: as a Bearer token (OpenAI's clients), or in x-api-key (Anthropic's)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("x-api-key", "").strip() or None
 
 
 def client_address(request: Request) -> str | None:
@@ -68,14 +72,16 @@ def client_address(request: Request) -> str | None:
     return request.client.host if request.client is not None else None
 
 
-async def admit(request: Request, id_prefix: str, endpoint: str, model: str) -> RequestContext:
-    """Start the request's context and pass admission (key, model, limits).
-
-    The context is kept on the request first, so that a refusal's log line can name its key and model.
-    """
+def start_context(request: Request, id_prefix: str, endpoint: str, model: str) -> RequestContext:
+    """The request's record, kept on the request first, so that a refusal's log line can name its key and model."""
     service: Service = request.app.state.service
     ctx = request.state.context = RequestContext(service.new_request_id(id_prefix), endpoint, model,
                                                  span=getattr(request.state, SPAN_STATE, None))
-    avoid = frozenset(getattr(request.state, "failed_models", ()))  # failed before their first token (api/fallback.py)
-    await service.admission.authorize(api_key(request), model, ctx, client_address(request), avoid)
     return ctx
+
+
+async def admit(request: Request, ctx: RequestContext) -> ModelLease:
+    """Admission (key, model, limits): the request's lease on its model, to be released when it ends."""
+    service: Service = request.app.state.service
+    avoid = frozenset(getattr(request.state, "failed_models", ()))  # failed before their first token (api/fallback.py)
+    return await service.admission.admit(api_key(request), ctx.model, ctx, client_address(request), avoid)

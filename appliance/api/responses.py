@@ -1,14 +1,12 @@
 """POST /v1/responses, stateless: the request becomes a chat request (input items → messages, tools,
-text.format → response_format) and runs through the chat route's stages; the answer is a Response
-object, or its stream of events (response_events.py)."""
+text.format → response_format), and so the chat's Ask; the answer is a Response object, or its
+stream of events (formatters/responses.py)."""
 
-from starlette.requests import Request
-from starlette.responses import Response
-
-from appliance.api.chat import prepare_chat
-from appliance.api.generation import generate_response
-from appliance.api.request import parse, read_request
-from appliance.api.response_events import response_formats
+from appliance.api.chat import chat_ask
+from appliance.api.endpoint import Endpoint, route
+from appliance.api.formatters.responses import ResponseFormatter
+from appliance.api.plan import Ask
+from appliance.api.request import parse
 from appliance.api.schemas.chat import ChatCompletionRequest
 from appliance.api.schemas.responses import FunctionCallInput, FunctionCallOutputInput, ReasoningInput, ResponsesRequest
 
@@ -47,7 +45,7 @@ def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
             body[name] = getattr(req, name)
     if req.max_output_tokens is not None:
         body["max_completion_tokens"] = req.max_output_tokens
-    if req.tools:
+    if req.tools is not None:
         body["tools"] = [{"type": "function", "function": t.model_dump(exclude={"type"}, exclude_none=True)}
                          for t in req.tools]
     if isinstance(req.tool_choice, str):
@@ -63,9 +61,13 @@ def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
     return parse(ChatCompletionRequest, body)
 
 
-async def responses(request: Request) -> Response:
-    req = await read_request(request, ResponsesRequest)
-    chat = chat_request(req)
-    ctx, jobs, names, top, parser, reasoning = await prepare_chat(request, chat, "resp", "responses")
-    return await generate_response(request, ctx, jobs, names, chat, top, response_formats(req), parser=parser,
-                                   reasoning=reasoning)
+def responses_ask(req: ResponsesRequest) -> Ask:
+    return chat_ask(chat_request(req))
+
+
+def response_formatter(req: ResponsesRequest, generation, request_id: str, model: str) -> ResponseFormatter:
+    return ResponseFormatter(generation, request_id, model, req)
+
+
+RESPONSES = Endpoint("responses", "resp", ResponsesRequest, responses_ask, response_formatter)
+responses = route(RESPONSES)

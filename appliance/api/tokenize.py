@@ -18,14 +18,18 @@ from appliance.api.schemas.tokenize import (
     TokenizeResponse,
 )
 from appliance.errors import APIError, invalid
-from appliance.serving.served_model import ServedModel
+from appliance.serving.served_model import ModelLease, ServedModel
 from appliance.serving.service import Service
 
 
-async def served_for(request: Request, model: str | None) -> ServedModel:
+async def lease_for(request: Request, model: str | None) -> ModelLease:
+    """The key checked, and a lease on the model named (counted against the key's request limits), or on the
+    default model when none is named."""
     service: Service = request.app.state.service
-    await service.admission.authorize(api_key(request), model, client=client_address(request))
-    return service.router.resolve(model)
+    if model is None:
+        await service.admission.authorize(api_key(request), client=client_address(request))
+        return service.router.resolve(None).lease()
+    return await service.admission.admit(api_key(request), model, None, client_address(request))
 
 
 def tokenizer_of(served: ServedModel):
@@ -37,16 +41,20 @@ def tokenizer_of(served: ServedModel):
 
 async def tokenize(request: Request) -> Response:
     req = (await read_request(request, TokenizeRequest)).root
-    served = await served_for(request, req.model)
-    tokenizer = tokenizer_of(served)
+    lease = await lease_for(request, req.model)
+    try:
+        tokenizer = tokenizer_of(lease.served)
 
-    def run() -> list[int]:
-        text = req.prompt if isinstance(req, TokenizePromptRequest) else chat_text(tokenizer, req)
-        return tokenizer.encode(text, add_special_tokens=req.add_special_tokens)
+        def run() -> list[int]:
+            text = req.prompt if isinstance(req, TokenizePromptRequest) else chat_text(tokenizer, req)
+            return tokenizer.encode(text, add_special_tokens=req.add_special_tokens)
 
-    tokens = await asyncio.to_thread(run)
+        tokens = await asyncio.to_thread(run)
+    finally:
+        lease.release()
     strs = tokenizer.convert_ids_to_tokens(tokens) if req.return_token_strs else None
-    body = TokenizeResponse(count=len(tokens), max_model_len=served.max_model_len, tokens=tokens, token_strs=strs)
+    body = TokenizeResponse(count=len(tokens), max_model_len=lease.served.max_model_len, tokens=tokens,
+                            token_strs=strs)
     return Response(body.model_dump_json(), media_type="application/json")
 
 
@@ -62,11 +70,15 @@ def chat_text(tokenizer, req: TokenizeChatRequest) -> str:
 
 async def detokenize(request: Request) -> Response:
     req = await read_request(request, DetokenizeRequest)
-    served = await served_for(request, req.model)
-    tokenizer = tokenizer_of(served)
-    vocab = len(tokenizer)
-    outside = sorted({t for t in req.tokens if t >= vocab})
-    if outside:
-        raise invalid("tokens", f"token ids outside the vocabulary (size {vocab}): {', '.join(map(str, outside[:20]))}")
-    text = await asyncio.to_thread(tokenizer.decode, req.tokens)
+    lease = await lease_for(request, req.model)
+    try:
+        tokenizer = tokenizer_of(lease.served)
+        vocab = len(tokenizer)
+        outside = sorted({t for t in req.tokens if t >= vocab})
+        if outside:
+            raise invalid("tokens", f"token ids outside the vocabulary (size {vocab}): "
+                                    f"{', '.join(map(str, outside[:20]))}")
+        text = await asyncio.to_thread(tokenizer.decode, req.tokens)
+    finally:
+        lease.release()
     return Response(DetokenizeResponse(prompt=text).model_dump_json(), media_type="application/json")

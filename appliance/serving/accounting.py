@@ -23,7 +23,7 @@ class Accounting:
 
     def finish(self, ctx: RequestContext) -> None:
         """Account one API request, once: usage (in memory, flushed by the ledger), metrics, the log line."""
-        ctx.accounted = True
+        ctx.mark_accounted()
         if ctx.key_id is not None:
             if self.keys is not None:
                 self.keys.record_usage(ctx.key_id, ctx.prompt_tokens, ctx.completion_tokens)

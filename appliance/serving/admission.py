@@ -2,19 +2,20 @@
 the limits (429). Routing (routing.py) picks the model, or its fallback.
 
 A wrong key counts against the client address's lock-out (appliance/serving/lockout.py). It ends
-with the request admitted to one served model, where it stays to the end.
+with the request admitted to one served model, where it stays to the end: admission returns the
+request's lease on that model, which the request releases when it ends.
 """
 
 import asyncio
-import time
 
 from appliance.errors import APIError
-from appliance.keys import AuthError, KeyStore, RateLimited
+from appliance.keys import AuthError, KeyRecord, KeyStore, RateLimited
 from appliance.serving.context import RequestContext
 from appliance.serving.lockout import AuthLockout
 from appliance.serving.pool import ModelPool
 from appliance.serving.readiness import Readiness
 from appliance.serving.routing import Router
+from appliance.serving.served_model import ModelLease
 
 
 class Admission:
@@ -26,11 +27,33 @@ class Admission:
         self.readiness = readiness
         self.lockout = lockout
 
-    async def authorize(self, api_key: str | None, model: str | None, ctx: RequestContext | None = None,
-                        client: str | None = None, avoid: frozenset[str] = frozenset()):
-        """Check the key and the client address (`client`) it is used from, then (when `model` is
-        given) route, skipping the models in `avoid` (they failed this request), and check limits.
-        Returns the key record."""
+    async def admit(self, api_key: str | None, model: str, ctx: RequestContext | None, client: str | None = None,
+                    avoid: frozenset[str] = frozenset()) -> ModelLease:
+        """Check the key and the client address it is used from, route `model` (skipping the models in `avoid`:
+        they failed this request) and check the key's limits. Returns the request's lease on its model."""
+        record = await self.authorize(api_key, ctx, client)
+        try:
+            self.keys.check_model(record, model)  # before routing: a name the key may not use loads nothing
+        except AuthError as e:
+            raise model_not_allowed(e) from None
+        route = await self.router.route(model, record.allowed_models, avoid)
+        self.readiness.check_draining()
+        lease = route.served.lease()  # before the next await: a swap's or an unload's drain must wait for it
+        try:
+            await asyncio.to_thread(self.keys.check_request, record, model)  # counted under the name it sent
+        except (AuthError, RateLimited) as e:
+            lease.release()
+            if isinstance(e, RateLimited):
+                raise APIError(429, e.message, code="rate_limit_exceeded", retry_after_s=e.retry_after_s) from None
+            raise model_not_allowed(e) from None
+        if ctx is not None:
+            ctx.admitted(route.served, route.fallback, record.allowed_models)
+        return lease
+
+    async def authorize(self, api_key: str | None, ctx: RequestContext | None = None,
+                        client: str | None = None) -> KeyRecord:
+        """Check the key and the client address (`client`) it is used from (the routes that name no model to
+        generate with stop here). Returns the key record."""
         retry = self.pool.config.retry_after_s
         self.readiness.check_draining()
         if not self.pool.resident and self.pool.swap is None:  # starting, or failed: refused before the key
@@ -44,37 +67,12 @@ class Admission:
                 self.lockout.failed(client)
             raise APIError(e.status, e.message, code="invalid_api_key" if e.status == 401 else "key_not_active") from None
         if ctx is not None:
-            ctx.key_id = record.id  # a refusal below (networks, model, rate limit) is logged with the key's id
+            ctx.identified(record.id)  # a refusal below (networks, model, rate limit) is logged with the key's id
         if not record.allows_address(client):
             raise APIError(403, f"API key {record.id} may not be used from {client or 'an unknown address'}: it is "
                                 f"limited to {', '.join(record.allowed_networks)}; call from there, or widen the "
                                 "key's networks (appliance keys update --networks)", code="network_not_allowed")
-        if model is not None:
-            await self._admit(record, model, ctx, avoid)
         return record
-
-    async def _admit(self, record, model: str, ctx: RequestContext | None, avoid: frozenset[str]) -> None:
-        """Route the request to a model and count it against the key's limits under the name it sent."""
-        try:
-            self.keys.check_model(record, model)  # before routing: a name the key may not use loads nothing
-        except AuthError as e:
-            raise model_not_allowed(e) from None
-        route = await self.router.route(model, record.allowed_models, avoid)
-        self.readiness.check_draining()
-        served = route.served
-        served.last_used = time.monotonic()
-        if ctx is not None:  # before the next await: a swap's or an unload's drain must wait for this request
-            ctx.served, ctx.fallback, ctx.allowed_models = served, route.fallback, record.allowed_models
-            served.admitted.add(ctx)
-        try:
-            await asyncio.to_thread(self.keys.check_request, record, model)
-        except (AuthError, RateLimited) as e:
-            if ctx is not None:
-                ctx.served = None
-                served.admitted.discard(ctx)
-            if isinstance(e, RateLimited):
-                raise APIError(429, e.message, code="rate_limit_exceeded", retry_after_s=e.retry_after_s) from None
-            raise model_not_allowed(e) from None
 
 
 def model_not_allowed(e: AuthError) -> APIError:

@@ -1,4 +1,9 @@
-"""One API request's record as it moves through the stages: who sent it, what ran, what it cost."""
+"""One API request's record as it moves through the stages: who sent it, what ran, what it cost.
+
+Each stage adds what it learnt through the methods below (admission the key and the model, the
+plan the prompt and the constraint, the engine stream the timings, the answer the usage and how
+it ended); accounting reads the record once at the end.
+"""
 
 import time
 from dataclasses import dataclass, field
@@ -6,13 +11,14 @@ from dataclasses import dataclass, field
 from appliance.serving.served_model import ServedModel
 
 
-@dataclass(eq=False)  # identity semantics: contexts live in a WeakSet
+@dataclass(eq=False)
 class RequestContext:
     """One API request (possibly several engine requests: n > 1, several prompts)."""
 
     request_id: str
     endpoint: str
     model: str
+    span: object | None = None  # its trace span (ops.tracing), when traces are on
     key_id: str | None = None
     prompt_text: str | None = None  # logged only when config.log_prompts
     started: float = field(default_factory=time.monotonic)
@@ -27,5 +33,33 @@ class RequestContext:
     fallback: object | None = None  # routing.Fallback: why another model than its own answered
     allowed_models: list[str] | None = None  # its key's, for a fallback after a failure
     busy_s: float = 0.0  # its share of the box's busy time (ops.cost.BusyClock): what its cost is shared by
-    span: object | None = None  # its trace span (ops.tracing), when traces are on
     accounted: bool = False  # finish() ran: usage recorded, the request log line written
+
+    def identified(self, key_id: str) -> None:
+        """Its key is known: a refusal from here on is logged with the key's id."""
+        self.key_id = key_id
+
+    def admitted(self, served: ServedModel, fallback, allowed_models: list[str] | None) -> None:
+        self.served, self.fallback, self.allowed_models = served, fallback, allowed_models
+
+    def planned(self, prompt_text: str, constraint: str | None) -> None:
+        self.prompt_text, self.constraint = prompt_text, constraint
+
+    def first_token(self, ttft_s: float, queue_time_s: float | None) -> None:
+        """The first token of its first engine request (n > 1: the earliest one counts)."""
+        if self.ttft_s is None:
+            self.ttft_s, self.queue_time_s = ttft_s, queue_time_s
+
+    def add_busy(self, seconds: float) -> None:
+        self.busy_s += seconds
+
+    def counted(self, prompt_tokens: int, completion_tokens: int, finish_reason: str | None = None) -> None:
+        """Its usage, before accounting: the key's usage, limits and the log line count it."""
+        self.prompt_tokens, self.completion_tokens, self.finish_reason = prompt_tokens, completion_tokens, finish_reason
+
+    def ended(self, status: str) -> None:
+        """How it ended when not well: "error 503", "disconnected"."""
+        self.status = status
+
+    def mark_accounted(self) -> None:
+        self.accounted = True

@@ -3,9 +3,11 @@
 from appliance.errors import APIError, engine_errors
 from appliance.ops.cost import BusyClock
 from appliance.serving.context import RequestContext
+from appliance.serving.served_model import ServedModel
 
 
-async def embed(ctx: RequestContext, inputs: list, retry_after_s: float, busy: BusyClock) -> tuple[list[list[float]], int]:
+async def embed(served: ServedModel, ctx: RequestContext, inputs: list, retry_after_s: float,
+                busy: BusyClock) -> tuple[list[list[float]], int]:
     """Mean-pooled embeddings of strings or token-id lists; returns (vectors, prompt tokens).
 
     The time on the engine is the request's busy time (its cost is shared by it), as for generation.
@@ -18,7 +20,7 @@ async def embed(ctx: RequestContext, inputs: list, retry_after_s: float, busy: B
     started = busy.start()
     with engine_errors(retry_after_s, {"prompt": "input"}):
         try:
-            return await ctx.served.async_engine.call(run)
+            return await served.async_engine.call(run)
         except Exception as e:
             from engine.errors import EngineError
 
@@ -27,4 +29,4 @@ async def embed(ctx: RequestContext, inputs: list, retry_after_s: float, busy: B
             raise APIError(400, f"this model cannot compute embeddings: {type(e).__name__}: {e}",
                            param="model", code="embeddings_unsupported") from None
         finally:
-            ctx.busy_s += busy.end(started)
+            ctx.add_busy(busy.end(started))

@@ -14,7 +14,7 @@ from appliance.ops.tracing import EngineTimes, Tracing
 from appliance.serving.context import RequestContext
 from appliance.serving.pool import ModelPool
 from appliance.serving.readiness import Readiness
-from appliance.serving.served_model import InFlight
+from appliance.serving.served_model import InFlight, ServedModel
 
 
 class EngineStream:
@@ -28,14 +28,14 @@ class EngineStream:
         self.busy = busy  # the request's share of the box's busy time, for its cost
         self.tracing = tracing
 
-    async def generate(self, prompt, params, request_id: str, ctx: RequestContext,
+    async def generate(self, served: ServedModel, prompt, params, request_id: str, ctx: RequestContext,
                        param_names: dict[str, str] | None = None) -> AsyncIterator:
-        """Stream one engine request's outputs on the request's model; errors come out as APIError.
+        """Stream one engine request's outputs on the model the request was admitted to; errors come out as
+        APIError.
 
         Ends with a 503 APIError when a drain (shutdown, or a hot swap's) cut the request short.
         `param_names` maps the engine's parameter names to the request's fields for its 400s.
         """
-        served = ctx.served
         self.readiness.check_draining()
         if self.readiness.fault.failing(served.name):
             raise APIError(500, f"fault injection: {served.name} fails before its first token "
@@ -44,7 +44,7 @@ class EngineStream:
             raise APIError(503, f"the model {served.name} was swapped out before this request started; retry",
                            code="model_swapped", retry_after_s=1)
         handle = InFlight(asyncio.current_task())
-        served.inflight[request_id] = handle
+        served.track(request_id, handle)
         start = time.monotonic()
         last = None
         gaps: list[float] = []
@@ -79,8 +79,8 @@ class EngineStream:
             finish = "abort"
             raise APIError(503, handle.drain_reason, code="draining", retry_after_s=self.config.retry_after_s) from None
         finally:
-            served.inflight.pop(request_id, None)
-            ctx.busy_s += self.busy.end(busy)
+            served.untrack(request_id)
+            ctx.add_busy(self.busy.end(busy))
             if ctx.span is not None and self.tracing is not None:
                 self.tracing.engine_request(ctx.span, request_id, params, EngineTimes(
                     first.arrival_time if first else None, first.first_scheduled_time if first else None,
@@ -90,5 +90,4 @@ class EngineStream:
                 self.metrics.observe_request(self.pool.served_name(served), finish or "abort", queue, ttft, elapsed, gaps)
                 self.window.observe(ttft, gaps)
                 served.window.observe(ttft, gaps)
-                if ctx.ttft_s is None:
-                    ctx.ttft_s, ctx.queue_time_s = ttft, queue
+                ctx.first_token(ttft, queue)

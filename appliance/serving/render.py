@@ -1,21 +1,28 @@
-"""Rendering, between admission and generation: chat messages to the admitted model's prompt text."""
+"""Rendering, between admission and generation: a chat to the admitted model's prompt text, through its chat
+template and its output format (how it is shown tools; how what it writes is read back)."""
 
 import asyncio
 
 from appliance.errors import APIError
+from appliance.serving.formats.output import OutputReading
+from appliance.serving.formats.tools.functions import ToolRequest
 from appliance.serving.served_model import ServedModel
 
 
-async def render_chat(served: ServedModel, messages: list[dict], **template_args) -> str:
-    """The model's own chat template over `messages` (off the event loop: templates can be slow)."""
+async def render_chat(served: ServedModel, messages: list[dict], tools: ToolRequest) -> tuple[str, OutputReading]:
+    """The prompt (the model's own chat template, off the event loop: templates can be slow), and how the
+    output of this prompt is read."""
     tokenizer = served.engine.tokenizer
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise APIError(400, "this model has no chat template; use /v1/completions", param="messages")
+    fmt = served.output_format
+    messages, template_args = fmt.conversation(messages, tools)
 
     def render():
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **template_args)
 
     try:
-        return await asyncio.to_thread(render)
+        prompt = await asyncio.to_thread(render)
     except Exception as e:  # jinja raise_exception (role order...), template errors
         raise APIError(400, f"the messages do not fit the model's chat template: {e}", param="messages") from None
+    return prompt, fmt.reading(prompt, tools)

@@ -1,15 +1,19 @@
 """One loaded model with its own engine thread and KV cache; the pool holds several.
 
 A request is admitted to one ServedModel and stays with it to the end (chat template, engine,
-token texts), so a swap never mixes models inside one request.
+token texts), so a swap never mixes models inside one request. Its hold on the model is a lease,
+taken at admission and released explicitly when the request ends, however it ends; a drain waits
+for the leases, and idle eviction passes a leased model by. What is true of the model itself (its
+output format, its tokens' texts) is computed once, here.
 """
 
 import asyncio
 import time
-import weakref
+from functools import cached_property
 from pathlib import Path
 
 from appliance.ops.request_window import RequestWindow
+from appliance.serving.formats import OutputFormat, output_format
 
 
 class InFlight:
@@ -23,6 +27,22 @@ class InFlight:
         self.drain_reason = ""
 
 
+class ModelLease:
+    """A request's hold on the model it was admitted to. `release` is idempotent: the request's end calls it
+    once whatever happened, and an early refusal may have called it already."""
+
+    __slots__ = ("served", "released")
+
+    def __init__(self, served: "ServedModel"):
+        self.served = served
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.served.end_lease(self)
+
+
 class ServedModel:
     def __init__(self, name: str, path: Path, aliases: set[str], engine, async_engine):
         self.name = name  # the store or folder name
@@ -34,8 +54,8 @@ class ServedModel:
         self.loaded_at = time.time()
         self.last_used = time.monotonic()  # the last request admitted: idle models are evicted first
         self.window = RequestWindow()  # this model's latencies, for its engine panel
-        self.inflight: dict[str, InFlight] = {}
-        self.admitted: weakref.WeakSet = weakref.WeakSet()  # request contexts that may still use it
+        self.inflight: dict[str, InFlight] = {}  # engine requests being consumed
+        self._leases: set[ModelLease] = set()  # requests admitted to it that have not ended
         self.retired = False  # swapped out: no new engine requests
         self._token_text: dict[int, str] = {}
 
@@ -56,7 +76,34 @@ class ServedModel:
 
     @property
     def busy(self) -> bool:
-        return bool(self.inflight) or len(self.admitted) > 0
+        return bool(self.inflight) or bool(self._leases)
+
+    @property
+    def leases(self) -> int:
+        """How many admitted requests hold the model now."""
+        return len(self._leases)
+
+    def lease(self) -> ModelLease:
+        """A request admitted to the model: it is in use from now until the lease is released."""
+        lease = ModelLease(self)
+        self._leases.add(lease)
+        self.last_used = time.monotonic()
+        return lease
+
+    def end_lease(self, lease: ModelLease) -> None:
+        self._leases.discard(lease)
+
+    def track(self, request_id: str, handle: InFlight) -> None:
+        """An engine request being consumed (a drain may end it)."""
+        self.inflight[request_id] = handle
+
+    def untrack(self, request_id: str) -> None:
+        self.inflight.pop(request_id, None)
+
+    @cached_property
+    def output_format(self) -> OutputFormat:
+        """How the model is shown tools and how its output is read (appliance.serving.formats)."""
+        return output_format(self.engine.tokenizer)
 
     def token_text(self, token_id: int) -> str:
         text = self._token_text.get(token_id)

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from appliance.config import Config
+from appliance.config import Config, ModelSettings
 from engine.config import EngineConfig
 
 
@@ -139,6 +139,31 @@ def default_server(default_model_path, tmp_path_factory) -> LiveServer:
     state = tmp_path_factory.mktemp("appliance-default-state")
     server = start_server(make_config(default_model_path, state, metrics_port=0, dtype="float32",
                                       num_kv_blocks=1024, max_num_seqs=32, max_num_batched_tokens=2048))
+    add_keys(server, server.app.config.keys_db_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tools_server(tiny_model_path, default_model_path, tmp_path_factory) -> LiveServer:
+    """One server for the API tests that need models with chat templates of our own, shared by their modules:
+    `tiny-hermes` (the default: the tiny random model with a tool-aware Hermes template, so every valid call is
+    the grammar's doing) and `tiny-reasoning` (`<think> I think</think> Paris`: api/reasoning_model.py)."""
+    from transformers import AutoTokenizer
+
+    from tests.appliance.api.reasoning_model import build_reasoning_model
+    from tests.appliance.serving.formats.tools.templates import HERMES_TEMPLATE
+
+    state, built = tmp_path_factory.mktemp("tools-state"), tmp_path_factory.mktemp("tools-models")
+    hermes = built / "tiny-hermes"
+    shutil.copytree(tiny_model_path, hermes)
+    tokenizer = AutoTokenizer.from_pretrained(hermes)
+    tokenizer.chat_template = HERMES_TEMPLATE
+    tokenizer.save_pretrained(hermes)
+    put_in_store(state / "models", hermes, "tiny-hermes")
+    put_in_store(state / "models", build_reasoning_model(built / "tiny-reasoning", default_model_path), "tiny-reasoning")
+    config = make_config("tiny-hermes", state, metrics_port=0, models={"tiny-reasoning": ModelSettings(pinned=True)})
+    server = start_server(config, timeout_s=120)
     add_keys(server, server.app.config.keys_db_path)
     yield server
     server.stop()

@@ -12,7 +12,7 @@ from tests.appliance.conftest import make_config
 def test_requests_before_the_model_is_loaded_get_503_with_retry_after(tmp_path):
     service = Service(make_config(tmp_path / "model", tmp_path, metrics_port=0))
     with pytest.raises(APIError) as e:
-        asyncio.run(service.admission.authorize("any-key", "any-model"))
+        asyncio.run(service.admission.admit("any-key", "any-model", None))
     assert e.value.status == 503 and e.value.code == "no_model_loaded"
     response = e.value.to_response()
     assert response.status_code == 503 and int(response.headers["Retry-After"]) >= 1

@@ -1,7 +1,7 @@
 """POST /v1/chat/completions: the request, the answer and its stream chunks."""
 
 import time
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Discriminator, Field, StrictInt, StrictStr, Tag
 
@@ -23,6 +23,17 @@ class TextPart(StrictRequest):
     text: StrictStr
 
 
+class RefusalPart(StrictRequest):
+    """Part of an earlier answer in which the model refused: its text is what the model said."""
+
+    type: Literal["refusal"]
+    refusal: StrictStr
+
+    @property
+    def text(self) -> str:
+        return self.refusal
+
+
 class FunctionCall(StrictRequest):
     name: StrictStr
     arguments: StrictStr = Field(description="the arguments as a JSON object's text, as the model wrote them")
@@ -32,6 +43,10 @@ class ToolCallItem(StrictRequest):
     id: StrictStr
     type: Literal["function"] = "function"
     function: FunctionCall
+
+
+class AudioReference(StrictRequest):
+    id: StrictStr
 
 
 class BaseMessage(StrictRequest):
@@ -62,17 +77,31 @@ class UserMessage(BaseMessage):
 
 
 class AssistantMessage(BaseMessage):
+    """An earlier answer, as the openai SDK dumps it (`message.model_dump()`): what describes the past is accepted."""
+
     role: Literal["assistant"]
-    content: StrictStr | list[TextPart] | None = None
+    content: StrictStr | list[TextPart | RefusalPart] | None = None
+    refusal: StrictStr | None = Field(None, description="the turn's refusal: its text when the turn has no content")
     tool_calls: list[ToolCallItem] | None = Field(None, description="the calls this turn made")
+    function_call: FunctionCall | None = Field(
+        None, description="the call this turn made, in the deprecated form: rendered as a tool call (a `function` "
+                          "message after it is its result)")
+    annotations: list[dict[str, Any]] | None = no_effect("citations of an earlier answer")
+    audio: AudioReference | None = no_effect("an earlier spoken answer (its transcript is the content)")
     reasoning: StrictStr | None = Field(None, description="this turn's reasoning")
     reasoning_content: StrictStr | None = Field(None, description="the same as reasoning (vLLM's older name)")
+
+    def text(self) -> str:
+        return super().text() or self.refusal or ""
 
     def to_template(self) -> dict:
         """Templates of reasoning models (Qwen3, DeepSeek-R1) read an assistant turn's `reasoning_content`."""
         message = super().to_template()
-        if self.tool_calls:
-            message["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        calls = [c.model_dump() for c in self.tool_calls or []]
+        if self.function_call is not None:
+            calls.append({"id": FUNCTION_CALL_ID, "type": "function", "function": self.function_call.model_dump()})
+        if calls:
+            message["tool_calls"] = calls
         reasoning = self.reasoning if self.reasoning is not None else self.reasoning_content
         if reasoning is not None:
             message["reasoning_content"] = reasoning
@@ -87,8 +116,24 @@ class ToolMessage(BaseMessage):
         return {**super().to_template(), "tool_call_id": self.tool_call_id}
 
 
+# The deprecated function calling: an assistant's function_call and the function message that answers it are the
+# one tool call of their turn; templates need an id to pair them.
+FUNCTION_CALL_ID = "call_function"
+
+
+class FunctionMessage(StrictRequest):
+    """The deprecated result of an assistant's function_call: rendered as a tool message."""
+
+    role: Literal["function"]
+    name: StrictStr
+    content: StrictStr | None
+
+    def to_template(self) -> dict:
+        return {"role": "tool", "content": self.content or "", "name": self.name, "tool_call_id": FUNCTION_CALL_ID}
+
+
 MESSAGE_TYPES = {"system": "SystemMessage", "developer": "SystemMessage", "user": "UserMessage",
-                 "assistant": "AssistantMessage", "tool": "ToolMessage"}
+                 "assistant": "AssistantMessage", "tool": "ToolMessage", "function": "FunctionMessage"}
 
 
 def _message_type(value) -> str | None:
@@ -99,9 +144,10 @@ def _message_type(value) -> str | None:
 # One shape per role, as OpenAI's: a tool message needs the call it answers, only an assistant's has calls.
 Message = Annotated[
     Union[Annotated[SystemMessage, Tag("SystemMessage")], Annotated[UserMessage, Tag("UserMessage")],
-          Annotated[AssistantMessage, Tag("AssistantMessage")], Annotated[ToolMessage, Tag("ToolMessage")]],
+          Annotated[AssistantMessage, Tag("AssistantMessage")], Annotated[ToolMessage, Tag("ToolMessage")],
+          Annotated[FunctionMessage, Tag("FunctionMessage")]],
     Discriminator(_message_type, custom_error_type="invalid_role",
-                  custom_error_message="role must be one of system, developer, user, assistant, tool"),
+                  custom_error_message="role must be one of system, developer, user, assistant, tool, function"),
 ]
 
 
@@ -115,6 +161,9 @@ class ChatCompletionRequest(SamplingFields, StructuredOutputFields):
     parallel_tool_calls: bool = True
     metadata: dict[StrictStr, StrictStr] | None = no_effect("nothing is stored", max_length=16)
     store: bool | None = no_effect("completions are never stored")
+    prompt_cache_key: StrictStr | None = no_effect("prompts that share a prefix share its cache anyway",
+                                                  max_length=1024)
+    safety_identifier: StrictStr | None = no_effect("the server does not track end users", max_length=1024)
 
 
 class ChatLogprobs(BaseModel):

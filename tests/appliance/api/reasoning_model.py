@@ -10,7 +10,7 @@ the reasoning, `/no_think` writes it closed and empty, neither leaves it to the 
 
 from pathlib import Path
 
-from tests.appliance.api.tools.templates import HERMES_TEMPLATE
+from tests.appliance.serving.formats.tools.templates import HERMES_TEMPLATE
 
 CHAIN = ["\n", "<think>", " I", " think", "</think>", " Paris"]  # then EOS
 GENERATION_PROMPT = "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}\n"

@@ -77,8 +77,32 @@ def test_image_parts_to_a_text_model_are_refused(client, live_server):
 
 def test_fields_accepted_without_effect(client, live_server):
     r = client.chat.completions.create(model=live_server.model, messages=CHAT, max_tokens=2, user="u-1",
-                                       metadata={"app": "test"}, store=False)
+                                       metadata={"app": "test"}, store=False, prompt_cache_key="k",
+                                       safety_identifier="s")
     assert r.choices[0].message.content is not None
+
+
+def test_an_answer_sent_back_as_the_sdk_dumps_it_is_accepted(client, live_server):
+    """Apps send `message.model_dump()` back with the next turn: refusal, annotations, audio, function_call…"""
+    first = client.chat.completions.create(model=live_server.model, messages=CHAT, max_tokens=3, temperature=0)
+    dumped = first.choices[0].message.model_dump()
+    assert {"refusal", "annotations", "audio", "function_call"} <= set(dumped)
+    history = CHAT + [dumped, {"role": "user", "content": "Go on."}]
+    again = client.chat.completions.create(model=live_server.model, messages=history, max_tokens=3, temperature=0)
+    assert again.choices[0].message.content is not None
+    past = [{"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot."}], "annotations": [],
+             "audio": {"id": "audio_1"}},
+            {"role": "assistant", "content": None, "refusal": "No.",
+             "function_call": {"name": "lookup", "arguments": "{}"}},
+            {"role": "function", "name": "lookup", "content": "found"}, {"role": "user", "content": "Well?"}]
+    r = client.chat.completions.create(model=live_server.model, messages=CHAT + past, max_tokens=2, temperature=0)
+    assert r.choices[0].message.content is not None
+
+
+@pytest.mark.parametrize("path, body", [("/v1/chat/completions", {"messages": CHAT}), ("/v1/completions", {"prompt": PROMPT})])
+def test_an_empty_structured_outputs_is_a_400_naming_it(http, live_server, path, body):
+    error = refusal(http, path, {"model": live_server.model, "structured_outputs": {}, **body})
+    assert error["param"] == "structured_outputs" and "exactly one of" in error["message"]
 
 
 # -- logit_bias ----------------------------------------------------------------------------------

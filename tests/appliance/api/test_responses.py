@@ -5,7 +5,7 @@ import json
 import openai
 import pytest
 
-from tests.appliance.api.test_tools import TOOLS, WEATHER, hermes_server  # noqa: F401 (a fixture)
+from tests.appliance.api.test_tools import TOOLS, WEATHER
 from tests.appliance.conftest import openai_clients
 
 FUNCTIONS = [{"type": "function", **tool["function"]} for tool in TOOLS]
@@ -41,19 +41,19 @@ def test_previous_response_id_is_refused(client, live_server):
     assert e.value.body["param"] == "previous_response_id" and "stateless" in e.value.body["message"]
 
 
-def test_function_tool_round_trip(hermes_server):  # noqa: F811
-    client, _ = openai_clients(hermes_server)
-    r = client.responses.create(model=hermes_server.model, input="Weather in Paris?", tools=FUNCTIONS,
+def test_function_tool_round_trip(tools_server):
+    client, _ = openai_clients(tools_server)
+    r = client.responses.create(model=tools_server.model, input="Weather in Paris?", tools=FUNCTIONS,
                                 tool_choice={"type": "function", "name": "get_weather"}, max_output_tokens=80,
                                 temperature=0)
     [call] = [item for item in r.output if item.type == "function_call"]
     assert call.name == "get_weather" and set(json.loads(call.arguments)) == set(WEATHER["required"])
-    follow = client.responses.create(model=hermes_server.model, tools=FUNCTIONS, max_output_tokens=5,
+    follow = client.responses.create(model=tools_server.model, tools=FUNCTIONS, max_output_tokens=5,
                                      input=[{"role": "user", "content": "Weather in Paris?"}, *r.output,
                                             {"type": "function_call_output", "call_id": call.call_id,
                                              "output": "18 C"}])
     assert follow.status in ("completed", "incomplete") and follow.usage.input_tokens > r.usage.input_tokens
-    with client.responses.stream(model=hermes_server.model, input="Weather?", tools=FUNCTIONS,
+    with client.responses.stream(model=tools_server.model, input="Weather?", tools=FUNCTIONS,
                                  tool_choice="required", max_output_tokens=80, temperature=0) as stream:
         final = stream.get_final_response()
     streamed = [item for item in final.output if item.type == "function_call"]
@@ -66,3 +66,20 @@ def test_json_schema_text_format(client, live_server):
     r = client.responses.create(model=live_server.model, input="A number", max_output_tokens=40, temperature=0,
                                 text={"format": {"type": "json_schema", "name": "num", "schema": schema}})
     assert r.status == "completed" and isinstance(json.loads(r.output_text)["n"], int)
+
+
+def test_a_cut_leaves_only_complete_calls(tools_server):
+    """max_output_tokens cuts the random model's endless parallel calls: the complete ones are the output."""
+    client, _ = openai_clients(tools_server)
+    request = dict(model=tools_server.model, input="Weather?", tools=FUNCTIONS, tool_choice="required",
+                   max_output_tokens=150, temperature=0)
+    r = client.responses.create(**request)
+    assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
+    assert {item.type for item in r.output} == {"function_call"}  # no message: nothing of the cut call is text
+    complete = [json.loads(item.arguments) for item in r.output]
+    with client.responses.stream(**request) as stream:
+        done = [e.item for e in stream if e.type == "response.output_item.done"]
+        final = stream.get_final_response()
+    assert [json.loads(item.arguments) for item in final.output] == complete
+    statuses = [item.status for item in done]
+    assert statuses in (["completed"] * len(complete), ["completed"] * len(complete) + ["incomplete"])  # a cut call

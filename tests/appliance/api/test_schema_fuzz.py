@@ -23,7 +23,8 @@ EXAMPLES = 30  # per operation and mode
 MAX_GENERATED = 2
 LENGTH_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 OPERATIONS = [("/v1/chat/completions", "POST"), ("/v1/completions", "POST"), ("/v1/responses", "POST"),
-              ("/v1/embeddings", "POST"), ("/v1/models", "GET"), ("/tokenize", "POST"), ("/detokenize", "POST")]
+              ("/v1/messages", "POST"), ("/v1/messages/count_tokens", "POST"), ("/v1/embeddings", "POST"),
+              ("/v1/models", "GET"), ("/tokenize", "POST"), ("/detokenize", "POST")]
 
 
 # (params, message pattern) of the refusals the schema cannot state, as docs/API.md lists them
@@ -38,13 +39,21 @@ BEYOND_SCHEMA = [
     (CONSTRAINT_FIELDS, r"^invalid (json|json_object|regex|choice|grammar)\b"),
     (("tools",), r"names must be unique|cannot be enforced"),
     (("tool_choice",), r"which is not in tools|needs at least one tool"),
+    (("tool_choice.name",), r"needs the name of the tool"),
+    (("output_config.format",), r"cannot be combined with tools|^invalid json\b"),
 ]
+MESSAGES_BLOCK = re.compile(r"^messages\.\d+\.content\.\d+\.type$")  # a block in the wrong turn (docs/API.md)
 
 
 def beyond_schema(response) -> bool:
     if response.status_code != 400:
         return False
-    error = response.json()["error"]
+    body = response.json()
+    if body.get("type") == "error":  # Anthropic's shape names the field at the start of its message
+        param, _, message = body["error"]["message"].partition(": ")
+        return any(param in params and re.search(pattern, message) for params, pattern in BEYOND_SCHEMA) or bool(
+            MESSAGES_BLOCK.match(param) and "belongs in a" in message)
+    error = body["error"]
     return any(error["param"] in params and re.search(pattern, error["message"]) for params, pattern in BEYOND_SCHEMA)
 
 
@@ -53,7 +62,8 @@ def bounded(case) -> None:
     body = case.body
     if case.meta.generation.mode.is_positive and isinstance(body, dict):
         field = next((f for f in LENGTH_FIELDS if f in body), None)
-        if field is None and case.path != "/v1/embeddings" and case.path.startswith("/v1/") and case.method == "POST":
+        generates = case.path not in ("/v1/embeddings", "/v1/messages/count_tokens")
+        if field is None and generates and case.path.startswith("/v1/") and case.method == "POST":
             field = "max_output_tokens" if case.path == "/v1/responses" else "max_tokens"
         if field is not None:
             body[field] = min(body.get(field) or MAX_GENERATED, MAX_GENERATED)

@@ -43,6 +43,40 @@ def test_client_disconnect_mid_stream_frees_the_blocks(live_server):
     assert stats.generation_tokens_total - busy.generation_tokens_total < 600  # it did not run to the end
 
 
+def test_every_way_a_request_ends_releases_its_lease_at_once(live_server, http):
+    """The hold on the model is released explicitly, not by garbage collection (which is off here)."""
+    import gc
+
+    served = live_server.service.pool.active
+    chat = {"model": live_server.model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+    def released(timeout_s: float = 0.0) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while served.leases and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return served.leases == 0
+
+    gc.disable()
+    try:
+        assert http.post("/v1/chat/completions", json=chat).status_code == 200 and released()
+        with http.stream("POST", "/v1/chat/completions", json={**chat, "stream": True}) as r:
+            assert r.read().decode().endswith("data: [DONE]\n\n")
+        assert released()
+        too_long = {**chat, "messages": [{"role": "user", "content": "word " * 3000}]}  # past the context: 400
+        assert http.post("/v1/chat/completions", json=too_long).status_code == 400 and released()
+        limited = {"Authorization": f"Bearer {live_server.keys['rpm1']}"}
+        answers = [http.post("/v1/completions", json={"model": live_server.model, "prompt": "a", "max_tokens": 1},
+                             headers=limited).status_code for _ in range(2)]
+        assert answers[-1] == 429 and released()  # (the key's one request a minute may be used up already)
+        with httpx.Client(base_url=live_server.base_url, headers=live_server.headers(), timeout=30) as client:
+            with client.stream("POST", "/v1/chat/completions",
+                               json={**chat, "max_tokens": 900, "ignore_eos": True, "stream": True}) as r:
+                assert next(r.iter_lines()).startswith("data: {")
+        assert released(timeout_s=5)  # the client left mid-stream (the engine may have finished first: it is fast)
+    finally:
+        gc.enable()
+
+
 def test_health_and_ready(live_server, http):
     health = http.get("/health")
     assert health.status_code == 200 and health.json()["status"] == "ok"
@@ -88,6 +122,11 @@ def test_openapi_describes_the_request_bodies(http):
         assert field in chat, field
     assert "prompt" in schemas["CompletionRequest"]["properties"]
     assert "get" in spec["paths"]["/v1/models"]
+    for path, event in [("/v1/chat/completions", "ChatCompletionChunk"), ("/v1/completions", "Completion"),
+                        ("/v1/responses", None)]:
+        streamed = spec["paths"][path]["post"]["responses"]["200"]["content"]["text/event-stream"]
+        assert streamed["schema"]["type"] == "string"
+        assert streamed.get("x-event-schema") == ({"$ref": f"#/components/schemas/{event}"} if event else None)
 
 
 def test_request_log_lines_are_json_without_secrets(live_server, client, caplog):

@@ -1,20 +1,18 @@
 """Tool calling through the API with the openai SDK.
 
-Two kinds of model: a tiny random model whose chat template (our own, Hermes style) renders tools,
-and the real default model, whose template has no tool support (the generic format). A random
-model writes garbage, so every valid call it makes is the grammar's doing.
+Two kinds of model: a tiny random model whose chat template (our own, Hermes style) renders tools
+(tools_server's default), and the real default model, whose template has no tool support (the
+generic format). A random model writes garbage, so every valid call it makes is the grammar's doing.
 """
 
 import asyncio
 import json
-import shutil
 
 import jsonschema
 import openai
 import pytest
 
-from tests.appliance.api.tools.templates import HERMES_TEMPLATE
-from tests.appliance.conftest import add_keys, chat_choice, make_config, openai_clients, start_server
+from tests.appliance.conftest import chat_choice, openai_clients
 
 WEATHER = {
     "type": "object",
@@ -38,22 +36,6 @@ TOOLS = [
                                       "parameters": FLIGHT}},
 ]
 QUESTION = [{"role": "user", "content": "What is the weather in Paris, in celsius?"}]
-
-
-@pytest.fixture(scope="module")
-def hermes_server(tiny_model_path, tmp_path_factory):
-    """The tiny random model with a tool-aware chat template of our own."""
-    from transformers import AutoTokenizer
-
-    path = tmp_path_factory.mktemp("tiny-hermes") / "tiny-hermes"
-    shutil.copytree(tiny_model_path, path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.chat_template = HERMES_TEMPLATE
-    tokenizer.save_pretrained(path)
-    server = start_server(make_config(path, tmp_path_factory.mktemp("hermes-state"), metrics_port=0))
-    add_keys(server, server.app.config.keys_db_path)
-    yield server
-    server.stop()
 
 
 def assert_valid_calls(message, only: str | None = None) -> None:
@@ -110,19 +92,19 @@ def tool_loop(server, stream: bool) -> str:
 
 
 # -- a model whose template renders tools ----------------------------------------------------------
-def test_template_format_required_and_named_calls_validate_50_of_50(hermes_server):
-    check_fifty(fifty_forced_calls(hermes_server))
+def test_template_format_required_and_named_calls_validate_50_of_50(tools_server):
+    check_fifty(fifty_forced_calls(tools_server))
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_template_format_tool_loop(hermes_server, stream):
-    tool_loop(hermes_server, stream)
+def test_template_format_tool_loop(tools_server, stream):
+    tool_loop(tools_server, stream)
 
 
-def test_streamed_calls_arrive_as_openai_deltas(hermes_server):
-    client, _ = openai_clients(hermes_server)
+def test_streamed_calls_arrive_as_openai_deltas(tools_server):
+    client, _ = openai_clients(tools_server)
     chunks = list(client.chat.completions.create(
-        model=hermes_server.model, messages=QUESTION, tools=TOOLS, tool_choice="required", temperature=0,
+        model=tools_server.model, messages=QUESTION, tools=TOOLS, tool_choice="required", temperature=0,
         max_tokens=120, parallel_tool_calls=False, stream=True))
     deltas = [d for c in chunks for d in (c.choices[0].delta.tool_calls or [])]
     assert deltas[0].id.startswith("call_") and deltas[0].function.name in SCHEMAS
@@ -131,21 +113,21 @@ def test_streamed_calls_arrive_as_openai_deltas(hermes_server):
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
-def test_tool_choice_none_and_bad_tools(hermes_server):
-    client, _ = openai_clients(hermes_server)
-    r = client.chat.completions.create(model=hermes_server.model, messages=QUESTION, tools=TOOLS, tool_choice="none",
+def test_tool_choice_none_and_bad_tools(tools_server):
+    client, _ = openai_clients(tools_server)
+    r = client.chat.completions.create(model=tools_server.model, messages=QUESTION, tools=TOOLS, tool_choice="none",
                                        max_tokens=8, temperature=0)
     assert r.choices[0].message.tool_calls is None and r.choices[0].finish_reason == "length"
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=hermes_server.model, messages=QUESTION, tools=TOOLS, max_tokens=8,
+        client.chat.completions.create(model=tools_server.model, messages=QUESTION, tools=TOOLS, max_tokens=8,
                                        tool_choice={"type": "function", "function": {"name": "no_such_function"}})
     assert e.value.body["param"] == "tool_choice" and "no_such_function" in e.value.body["message"]
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=hermes_server.model, max_tokens=8,
+        client.chat.completions.create(model=tools_server.model, max_tokens=8,
                                        messages=QUESTION + [{"role": "tool", "content": "21 C"}])
     assert e.value.body["param"] == "messages.1.tool_call_id"
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=hermes_server.model, messages=QUESTION, tools=TOOLS, max_tokens=8,
+        client.chat.completions.create(model=tools_server.model, messages=QUESTION, tools=TOOLS, max_tokens=8,
                                        response_format={"type": "json_object"})
     assert e.value.body["param"] == "response_format" and "tool_choice" in e.value.body["message"]
 

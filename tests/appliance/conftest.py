@@ -33,7 +33,9 @@ def put_in_store(models_dir: Path, source: Path, name: str) -> Path:
 
 
 def make_config(model_path: Path, state_dir: Path, **overrides) -> Config:
-    engine = EngineConfig(num_kv_blocks=256, max_num_seqs=16, max_num_batched_tokens=512)
+    # float32: the same numerics on every CPU (dtype auto is bfloat16 where the CPU computes it natively), so
+    # outputs compare with transformers' float32 reference
+    engine = EngineConfig(dtype="float32", num_kv_blocks=256, max_num_seqs=16, max_num_batched_tokens=512)
     for name in list(overrides):
         if hasattr(engine, name):
             setattr(engine, name, overrides.pop(name))

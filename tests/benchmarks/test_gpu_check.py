@@ -24,7 +24,7 @@ def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-check")
     env = dict(os.environ, PYTHON=sys.executable)
     done = subprocess.run([str(REPO / "scripts/gpu-check.sh"), "--dry-run", "--out", str(out)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout, json.loads((out / "gpu-check.json").read_text()), (out / "gpu-check.md").read_text()
 

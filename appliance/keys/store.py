@@ -36,6 +36,8 @@ from appliance.keys.records import (
     validate_limits,
 )
 from appliance.keys.rate_limits import RateLimited, RateWindows, period_bounds
+from appliance.keys.responses import SCHEMA as RESPONSES_SCHEMA
+from appliance.keys.responses import StoredResponses
 from appliance.keys.usage_ledger import FLUSH_INTERVAL_S, UsageLedger
 
 __all__ = ["AuthError", "DayUsage", "KeyNotFound", "KeyRecord", "KeyStore", "KeyStoreError", "RateLimited"]
@@ -67,10 +69,11 @@ CREATE TABLE IF NOT EXISTS usage (
     completion_tokens INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (key_id, day)
 );
-"""
-# What a keys.db of an older version (PRAGMA user_version) needs to reach the next one.
+""" + RESPONSES_SCHEMA
+# What a keys.db of an older version (PRAGMA user_version) needs to reach the next one (statements split on ";").
 MIGRATIONS = {
     2: "ALTER TABLE keys ADD COLUMN allowed_networks TEXT",
+    3: RESPONSES_SCHEMA,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -93,6 +96,7 @@ class KeyStore:
         self._closed = False
         self._open_schema()
         self._usage = UsageLedger(self._conn, now, flush_interval_s)
+        self._responses = StoredResponses(self._conn)
 
     # -- connections --------------------------------------------------------------------------
 
@@ -122,6 +126,14 @@ class KeyStore:
                 _match_folder_owner(self.db_path)
         except (OSError, sqlite3.Error) as e:
             raise KeyStoreError(f"cannot open the key store at {self.db_path}: {e}") from e
+
+    # -- stored responses (keys/responses.py) ------------------------------------------------
+
+    def store_response(self, key_id: str, response_id: str, conversation: list[dict], retention_s: float) -> None:
+        self._responses.put(key_id, response_id, conversation, retention_s)
+
+    def stored_response(self, key_id: str, response_id: str, retention_s: float) -> list[dict] | None:
+        return self._responses.get(key_id, response_id, retention_s)
 
     # -- keys -----------------------------------------------------------------------------------
 
@@ -299,7 +311,9 @@ def _upgrade(conn: sqlite3.Connection) -> None:
                     conn.execute(statement)
         else:
             for target in range(version + 1, SCHEMA_VERSION + 1):
-                conn.execute(MIGRATIONS[target])
+                for statement in MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:

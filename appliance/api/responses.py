@@ -54,7 +54,7 @@ def chat_messages(req: ResponsesRequest) -> list[dict]:
 
 def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
     body: dict = {"model": req.model, "messages": chat_messages(req), "stream": req.stream,
-                  "parallel_tool_calls": req.parallel_tool_calls}
+                  "parallel_tool_calls": req.parallel_tool_calls, "priority": req.priority}
     for name in ("temperature", "top_p"):
         if getattr(req, name) is not None:
             body[name] = getattr(req, name)

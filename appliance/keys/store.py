@@ -59,7 +59,9 @@ CREATE TABLE IF NOT EXISTS keys (
     budget_period TEXT NOT NULL DEFAULT 'day',
     allowed_models TEXT,
     last_used_at TEXT,
-    allowed_networks TEXT
+    allowed_networks TEXT,
+    priority INTEGER NOT NULL DEFAULT 0,
+    weight REAL NOT NULL DEFAULT 1.0
 );
 CREATE TABLE IF NOT EXISTS usage (
     key_id TEXT NOT NULL,
@@ -74,6 +76,8 @@ CREATE TABLE IF NOT EXISTS usage (
 MIGRATIONS = {
     2: "ALTER TABLE keys ADD COLUMN allowed_networks TEXT",
     3: RESPONSES_SCHEMA,
+    4: "ALTER TABLE keys ADD COLUMN priority INTEGER NOT NULL DEFAULT 0; "
+       "ALTER TABLE keys ADD COLUMN weight REAL NOT NULL DEFAULT 1.0",
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -148,12 +152,14 @@ class KeyStore:
         expires_at: datetime | None = None,
         allowed_models: list[str] | None = None,
         allowed_networks: list[str] | None = None,
+        priority: int = 0,
+        weight: float = 1.0,
     ) -> tuple[KeyRecord, str]:
         fields = validate_limits(
             dict(
                 name=name, rpm_limit=rpm_limit, tpm_limit=tpm_limit, budget_tokens=budget_tokens,
                 budget_period=budget_period, expires_at=expires_at, allowed_models=allowed_models,
-                allowed_networks=allowed_networks,
+                allowed_networks=allowed_networks, priority=priority, weight=weight,
             )
         )
         columns = ["id", "secret_sha256", "created_at", *fields]

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
-from appliance.api.schemas.common import MAX_TOKENS_LIMIT, StrictRequest, no_effect
+from appliance.api.schemas.common import MAX_TOKENS_LIMIT, StrictRequest, no_effect, priority_field
 from appliance.api.schemas.structured import FUNCTION_NAME_PATTERN, Parameters, tool_choice_without_tools
 
 
@@ -126,6 +126,7 @@ class ResponsesRequest(StrictRequest):
     parallel_tool_calls: bool = True
     text: TextConfig | None = None
     stream: bool = False
+    priority: StrictInt | None = priority_field()
     store: bool = Field(True, description="keep the response's conversation (per key, for the operator's "
                                           "responses_retention_s), so that a later request may continue it")
     previous_response_id: StrictStr | None = Field(

@@ -92,6 +92,7 @@ class Config:
     canary_timeout_s: float = 30.0
     engine_stall_timeout_s: float = 30.0  # /health fails when the engine loop is stuck this long
     retry_after_s: int = 5  # Retry-After on 503s
+    responses_retention_s: float = 30 * 86400  # stored responses (previous_response_id) are kept this long
     otlp_traces_endpoint: str | None = None  # OTLP/HTTP collector, e.g. http://127.0.0.1:4318; unset: no traces
     gpu_cost_per_hour: float | None = None  # what the box costs an hour (its bill): cost per million tokens from it
     currency: str = "USD"  # the unit of gpu_cost_per_hour, shown beside every cost
@@ -301,7 +302,8 @@ def _check(config: Config) -> None:
     if config.swap_mode not in ("auto", "overlap", "sequential"):
         raise ConfigError(f"swap_mode must be auto, overlap or sequential, got {config.swap_mode!r}")
     for name in ("load_timeout_s", "keep_alive_s", "kv_context", "drain_timeout_s", "swap_drain_timeout_s", "canary_interval_s", "canary_max_age_s", "canary_timeout_s",
-                 "engine_stall_timeout_s", "header_timeout_s", "idle_timeout_s", "auth_lockout_s"):
+                 "engine_stall_timeout_s", "header_timeout_s", "idle_timeout_s", "auth_lockout_s",
+                 "responses_retention_s"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
     if config.max_request_body_bytes < 1024:

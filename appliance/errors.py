@@ -129,10 +129,9 @@ REFUSED_REASONS = {
     "functions": "the deprecated functions field is not implemented; use tools",
     "function_call": "the deprecated function_call field is not implemented; use tool_choice",
     "best_of": "best_of is not implemented; use n",
-    "previous_response_id": "responses are not stored (the Responses API here is stateless); send the "
-                            "whole conversation as input",
-    "conversation": "conversations are not stored; send the whole conversation as input",
-    "background": "background responses need stored responses, which this server does not keep",
+    "conversation": "conversations are not kept; continue a response with previous_response_id, or send the whole "
+                    "conversation as input",
+    "background": "background responses are not implemented; ask without background",
     "image_url": "this model reads text only",
     "input_audio": "this model reads text only",
     "file": "this model reads text only",

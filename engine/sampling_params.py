@@ -99,6 +99,11 @@ class SamplingParams:
     kept_special_token_ids: frozenset[int] = frozenset()
     structured_output: StructuredOutput | None = None  # constrained decoding (grammar, JSON schema...)
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id → added to its logit before sampling
+    # Scheduling (engine/scheduler.py): a lower priority runs first (vLLM's meaning) and is preempted last; among
+    # equal priorities, waiting requests take turns by share group (the API's keys), each as its weight says.
+    priority: int = 0
+    share_group: str | None = None
+    share_weight: float = 1.0
 
     def __post_init__(self):
         self.stop = list(self.stop)
@@ -122,6 +127,10 @@ class SamplingParams:
         )
 
     def _check(self):
+        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
+            raise InvalidParameter("priority", "priority must be an integer (lower runs first)")
+        if not self.share_weight > 0:
+            raise InvalidParameter("share_weight", "share_weight must be positive")
         def need(ok: bool, param: str, message: str):
             if not ok:
                 raise InvalidParameter(param, message)

@@ -1,14 +1,17 @@
 """Continuous batching under one token budget per step.
 
 Each step: running sequences first (a decode token each, or the next chunk of a long prefill),
-then waiting ones in arrival order while the budget, the sequence limit and the KV pool allow.
-When the pool runs out, the newest running sequence is preempted: its blocks are freed and it
-goes back to the front of the queue to be recomputed later (its cached prefix usually survives).
+then waiting ones while the budget, the sequence limit and the KV pool allow: the lowest priority
+value first (vLLM's meaning), then, among equal priorities, the share group (the API's key) that
+has been scheduled the fewest tokens for its weight since it last went idle, then arrival order.
+When the pool runs out, a running sequence is preempted, the lowest priority and then the newest:
+its blocks are freed and it waits again, to be recomputed later (its cached prefix usually survives).
 
 Plain Python, no torch.
 """
 
-from collections import deque
+import itertools
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from engine.block_manager import BlockManager
@@ -56,6 +59,10 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self._arrivals = itertools.count()  # arrival order, kept by a preempted sequence
+        self._order: dict[str, int] = {}  # request id -> its arrival number
+        self._served: Counter = Counter()  # tokens scheduled per share group while it has work
+        self._active: Counter = Counter()  # sequences per share group, waiting or running
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
@@ -67,6 +74,8 @@ class Scheduler:
             )
         seq.status = SequenceStatus.WAITING
         self.waiting.append(seq)
+        self._order[seq.request_id] = next(self._arrivals)
+        self._active[seq.params.share_group] += 1
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
@@ -77,13 +86,15 @@ class Scheduler:
             seq = self.running[i]
             num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
             while not self.block_manager.allocate(seq, num_new):
-                victim = self.running.pop()
+                victim = self._victim(i)
+                self.running.remove(victim)
                 self._preempt(victim)
                 out.preempted.append(victim)
                 if victim is seq:
                     break
             else:
                 out.scheduled.append(ScheduledSequence(seq, num_new))
+                self._served[seq.params.share_group] += num_new
                 budget -= num_new
                 i += 1
 
@@ -91,20 +102,31 @@ class Scheduler:
         if out.preempted:
             return out
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
+            seq = min(self.waiting, key=self._waiting_order)
             cached = self.block_manager.find_cached_prefix(seq)
             num_new = min(seq.num_tokens - cached.num_blocks * self.block_manager.block_size, budget)
             if not self.block_manager.can_admit(cached, num_new):
                 break
-            self.waiting.popleft()
+            self.waiting.remove(seq)
             self.block_manager.take_cached_prefix(seq, cached)
             allocated = self.block_manager.allocate(seq, num_new)
             assert allocated, "can_allocate promised enough blocks"
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             out.scheduled.append(ScheduledSequence(seq, num_new))
+            self._served[seq.params.share_group] += num_new
             budget -= num_new
         return out
+
+    def _waiting_order(self, seq: Sequence) -> tuple:
+        params = seq.params
+        return params.priority, self._served[params.share_group] / params.share_weight, self._order[seq.request_id]
+
+    def _victim(self, first: int) -> Sequence:
+        """Who gives up its blocks, among the running sequences not scheduled yet this step (from index `first`):
+        the lowest priority (the highest value), the newest among equals."""
+        running = self.running
+        return running[max(range(first, len(running)), key=lambda j: (running[j].params.priority, j))]
 
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.free(seq)
@@ -122,3 +144,9 @@ class Scheduler:
         self.block_manager.free(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
+        self._order.pop(seq.request_id, None)
+        group = seq.params.share_group
+        self._active[group] -= 1
+        if self._active[group] <= 0:  # idle: its next request starts with no debt
+            del self._active[group]
+            self._served.pop(group, None)

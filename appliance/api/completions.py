@@ -26,7 +26,7 @@ def completion_ask(req: CompletionRequest) -> Ask:
         model=req.model, sampling=Sampling.from_openai(req), prompt_param="prompt", max_tokens=req.max_tokens or 16,
         n=req.n, stream=req.stream, include_usage=bool(req.stream_options and req.stream_options.include_usage),
         logprobs=req.logprobs, prompt_logprobs=req.logprobs if req.echo else None,  # echo: the prompt's tokens too
-        constraint=requested_constraint(req), prompts=tuple(prompts),
+        constraint=requested_constraint(req), prompts=tuple(prompts), priority=req.priority,
     )
 
 

@@ -1,13 +1,16 @@
 """One generating route, whatever its API: read the body → its Ask (the API's module) → the request's record →
 admission's lease → the plan (render) → generate → the API's formatter → the answer, accounted.
 
-Each API declares an Endpoint (chat.py, completions.py, responses.py): its body's schema, how the
-body becomes an Ask, and how its answer is written. Whatever fails between admission and the
-start of the answer releases the lease here; from then on the answer's end releases it (respond.py).
+Each API declares an Endpoint (chat.py, completions.py, responses.py, messages.py): its body's
+schema, how the body becomes an Ask, and how its answer is written; the Responses API also
+continues a stored conversation once the key is known (`resume`) and keeps a finished one (`keep`).
+Whatever fails between admission and the start of the answer releases the lease here; from then
+on the answer's end releases it (respond.py).
 """
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -18,6 +21,7 @@ from appliance.api.generation import Generation
 from appliance.api.plan import Ask, RequestPlan, plan_request
 from appliance.api.request import admit, read_request, start_context
 from appliance.api.respond import respond
+from appliance.serving.context import RequestContext
 from appliance.serving.service import Service
 
 
@@ -28,6 +32,8 @@ class Endpoint:
     schema: type[BaseModel]
     ask: Callable[[BaseModel], Ask]
     formatter: Callable[[BaseModel, Generation, str, str], Formatter]  # (body, generation, request id, model name)
+    resume: Callable[[BaseModel, Ask, RequestContext, Service], Awaitable[Ask]] | None = None  # after admission
+    keep: Callable[[BaseModel, Generation, RequestContext, Service], Awaitable[None]] | None = None  # a finished one
 
 
 def route(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
@@ -38,6 +44,8 @@ def route(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         ctx = start_context(request, endpoint.id_prefix, endpoint.name, ask.model)
         lease = await admit(request, ctx)
         try:
+            if endpoint.resume is not None:
+                ask = await endpoint.resume(body, ask, ctx, service)
             plan: RequestPlan = await plan_request(ask, lease)
             ctx.planned(plan.prompt_text, plan.constraint_label)
             generation = Generation(service, plan, ctx)
@@ -46,6 +54,7 @@ def route(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         except BaseException:
             lease.release()
             raise
-        return await respond(request, service, ctx, generation, formatter)
+        keep = None if endpoint.keep is None else partial(endpoint.keep, body, generation, ctx, service)
+        return await respond(request, service, ctx, generation, formatter, keep)
 
     return handle

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from appliance.api.plan import RequestPlan
+from appliance.api.sampling import Scheduling
 from appliance.serving.context import RequestContext
 from appliance.serving.formats.events import ContentDelta, Event, ToolCallEnd
 from appliance.serving.service import Service
@@ -93,7 +94,7 @@ class Generation:
 
     def __init__(self, service: Service, plan: RequestPlan, ctx: RequestContext):
         self.plan = plan
-        jobs = plan.jobs(service.config.retry_after_s)
+        jobs = plan.jobs(service.config.retry_after_s, Scheduling(ctx.priority, ctx.key_id, ctx.share_weight))
         self.choices = [Choice(i, job.prompt_index, plan.reading.new_parser()) for i, job in enumerate(jobs)]
         self.streams = [service.engine_stream.generate(plan.served, job.prompt, job.params, f"{ctx.request_id}-{i}",
                                                        ctx, plan.param_names)

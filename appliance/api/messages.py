@@ -100,7 +100,8 @@ def messages_ask(req: MessagesRequest) -> Ask:
     output = req.output_config.format if req.output_config is not None else None
     constraint = OutputConstraint("output_config.format", "json", output.schema_) if output is not None else None
     return Ask(model=req.model, sampling=sampling, prompt_param="messages", max_tokens=req.max_tokens,
-               stream=req.stream, constraint=constraint, messages=tuple(chat_messages(req)), tools=tools_of(req))
+               stream=req.stream, constraint=constraint, messages=tuple(chat_messages(req)), tools=tools_of(req),
+               priority=req.priority)
 
 
 def messages_formatter(req: MessagesRequest, generation, request_id: str, model: str) -> MessagesFormatter:

@@ -11,7 +11,7 @@ they are.
 import json
 from dataclasses import dataclass
 
-from appliance.api.sampling import Sampling
+from appliance.api.sampling import Sampling, Scheduling
 from appliance.errors import invalid
 from appliance.serving.constraint import OutputConstraint
 from appliance.serving.formats.output import PLAIN, OutputReading
@@ -37,6 +37,7 @@ class Ask:
     messages: tuple[dict, ...] | None = None  # a chat, in the shape chat templates take
     tools: ToolRequest = NO_TOOLS
     prompts: tuple[str | list[int], ...] = ()  # plain prompts, when there are no messages
+    priority: int | None = None  # the request's own (lower runs first); None: its key's
 
     def __post_init__(self):
         if self.tools.active and self.constraint is not None:
@@ -85,13 +86,14 @@ class RequestPlan:
             names["structured_output"] = self.constraint.param
         return names
 
-    def jobs(self, retry_after_s: float) -> list[EngineJob]:
-        """n engine requests for each prompt."""
+    def jobs(self, retry_after_s: float, key: Scheduling) -> list[EngineJob]:
+        """n engine requests for each prompt, scheduled as the key says unless the request gave its priority."""
         ask = self.ask
         max_tokens = ask.max_tokens or self.served.max_model_len
+        scheduling = key if ask.priority is None else Scheduling(ask.priority, key.group, key.weight)
         return [EngineJob(p, prompt, ask.sampling.params(j, max_tokens, ask.logprobs, self.constraint,
                                                            self.reading.kept_token_ids, ask.prompt_logprobs,
-                                                           retry_after_s, self.param_names))
+                                                           retry_after_s, self.param_names, scheduling))
                 for p, prompt in enumerate(self.prompts) for j in range(ask.n)]
 
 

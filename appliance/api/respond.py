@@ -6,6 +6,7 @@ A client that leaves cancels the work, which aborts its engine requests and free
 """
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -88,8 +89,9 @@ class GenerationStream(StreamingResponse):
 
 
 async def respond(request: Request, service: Service, ctx: RequestContext, generation: Generation,
-                  formatter: Formatter) -> Response:
-    """Run a started generation to a JSON body or an SSE stream, and end the request either way."""
+                  formatter: Formatter, keep: Callable[[], Awaitable[None]] | None = None) -> Response:
+    """Run a started generation to a JSON body or an SSE stream, and end the request either way. `keep`: what the
+    API keeps of an answer that finished (a stored response), run after its end."""
     end = RequestEnd(service, ctx, generation)
     if not generation.plan.ask.stream:
         try:
@@ -104,6 +106,8 @@ async def respond(request: Request, service: Service, ctx: RequestContext, gener
             await end("disconnected")
             raise
         await end()
+        if keep is not None:
+            await keep()
         return Response(formatter.body().model_dump_json(), media_type="application/json")
 
     async def events():
@@ -121,7 +125,10 @@ async def respond(request: Request, service: Service, ctx: RequestContext, gener
         except BaseException:
             await end("disconnected")
             raise
-        await end()
+        else:
+            await end()
+            if keep is not None:
+                await keep()
         if formatter.done is not None:
             yield formatter.done
 

@@ -1,13 +1,28 @@
-"""POST /v1/responses, stateless: the request becomes a chat request (input items → messages, tools,
-text.format → response_format), and so the chat's Ask; the answer is a Response object, or its
-stream of events (formatters/responses.py)."""
+"""POST /v1/responses: the request becomes a chat request (input items → messages, tools, text.format →
+response_format), and so the chat's Ask; the answer is a Response object, or its stream of events
+(formatters/responses.py).
+
+Stored responses: unless `store` is false, a finished response's conversation (its input after the
+instructions, and its output as the assistant's turn) is kept in the key store for the key that
+asked (keys/responses.py), for the operator's responses_retention_s; `previous_response_id` puts
+that conversation before the new input, so an agent may send only the new turn. A key sees only
+its own responses.
+"""
+
+import asyncio
+import dataclasses
 
 from appliance.api.chat import chat_ask
 from appliance.api.endpoint import Endpoint, route
 from appliance.api.formatters.responses import ResponseFormatter
+from appliance.api.generation import Generation
 from appliance.api.plan import Ask
 from appliance.api.request import parse
 from appliance.api.schemas.chat import ChatCompletionRequest
+from appliance.errors import APIError, invalid
+from appliance.serving.context import RequestContext
+from appliance.serving.formats.events import collect, reasoning
+from appliance.serving.service import Service
 from appliance.api.schemas.responses import FunctionCallInput, FunctionCallOutputInput, ReasoningInput, ResponsesRequest
 
 
@@ -39,7 +54,7 @@ def chat_messages(req: ResponsesRequest) -> list[dict]:
 
 def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
     body: dict = {"model": req.model, "messages": chat_messages(req), "stream": req.stream,
-                  "parallel_tool_calls": req.parallel_tool_calls}
+                  "parallel_tool_calls": req.parallel_tool_calls, "priority": req.priority}
     for name in ("temperature", "top_p"):
         if getattr(req, name) is not None:
             body[name] = getattr(req, name)
@@ -62,12 +77,54 @@ def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
 
 
 def responses_ask(req: ResponsesRequest) -> Ask:
+    for value in req.include or ():
+        raise invalid("include", f"include: {value!r} is not available here (no file or web search, no images, no "
+                                 "encrypted reasoning, no logprobs in the Responses API); send include: [] or leave "
+                                 "it out")
     return chat_ask(chat_request(req))
+
+
+async def resume(req: ResponsesRequest, ask: Ask, ctx: RequestContext, service: Service) -> Ask:
+    """The stored conversation of `previous_response_id` (this key's) before the new input, after the instructions."""
+    if req.previous_response_id is None:
+        return ask
+    retention = service.config.responses_retention_s
+    stored = await asyncio.to_thread(service.keys.stored_response, ctx.key_id, req.previous_response_id, retention)
+    if stored is None:
+        raise APIError(404, f"no stored response {req.previous_response_id!r} for this key: responses are kept "
+                            f"{retention / 86400:g} days, for the key that made them, unless store was false",
+                       param="previous_response_id", code="response_not_found")
+    instructions, new = split_instructions(req, ask.messages)
+    return dataclasses.replace(ask, messages=instructions + tuple(stored) + new)
+
+
+async def keep(req: ResponsesRequest, generation: Generation, ctx: RequestContext, service: Service) -> None:
+    """Store the finished response's conversation, unless the request said store: false."""
+    if not req.store or ctx.key_id is None:
+        return
+    choice = generation.choices[0]
+    content, calls = collect(choice.events)
+    answer = {"role": "assistant", "content": content or ""}
+    if calls:
+        answer["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                                for c in calls]
+    thought = reasoning(choice.events)
+    if thought is not None:
+        answer["reasoning_content"] = thought
+    _, conversation = split_instructions(req, generation.plan.ask.messages)
+    await asyncio.to_thread(service.keys.store_response, ctx.key_id, ctx.request_id, [*conversation, answer],
+                            service.config.responses_retention_s)
+
+
+def split_instructions(req: ResponsesRequest, messages: tuple[dict, ...]) -> tuple[tuple[dict, ...], tuple[dict, ...]]:
+    """(the instructions' system message, if any; the conversation): instructions do not carry over."""
+    n = 1 if req.instructions else 0
+    return messages[:n], messages[n:]
 
 
 def response_formatter(req: ResponsesRequest, generation, request_id: str, model: str) -> ResponseFormatter:
     return ResponseFormatter(generation, request_id, model, req)
 
 
-RESPONSES = Endpoint("responses", "resp", ResponsesRequest, responses_ask, response_formatter)
+RESPONSES = Endpoint("responses", "resp", ResponsesRequest, responses_ask, response_formatter, resume, keep)
 responses = route(RESPONSES)

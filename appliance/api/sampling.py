@@ -39,7 +39,7 @@ class Sampling:
 
     def params(self, index: int, max_tokens: int, logprobs: int | None, constraint: OutputConstraint | None,
                kept_special_token_ids: frozenset[int], prompt_logprobs: int | None, retry_after_s: float,
-               param_names: dict[str, str]):
+               param_names: dict[str, str], scheduling: "Scheduling"):
         """The engine's SamplingParams for choice `index`: its seed is the request's plus the index, so n choices
         differ. The engine's refusals become 400s naming the request's fields (`param_names`)."""
         from engine import SamplingParams
@@ -54,5 +54,15 @@ class Sampling:
                 stop_token_ids=list(self.stop_token_ids), ignore_eos=self.ignore_eos,
                 skip_special_tokens=self.skip_special_tokens, kept_special_token_ids=kept_special_token_ids,
                 structured_output=constraint.to_engine() if constraint is not None else None,
-                logit_bias=dict(self.logit_bias),
+                logit_bias=dict(self.logit_bias), priority=scheduling.priority, share_group=scheduling.group,
+                share_weight=scheduling.weight,
             )
+
+
+@dataclass(frozen=True)
+class Scheduling:
+    """Where the engine's scheduler puts a request: its priority (lower first), and its key's share."""
+
+    priority: int = 0
+    group: str | None = None  # the key: requests of one key share its turns
+    weight: float = 1.0

@@ -79,6 +79,10 @@ def add_limit_options(parser: argparse.ArgumentParser, updating: bool) -> None:
     models.add_argument("--models", type=model_list, metavar="A,B", help="only these models (default: all)")
     if updating:
         models.add_argument("--all-models", action="store_true", help="allow every model")
+    parser.add_argument("--priority", type=int, metavar="N",
+                        help="its requests' default priority: lower runs first (default 0; a request may say its own)")
+    parser.add_argument("--weight", type=float, metavar="W",
+                        help="its share of the engine among keys of equal priority, against theirs (default 1)")
     networks = parser.add_mutually_exclusive_group()
     networks.add_argument("--networks", type=network_list, metavar="CIDR,…",
                           help="only from these client networks, e.g. 10.0.0.0/8,203.0.113.7 (default: any address)")
@@ -111,6 +115,9 @@ def limits_from_args(args, updating: bool) -> dict:
         fields["allowed_networks"] = args.networks
     elif getattr(args, "any_network", False):
         fields["allowed_networks"] = None
+    for name in ("priority", "weight"):
+        if getattr(args, name) is not None:
+            fields[name] = getattr(args, name)
     if getattr(args, "new_name", None) is not None:
         fields["name"] = args.new_name
     return fields
@@ -280,7 +287,7 @@ def keys_update(args) -> int:
     if not fields:
         raise CliError("nothing to change: give at least one of --name, --rpm, --tpm, --budget-tokens, "
                        "--budget-period, --expires-in-days, --expires-at, --no-expiry, --models, --all-models, "
-                       "--networks, --any-network", 2)
+                       "--networks, --any-network, --priority, --weight", 2)
     with key_source(args) as keys:
         record = keys.update_key(args.key_id, **fields)
     if args.json:

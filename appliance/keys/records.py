@@ -10,7 +10,8 @@ from appliance.keys.networks import address_in, parse_networks
 
 BUDGET_PERIODS = ("day", "month")
 LIMIT_FIELDS = ("rpm_limit", "tpm_limit", "budget_tokens")
-UPDATABLE = ("name", *LIMIT_FIELDS, "budget_period", "expires_at", "allowed_models", "allowed_networks")
+UPDATABLE = ("name", *LIMIT_FIELDS, "budget_period", "expires_at", "allowed_models", "allowed_networks", "priority",
+             "weight")
 JSON_COLUMNS = ("allowed_models", "allowed_networks")
 
 
@@ -43,6 +44,8 @@ class KeyRecord:
     allowed_models: list[str] | None
     last_used_at: datetime | None
     allowed_networks: list[str] | None = None  # CIDRs the key may be used from; None: anywhere
+    priority: int = 0  # its requests' default priority: lower runs first (a request's own `priority` wins)
+    weight: float = 1.0  # its share of the engine among keys of equal priority, against the others' weights
 
     def status(self, now: datetime) -> str:
         """'active', 'revoked' or 'expired'."""
@@ -78,6 +81,8 @@ class KeyRecord:
             allowed_models=json.loads(row["allowed_models"]) if row["allowed_models"] is not None else None,
             last_used_at=last_used_at,
             allowed_networks=json.loads(row["allowed_networks"]) if row["allowed_networks"] is not None else None,
+            priority=row["priority"],
+            weight=row["weight"],
         )
 
 
@@ -133,6 +138,13 @@ def validate_limits(fields: dict) -> dict:
             value = _validate_models(value)
         elif name == "allowed_networks":
             value = parse_networks(value)
+        elif name == "priority":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"priority must be an integer (lower runs first), got {value!r}")
+        elif name == "weight":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1000:
+                raise ValueError(f"weight must be a number above 0 and at most 1000, got {value!r}")
+            value = float(value)
         out[name] = value
     return out
 

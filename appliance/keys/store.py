@@ -36,6 +36,8 @@ from appliance.keys.records import (
     validate_limits,
 )
 from appliance.keys.rate_limits import RateLimited, RateWindows, period_bounds
+from appliance.keys.responses import SCHEMA as RESPONSES_SCHEMA
+from appliance.keys.responses import StoredResponses
 from appliance.keys.usage_ledger import FLUSH_INTERVAL_S, UsageLedger
 
 __all__ = ["AuthError", "DayUsage", "KeyNotFound", "KeyRecord", "KeyStore", "KeyStoreError", "RateLimited"]
@@ -57,7 +59,9 @@ CREATE TABLE IF NOT EXISTS keys (
     budget_period TEXT NOT NULL DEFAULT 'day',
     allowed_models TEXT,
     last_used_at TEXT,
-    allowed_networks TEXT
+    allowed_networks TEXT,
+    priority INTEGER NOT NULL DEFAULT 0,
+    weight REAL NOT NULL DEFAULT 1.0
 );
 CREATE TABLE IF NOT EXISTS usage (
     key_id TEXT NOT NULL,
@@ -67,10 +71,13 @@ CREATE TABLE IF NOT EXISTS usage (
     completion_tokens INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (key_id, day)
 );
-"""
-# What a keys.db of an older version (PRAGMA user_version) needs to reach the next one.
+""" + RESPONSES_SCHEMA
+# What a keys.db of an older version (PRAGMA user_version) needs to reach the next one (statements split on ";").
 MIGRATIONS = {
     2: "ALTER TABLE keys ADD COLUMN allowed_networks TEXT",
+    3: RESPONSES_SCHEMA,
+    4: "ALTER TABLE keys ADD COLUMN priority INTEGER NOT NULL DEFAULT 0; "
+       "ALTER TABLE keys ADD COLUMN weight REAL NOT NULL DEFAULT 1.0",
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -93,6 +100,7 @@ class KeyStore:
         self._closed = False
         self._open_schema()
         self._usage = UsageLedger(self._conn, now, flush_interval_s)
+        self._responses = StoredResponses(self._conn)
 
     # -- connections --------------------------------------------------------------------------
 
@@ -123,6 +131,14 @@ class KeyStore:
         except (OSError, sqlite3.Error) as e:
             raise KeyStoreError(f"cannot open the key store at {self.db_path}: {e}") from e
 
+    # -- stored responses (keys/responses.py) ------------------------------------------------
+
+    def store_response(self, key_id: str, response_id: str, conversation: list[dict], retention_s: float) -> None:
+        self._responses.put(key_id, response_id, conversation, retention_s)
+
+    def stored_response(self, key_id: str, response_id: str, retention_s: float) -> list[dict] | None:
+        return self._responses.get(key_id, response_id, retention_s)
+
     # -- keys -----------------------------------------------------------------------------------
 
     def create(
@@ -136,12 +152,14 @@ class KeyStore:
         expires_at: datetime | None = None,
         allowed_models: list[str] | None = None,
         allowed_networks: list[str] | None = None,
+        priority: int = 0,
+        weight: float = 1.0,
     ) -> tuple[KeyRecord, str]:
         fields = validate_limits(
             dict(
                 name=name, rpm_limit=rpm_limit, tpm_limit=tpm_limit, budget_tokens=budget_tokens,
                 budget_period=budget_period, expires_at=expires_at, allowed_models=allowed_models,
-                allowed_networks=allowed_networks,
+                allowed_networks=allowed_networks, priority=priority, weight=weight,
             )
         )
         columns = ["id", "secret_sha256", "created_at", *fields]
@@ -299,7 +317,9 @@ def _upgrade(conn: sqlite3.Connection) -> None:
                     conn.execute(statement)
         else:
             for target in range(version + 1, SCHEMA_VERSION + 1):
-                conn.execute(MIGRATIONS[target])
+                for statement in MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:

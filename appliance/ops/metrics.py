@@ -105,6 +105,10 @@ class Metrics:
             "vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.",
             ["model_name"], buckets=LATENCY_BUCKETS, registry=r,
         )
+        self.queue_time_by_priority = Histogram(
+            "appliance_request_queue_time_seconds", "Time requests waited before their first step, by priority.",
+            ["model_name", "priority"], buckets=LATENCY_BUCKETS, registry=r,
+        )
         # As prometheus-fastapi-instrumentator names it (vLLM's API server exports it so).
         self.http_requests = Counter(
             "http_requests", "HTTP requests by route, method and status class (2xx, 4xx, 5xx).",
@@ -137,12 +141,13 @@ class Metrics:
 
     def observe_request(
         self, model: str, finish_reason: str | None, queue_s: float | None, ttft_s: float | None,
-        e2e_s: float, token_gaps_s: list[float],
+        e2e_s: float, token_gaps_s: list[float], priority: int = 0,
     ) -> None:
         if finish_reason in ("stop", "length", "abort"):
             self.request_success.labels(model, finish_reason).inc()
         if queue_s is not None:
             self.queue_time.labels(model).observe(queue_s)
+            self.queue_time_by_priority.labels(model, str(priority)).observe(queue_s)
         if ttft_s is not None:
             self.ttft.labels(model).observe(ttft_s)
         self.e2e.labels(model).observe(e2e_s)

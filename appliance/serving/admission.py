@@ -67,7 +67,7 @@ class Admission:
                 self.lockout.failed(client)
             raise APIError(e.status, e.message, code="invalid_api_key" if e.status == 401 else "key_not_active") from None
         if ctx is not None:
-            ctx.identified(record.id)  # a refusal below (networks, model, rate limit) is logged with the key's id
+            ctx.identified(record.id, record.priority, record.weight)  # a refusal below (networks, model, rate limit) is logged with the key's id
         if not record.allows_address(client):
             raise APIError(403, f"API key {record.id} may not be used from {client or 'an unknown address'}: it is "
                                 f"limited to {', '.join(record.allowed_networks)}; call from there, or widen the "

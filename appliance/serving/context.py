@@ -20,6 +20,8 @@ class RequestContext:
     model: str
     span: object | None = None  # its trace span (ops.tracing), when traces are on
     key_id: str | None = None
+    priority: int = 0  # its key's default priority (lower runs first); a request may say its own
+    share_weight: float = 1.0  # its key's share of the engine among keys of equal priority
     prompt_text: str | None = None  # logged only when config.log_prompts
     started: float = field(default_factory=time.monotonic)
     prompt_tokens: int = 0
@@ -35,9 +37,10 @@ class RequestContext:
     busy_s: float = 0.0  # its share of the box's busy time (ops.cost.BusyClock): what its cost is shared by
     accounted: bool = False  # finish() ran: usage recorded, the request log line written
 
-    def identified(self, key_id: str) -> None:
-        """Its key is known: a refusal from here on is logged with the key's id."""
-        self.key_id = key_id
+    def identified(self, key_id: str, priority: int = 0, share_weight: float = 1.0) -> None:
+        """Its key is known: a refusal from here on is logged with the key's id; its requests are scheduled with the
+        key's priority and weight."""
+        self.key_id, self.priority, self.share_weight = key_id, priority, share_weight
 
     def admitted(self, served: ServedModel, fallback, allowed_models: list[str] | None) -> None:
         self.served, self.fallback, self.allowed_models = served, fallback, allowed_models

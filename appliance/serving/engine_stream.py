@@ -87,7 +87,8 @@ class EngineStream:
                     start + ttft if ttft is not None else None, last, out.num_output_tokens if out else 0))
             if last is not None:
                 elapsed = time.monotonic() - start
-                self.metrics.observe_request(self.pool.served_name(served), finish or "abort", queue, ttft, elapsed, gaps)
+                self.metrics.observe_request(self.pool.served_name(served), finish or "abort", queue, ttft, elapsed, gaps,
+                                             params.priority)
                 self.window.observe(ttft, gaps)
                 served.window.observe(ttft, gaps)
                 ctx.first_token(ttft, queue)

@@ -150,10 +150,11 @@ def default_server(default_model_path, tmp_path_factory) -> LiveServer:
 def tools_server(tiny_model_path, default_model_path, tmp_path_factory) -> LiveServer:
     """One server for the API tests that need models with chat templates of our own, shared by their modules:
     `tiny-hermes` (the default: the tiny random model with a tool-aware Hermes template, so every valid call is
-    the grammar's doing) and `tiny-reasoning` (`<think> I think</think> Paris`: api/reasoning_model.py)."""
+    the grammar's doing), `tiny-reasoning` (`<think> I think</think> Paris`: api/reasoning_model.py) and
+    `tiny-agent` (the Hermes template; calls where the grammar makes it, else answers ` It is sunny.`)."""
     from transformers import AutoTokenizer
 
-    from tests.appliance.api.reasoning_model import build_reasoning_model
+    from tests.appliance.api.reasoning_model import build_chain_model, build_reasoning_model
     from tests.appliance.serving.formats.tools.templates import HERMES_TEMPLATE
 
     state, built = tmp_path_factory.mktemp("tools-state"), tmp_path_factory.mktemp("tools-models")
@@ -164,7 +165,11 @@ def tools_server(tiny_model_path, default_model_path, tmp_path_factory) -> LiveS
     tokenizer.save_pretrained(hermes)
     put_in_store(state / "models", hermes, "tiny-hermes")
     put_in_store(state / "models", build_reasoning_model(built / "tiny-reasoning", default_model_path), "tiny-reasoning")
-    config = make_config("tiny-hermes", state, metrics_port=0, models={"tiny-reasoning": ModelSettings(pinned=True)})
+    agent = build_chain_model(built / "tiny-agent", default_model_path, ["\n", " It", " is", " sunny", "."],
+                              HERMES_TEMPLATE)
+    put_in_store(state / "models", agent, "tiny-agent")
+    pinned = ModelSettings(pinned=True)
+    config = make_config("tiny-hermes", state, metrics_port=0, models={"tiny-reasoning": pinned, "tiny-agent": pinned})
     server = start_server(config, timeout_s=120)
     add_keys(server, server.app.config.keys_db_path)
     yield server

@@ -152,3 +152,61 @@ def test_any_workload_completes_within_budget_and_leaks_nothing(requests, num_bl
         assert seq.is_finished
         if seq.finish_reason == "length":
             assert len(seq.output_token_ids) == seq.params.max_tokens
+
+
+# -- priority and fair share -------------------------------------------------------------------
+def test_another_keys_request_is_scheduled_within_a_few_steps_of_a_200_request_backlog():
+    sched = make_scheduler(num_blocks=512, max_num_seqs=4, budget=64, max_waiting=300)
+    batch = [Sequence(f"batch-{i}", [i % 50 + 1] * 8, SamplingParams(max_tokens=4, share_group="batch"))
+             for i in range(200)]
+    for seq in batch:
+        sched.add(seq)
+    run_step(sched)  # the batch key fills the running slots
+    chat = Sequence("chat", [99] * 8, SamplingParams(max_tokens=4, share_group="chat"))
+    sched.add(chat)
+    steps = 0
+    while chat.status is SequenceStatus.WAITING:
+        for seq in run_step(sched):
+            if len(seq.output_token_ids) >= 4:
+                sched.finish(seq, "length")
+        steps += 1
+    assert steps <= 4  # the first slot that frees goes to the key that has had none, not to the backlog
+    assert sum(s.status is SequenceStatus.WAITING for s in batch) > 180
+
+
+def test_weights_share_the_slots_and_priority_goes_first():
+    sched = make_scheduler(num_blocks=512, max_num_seqs=1, budget=64, max_waiting=300)
+    for i in range(30):
+        for group, weight, token in (("a", 1.0, i + 1), ("b", 2.0, i + 100)):  # no shared prefixes
+            sched.add(Sequence(f"{group}-{i}", [token] * 8, SamplingParams(max_tokens=1, share_group=group,
+                                                                           share_weight=weight)))
+    order = []
+    while len(order) < 30:
+        for seq in run_step(sched):
+            order.append(seq.params.share_group)
+            sched.finish(seq, "length")
+    assert order.count("b") == 20  # b, of weight 2, had two turns for each of a's
+    urgent = Sequence("urgent", [7] * 8, SamplingParams(max_tokens=1, priority=-1, share_group="a"))
+    sched.add(urgent)
+    [first] = run_step(sched)
+    assert first is urgent  # a lower priority value runs first, whatever the shares
+
+
+def test_the_lowest_priority_is_preempted_first():
+    sched = make_scheduler(num_blocks=6, max_num_seqs=4, budget=64)
+    low = Sequence("low", [1] * 8, SamplingParams(max_tokens=32, priority=5))
+    high = Sequence("high", [2] * 8, SamplingParams(max_tokens=32, priority=0))
+    sched.add(low)
+    sched.add(high)
+    preempted = []
+    for _ in range(12):
+        plan_preempted = sched.schedule()
+        preempted += plan_preempted.preempted
+        for s in plan_preempted.scheduled:
+            completes = s.completes_prompt
+            s.seq.num_computed_tokens += s.num_new_tokens
+            if completes:
+                s.seq.append_token(3)
+        if preempted:
+            break
+    assert preempted and all(seq is low for seq in preempted)  # though high arrived later

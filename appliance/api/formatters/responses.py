@@ -1,5 +1,6 @@
 """The Responses API's answer: a Response object from a finished choice, or the events the openai SDK's
-`responses.stream` folds (created, output item and text deltas, function-call argument deltas, completed)."""
+`responses.stream` folds (created, output item and text deltas, function-call argument deltas, and
+response.completed, or response.incomplete when max_output_tokens cut it, as OpenAI ends them)."""
 
 from appliance.api.formatters.base import Formatter
 from appliance.api.generation import Choice, Generation, Update
@@ -36,7 +37,8 @@ class ResponseFormatter(Formatter):
             else (req.tool_choice or "auto"),
             "tools": [t.model_dump(exclude_none=True) for t in req.tools or []], "temperature": req.temperature,
             "top_p": req.top_p, "max_output_tokens": req.max_output_tokens, "metadata": req.metadata,
-            "text": req.text.model_dump(by_alias=True, exclude_none=True) if req.text is not None else None}
+            "text": req.text.model_dump(by_alias=True, exclude_none=True) if req.text is not None else None,
+            "store": req.store, "previous_response_id": req.previous_response_id}
         self.stream = ResponseStream(request_id)
 
     def response(self, status: str) -> Response:
@@ -75,8 +77,8 @@ class ResponseFormatter(Formatter):
                 events += stream.close()
         if update.finished:
             events += stream.close(cut=True)
-            completed = self.response("completed")
-            events.append(stream.event("response.completed", response=completed.model_dump()))
+            final = self.response("completed")  # or incomplete: OpenAI ends such a stream with response.incomplete
+            events.append(stream.event(f"response.{final.status}", response=final.model_dump()))
         return events
 
 

@@ -21,6 +21,12 @@ def no_effect(description: str, **kwargs):
     return Field(None, description=f"accepted, no effect: {description}", **kwargs)
 
 
+def priority_field():
+    """vLLM's `priority`, on every generating request."""
+    return Field(None, ge=-(2**31), le=2**31 - 1, description=(
+        "lower runs first (vLLM's meaning); default: the key's priority (appliance keys update --priority)"))
+
+
 class StrictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
@@ -63,6 +69,7 @@ class SamplingFields(StrictRequest):
     ignore_eos: bool = False
     stop_token_ids: list[Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS_LIMIT)]] | None = Field(None, max_length=1024)
     skip_special_tokens: bool = True
+    priority: StrictInt | None = priority_field()
 
     @field_validator("stream_options")
     @classmethod

@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field, StrictInt, StrictStr
 
-from appliance.api.schemas.common import MAX_TOKENS_LIMIT, StrictRequest, no_effect
+from appliance.api.schemas.common import MAX_TOKENS_LIMIT, StrictRequest, no_effect, priority_field
 from appliance.api.schemas.structured import FUNCTION_NAME_PATTERN, Parameters
 
 
@@ -127,6 +127,7 @@ class MessagesRequest(MessagesRequestBase):
     temperature: float | None = Field(None, ge=0.0, le=1.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: StrictInt | None = Field(None, ge=0, le=MAX_TOKENS_LIMIT)
+    priority: StrictInt | None = priority_field()
     metadata: Metadata | None = None
     service_tier: Literal["auto", "standard_only"] | None = no_effect("a single tier")
     speed: Literal["standard", "fast"] | None = no_effect("one speed")

@@ -32,7 +32,7 @@ ROUTES: list[tuple[str, str, tuple[type[BaseModel], ...], type[BaseModel], str]]
     ("/v1/completions", "post", (CompletionRequest,), Completion,
      "Create a text completion (stream: SSE of Completion chunks)"),
     ("/v1/responses", "post", (ResponsesRequest,), Response,
-     "Create a response (stream: SSE of response events)"),
+     "Create a response, kept for previous_response_id unless store is false (stream: SSE of response events)"),
     ("/v1/messages", "post", (MessagesRequest,), Message,
      "Create a message, as Anthropic's Messages API (stream: its event stream; errors in Anthropic's shape)"),
     ("/v1/messages/count_tokens", "post", (CountTokensRequest,), CountTokensResponse,

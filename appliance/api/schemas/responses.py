@@ -1,4 +1,4 @@
-"""POST /v1/responses (stateless): the request, its input items, and the Response object.
+"""POST /v1/responses: the request, its input items, and the Response object.
 
 Output items are written so that they are valid input items too: an app sends `response.output`
 back as the next request's input, as the openai SDK's examples do.
@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
-from appliance.api.schemas.common import MAX_TOKENS_LIMIT, StrictRequest, no_effect
+from appliance.api.schemas.common import MAX_TOKENS_LIMIT, StrictRequest, no_effect, priority_field
 from appliance.api.schemas.structured import FUNCTION_NAME_PATTERN, Parameters, tool_choice_without_tools
 
 
@@ -126,8 +126,15 @@ class ResponsesRequest(StrictRequest):
     parallel_tool_calls: bool = True
     text: TextConfig | None = None
     stream: bool = False
-    store: bool | None = no_effect("responses are never stored (stateless); their ids cannot be retrieved")
-    metadata: dict[StrictStr, StrictStr] | None = no_effect("nothing is stored", max_length=16)
+    priority: StrictInt | None = priority_field()
+    store: bool = Field(True, description="keep the response's conversation (per key, for the operator's "
+                                          "responses_retention_s), so that a later request may continue it")
+    previous_response_id: StrictStr | None = Field(
+        None, max_length=256, description="continue a stored response of this key: its conversation comes before "
+                                          "this input (its instructions do not carry over)")
+    include: list[StrictStr] | None = Field(None, max_length=16, description="extra output: none of OpenAI's "
+                                            "values is available here, each is refused by name; [] is accepted")
+    metadata: dict[StrictStr, StrictStr] | None = no_effect("nothing is kept with it", max_length=16)
     user: StrictStr | None = no_effect("the server does not track end users", max_length=1024)
 
 
@@ -209,4 +216,6 @@ class Response(BaseModel):
     max_output_tokens: int | None = None
     text: dict[str, Any] | None = None
     metadata: dict[str, str] | None = None
+    store: bool = True
+    previous_response_id: str | None = None
     usage: ResponseUsage | None = None

@@ -1,4 +1,5 @@
-"""A tiny model that writes one fixed reasoning answer, with a chat template of our own that has `<think>` tokens.
+"""Tiny models that write one fixed text (bigram tables, build_chain_model); the reasoning one writes a reasoning
+answer, with a chat template of our own that has `<think>` tokens.
 
 The model is a bigram table: its attention and MLP outputs are zero, so each logit row depends on
 the current token alone, and CHAIN[i] is followed by CHAIN[i + 1] (the last by EOS). After the
@@ -28,15 +29,23 @@ assert REASONING_TEMPLATE.count("<think>") == 3, "the Hermes template changed; u
 
 
 def build_reasoning_model(target: Path, tokenizer_from: Path) -> Path:
+    return build_chain_model(target, tokenizer_from, CHAIN, REASONING_TEMPLATE, ("<think>", "</think>"))
+
+
+def build_chain_model(target: Path, tokenizer_from: Path, chain: list[str], template: str,
+                      added: tuple[str, ...] = ()) -> Path:
+    """A bigram model that writes `chain[1:]` and EOS after the token `chain[0]` (each a single token; `added` ones
+    are added to the vocabulary), under the chat template `template`. Every other token's logits are all zero."""
     import torch
     from transformers import AddedToken, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
-    tokenizer.add_tokens([AddedToken("<think>", special=False), AddedToken("</think>", special=False)])
-    tokenizer.chat_template = REASONING_TEMPLATE
-    ids = [tokenizer.convert_tokens_to_ids(t) if t.startswith("<") else tokenizer.encode(t, add_special_tokens=False)[0]
-           for t in CHAIN] + [tokenizer.eos_token_id]
+    tokenizer.add_tokens([AddedToken(token, special=False) for token in added])
+    tokenizer.chat_template = template
+    ids = [tokenizer.convert_tokens_to_ids(t) if t in added else tokenizer.encode(t, add_special_tokens=False)[0]
+           for t in chain] + [tokenizer.eos_token_id]
     assert len(set(ids)) == len(ids)
+    assert all(len(tokenizer.encode(t, add_special_tokens=False)) == 1 for t in chain if t not in added), chain
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,

@@ -28,17 +28,39 @@ def test_stream_folds_into_the_same_response(client, live_server):
                                     temperature=0)
     with client.responses.stream(model=live_server.model, input="Tell me a story", max_output_tokens=5,
                                  temperature=0) as stream:
-        types = [event.type for event in stream]
-        final = stream.get_final_response()
-    assert types[0] == "response.created" and types[-1] == "response.completed"
+        events = list(stream)
+    types = [event.type for event in events]
+    assert types[0] == "response.created" and types[-1] == "response.incomplete"  # as OpenAI ends a cut one
     assert "response.output_item.added" in types and types.count("response.output_text.delta") >= 1
+    final = events[-1].response
     assert final.output_text == whole.output_text and final.usage.output_tokens == 5
 
 
-def test_previous_response_id_is_refused(client, live_server):
+def test_previous_response_id_continues_the_keys_stored_response(client, live_server):
+    first = client.responses.create(model=live_server.model, instructions="Be brief", input="My name is Bob",
+                                    max_output_tokens=3, temperature=0)
+    assert first.store is True
+    follow = client.responses.create(model=live_server.model, previous_response_id=first.id, input="Who am I?",
+                                     max_output_tokens=3, temperature=0, include=[])
+    whole = client.responses.create(model=live_server.model, max_output_tokens=3, temperature=0, store=False,
+                                    input=[{"role": "user", "content": "My name is Bob"}, *first.output,
+                                           {"role": "user", "content": "Who am I?"}])
+    assert follow.previous_response_id == first.id
+    assert follow.usage.input_tokens == whole.usage.input_tokens  # the same conversation, instructions not carried
+    assert follow.output_text == whole.output_text
+    third = client.responses.create(model=live_server.model, previous_response_id=follow.id, input="Sure?",
+                                    max_output_tokens=1)
+    assert third.usage.input_tokens > follow.usage.input_tokens  # the chain goes on
+    with pytest.raises(openai.NotFoundError) as e:  # store: false kept nothing
+        client.responses.create(model=live_server.model, previous_response_id=whole.id, input="Hi")
+    assert e.value.body["param"] == "previous_response_id"
+    _, secret = live_server.service.keys.create("responses-other-key")
+    other = openai.OpenAI(base_url=live_server.base_url + "/v1", api_key=secret, max_retries=0)
+    with pytest.raises(openai.NotFoundError):  # a key sees only its own
+        other.responses.create(model=live_server.model, previous_response_id=first.id, input="Hi")
     with pytest.raises(openai.BadRequestError) as e:
-        client.responses.create(model=live_server.model, input="Hi", previous_response_id="resp_1")
-    assert e.value.body["param"] == "previous_response_id" and "stateless" in e.value.body["message"]
+        client.responses.create(model=live_server.model, input="Hi", include=["reasoning.encrypted_content"])
+    assert e.value.body["param"] == "include" and "reasoning.encrypted_content" in e.value.body["message"]
 
 
 def test_function_tool_round_trip(tools_server):
@@ -53,7 +75,7 @@ def test_function_tool_round_trip(tools_server):
                                             {"type": "function_call_output", "call_id": call.call_id,
                                              "output": "18 C"}])
     assert follow.status in ("completed", "incomplete") and follow.usage.input_tokens > r.usage.input_tokens
-    with client.responses.stream(model=tools_server.model, input="Weather?", tools=FUNCTIONS,
+    with client.responses.stream(model=tools_server.model, input="Weather?", tools=FUNCTIONS, parallel_tool_calls=False,
                                  tool_choice="required", max_output_tokens=80, temperature=0) as stream:
         final = stream.get_final_response()
     streamed = [item for item in final.output if item.type == "function_call"]
@@ -78,8 +100,10 @@ def test_a_cut_leaves_only_complete_calls(tools_server):
     assert {item.type for item in r.output} == {"function_call"}  # no message: nothing of the cut call is text
     complete = [json.loads(item.arguments) for item in r.output]
     with client.responses.stream(**request) as stream:
-        done = [e.item for e in stream if e.type == "response.output_item.done"]
-        final = stream.get_final_response()
+        events = list(stream)
+    done = [e.item for e in events if e.type == "response.output_item.done"]
+    final = events[-1].response
+    assert events[-1].type == "response.incomplete"
     assert [json.loads(item.arguments) for item in final.output] == complete
     statuses = [item.status for item in done]
     assert statuses in (["completed"] * len(complete), ["completed"] * len(complete) + ["incomplete"])  # a cut call

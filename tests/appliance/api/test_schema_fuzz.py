@@ -40,6 +40,8 @@ BEYOND_SCHEMA = [
     (("tools",), r"names must be unique|cannot be enforced"),
     (("tool_choice",), r"which is not in tools|needs at least one tool"),
     (("tool_choice.name",), r"needs the name of the tool"),
+    (("include",), r"is not available here"),
+    (("previous_response_id",), r"^no stored response"),
     (("output_config.format",), r"cannot be combined with tools|^invalid json\b"),
 ]
 MESSAGES_BLOCK = re.compile(r"^messages\.\d+\.content\.\d+\.type$")  # a block in the wrong turn (docs/API.md)

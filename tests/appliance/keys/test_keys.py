@@ -318,7 +318,7 @@ def test_allowed_networks_are_stored_canonical_and_match_addresses(store):
     assert json.loads(json.dumps(record.to_dict()))["allowed_networks"] == record.allowed_networks
 
 
-def test_a_keys_db_of_the_first_version_gains_allowed_networks_and_keeps_its_keys(tmp_path):
+def test_a_keys_db_of_the_first_version_is_migrated_to_the_last_and_keeps_its_keys(tmp_path):
     path = tmp_path / "keys.db"
     old = sqlite3.connect(path)
     old.executescript("""
@@ -338,9 +338,11 @@ def test_a_keys_db_of_the_first_version_gains_allowed_networks_and_keeps_its_key
     with KeyStore(path) as store:
         record = store.authenticate("sk-app-0ld0ld00-oldsecret")
         assert (record.name, record.rpm_limit, record.allowed_networks) == ("from-before", 7, None)
+        assert (record.priority, record.weight) == (0, 1.0)  # version 4's columns, with their defaults
         assert store.update(record.id, allowed_networks=["10.0.0.0/8"]).allowed_networks == ["10.0.0.0/8"]
+        store.store_response(record.id, "resp-1", [], retention_s=60)  # version 3's table
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert check.execute("PRAGMA user_version").fetchone()[0] == 4
     check.close()
     with KeyStore(path) as again:  # opening a migrated store changes nothing more
         assert again.get("0ld0ld00").allowed_networks == ["10.0.0.0/8"]

@@ -29,6 +29,18 @@ class KeyStoreError(Exception):
     """The database could not be opened or created (permissions, disk, not a database)."""
 
 
+class KeyStoreUnavailable(Exception):
+    """The database cannot be reached right now and nothing recent vouches for the key: a 503."""
+
+    def __init__(self, retry_after_s: float, message: str):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.message = message
+
+
+PURPOSES = ("api", "fleet-probe")  # fleet-probe: the gateway's probes of a box (GET /v1/models), nothing else
+
+
 @dataclass
 class KeyRecord:
     id: str
@@ -43,6 +55,7 @@ class KeyRecord:
     allowed_models: list[str] | None
     last_used_at: datetime | None
     allowed_networks: list[str] | None = None  # CIDRs the key may be used from; None: anywhere
+    purpose: str = "api"  # one of PURPOSES
 
     def status(self, now: datetime) -> str:
         """'active', 'revoked' or 'expired'."""
@@ -78,6 +91,7 @@ class KeyRecord:
             allowed_models=json.loads(row["allowed_models"]) if row["allowed_models"] is not None else None,
             last_used_at=last_used_at,
             allowed_networks=json.loads(row["allowed_networks"]) if row["allowed_networks"] is not None else None,
+            purpose=row["purpose"],
         )
 
 

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from appliance.keys import AuthError, KeyNotFound, KeyStore, KeyStoreError, RateLimited
+from appliance.keys.migrations import SCHEMA_VERSION
 
 
 @pytest.fixture
@@ -340,7 +341,7 @@ def test_a_keys_db_of_the_first_version_gains_allowed_networks_and_keeps_its_key
         assert (record.name, record.rpm_limit, record.allowed_networks) == ("from-before", 7, None)
         assert store.update(record.id, allowed_networks=["10.0.0.0/8"]).allowed_networks == ["10.0.0.0/8"]
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     check.close()
     with KeyStore(path) as again:  # opening a migrated store changes nothing more
         assert again.get("0ld0ld00").allowed_networks == ["10.0.0.0/8"]

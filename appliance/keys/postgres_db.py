@@ -24,7 +24,10 @@ from appliance.keys.records import KeyStoreError
 
 CONNECT_TIMEOUT_S = 3
 STATEMENT_TIMEOUT_MS = 5000
-POOL_WAIT_S = 3.0
+POOL_WAIT_S = 2.0
+# psycopg_pool retries a lost connection with a growing backoff for this long, then gives up until the
+# next request asks: kept short, so a database that is back is used at once, not after a backoff of minutes.
+RECONNECT_GIVE_UP_S = 1.0
 POOL_MAX_SIZE = 8
 MIGRATION_LOCK = 7_402_811  # pg_advisory_xact_lock key: one box migrates, the others wait and find it done
 
@@ -39,6 +42,7 @@ class PostgresDatabase:
         self.url = url
         self._pool = ConnectionPool(
             url, min_size=1, max_size=pool_max_size, timeout=POOL_WAIT_S, open=False, name="keys",
+            reconnect_timeout=RECONNECT_GIVE_UP_S,
             kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": CONNECT_TIMEOUT_S,
                     "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}", "application_name": "appliance"},
             check=ConnectionPool.check_connection,  # a connection that died while idle is replaced, not handed out

@@ -211,6 +211,8 @@ class KeyStore:
         secret_hash = _hash_secret(secret or "")
         row = None
         if key_id is not None:
+            if not self.outage.should_try():
+                return self.outage.admit_unverified(key_id, secret_hash)
             try:
                 row = self._db.query_one("SELECT * FROM keys WHERE id = ?", (key_id,))
             except self._db.unreachable_errors as e:
@@ -259,10 +261,13 @@ class KeyStore:
         if record.budget_tokens is None:
             return
         start, end = period_bounds(record.budget_period, self._now())
-        try:
-            used = self._usage.tokens_since(record.id, start)
-        except self._db.unreachable_errors as e:
-            self.outage.failed(e)
+        used = None
+        if self.outage.reachable:
+            try:
+                used = self._usage.tokens_since(record.id, start)
+            except self._db.unreachable_errors as e:
+                self.outage.failed(e)
+        if used is None:  # the database is unreachable: the last total read, plus what this box counted since
             used = self._usage.last_known_tokens_since(record.id, start)
         if used >= record.budget_tokens:
             retry = max((end - self._now()).total_seconds(), 1.0)

@@ -142,7 +142,7 @@ class Appliance:
         # First, so that a certificate that cannot be served stops the start before anything loads.
         self.tls = server_tls(config) if config.https_enabled else None
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.keys = KeyStore(config.keys_db_path)
+        self.keys = KeyStore(config.keys_location, outage_grace_s=config.keys_outage_grace_s)
         self.service = Service(config, self.keys)
         self.telemetry = Telemetry([config.state_dir])
         self.service.metrics.registry.register(TelemetryCollector(self.telemetry))

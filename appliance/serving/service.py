@@ -80,8 +80,9 @@ class Service:
         return sum(ended)
 
     def requests_in_flight(self) -> int:
-        """Requests admitted and not yet finished, over every model."""
-        return sum(max(len(m.admitted), len(m.inflight)) for m in self.pool.models)
+        """Requests admitted and not yet accounted (finished), over every model."""
+        return sum(max(sum(1 for ctx in list(m.admitted) if not ctx.accounted), len(m.inflight))
+                   for m in self.pool.models)
 
     async def wait_idle(self, timeout_s: float) -> int:
         """Wait until no request is in flight (at most timeout_s); how many were still in flight when it began."""

@@ -1,0 +1,223 @@
+"""The fleet end to end: three appliances on loopback ports (tiny model) behind a real smg, keys in a real
+PostgreSQL. One fleet for the module; the tests run in order and the last one kills a box."""
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from appliance.fleet.gateway_api import GatewayAPI
+from appliance.fleet.gateway_unit import GatewayFiles, gateway_description
+from appliance.keys import KeyStore
+from tests.appliance.fleet.fleet_harness import Gateway, join, leave, make_box, make_gateway
+
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture(scope="module")
+def fleet(postgres_server, tiny_model_path, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fleet")
+    database_url = postgres_server.new_database()
+    KeyStore(database_url).close()  # the schema, once, before three boxes open it at the same moment
+    boxes = [make_box(f"box{i}", folder / f"box{i}", tiny_model_path, database_url) for i in range(3)]
+    gateway = make_gateway(folder)
+    try:
+        for box in boxes:
+            box.start()
+        gateway.start()
+        for box in boxes:
+            box.wait_ready()
+            join(box, gateway)
+        yield Fleet(boxes, gateway, database_url)
+    finally:
+        gateway.stop()
+        for box in boxes:
+            box.terminate()
+        for box in boxes:
+            box.stop()
+
+
+class Fleet:
+    def __init__(self, boxes, gateway: Gateway, database_url: str):
+        self.boxes, self.gateway, self.database_url = boxes, gateway, database_url
+
+    def key(self, name: str, **limits) -> str:
+        with self.boxes[0].control() as control:
+            return control.create_key(name, **limits)["api_key"]
+
+
+def chat(url: str, key: str | None, content: str = "Hello", max_tokens: int = 4, timeout_s: float = 60) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(url + CHAT, headers=headers, timeout=timeout_s, json={
+        "model": "tiny", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens})
+
+
+def test_a_key_made_on_one_box_works_on_every_box_and_a_revocation_holds_everywhere_at_once(fleet):
+    api_key = fleet.key("app")  # made through box0's control socket
+    for url in [box.url for box in fleet.boxes] + [fleet.gateway.url]:
+        assert chat(url, api_key).status_code == 200, url
+    with fleet.boxes[1].control() as control:  # revoked through another box
+        key_id = api_key.split("-")[2]
+        control.revoke_key(key_id)
+    for url in [box.url for box in fleet.boxes] + [fleet.gateway.url]:
+        response = chat(url, api_key)
+        assert response.status_code == 403 and response.json()["error"]["code"] == "key_not_active", url
+
+
+def test_a_client_without_a_key_gets_nothing_through_the_boxes_probe_key(fleet):
+    """smg sends a box's own (fleet-probe) key when the client sent none: that key may only list models."""
+    response = chat(fleet.gateway.url, None)
+    assert response.status_code == 403 and "probe key" in response.json()["error"]["message"]
+
+
+def test_an_rpm_limit_holds_across_the_three_boxes(fleet):
+    api_key = fleet.key("limited", rpm_limit=4)
+    statuses = [chat(fleet.boxes[i % 3].url, api_key, max_tokens=1).status_code for i in range(6)]
+    assert statuses == [200] * 4 + [429] * 2
+
+
+def test_the_fleet_screen_sees_every_box_through_the_gateway(fleet, tmp_path):
+    files = GatewayFiles(tmp_path)
+    files.admin_key.parent.mkdir(parents=True)
+    files.admin_key.write_text(fleet.gateway.admin_key)
+    files.description.write_text(json.dumps(gateway_description(fleet.gateway.settings, files)))
+    from appliance.config import Config
+    from appliance.fleet.fleet_view import FleetView
+
+    view = FleetView(Config(fleet_gateway_file=files.description, metrics_token=None)).read()
+    assert view["error"] is None
+    boxes = {b["url"]: b for b in view["boxes"]}
+    assert set(boxes) == {box.url for box in fleet.boxes}
+    for box in boxes.values():
+        assert box["healthy"] and box["circuit"] == "closed" and box["host"]
+        assert box["running"] is not None and box["kv_usage"] is not None  # the box's own metrics were read
+    with fleet.boxes[2].control() as control:
+        assert control.fleet()["membership"]["worker_url"] == fleet.boxes[2].url
+
+
+def prefix_hits(fleet) -> float:
+    return sum(box.metric("vllm:prefix_cache_hits_total") for box in fleet.boxes)
+
+
+def run_prefix_workload(fleet, url: str, api_key: str, tag: str) -> float:
+    """Four long system prompts, three requests each, interleaved; the prefix-cache hits it caused, in blocks.
+
+    Four prompts over three boxes: sent one after another in turn, round robin takes each prompt to every box once.
+    """
+    prompts = [f"{tag} policy {p}: " + " ".join(f"rule {tag}{p}-{i} applies to every answer." for i in range(40))
+               for p in range(4)]
+    before = prefix_hits(fleet)
+    for round_ in range(3):
+        for p, system in enumerate(prompts):
+            response = httpx.post(url + CHAT, headers={"Authorization": f"Bearer {api_key}"}, timeout=60, json={
+                "model": "tiny", "max_tokens": 1, "messages": [
+                    {"role": "system", "content": system}, {"role": "user", "content": f"question {round_}"}]})
+            assert response.status_code == 200
+    return prefix_hits(fleet) - before
+
+
+def test_the_same_long_system_prompt_lands_on_the_same_box(fleet, tmp_path):
+    api_key = fleet.key("prefix")
+    cache_aware = run_prefix_workload(fleet, fleet.gateway.url, api_key, "ca")
+    round_robin_gateway = make_gateway(tmp_path, policy="round_robin")
+    round_robin_gateway.start()
+    try:
+        with KeyStore(fleet.database_url) as keys, GatewayAPI(round_robin_gateway.url, round_robin_gateway.admin_key) as api:
+            for box in fleet.boxes:
+                _, probe_key = keys.create("rr probe", purpose="fleet-probe")
+                api.add_worker(box.url, probe_key, {})
+            for box in fleet.boxes:
+                api.wait_registered(box.url, 30)
+        round_robin = run_prefix_workload(fleet, round_robin_gateway.url, api_key, "rr")
+    finally:
+        round_robin_gateway.stop()
+    assert cache_aware >= 2 * round_robin and cache_aware > 0, (cache_aware, round_robin)
+
+
+class SteadyLoad:
+    """Clients sending non-streamed requests through the gateway, one after another (`pause_s` apart), until stopped.
+
+    Light on purpose: the boxes, the gateway and the clients share this machine's cores, and a box that
+    restarts under a saturating load takes a minute to load its model.
+    """
+
+    def __init__(self, url: str, api_key: str, clients: int = 1, pause_s: float = 0.1):
+        self.url, self.api_key, self.pause_s = url, api_key, pause_s
+        self.results: list[tuple[int, str]] = []  # (status, routed box)
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
+
+    def __enter__(self):
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def _run(self, client: int) -> None:
+        n = 0
+        with httpx.Client(timeout=60) as http:
+            while not self._stop.is_set():
+                n += 1
+                try:
+                    response = http.post(self.url + CHAT, headers={"Authorization": f"Bearer {self.api_key}"}, json={
+                        "model": "tiny", "max_tokens": 2,
+                        "messages": [{"role": "user", "content": f"client {client} request {n}"}]})
+                    self.results.append((response.status_code, response.headers.get("x-smg-routed-worker-id", "")))
+                except httpx.HTTPError as e:
+                    self.errors.append(f"{type(e).__name__}: {e}")
+                self._stop.wait(self.pause_s)
+
+    def wait_for(self, count: int, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.results) + len(self.errors) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+
+    @property
+    def failed(self) -> list:
+        return [r for r in self.results if r[0] != 200] + self.errors
+
+
+def test_a_rolling_upgrade_of_all_three_boxes_under_steady_load_fails_no_request(fleet):
+    api_key = fleet.key("steady")
+    with SteadyLoad(fleet.gateway.url, api_key) as load:
+        load.wait_for(5)
+        for box in fleet.boxes:
+            t0 = time.monotonic()
+            left = leave(box)  # out of the rotation; its requests finish
+            t1 = time.monotonic()
+            assert left["still_in_flight"] == 0
+            box.stop()  # the upgrade: a new process on the same state
+            t2 = time.monotonic()
+            box.start()
+            box.wait_ready()
+            t3 = time.monotonic()
+            join(box, fleet.gateway)
+            t4 = time.monotonic()
+            seen = len(load.results)
+            load.wait_for(seen + 3)
+            print("TIMING", left, t1 - t0, t2 - t1, t3 - t2, t4 - t3, time.monotonic() - t4)
+    assert not load.failed, load.failed[:5]
+    served_by = {routed for _, routed in load.results}
+    assert served_by == {box.url for box in fleet.boxes}, served_by
+    assert len(load.results) >= 15
+
+
+def test_a_box_killed_under_load_loses_no_non_streamed_request(fleet):
+    api_key = fleet.key("kill")
+    with SteadyLoad(fleet.gateway.url, api_key, clients=3, pause_s=0.0) as load:
+        load.wait_for(6)
+        busiest = max(fleet.boxes, key=lambda b: sum(1 for _, routed in load.results if routed == b.url))
+        busiest.kill()
+        seen = len(load.results)
+        load.wait_for(seen + 12)
+    assert not load.failed, load.failed[:5]
+    after = load.results[seen + 3:]
+    assert after and all(routed != busiest.url for _, routed in after)

@@ -68,7 +68,7 @@ async def join(request: Request) -> Response:
     try:
         existing = await gateway_call(api.find, worker_url)
         if existing is not None:  # registered before (a restart, or join run twice): again, with the new key
-            await gateway_call(api.remove_worker, existing["id"])
+            await gateway_call(api.remove_worker, existing["id"], worker_url)
         labels = {"appliance_host": host, "appliance_metrics": metrics_url(config, worker_url)}
         worker_id = await gateway_call(api.add_worker, worker_url, secret, labels)
         service.readiness.stop_leaving()
@@ -97,7 +97,7 @@ async def leave(request: Request) -> Response:
     service.readiness.start_leaving()
     with GatewayAPI(membership.gateway_url, membership.admin_key) as api:
         if await gateway_call(api.find, membership.worker_url) is not None:
-            await gateway_call(api.remove_worker, membership.worker_id)
+            await gateway_call(api.remove_worker, membership.worker_id, membership.worker_url)
     in_flight = await service.wait_idle(config.drain_timeout_s)
     await asyncio.to_thread(service.keys.revoke, membership.probe_key_id)
     forget_membership(config.state_dir)

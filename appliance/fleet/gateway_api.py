@@ -4,7 +4,8 @@ smg identifies a worker by probing its /v1/models with the worker's own key (a b
 key), and forwards each client's Authorization header unchanged; it uses the worker's key only when
 a client sent none, which is why that key may list models and nothing else. Registration is
 asynchronous: POST /workers answers 202 with the worker's id, and the worker appears in GET
-/workers once its probes passed.
+/workers once its probes passed; DELETE is queued too, and the worker may be given requests until
+it is gone from GET /workers.
 """
 
 from __future__ import annotations
@@ -60,8 +61,14 @@ class GatewayAPI:
         body = {"url": worker_url, "api_key": api_key, "labels": labels}
         return self._call("POST", "/workers", json=body).json()["worker_id"]
 
-    def remove_worker(self, worker_id: str) -> None:
+    def remove_worker(self, worker_id: str, worker_url: str, timeout_s: float = 10.0) -> None:
+        """Deregister a box and wait until the gateway no longer lists it (removal, like registration, is queued)."""
         self._call("DELETE", f"/workers/{worker_id}")
+        deadline = time.monotonic() + timeout_s
+        while self.find(worker_url) is not None:
+            if time.monotonic() > deadline:
+                raise GatewayError(f"the gateway still lists {worker_url} {timeout_s:.0f} s after removing it")
+            time.sleep(0.05)
 
     def wait_registered(self, worker_url: str, timeout_s: float) -> dict:
         """Wait until the gateway lists the worker as healthy; its record."""

@@ -84,11 +84,19 @@ class Service:
         return sum(max(sum(1 for ctx in list(m.admitted) if not ctx.accounted), len(m.inflight))
                    for m in self.pool.models)
 
-    async def wait_idle(self, timeout_s: float) -> int:
-        """Wait until no request is in flight (at most timeout_s); how many were still in flight when it began."""
+    async def wait_idle(self, timeout_s: float, quiet_s: float = 0.25) -> int:
+        """Wait until no request has been in flight for quiet_s (a request a balancer sent just before it stopped
+        sending may still be on its way), at most timeout_s; how many were in flight when it began."""
         began = self.requests_in_flight()
         deadline = time.monotonic() + timeout_s
-        while self.requests_in_flight() and time.monotonic() < deadline:
+        idle_since = None
+        while time.monotonic() < deadline:
+            if self.requests_in_flight():
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since >= quiet_s:
+                break
             await asyncio.sleep(0.05)
         return began
 

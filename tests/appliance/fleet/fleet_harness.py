@@ -34,6 +34,7 @@ control_group = "{group}"
 keys_database_url = "{database_url}"
 model = "{model}"
 served_model_name = "tiny"
+fleet_gateway_file = "{gateway_file}"
 drain_timeout_s = 10.0
 canary_interval_s = 5.0
 
@@ -97,8 +98,9 @@ class Box:
             self.process.wait(30)
 
     def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
 
     def metric(self, name: str) -> float:
         """A sample summed over the box's label sets (0 when absent)."""
@@ -147,15 +149,30 @@ def make_gateway(folder: Path, policy: str = "cache_aware") -> Gateway:
     return Gateway(settings, secrets.token_urlsafe(24), folder / f"smg-{policy}.log")
 
 
-def make_box(name: str, folder: Path, model: Path, database_url: str) -> Box:
+def make_box(name: str, folder: Path, model: Path, database_url: str, gateway_file: Path) -> Box:
+    """A box's folder and config; `gateway_file`: where it looks for a gateway running beside it (gateway.json)."""
     import grp
 
     folder.mkdir(parents=True, exist_ok=True)
     box = Box(name, folder, free_port(), free_port())
     (folder / "config.toml").write_text(BOX_CONFIG.format(
         port=box.port, metrics_port=box.metrics_port, state_dir=folder, database_url=database_url, model=model,
-        group=grp.getgrgid(os.getgid()).gr_name))
+        group=grp.getgrgid(os.getgid()).gr_name, gateway_file=gateway_file))
     return box
+
+
+def describe_gateway(gateway: Gateway, root: Path) -> Path:
+    """What `appliance fleet gateway` writes on the gateway's box (the admin key, gateway.json), under root; the
+    gateway.json path."""
+    import json
+
+    from appliance.fleet.gateway_unit import GatewayFiles, gateway_description
+
+    files = GatewayFiles(root)
+    files.admin_key.parent.mkdir(parents=True, exist_ok=True)
+    files.admin_key.write_text(gateway.admin_key + "\n")
+    files.description.write_text(json.dumps(gateway_description(gateway.settings, files)))
+    return files.description
 
 
 def join(box: Box, gateway: Gateway) -> dict:

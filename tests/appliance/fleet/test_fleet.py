@@ -1,7 +1,6 @@
 """The fleet end to end: three appliances on loopback ports (tiny model) behind a real smg, keys in a real
 PostgreSQL. One fleet for the module; the tests run in order and the last one kills a box."""
 
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,9 +9,8 @@ import httpx
 import pytest
 
 from appliance.fleet.gateway_api import GatewayAPI
-from appliance.fleet.gateway_unit import GatewayFiles, gateway_description
 from appliance.keys import KeyStore
-from tests.appliance.fleet.fleet_harness import Gateway, join, leave, make_box, make_gateway
+from tests.appliance.fleet.fleet_harness import Gateway, describe_gateway, join, leave, make_box, make_gateway
 
 CHAT = "/v1/chat/completions"
 
@@ -22,8 +20,10 @@ def fleet(postgres_server, tiny_model_path, tmp_path_factory):
     folder = tmp_path_factory.mktemp("fleet")
     database_url = postgres_server.new_database()
     KeyStore(database_url).close()  # the schema, once, before three boxes open it at the same moment
-    boxes = [make_box(f"box{i}", folder / f"box{i}", tiny_model_path, database_url) for i in range(3)]
     gateway = make_gateway(folder)
+    described = describe_gateway(gateway, folder / "gateway-box")  # the gateway runs beside box0
+    boxes = [make_box(f"box{i}", folder / f"box{i}", tiny_model_path, database_url,
+                      described if i == 0 else folder / "none.json") for i in range(3)]
     try:
         for box in boxes:
             box.start()
@@ -31,18 +31,16 @@ def fleet(postgres_server, tiny_model_path, tmp_path_factory):
         for box in boxes:
             box.wait_ready()
             join(box, gateway)
-        yield Fleet(boxes, gateway, database_url)
+        yield Fleet(boxes, gateway, database_url, described.parent / "gateway-admin.key")
     finally:
         gateway.stop()
-        for box in boxes:
-            box.terminate()
-        for box in boxes:
-            box.stop()
+        for box in boxes:  # nothing left to drain: killed, which is quicker than their drain
+            box.kill()
 
 
 class Fleet:
-    def __init__(self, boxes, gateway: Gateway, database_url: str):
-        self.boxes, self.gateway, self.database_url = boxes, gateway, database_url
+    def __init__(self, boxes, gateway: Gateway, database_url: str, admin_key_file):
+        self.boxes, self.gateway, self.database_url, self.admin_key_file = boxes, gateway, database_url, admin_key_file
 
     def key(self, name: str, **limits) -> str:
         with self.boxes[0].control() as control:
@@ -79,23 +77,54 @@ def test_an_rpm_limit_holds_across_the_three_boxes(fleet):
     assert statuses == [200] * 4 + [429] * 2
 
 
-def test_the_fleet_screen_sees_every_box_through_the_gateway(fleet, tmp_path):
-    files = GatewayFiles(tmp_path)
-    files.admin_key.parent.mkdir(parents=True)
-    files.admin_key.write_text(fleet.gateway.admin_key)
-    files.description.write_text(json.dumps(gateway_description(fleet.gateway.settings, files)))
-    from appliance.config import Config
-    from appliance.fleet.fleet_view import FleetView
-
-    view = FleetView(Config(fleet_gateway_file=files.description, metrics_token=None)).read()
-    assert view["error"] is None
+def test_the_box_beside_the_gateway_sees_every_box(fleet):
+    with fleet.boxes[0].control() as control:
+        status = control.fleet()
+    assert status["membership"]["worker_url"] == fleet.boxes[0].url and "admin_key" not in status["membership"]
+    view = status["gateway"]
+    assert view["error"] is None and view["url"] == fleet.gateway.url
     boxes = {b["url"]: b for b in view["boxes"]}
     assert set(boxes) == {box.url for box in fleet.boxes}
     for box in boxes.values():
         assert box["healthy"] and box["circuit"] == "closed" and box["host"]
-        assert box["running"] is not None and box["kv_usage"] is not None  # the box's own metrics were read
+        assert box["running"] is not None and box["kv_usage"] is not None  # read from the box's own metrics
     with fleet.boxes[2].control() as control:
-        assert control.fleet()["membership"]["worker_url"] == fleet.boxes[2].url
+        other = control.fleet()
+    assert other["gateway"] is None and other["membership"]["worker_url"] == fleet.boxes[2].url
+
+
+async def test_the_tui_fleet_screen_shows_every_box_and_leaves_and_joins_with_confirmation(fleet):
+    from textual.widgets import DataTable, Input
+
+    from appliance.control.client import ControlClient
+    from tests.tui.conftest import show_screen, text, wait_for
+    from tui.app import ApplianceTUI
+    from tui.screens.fleet_forms import JoinFormScreen
+    from tui.widgets.confirm import ConfirmScreen
+
+    box = fleet.boxes[0]
+    app = ApplianceTUI(ControlClient(box.folder / "control.sock"))
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_for(pilot, lambda: app.state.latest is not None, what="the first snapshot")
+        await show_screen(pilot, "5", "fleet")
+        table = app.screen.query_one(DataTable)
+        await wait_for(pilot, lambda: table.row_count == 3, what="three boxes")
+        assert "shared PostgreSQL" in text(app.screen.query_one("#fleet-keys"))
+        assert box.url in text(app.screen.query_one("#fleet-membership"))
+        await pilot.press("l")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await wait_for(pilot, lambda: "left its fleet" in text(app.screen.query_one("#fleet-membership"))
+                       and table.row_count == 2, timeout_s=30, what="the box gone from the gateway")
+        await pilot.press("j")
+        assert isinstance(app.screen, JoinFormScreen)
+        assert app.screen.query_one("#advertise", Input).value == box.url  # from the service's own listener
+        app.screen.query_one("#gateway", Input).value = fleet.gateway.url
+        app.screen.query_one("#key_file", Input).value = str(fleet.admin_key_file)
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: table.row_count == 3, timeout_s=40, what="the box back behind the gateway")
+    with box.control() as control:
+        assert control.fleet()["membership"]["worker_url"] == box.url
 
 
 def prefix_hits(fleet) -> float:
@@ -190,20 +219,14 @@ def test_a_rolling_upgrade_of_all_three_boxes_under_steady_load_fails_no_request
     with SteadyLoad(fleet.gateway.url, api_key) as load:
         load.wait_for(5)
         for box in fleet.boxes:
-            t0 = time.monotonic()
             left = leave(box)  # out of the rotation; its requests finish
-            t1 = time.monotonic()
             assert left["still_in_flight"] == 0
-            box.stop()  # the upgrade: a new process on the same state
-            t2 = time.monotonic()
+            box.stop()  # the upgrade: systemctl stop, a new process on the same state, start
             box.start()
             box.wait_ready()
-            t3 = time.monotonic()
             join(box, fleet.gateway)
-            t4 = time.monotonic()
             seen = len(load.results)
             load.wait_for(seen + 3)
-            print("TIMING", left, t1 - t0, t2 - t1, t3 - t2, t4 - t3, time.monotonic() - t4)
     assert not load.failed, load.failed[:5]
     served_by = {routed for _, routed in load.results}
     assert served_by == {box.url for box in fleet.boxes}, served_by

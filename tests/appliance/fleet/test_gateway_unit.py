@@ -15,15 +15,15 @@ from appliance.fleet.gateway_unit import GatewayFiles, GatewaySettings, smg_comm
 
 def test_smg_is_asked_for_cache_aware_routing_ready_probes_loopback_metrics_and_tls():
     settings = GatewaySettings(host="0.0.0.0", port=443, tls_cert="/etc/ssl/fleet.pem", tls_key="/etc/ssl/fleet.key")
-    command = smg_command(settings, "ADMIN")
+    command = smg_command(settings, "s3cr3t-admin")
     flags = {part: command[i + 1] if i + 1 < len(command) and not command[i + 1].startswith("--") else True
              for i, part in enumerate(command) if part.startswith("--")}
     assert command[1] == "launch"
     assert flags["--policy"] == "cache_aware" and flags["--health-check-endpoint"] == "/ready"
     assert flags["--prometheus-host"] == "127.0.0.1" and flags["--tls-cert-path"] == "/etc/ssl/fleet.pem"
-    assert flags["--control-plane-api-keys"].endswith(":admin:ADMIN")
+    assert flags["--control-plane-api-keys"].endswith(":admin:s3cr3t-admin")
     unit = unit_text(settings)
-    assert "ADMIN" not in unit and "${SMG_ADMIN_KEY}" in unit  # the key comes from the 0600 environment file
+    assert "s3cr3t-admin" not in unit and "${SMG_ADMIN_KEY}" in unit  # the key comes from the 0600 environment file
     assert "AmbientCapabilities=CAP_NET_BIND_SERVICE" in unit  # port 443 as the appliance user
 
 

@@ -26,6 +26,7 @@ from appliance.ops import sdnotify
 from appliance.control.plane import ControlPlane
 from appliance.control.routes import build_control_app
 from appliance.config import DEV_STATE_DIR, Config, ConfigError, load_config
+from appliance.fleet.membership import load_membership
 from appliance.ops.requestlog import setup_logging
 
 log = logging.getLogger("appliance.serve")
@@ -144,6 +145,9 @@ class Appliance:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.keys = KeyStore(config.keys_location, outage_grace_s=config.keys_outage_grace_s)
         self.service = Service(config, self.keys)
+        membership = load_membership(config.state_dir)
+        if membership is not None:  # restarted while in a fleet: its gateway stands for many clients
+            self.service.lockout.set_exempt(membership.gateway_addresses)
         self.telemetry = Telemetry([config.state_dir])
         self.service.metrics.registry.register(TelemetryCollector(self.telemetry))
         self.connections = ConnectionLimits(fit_to_file_limit(config.max_connections), config.header_timeout_s)

@@ -6,7 +6,8 @@ would use it for a client that sent no key). Leave takes the box out of the rota
 requests finish: /ready turns 503, the gateway deregisters it (no new request is routed here from
 that moment, so none is refused or retried), in-flight requests run to the end (up to
 drain_timeout_s), then the probe key is revoked. A rolling upgrade is leave → upgrade → join, one
-box at a time.
+box at a time. While a box is in a fleet its gateway's address is exempt from the failed-key
+lock-out (serving/lockout.py says why).
 """
 
 import asyncio
@@ -21,7 +22,8 @@ from starlette.routing import Route
 from appliance.control.plane import body, plane
 from appliance.errors import APIError
 from appliance.fleet.gateway_api import GatewayAPI, GatewayError
-from appliance.fleet.membership import Membership, forget_membership, load_membership, save_membership
+from appliance.fleet.membership import (Membership, forget_membership, load_membership, resolve_addresses,
+                                        save_membership)
 
 JOIN_TIMEOUT_S = 30.0
 
@@ -80,9 +82,11 @@ async def join(request: Request) -> Response:
         api.close()
     if before is not None and before.probe_key_id != probe.id:
         await asyncio.to_thread(service.keys.revoke, before.probe_key_id)
+    addresses = await asyncio.to_thread(resolve_addresses, gateway_url)
     membership = Membership(gateway_url, worker_url, worker_id, probe.id, admin_key,
-                            datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                            datetime.now(timezone.utc).isoformat(timespec="seconds"), addresses)
     save_membership(config.state_dir, membership)
+    service.lockout.set_exempt(addresses)
     control.record(request, "fleet.join", gateway_url, {"worker_url": worker_url, "probe_key": probe.id})
     return JSONResponse({"membership": membership.public()})
 
@@ -101,6 +105,7 @@ async def leave(request: Request) -> Response:
     in_flight = await service.wait_idle(config.drain_timeout_s)
     await asyncio.to_thread(service.keys.revoke, membership.probe_key_id)
     forget_membership(config.state_dir)
+    service.lockout.set_exempt(())
     control.record(request, "fleet.leave", membership.gateway_url, {"in_flight": in_flight})
     return JSONResponse({"left": membership.gateway_url, "in_flight_at_leave": in_flight,
                          "still_in_flight": service.requests_in_flight(),

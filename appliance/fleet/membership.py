@@ -22,12 +22,25 @@ class Membership:
     probe_key_id: str  # this box's fleet-probe key in the shared key store
     admin_key: str
     joined_at: str
+    gateway_addresses: list[str]  # where the gateway's requests come from: exempt from lock-outs here
 
     def public(self) -> dict:
         """What status and the TUI show: everything but the admin key."""
         out = asdict(self)
         del out["admin_key"]
         return out
+
+
+def resolve_addresses(url: str) -> list[str]:
+    """The IP addresses a URL's host name stands for (the gateway's, as this box sees its connections)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    try:
+        return sorted({info[4][0] for info in socket.getaddrinfo(host, None)})
+    except OSError:
+        return []
 
 
 def load_membership(state_dir: Path) -> Membership | None:

@@ -8,6 +8,10 @@ logged nor counted as failures, so a guessing client costs a dictionary lookup p
 
 Memory only, used from the event loop alone; at most MAX_TRACKED addresses are remembered (the
 least recently failing are forgotten first), so a spray from many addresses cannot grow it.
+
+A fleet's gateway is exempt (set_exempt, by `fleet join`): smg does not pass the client's address
+on, so every client behind it arrives from the gateway's address, and locking that out would lock
+out every client of the fleet for one client's wrong keys.
 """
 
 from __future__ import annotations
@@ -51,6 +55,14 @@ class AuthLockout:
         self.max_tracked = max_tracked
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()  # least recently failing first
         self._locked_until: dict[str, float] = {}
+        self._exempt: frozenset[str] = frozenset()  # a fleet gateway's addresses
+
+    def set_exempt(self, addresses) -> None:
+        """Never lock these addresses out (a fleet gateway standing for many clients); () ends it."""
+        self._exempt = frozenset(client_key(a) for a in addresses)
+        for key in self._exempt:
+            self._locked_until.pop(key, None)
+            self._failures.pop(key, None)
 
     def retry_after_s(self, address: str | None) -> float | None:
         """Seconds the address stays locked out, or None when it may try."""
@@ -69,6 +81,8 @@ class AuthLockout:
         if self.metrics is not None:
             self.metrics.auth_failures.inc()
         key = client_key(address)
+        if key in self._exempt:
+            return
         now = self.clock()
         failures = self._failures.pop(key, None) or deque()
         while failures and failures[0] <= now - WINDOW_S:

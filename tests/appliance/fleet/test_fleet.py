@@ -71,6 +71,13 @@ def test_a_client_without_a_key_gets_nothing_through_the_boxes_probe_key(fleet):
     assert response.status_code == 403 and "probe key" in response.json()["error"]["message"]
 
 
+def test_wrong_keys_through_the_gateway_lock_out_no_one(fleet):
+    """smg does not pass the client's address on: every client arrives from the gateway's, which is exempt."""
+    for _ in range(25):  # past auth_failures_per_minute (20)
+        assert chat(fleet.gateway.url, "sk-app-00000000-guess", max_tokens=1).status_code == 401
+    assert chat(fleet.gateway.url, fleet.key("after-guesses"), max_tokens=1).status_code == 200
+
+
 def test_an_rpm_limit_holds_across_the_three_boxes(fleet):
     api_key = fleet.key("limited", rpm_limit=4)
     statuses = [chat(fleet.boxes[i % 3].url, api_key, max_tokens=1).status_code for i in range(6)]

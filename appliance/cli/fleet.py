@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from appliance.cli.common import CliError, control_options, load_settings, open_client, print_json, show_help
+from appliance.cli.common import CliError, control_options, open_client, print_json, show_help
 
 
 def add_fleet_commands(commands) -> None:
@@ -134,9 +134,15 @@ class Changes:
 
 
 def fleet_join(args) -> int:
+    from appliance.config import ConfigError, load_config
+
     admin_key = read_admin_key(args.admin_key_file)
-    settings = load_settings(args)
-    worker_url = args.advertise or advertised_url(settings)
+    worker_url = args.advertise
+    if worker_url is None:
+        try:
+            worker_url = advertised_url(load_config(args.config))
+        except ConfigError as e:
+            raise CliError(str(e), 2) from None
     with open_client(args) as client:
         result = call(client.fleet_join, args.gateway_url, admin_key, worker_url, args.timeout)
     if args.json:

@@ -69,7 +69,8 @@ class Box:
         with open(self.log, "a") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "appliance.cli", "serve", "--config", str(self.folder / "config.toml")],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                # One torch thread each: three boxes, the gateway and the clients share this machine's cores.
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -180,6 +181,12 @@ def join(box: Box, gateway: Gateway) -> dict:
         return control.fleet_join(gateway.url, gateway.admin_key, box.url, timeout_s=30)
 
 
-def leave(box: Box) -> dict:
-    with box.control() as control:
-        return control.fleet_leave()
+def fleet_command(box: Box, *args: str) -> dict:
+    """`appliance fleet …` on a box, as its operator runs it; the --json answer."""
+    import json
+
+    done = subprocess.run([sys.executable, "-m", "appliance.cli", "fleet", *args, "--json",
+                           "--config", str(box.folder / "config.toml"), "--socket", str(box.folder / "control.sock")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)

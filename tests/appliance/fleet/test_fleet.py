@@ -10,7 +10,7 @@ import pytest
 
 from appliance.fleet.gateway_api import GatewayAPI
 from appliance.keys import KeyStore
-from tests.appliance.fleet.fleet_harness import Gateway, describe_gateway, join, leave, make_box, make_gateway
+from tests.appliance.fleet.fleet_harness import Gateway, describe_gateway, fleet_command, join, make_box, make_gateway
 
 CHAT = "/v1/chat/completions"
 
@@ -85,8 +85,7 @@ def test_an_rpm_limit_holds_across_the_three_boxes(fleet):
 
 
 def test_the_box_beside_the_gateway_sees_every_box(fleet):
-    with fleet.boxes[0].control() as control:
-        status = control.fleet()
+    status = fleet_command(fleet.boxes[0], "status")
     assert status["membership"]["worker_url"] == fleet.boxes[0].url and "admin_key" not in status["membership"]
     view = status["gateway"]
     assert view["error"] is None and view["url"] == fleet.gateway.url
@@ -98,6 +97,7 @@ def test_the_box_beside_the_gateway_sees_every_box(fleet):
     with fleet.boxes[2].control() as control:
         other = control.fleet()
     assert other["gateway"] is None and other["membership"]["worker_url"] == fleet.boxes[2].url
+    assert fleet.boxes[2].metric("appliance_key_store_up") == 1  # {shared="true"}: the fleet's PostgreSQL answers
 
 
 async def test_the_tui_fleet_screen_shows_every_box_and_leaves_and_joins_with_confirmation(fleet):
@@ -180,7 +180,7 @@ class SteadyLoad:
     restarts under a saturating load takes a minute to load its model.
     """
 
-    def __init__(self, url: str, api_key: str, clients: int = 1, pause_s: float = 0.1):
+    def __init__(self, url: str, api_key: str, clients: int = 1, pause_s: float = 0.2):
         self.url, self.api_key, self.pause_s = url, api_key, pause_s
         self.results: list[tuple[int, str]] = []  # (status, routed box)
         self.errors: list[str] = []
@@ -225,13 +225,15 @@ def test_a_rolling_upgrade_of_all_three_boxes_under_steady_load_fails_no_request
     api_key = fleet.key("steady")
     with SteadyLoad(fleet.gateway.url, api_key) as load:
         load.wait_for(5)
-        for box in fleet.boxes:
-            left = leave(box)  # out of the rotation; its requests finish
+        for box in fleet.boxes:  # as the operator does it: `appliance fleet leave`, upgrade, `appliance fleet join`
+            left = fleet_command(box, "leave")  # out of the rotation; its requests finish
             assert left["still_in_flight"] == 0
             box.stop()  # the upgrade: systemctl stop, a new process on the same state, start
             box.start()
             box.wait_ready()
-            join(box, fleet.gateway)
+            joined = fleet_command(box, "join", fleet.gateway.url, "--admin-key-file", str(fleet.admin_key_file),
+                                   "--advertise", box.url)
+            assert joined["membership"]["worker_url"] == box.url
             seen = len(load.results)
             load.wait_for(seen + 3)
     assert not load.failed, load.failed[:5]

@@ -65,8 +65,10 @@ def fleet_gateway(args) -> int:
     if not host or not port.isdigit():
         raise CliError(f"--listen must be HOST:PORT, e.g. 0.0.0.0:443, got {args.listen!r}", 2)
     smg = Path(sys.executable).with_name("smg")
-    settings = GatewaySettings(host=host.strip("[]"), port=int(port), tls_cert=args.tls_cert, tls_key=args.tls_key,
-                               worker_ca=args.worker_ca, metrics_port=args.metrics_port,
+    absolute = lambda path: path.resolve() if path is not None else None  # noqa: E731 (the unit needs full paths)
+    settings = GatewaySettings(host=host.strip("[]"), port=int(port), tls_cert=absolute(args.tls_cert),
+                               tls_key=absolute(args.tls_key), worker_ca=[p.resolve() for p in args.worker_ca],
+                               metrics_port=args.metrics_port,
                                health_interval_s=args.health_interval, smg=str(smg))
     try:
         settings.check()

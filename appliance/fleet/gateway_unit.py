@@ -65,8 +65,12 @@ class GatewaySettings:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
 
-def smg_command(settings: GatewaySettings, admin_key: str) -> list[str]:
-    """The smg command line for these settings (the unit passes the admin key through its environment file)."""
+def smg_command(settings: GatewaySettings, admin_key: str, credentials: str | None = None) -> list[str]:
+    """The smg command line for these settings (the unit passes the admin key through its environment file).
+
+    `credentials`: a folder holding the certificate and key as `tls-cert` and `tls-key` (the unit's
+    credentials, %d), used instead of their own paths.
+    """
     command = [
         settings.smg, "launch",
         "--host", settings.host, "--port", str(settings.port),
@@ -81,14 +85,20 @@ def smg_command(settings: GatewaySettings, admin_key: str) -> list[str]:
         "--log-level", "info",
     ]
     if settings.tls_cert is not None:
-        command += ["--tls-cert-path", str(settings.tls_cert), "--tls-key-path", str(settings.tls_key)]
+        cert, key = (f"{credentials}/tls-cert", f"{credentials}/tls-key") if credentials else (settings.tls_cert,
+                                                                                            settings.tls_key)
+        command += ["--tls-cert-path", str(cert), "--tls-key-path", str(key)]
     if settings.worker_ca:
         command += ["--ca-cert-paths", *map(str, settings.worker_ca)]
     return command
 
 
 def unit_text(settings: GatewaySettings) -> str:
-    command = " ".join(_quote(part) for part in smg_command(settings, "${SMG_ADMIN_KEY}"))
+    # The certificate's key is usually root's alone (certbot writes it 0600): systemd hands the service
+    # a copy it may read (LoadCredential), so smg runs as the appliance user. Renewed: restart the unit.
+    command = " ".join(_quote(part) for part in smg_command(settings, "${SMG_ADMIN_KEY}", credentials="%d"))
+    credentials = (f"LoadCredential=tls-cert:{settings.tls_cert}\nLoadCredential=tls-key:{settings.tls_key}\n"
+                   if settings.tls_cert is not None else "")
     bind = "AmbientCapabilities=CAP_NET_BIND_SERVICE\nCapabilityBoundingSet=CAP_NET_BIND_SERVICE\n" \
         if settings.port < 1024 else "CapabilityBoundingSet=\n"
     return f"""# Written by `appliance fleet gateway`; run it again to change the settings.
@@ -101,7 +111,7 @@ Wants=network-online.target
 [Service]
 Type=simple
 EnvironmentFile=/etc/appliance/gateway.env
-ExecStart={command}
+{credentials}ExecStart={command}
 Restart=on-failure
 RestartSec=2
 TimeoutStopSec=200

@@ -25,6 +25,8 @@ def test_smg_is_asked_for_cache_aware_routing_ready_probes_loopback_metrics_and_
     unit = unit_text(settings)
     assert "s3cr3t-admin" not in unit and "${SMG_ADMIN_KEY}" in unit  # the key comes from the 0600 environment file
     assert "AmbientCapabilities=CAP_NET_BIND_SERVICE" in unit  # port 443 as the appliance user
+    # root's certificate key reaches smg as a systemd credential, not by its own (unreadable) path
+    assert "LoadCredential=tls-key:/etc/ssl/fleet.key" in unit and "--tls-key-path %d/tls-key" in unit
 
 
 def test_off_loopback_without_a_certificate_is_refused():
@@ -51,7 +53,9 @@ def test_the_command_writes_the_key_unit_and_description_and_keeps_the_key_on_a_
 def test_systemd_accepts_the_unit(tmp_path):
     smg = str(Path(sys.executable).with_name("smg"))  # systemd checks that ExecStart's program exists
     unit = tmp_path / "appliance-gateway.service"
-    unit.write_text(unit_text(GatewaySettings(host="127.0.0.1", port=18443, smg=smg))
+    (tmp_path / "cert.pem").write_text("not read by verify")
+    unit.write_text(unit_text(GatewaySettings(host="127.0.0.1", port=18443, smg=smg, tls_cert=tmp_path / "cert.pem",
+                                              tls_key=tmp_path / "key.pem"))
                     .replace("EnvironmentFile=/etc/appliance/gateway.env\n", "")
                     .replace("User=appliance\nGroup=appliance\n", ""))
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)

@@ -63,9 +63,16 @@ async def join(request: Request) -> Response:
     if service.keys is None or not service.keys.shared:
         raise APIError(400, "a fleet shares its keys: set keys_database_url (PostgreSQL) on every box first; "
                             "`appliance keys migrate --to URL` copies this box's keys there")
+    timeout_s = data.get("timeout_s", JOIN_TIMEOUT_S)
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s <= 600:
+        raise APIError(400, f"timeout_s must be a number of seconds from 1 to 600, got {timeout_s!r}", param="timeout_s")
     before = load_membership(config.state_dir)
     host = socket.gethostname()
-    probe, secret = await asyncio.to_thread(service.keys.create, f"fleet-probe {host}", purpose="fleet-probe")
+    try:
+        probe, secret = await asyncio.to_thread(service.keys.create, f"fleet-probe {host}", purpose="fleet-probe")
+    except service.keys.database_errors as e:
+        raise APIError(503, f"the key store's database cannot be reached ({type(e).__name__}); join once it answers "
+                            "(appliance health shows it)", retry_after_s=config.retry_after_s) from None
     api = GatewayAPI(gateway_url, admin_key)
     try:
         existing = await gateway_call(api.find, worker_url)
@@ -74,7 +81,7 @@ async def join(request: Request) -> Response:
         labels = {"appliance_host": host, "appliance_metrics": metrics_url(config, worker_url)}
         worker_id = await gateway_call(api.add_worker, worker_url, secret, labels)
         service.readiness.stop_leaving()
-        await gateway_call(api.wait_registered, worker_url, float(data.get("timeout_s") or JOIN_TIMEOUT_S))
+        await gateway_call(api.wait_registered, worker_url, float(timeout_s))
     except APIError:
         await asyncio.to_thread(service.keys.revoke, probe.id)
         raise

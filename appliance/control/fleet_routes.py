@@ -60,12 +60,12 @@ async def join(request: Request) -> Response:
     gateway_url = text_field(data, "gateway_url")
     admin_key = text_field(data, "admin_key")
     worker_url = text_field(data, "worker_url")
-    if service.keys is None or not service.keys.shared:
-        raise APIError(400, "a fleet shares its keys: set keys_database_url (PostgreSQL) on every box first; "
-                            "`appliance keys migrate --to URL` copies this box's keys there")
     timeout_s = data.get("timeout_s", JOIN_TIMEOUT_S)
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s <= 600:
         raise APIError(400, f"timeout_s must be a number of seconds from 1 to 600, got {timeout_s!r}", param="timeout_s")
+    if service.keys is None or not service.keys.shared:
+        raise APIError(400, "a fleet shares its keys: set keys_database_url (PostgreSQL) on every box first; "
+                            "`appliance keys migrate --to URL` copies this box's keys there")
     before = load_membership(config.state_dir)
     host = socket.gethostname()
     try:

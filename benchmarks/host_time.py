@@ -4,7 +4,7 @@ A tiny random Llama (2 layers, hidden 64) with the default model's real tokenize
 that the forward is small and the detokenizer does real work. Every request is greedy, ignores EOS
 and has a 32-token prompt; once all are decoding, each decode step is timed by phase:
   schedule  Scheduler.schedule()
-  prepare   ModelRunner._prepare(): input ids, positions, slots, block tables as tensors
+  prepare   BatchPacker (engine.packing): input ids, positions, slots, block tables as tensors
   forward   the model
   sample    the sampler (on CPU its argmax over [batch, vocab] is tensor work, as the forward is)
   advance   appending tokens, detokenizing, stop checks, building the outputs
@@ -54,8 +54,9 @@ class PhaseTimer:
     def __init__(self, engine: Engine):
         self.seconds: dict[str, list[float]] = defaultdict(list)
         session, runner = engine.session, engine.session.runner
-        for name, owner, attr in (("schedule", session.scheduler, "schedule"), ("prepare", runner, "_prepare"),
-                                  ("forward", runner, "forward"), ("advance", engine, "_advance")):
+        for name, owner, attr in (("schedule", session.scheduler, "schedule"), ("prepare", runner.packer, "torch_batch"),
+                                  ("prepare", runner.packer, "triton_batch"), ("forward", runner, "forward"),
+                                  ("advance", engine, "_advance")):
             setattr(owner, attr, self._timed(name, getattr(owner, attr)))
         session.sampler = TimedSampler(session.sampler, self._timed)
 

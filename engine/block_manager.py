@@ -1,18 +1,27 @@
-"""A fixed pool of KV blocks with reference counts and prefix caching.
+"""A fixed pool of KV blocks with reference counts, prefix caching, and one block table per KV cache group.
 
 Plain Python, no torch: the logic is tested exhaustively without a model.
 
+Groups (engine.kv_cache_spec): every group of layers has its own block table per sequence, all drawn
+from this one pool. A sliding-window (or chunked) group gives back the blocks its next query can no
+longer see; their table entries then point at the null block, block 0, which no sequence owns (its
+contents are never read; CUDA graph replays write their padding rows into it).
+
 Prefix caching: a full block is identified by the hash of (parent block's hash, its tokens), so
-equal hashes mean equal whole prefixes. Freed blocks keep their hash and join the free queue
-(least recently freed first); a later request with the same prefix takes them back, and an
-allocation that needs a block evicts the oldest one. As in vLLM, evictable cached blocks count
-as free in the usage figure.
+equal hashes mean equal whole prefixes; each group registers its own block under that hash. Freed
+blocks keep their hash and join the free queue (least recently freed first); a later request with
+the same prefix takes them back, and an allocation that needs a block evicts the oldest one. A hit
+of n blocks needs, in every full group, all n blocks and, in a window group, only the blocks its
+next query sees. As in vLLM, evictable cached blocks count as free in the usage figure.
 """
 
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from engine.kv_cache_spec import AttentionSpec
 from engine.sequence import Sequence
+
+NULL_BLOCK = 0
 
 
 def blocks_for(num_tokens: int, block_size: int) -> int:
@@ -24,23 +33,40 @@ def blocks_for(num_tokens: int, block_size: int) -> int:
 class Block:
     block_id: int
     ref_count: int = 0
-    hash: int | None = None
+    key: tuple[int, int] | None = None  # (group, prefix hash) while it is findable by prefix caching
+
+
+@dataclass
+class CachedPrefix:
+    """A prefix found in the cache: its length in blocks and, per group, the blocks that hold it
+    (NULL_BLOCK where a window group no longer needs the block)."""
+
+    num_blocks: int
+    tables: list[list[int]]
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
+                 specs: list[AttentionSpec] | None = None):
+        """num_blocks: blocks for sequences; the cache tensors hold one more, the null block, at index 0."""
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
-        self.blocks = [Block(i) for i in range(num_blocks)]
+        self.specs = specs or [AttentionSpec()]  # one per group
+        self.blocks = [Block(i) for i in range(num_blocks + 1)]
         # Blocks with ref_count 0, oldest first; cached ones can still be revived by a hit.
-        self.free_queue: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
-        self.hash_to_block: dict[int, int] = {}
+        self.free_queue: OrderedDict[int, None] = OrderedDict((i, None) for i in range(1, num_blocks + 1))
+        self.key_to_block: dict[tuple[int, int], int] = {}
         self.prefix_queries = 0  # tokens looked up
         self.prefix_hits = 0  # of those, found
 
     @property
+    def num_groups(self) -> int:
+        return len(self.specs)
+
+    @property
     def num_blocks(self) -> int:
-        return len(self.blocks)
+        """Blocks sequences can hold (the null block is not one)."""
+        return len(self.blocks) - 1
 
     @property
     def num_free_blocks(self) -> int:
@@ -49,6 +75,9 @@ class BlockManager:
     @property
     def usage(self) -> float:
         return 1.0 - self.num_free_blocks / self.num_blocks
+
+    def new_tables(self) -> list[list[int]]:
+        return [[] for _ in self.specs]
 
     def _block_hashes(self, seq: Sequence, num_blocks: int) -> list[int]:
         """Hashes of seq's first num_blocks full blocks, extended incrementally (tokens never change)."""
@@ -59,57 +88,115 @@ class BlockManager:
             hashes.append(hash((parent, tuple(seq.token_ids[i * size : (i + 1) * size]))))
         return hashes[:num_blocks]
 
-    def find_cached_prefix(self, seq: Sequence) -> list[int]:
-        """Blocks already holding a prefix of seq's tokens (always leaving one token to compute)."""
+    # -- prefix caching ------------------------------------------------------------------------
+    def find_cached_prefix(self, seq: Sequence) -> CachedPrefix:
+        """The longest prefix of seq's tokens whose blocks are cached (always leaving one token to compute)."""
         if not self.enable_prefix_caching or seq.params.prompt_logprobs is not None:
-            return []  # prompt logprobs come from the prefill's rows, which a cache hit would skip
+            # Prompt logprobs come from the prefill's rows, which a cache hit would skip.
+            return CachedPrefix(0, self.new_tables())
         # The last token must be computed so that the step produces logits for it.
-        max_blocks = (seq.num_tokens - 1) // self.block_size
-        found = []
-        for h in self._block_hashes(seq, max_blocks):
-            block_id = self.hash_to_block.get(h)
-            if block_id is None:
-                break
-            found.append(block_id)
+        hashes = self._block_hashes(seq, (seq.num_tokens - 1) // self.block_size)
+        found = [[self.key_to_block.get((g, h)) for h in hashes] for g in range(self.num_groups)]
+        n = len(hashes)
+        for g, spec in enumerate(self.specs):
+            if spec.is_full:  # every block of the prefix
+                n = min(n, next((i for i, b in enumerate(found[g]) if b is None), n))
+        for g, spec in enumerate(self.specs):
+            if not spec.is_full:  # the blocks the query after the prefix sees
+                n = self._longest_window_hit(found[g], spec, n)
+        tables = []
+        for g, spec in enumerate(self.specs):
+            first = spec.first_visible(n * self.block_size) // self.block_size
+            tables.append([NULL_BLOCK] * first + found[g][first:n])
         self.prefix_queries += seq.num_tokens
-        self.prefix_hits += len(found) * self.block_size
-        return found
+        self.prefix_hits += n * self.block_size
+        return CachedPrefix(n, tables)
 
-    def num_blocks_needed(self, seq: Sequence, num_new_tokens: int) -> int:
-        total = seq.num_computed_tokens + num_new_tokens
-        return max(0, blocks_for(total, self.block_size) - len(seq.block_table))
+    def _longest_window_hit(self, found: list[int | None], spec: AttentionSpec, limit: int) -> int:
+        """The largest n <= limit whose last blocks, those a query at n * block_size sees, are all found."""
+        run = 0  # found blocks in a row ending at block i
+        runs = []
+        for b in found[:limit]:
+            run = run + 1 if b is not None else 0
+            runs.append(run)
+        for n in range(limit, 0, -1):
+            first = spec.first_visible(n * self.block_size) // self.block_size
+            if runs[n - 1] >= n - first:
+                return n
+        return 0
 
-    def can_allocate(self, num_blocks: int, cached_blocks: list[int] = ()) -> bool:
-        # Cached blocks that are free now stop being free once taken.
-        revived = sum(1 for b in cached_blocks if self.blocks[b].ref_count == 0)
-        return num_blocks + revived <= self.num_free_blocks
-
-    def take_cached_prefix(self, seq: Sequence, cached_blocks: list[int]) -> None:
-        for block_id in cached_blocks:
-            block = self.blocks[block_id]
-            if block.ref_count == 0:
-                del self.free_queue[block_id]
-            block.ref_count += 1
-            seq.block_table.append(block_id)
-        seq.num_cached_blocks = len(cached_blocks)
-        seq.num_computed_tokens = len(cached_blocks) * self.block_size
+    def take_cached_prefix(self, seq: Sequence, cached: CachedPrefix) -> None:
+        seq.block_tables = self.new_tables()
+        for table, taken in zip(seq.block_tables, cached.tables):
+            for block_id in taken:
+                if block_id != NULL_BLOCK:
+                    self._take(block_id)
+                table.append(block_id)
+        seq.num_cached_blocks = cached.num_blocks
+        seq.num_computed_tokens = cached.num_blocks * self.block_size
         seq.num_cached_tokens = seq.num_computed_tokens
 
+    def _take(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        if block.ref_count == 0:
+            del self.free_queue[block_id]
+        block.ref_count += 1
+
+    # -- allocation ----------------------------------------------------------------------------
+    def blocks_to_admit(self, cached: CachedPrefix, num_new_tokens: int) -> int:
+        """Free blocks a waiting sequence takes: new ones past the cached prefix, and cached ones now free."""
+        total = cached.num_blocks * self.block_size + num_new_tokens
+        new = (blocks_for(total, self.block_size) - cached.num_blocks) * self.num_groups
+        revived = sum(1 for table in cached.tables for b in table if b != NULL_BLOCK and self.blocks[b].ref_count == 0)
+        return new + revived
+
+    def can_admit(self, cached: CachedPrefix, num_new_tokens: int) -> bool:
+        return self.blocks_to_admit(cached, num_new_tokens) <= self.num_free_blocks
+
     def allocate(self, seq: Sequence, num_new_tokens: int) -> bool:
-        """Give seq blocks for num_new_tokens more tokens; False (and no change) if the pool is short."""
-        needed = self.num_blocks_needed(seq, num_new_tokens)
-        if needed > self.num_free_blocks:
+        """Give seq blocks for num_new_tokens more tokens; False (and no new blocks) if the pool is short.
+
+        First every window group gives back the blocks its next query no longer sees."""
+        self.free_invisible_blocks(seq)
+        tables = seq.block_tables or self.new_tables()
+        needed = blocks_for(seq.num_computed_tokens + num_new_tokens, self.block_size)
+        if sum(max(0, needed - len(table)) for table in tables) > self.num_free_blocks:
             return False
-        for _ in range(needed):
-            block_id, _ = self.free_queue.popitem(last=False)
-            block = self.blocks[block_id]
-            if block.hash is not None:  # evict: its prefix is no longer findable
-                if self.hash_to_block.get(block.hash) == block_id:
-                    del self.hash_to_block[block.hash]
-                block.hash = None
-            block.ref_count = 1
-            seq.block_table.append(block_id)
+        for table in tables:
+            for _ in range(needed - len(table)):
+                table.append(self._pop_free())
+        seq.block_tables = tables
         return True
+
+    def _pop_free(self) -> int:
+        block_id, _ = self.free_queue.popitem(last=False)
+        block = self.blocks[block_id]
+        if block.key is not None:  # evict: its prefix is no longer findable
+            if self.key_to_block.get(block.key) == block_id:
+                del self.key_to_block[block.key]
+            block.key = None
+        block.ref_count = 1
+        return block_id
+
+    def free_invisible_blocks(self, seq: Sequence) -> None:
+        """Window groups' blocks wholly before what the query at seq.num_computed_tokens sees: back to
+        the pool (cached ones stay findable until evicted), their entries pointing at the null block."""
+        for spec, table in zip(self.specs, seq.block_tables):
+            if spec.is_full:
+                continue
+            end = min(len(table), spec.first_visible(seq.num_computed_tokens) // self.block_size)
+            for i in range(end - 1, -1, -1):  # newest first: freeing stops at the last block freed before
+                if table[i] == NULL_BLOCK:
+                    break
+                self._release(table[i])
+                table[i] = NULL_BLOCK
+
+    def _release(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        block.ref_count -= 1
+        assert block.ref_count >= 0, f"block {block_id} freed twice"
+        if block.ref_count == 0:
+            self.free_queue[block_id] = None
 
     def cache_full_blocks(self, seq: Sequence) -> None:
         """Register the hashes of seq's blocks whose tokens are all computed."""
@@ -117,22 +204,21 @@ class BlockManager:
         if not self.enable_prefix_caching or num_full == seq.num_cached_blocks:
             return  # most decode steps: the new token did not fill a block
         hashes = self._block_hashes(seq, num_full)
-        for block_id, h in zip(seq.block_table[seq.num_cached_blocks : num_full], hashes[seq.num_cached_blocks :]):
-            block = self.blocks[block_id]
-            if block.hash is None and h not in self.hash_to_block:
-                block.hash = h
-                self.hash_to_block[h] = block_id
+        for g, table in enumerate(seq.block_tables):
+            for block_id, h in zip(table[seq.num_cached_blocks : num_full], hashes[seq.num_cached_blocks :]):
+                block = self.blocks[block_id]
+                if block_id != NULL_BLOCK and block.key is None and (g, h) not in self.key_to_block:
+                    block.key = (g, h)
+                    self.key_to_block[(g, h)] = block_id
         seq.num_cached_blocks = num_full
 
     def free(self, seq: Sequence) -> None:
         # Tail blocks first, so that eviction takes a prefix's end before its shared start.
-        for block_id in reversed(seq.block_table):
-            block = self.blocks[block_id]
-            block.ref_count -= 1
-            assert block.ref_count >= 0, f"block {block_id} freed twice"
-            if block.ref_count == 0:
-                self.free_queue[block_id] = None
-        seq.block_table = []
+        for position in reversed(range(len(seq.block_tables[0]) if seq.block_tables else 0)):
+            for table in seq.block_tables:
+                if table[position] != NULL_BLOCK:
+                    self._release(table[position])
+        seq.block_tables = []
         seq.num_cached_blocks = 0
         seq.num_computed_tokens = 0
         seq.num_cached_tokens = 0

@@ -3,8 +3,9 @@
 A decode step launches a few hundred small kernels; at batch 1 launching them costs more than
 running them. Each batch size in BATCH_SIZES is captured once, after the KV cache exists, and a
 step with n single-token sequences replays the smallest captured size >= n. The graphs read their
-inputs from fixed buffers that each replay fills; rows past n are padding: query length 0 (the
-attention kernel skips them) and their keys written to a spare block that no sequence owns.
+inputs from fixed buffers that each replay fills (one slot mapping and block table per KV cache
+group); rows past n are padding: query length 0 (the attention kernel skips them) and their keys
+written to the null block, which no sequence owns.
 If capture fails the engine logs why and decodes without graphs.
 """
 
@@ -13,7 +14,7 @@ import logging
 import torch
 
 from engine.block_manager import blocks_for
-from engine.triton_attention import PackedMetadata
+from engine.attention_metadata import PackedMetadata, PackedStep
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,14 @@ class DecodeGraphs:
         largest = sizes[-1]
         self.input_ids = torch.zeros(largest, dtype=torch.long, device=device)
         self.positions = torch.zeros(largest, dtype=torch.long, device=device)
-        self.slot_mapping = torch.full((largest,), self.padding_slot, dtype=torch.long, device=device)
+        groups = len(runner.layout.groups)
+        self.slot_mapping = [torch.full((largest,), self.padding_slot, dtype=torch.long, device=device)
+                             for _ in range(groups)]
         self.query_start = torch.arange(largest, dtype=torch.int32, device=device)
         self.query_len = torch.zeros(largest, dtype=torch.int32, device=device)
         self.context_len = torch.zeros(largest, dtype=torch.int32, device=device)
         width = blocks_for(runner.max_model_len, runner.block_size)
-        self.block_tables = torch.zeros(largest, width, dtype=torch.int32, device=device)
+        self.block_tables = [torch.zeros(largest, width, dtype=torch.int32, device=device) for _ in range(groups)]
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
 
@@ -52,19 +55,21 @@ class DecodeGraphs:
         log.info("captured CUDA graphs for decode batch sizes %s", ", ".join(map(str, sizes)))
         return graphs
 
-    def _metadata(self, batch_size: int) -> PackedMetadata:
+    def _metadata(self, batch_size: int) -> PackedStep:
         n = batch_size
-        return PackedMetadata(
-            self.runner.kv_caches, self.slot_mapping[:n], self.query_start[:n], self.query_len[:n],
-            self.context_len[:n], self.block_tables[:n], max_query_len=1,
-        )
+        groups = [PackedMetadata(slots[:n], self.query_start[:n], self.query_len[:n], self.context_len[:n], tables[:n],
+                                 max_query_len=1)
+                  for slots, tables in zip(self.slot_mapping, self.block_tables)]
+        runner = self.runner
+        return PackedStep(runner.kv_caches, runner.placement, groups, runner.layout.specs())
 
     @torch.inference_mode()
     def _capture_all(self) -> None:
         # Capture runs the real kernels: every row gets one token of context in the spare block.
         self.query_len.fill_(1)
         self.context_len.fill_(1)
-        self.block_tables[:, 0] = self.padding_block
+        for tables in self.block_tables:
+            tables[:, 0] = self.padding_block
         pool = None
         for size in reversed(self.sizes):  # largest first: the smaller graphs reuse its memory pool
             meta = self._metadata(size)
@@ -79,25 +84,28 @@ class DecodeGraphs:
         self.query_len.zero_()
         self.context_len.zero_()
 
-    def fits(self, meta: PackedMetadata) -> bool:
+    def fits(self, step: PackedStep) -> bool:
+        tables = step.groups[0].block_tables
         return (
-            meta.max_query_len == 1
-            and meta.block_tables.shape[0] <= self.sizes[-1]
-            and meta.block_tables.shape[1] <= self.block_tables.shape[1]
+            step.max_query_len == 1
+            and tables.shape[0] <= self.sizes[-1]
+            and tables.shape[1] <= self.block_tables[0].shape[1]
         )
 
-    def replay(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: PackedMetadata) -> torch.Tensor:
+    def replay(self, input_ids: torch.Tensor, positions: torch.Tensor, step: PackedStep) -> torch.Tensor:
         """Logits [n, vocab] for n decode tokens, packed as the runner packs them."""
         n = input_ids.shape[0]
         size = next(b for b in self.sizes if b >= n)
         self.input_ids[:n].copy_(input_ids)
         self.positions[:n].copy_(positions)
-        self.slot_mapping[:n].copy_(meta.slot_mapping)
-        self.slot_mapping[n:size].fill_(self.padding_slot)
-        self.query_len[:n].copy_(meta.query_len)
+        first = step.groups[0]
+        self.query_len[:n].copy_(first.query_len)
         self.query_len[n:size].zero_()
-        self.context_len[:n].copy_(meta.context_len)
+        self.context_len[:n].copy_(first.context_len)
         self.context_len[n:size].zero_()
-        self.block_tables[:n, : meta.block_tables.shape[1]].copy_(meta.block_tables)
+        for meta, slots, tables in zip(step.groups, self.slot_mapping, self.block_tables):
+            slots[:n].copy_(meta.slot_mapping)
+            slots[n:size].fill_(self.padding_slot)
+            tables[:n, : meta.block_tables.shape[1]].copy_(meta.block_tables)
         self.graphs[size].replay()
         return self.logits[size][:n]

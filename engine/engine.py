@@ -76,7 +76,8 @@ class _Session:
     def __init__(self, loaded: LoadedModel, config: EngineConfig):
         self.loaded = loaded
         self.runner = ModelRunner(loaded, config)
-        self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching,
+                                          loaded.layout.specs())
         self.scheduler = Scheduler(
             self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, config.max_waiting_requests
         )

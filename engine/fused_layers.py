@@ -18,7 +18,9 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from engine.fused_kernels import rms_norm, rotary_and_write_kv, silu_and_mul
-from engine.triton_attention import PackedMetadata, paged_attention_packed
+from engine.attention import Softmax
+from engine.attention_metadata import PackedStep
+from engine.triton_attention import paged_attention_layer
 
 # Same layer structure as Llama: q/k/v/o projections (biases allowed), RoPE, a SiLU-gated MLP,
 # RMSNorm as LlamaRMSNorm. Qwen3 (q/k norms), Gemma (1 + weight norms, GELU) and Phi-3 (already
@@ -84,13 +86,13 @@ class FusedAttention(nn.Module):
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
         qkv = self.qkv_proj(hidden_states)
-        meta = kwargs.get("attention_metadata")
-        if self.use_kernels and isinstance(meta, PackedMetadata):
+        step = kwargs.get("attention_metadata")
+        if self.use_kernels and isinstance(step, PackedStep):
+            meta, spec, (key_cache, value_cache) = step.for_layer(self.layer_idx)
             cos, sin = position_embeddings
-            key_cache, value_cache = meta.kv_caches[self.layer_idx]
             q = rotary_and_write_kv(qkv[0], cos[0], sin[0], meta.slot_mapping, key_cache, value_cache,
                                     self.num_heads, self.num_kv_heads)
-            out = paged_attention_packed(q, key_cache, value_cache, meta, self.scaling)
+            out = paged_attention_layer(q, key_cache, value_cache, meta, spec, Softmax(self.scaling))
             return self.o_proj(out.view(hidden_states.shape[0], out.shape[0], -1)), None
         return self._unfused_forward(qkv, position_embeddings, attention_mask, past_key_values, **kwargs)
 

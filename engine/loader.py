@@ -1,29 +1,33 @@
 """Load a causal LM and its tokenizer: a Hugging Face folder, a GGUF file, or dummy weights.
 
+Which models load is decided by engine.capabilities (the model's layers, not a list of names). A
+multimodal checkpoint loads its language model only: the text model's causal-LM class, its weights
+renamed from where the multimodal class keeps them, the vision weights left on disk. Mixture-of-
+experts layers run the fastest experts implementation transformers offers on the device.
+
 Every failure becomes a ModelLoadError that names the file and what to do.
 """
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import transformers
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL_LM_NAMES
 
+from engine.capabilities import Architecture, check_config, probe_attention
 from engine.errors import ModelLoadError
+from engine.kv_cache_spec import KVCacheLayout
 
-# Architectures whose attention our paged attention function reproduces exactly
-# (plain causal attention, RoPE applied by the model code, no softcap, no sliding window).
-SUPPORTED_ARCHITECTURES = {
-    "LlamaForCausalLM",
-    "MistralForCausalLM",
-    "Qwen2ForCausalLM",
-    "Qwen3ForCausalLM",
-    "Phi3ForCausalLM",
-    "GemmaForCausalLM",
+# Where multimodal checkpoints keep their language model's weights: transformers 5 saves
+# model.language_model.* and lm_head.*; checkpoints saved by transformers 4 (most on the hub) keep
+# language_model.model.* and language_model.lm_head.*.
+TEXT_WEIGHTS = {
+    r"^model\.language_model\.": "model.",
+    r"^language_model\.model\.": "model.",
+    r"^language_model\.lm_head\.": "lm_head.",
 }
 
 
@@ -32,42 +36,50 @@ class LoadedModel:
     name: str
     model: torch.nn.Module
     tokenizer: object | None
-    config: PretrainedConfig
-    architecture: str
+    config: PretrainedConfig  # the language model's (a multimodal checkpoint's text config)
+    architecture: str  # what the checkpoint declares
+    layout: KVCacheLayout  # which KV cache group each attention layer writes (engine.kv_cache_spec)
+    attention_features: list[str] = field(default_factory=list)  # "sliding", "sinks", "softcap", ...
+    experts: str | None = None  # the experts implementation of MoE layers; None for a dense model
+    text_only: bool = False  # a multimodal checkpoint whose language model alone is loaded
 
 
-def check_architecture(config: PretrainedConfig) -> str:
-    architectures = getattr(config, "architectures", None) or []
-    # GGUF configs carry no architectures field; the model type names the causal-LM class.
-    arch = architectures[0] if architectures else CAUSAL_LM_NAMES.get(config.model_type, config.model_type)
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise ModelLoadError(
-            f"architecture {arch} is not supported; supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
-        )
-    if getattr(config, "use_sliding_window", False) or (
-        getattr(config, "sliding_window", None) and arch != "MistralForCausalLM"
-    ):
-        raise ModelLoadError(f"{arch} with sliding-window attention is not supported")
-    return arch
+def _finish(name: str, model: torch.nn.Module, tokenizer, arch: Architecture, device: str) -> LoadedModel:
+    """The capability probe and the experts implementation, on the loaded weights."""
+    model.eval()
+    experts = choose_experts_implementation(model, device)
+    layout, features = probe_attention(model, arch.declared, device)
+    return LoadedModel(name, model, tokenizer, model.config, arch.declared, layout, features, experts, arch.text_only)
 
 
-def _build(config: PretrainedConfig, dtype: torch.dtype) -> torch.nn.Module:
-    arch = check_architecture(config)
-    model_cls = getattr(transformers, arch)
-    with torch.device("meta"):
-        model = model_cls(config)
-    model = model.to_empty(device="cpu").to(dtype)
-    return model
+def choose_experts_implementation(model: torch.nn.Module, device: str) -> str | None:
+    """grouped_mm (one grouped GEMM over all experts: transformers' default where torch has it, on CUDA
+    and on CPU) for models built on transformers' experts interface; their own loop for the rest."""
+    if not any("expert" in type(m).__name__.lower() for m in model.modules()):
+        return None
+    if not type(model)._can_set_experts_implementation():
+        return "the model's own"
+    try:
+        model.set_experts_implementation("grouped_mm")
+    except (ValueError, ImportError):
+        model.set_experts_implementation("eager")
+    return model.config._experts_implementation
 
 
 def load_dummy(config: PretrainedConfig, dtype: torch.dtype, device: str, seed: int = 0) -> LoadedModel:
     """Random weights from a config: for benchmarks and tests that need no real model."""
-    arch = check_architecture(config)
+    arch = check_config(config)
     torch.manual_seed(seed)
     with torch.device(device):
-        model = getattr(transformers, arch)._from_config(config, dtype=dtype)
-    model.eval()
-    return LoadedModel(f"dummy-{config.model_type}", model, None, config, arch)
+        model = getattr(transformers, arch.class_name)._from_config(arch.text_config, dtype=dtype)
+    return _finish(f"dummy-{arch.text_config.model_type}", model, None, arch, device)
+
+
+def _from_pretrained(arch: Architecture, path: Path, dtype: torch.dtype, device: str, **kwargs):
+    if arch.text_only:
+        kwargs["key_mapping"] = TEXT_WEIGHTS
+        kwargs["config"] = arch.text_config
+    return getattr(transformers, arch.class_name).from_pretrained(path, dtype=dtype, device_map=device, **kwargs)
 
 
 def _load_folder(path: Path, dtype: torch.dtype, device: str) -> LoadedModel:
@@ -77,35 +89,31 @@ def _load_folder(path: Path, dtype: torch.dtype, device: str) -> LoadedModel:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError, json.JSONDecodeError) as e:
         raise ModelLoadError(f"{path}/config.json could not be read: {e}") from e
-    arch = check_architecture(config)
+    arch = check_config(config)
     if not any(path.glob("*.safetensors")):
         raise ModelLoadError(f"{path} has no *.safetensors weights")
     try:
-        model = getattr(transformers, arch).from_pretrained(path, dtype=dtype, device_map=device)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = _from_pretrained(arch, path, dtype, device)
+        tokenizer = AutoTokenizer.from_pretrained(path) if any(path.glob("tokenizer*")) else None
     except Exception as e:  # transformers raises many kinds for corrupt files
         raise ModelLoadError(f"could not load the model in {path}: {type(e).__name__}: {e}") from e
-    model.eval()
-    return LoadedModel(path.name, model, tokenizer, config, arch)
+    return _finish(path.name, model, tokenizer, arch, device)
 
 
 def _load_gguf(path: Path, dtype: torch.dtype, device: str) -> LoadedModel:
     try:
         config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-        arch = check_architecture(config)
+        arch = check_config(config)
         # GGUF loading logs a progress bar per tensor; keep service logs readable.
         logging.getLogger("transformers").setLevel(logging.ERROR)
         # Passing the config saves from_pretrained parsing the file's metadata again (seconds each time).
-        model = getattr(transformers, arch).from_pretrained(
-            path.parent, gguf_file=path.name, config=config, dtype=dtype, device_map=device
-        )
+        model = _from_pretrained(arch, path.parent, dtype, device, gguf_file=path.name, config=config)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except ModelLoadError:
         raise
     except Exception as e:
         raise ModelLoadError(f"could not load the GGUF file {path}: {type(e).__name__}: {e}") from e
-    model.eval()
-    return LoadedModel(path.stem, model, tokenizer, config, arch)
+    return _finish(path.stem, model, tokenizer, arch, device)
 
 
 def load_model(source: str | Path | PretrainedConfig, dtype: torch.dtype = torch.float32, device: str = "cpu") -> LoadedModel:
@@ -126,7 +134,9 @@ def convert_gguf_to_folder(gguf: Path, target: Path) -> None:
     """Dequantize a GGUF once into a safetensors folder that loads quickly."""
     loaded = _load_gguf(gguf, torch.float32, "cpu")
     # A model loaded from GGUF is not directly save_pretrained-able: rebuild it from config + weights.
-    model = _build(loaded.config, torch.float32)
+    with torch.device("meta"):
+        model = type(loaded.model)(loaded.config)
+    model = model.to_empty(device="cpu").to(torch.float32)
     model.load_state_dict(loaded.model.state_dict(), strict=True)
     model.tie_weights()
     model.config.architectures = [loaded.architecture]

@@ -7,16 +7,17 @@ rebuilt with merged projections and fused kernels, engine.fused_layers).
 
 import logging
 
-import numpy as np
 import torch
 
-from engine.attention import ATTENTION_NAME, AttentionMetadata, DecodeGroup, PrefillChunk
-from engine.block_manager import blocks_for
+from engine.attention import ATTENTION_NAME
+from engine.block_manager import NULL_BLOCK, blocks_for
 from engine.config import CPU_KV_CACHE_BYTES, EngineConfig
 from engine.errors import ModelLoadError
+from engine.kv_cache_spec import max_tokens_per_sequence
 from engine.lm_head import reuse_logits_buffer
 from engine.loader import LoadedModel
 from engine.overlap import fill_placeholders, to_device
+from engine.packing import BatchPacker
 from engine.prompt_logprobs import prompt_rows
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledSequence
@@ -24,20 +25,7 @@ from engine.sequence import Sequence
 
 log = logging.getLogger(__name__)
 
-# Decode attention gathers each group's contexts padded to its longest: a new group starts when a
-# context is shorter than this fraction of the group's longest (at most MAX_DECODE_GROUPS groups).
-DECODE_GROUP_FILL = 0.75
-MAX_DECODE_GROUPS = 4
 GIB = 1 << 30
-
-
-def head_dim(hf_config) -> int:
-    return getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
-
-
-def kv_bytes_per_block(hf_config, block_size: int, dtype: torch.dtype) -> int:
-    per_token = 2 * hf_config.num_hidden_layers * hf_config.num_key_value_heads * head_dim(hf_config)
-    return per_token * block_size * dtype.itemsize
 
 
 def kv_blocks_for_gpu(total: int, free: int, activation_peak: int, fraction: float, block_bytes: int, min_blocks: int) -> int:
@@ -55,11 +43,6 @@ def kv_blocks_for_gpu(total: int, free: int, activation_peak: int, fraction: flo
     return budget // block_bytes
 
 
-def _first_of_consecutive(table: list[int]) -> int | None:
-    """The first block when the table is a run of consecutive blocks, else None."""
-    return table[0] if table[-1] - table[0] == len(table) - 1 and table == list(range(table[0], table[-1] + 1)) else None
-
-
 class ModelRunner:
     def __init__(self, loaded: LoadedModel, config: EngineConfig):
         self.model = loaded.model
@@ -68,6 +51,11 @@ class ModelRunner:
         self.device = torch.device(config.device)
         self.block_size = config.block_size
         self.dtype = config.torch_dtype
+        self.layout = loaded.layout
+        self.experts = loaded.experts
+        self.attention_features = loaded.attention_features
+        self.placement = self.layout.placement()
+        self.packer = BatchPacker(self.layout.specs(), self.block_size, self.device, self.dtype)
         self.fused = False
         self._use_backend(config.resolved_attention_backend)
         self.graphs = None
@@ -79,14 +67,15 @@ class ModelRunner:
         activation_peak = self._cuda_warm_up() if config.on_cuda else 0
         self.num_blocks = self._num_blocks(activation_peak)
         model_len = config.max_model_len or getattr(self.hf_config, "max_position_embeddings", 2048)
-        self.max_model_len = min(model_len, self.num_blocks * config.block_size)
-        use_graphs = config.cuda_graphs and config.on_cuda and self.backend == "triton"
-        # Graph replays pad the batch; padding tokens write their keys into one spare block.
-        self.kv_caches = self._allocate(self.num_blocks + (1 if use_graphs else 0))
-        if use_graphs:
+        self.max_model_len = max_tokens_per_sequence(self.layout.specs(), self.block_size, self.num_blocks,
+                                                     config.max_num_batched_tokens, model_len)
+        # Block 0 is the null block (engine.block_manager): freed window entries point at it, and CUDA
+        # graph replays write their padding rows' keys into it.
+        self.kv_caches = self._allocate(self.num_blocks + 1)
+        if config.cuda_graphs and config.on_cuda and self.backend == "triton":
             from engine.cuda_graphs import DecodeGraphs
 
-            self.graphs = DecodeGraphs.capture(self, padding_block=self.num_blocks)
+            self.graphs = DecodeGraphs.capture(self, padding_block=NULL_BLOCK)
 
     def _use_backend(self, backend: str) -> None:
         self.backend = backend
@@ -123,33 +112,36 @@ class ModelRunner:
         may have handed over to torch at load, graph capture may have failed)."""
         return {"device": str(self.device), "dtype": self.config.resolved_dtype, "attention_backend": self.backend,
                 "fused_layers": self.fused, "cuda_graphs": self.graphs is not None,
-                "async_scheduling": self.config.overlaps_steps}
+                "async_scheduling": self.config.overlaps_steps, "experts": self.experts or "none",
+                "attention": ",".join(self.attention_features) or "full", "kv_cache": self.layout.describe()}
 
     @property
     def kv_cache_bytes(self) -> int:
         return sum(k.nbytes + v.nbytes for k, v in self.kv_caches)
 
     def _allocate(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        shape = (num_blocks, self.block_size, self.hf_config.num_key_value_heads, head_dim(self.hf_config))
+        """One key and one value tensor per layer of the largest group: tensor j serves each group's j-th layer."""
+        shape = (num_blocks, self.block_size, self.layout.kv_heads, self.layout.head_dim)
         return [
             (torch.zeros(shape, dtype=self.dtype, device=self.device), torch.zeros(shape, dtype=self.dtype, device=self.device))
-            for _ in range(self.hf_config.num_hidden_layers)
+            for _ in range(self.layout.layers_per_group)
         ]
 
     def _num_blocks(self, activation_peak: int) -> int:
         config = self.config
-        per_block = kv_bytes_per_block(self.hf_config, config.block_size, self.dtype)
+        per_block = self.layout.block_bytes(config.block_size, self.dtype.itemsize)
         if config.num_kv_blocks:
             return config.num_kv_blocks
         if config.kv_cache_bytes is not None:
-            return max(1, config.kv_cache_bytes // per_block)
+            return max(1, config.kv_cache_bytes // per_block - 1)
         if not config.on_cuda:
-            return max(1, CPU_KV_CACHE_BYTES // per_block)
+            return max(1, CPU_KV_CACHE_BYTES // per_block - 1)
         free, total = torch.cuda.mem_get_info(self.device)
         blocks = kv_blocks_for_gpu(total, free, activation_peak, config.gpu_memory_fraction, per_block,
-                                   min_blocks=blocks_for(config.max_num_batched_tokens, config.block_size))
-        log.info("KV cache: %.2f GiB (%d blocks); a full step peaks at %.2f GiB",
-                 blocks * per_block / GIB, blocks, activation_peak / GIB)
+                                   min_blocks=blocks_for(config.max_num_batched_tokens, config.block_size)
+                                   * len(self.layout.groups) + 1) - 1
+        log.info("KV cache: %.2f GiB (%d blocks of %s); a full step peaks at %.2f GiB",
+                 blocks * per_block / GIB, blocks, self.layout.describe(), activation_peak / GIB)
         return blocks
 
     def _cuda_activation_peak(self) -> int:
@@ -171,12 +163,14 @@ class ModelRunner:
         per_seq = tokens // num_seqs
         blocks_each = blocks_for(per_seq, self.block_size)
         saved = self.kv_caches
-        self.kv_caches = self._allocate(num_seqs * blocks_each)
+        groups = len(self.layout.groups)
+        self.kv_caches = self._allocate(1 + num_seqs * blocks_each * groups)
         scratch_bytes = self.kv_cache_bytes
-        batch = []
+        batch, block = [], 1
         for i in range(num_seqs):
             seq = Sequence(f"warm-up-{i}", [0] * per_seq, SamplingParams(max_tokens=1))
-            seq.block_table = list(range(i * blocks_each, (i + 1) * blocks_each))
+            seq.block_tables = [list(range(block + g * blocks_each, block + (g + 1) * blocks_each)) for g in range(groups)]
+            block += groups * blocks_each
             batch.append(ScheduledSequence(seq, per_seq))
         try:
             self.execute(batch)
@@ -193,111 +187,6 @@ class ModelRunner:
         finally:
             self.model.set_attn_implementation(self.attention_name)
         return hidden.last_hidden_state[0].float().mean(0).tolist()
-
-    def _slots(self, block_table: list[int], positions: np.ndarray) -> np.ndarray:
-        """Cache slots (block * block_size + offset) of a sequence's positions."""
-        table = np.asarray(block_table[: blocks_for(int(positions[-1]) + 1, self.block_size)], dtype=np.int64)
-        return table[positions // self.block_size] * self.block_size + positions % self.block_size
-
-    def _decode_groups(self, decodes: list[ScheduledSequence]) -> list[list[ScheduledSequence]]:
-        """Decodes sorted by context length, cut where padding to the group's longest would waste a lot."""
-        groups: list[list[ScheduledSequence]] = []
-        for s in sorted(decodes, key=lambda s: s.seq.num_computed_tokens, reverse=True):
-            starts_group = not groups or (
-                len(groups) < MAX_DECODE_GROUPS
-                and s.seq.num_computed_tokens < DECODE_GROUP_FILL * groups[-1][0].seq.num_computed_tokens
-            )
-            if starts_group:
-                groups.append([s])
-            else:
-                groups[-1].append(s)
-        return groups
-
-    def _prepare(self, scheduled: list[ScheduledSequence]):
-        """Packed input ids and positions, attention metadata, and each sequence's last row.
-
-        Per sequence only its Python lists are read; positions, slots and block tables are numpy
-        arrays built whole (at batch 256 the per-token Python arithmetic was most of this)."""
-        input_ids, positions, slots, chunks, groups = [], [], [], [], []
-        last_row, num_rows = {}, 0
-        for s in scheduled:
-            if s.num_new_tokens == 1:
-                continue
-            seq, begin = s.seq, s.seq.num_computed_tokens
-            end = begin + s.num_new_tokens
-            table = seq.block_table[: blocks_for(end, self.block_size)]
-            chunks.append(PrefillChunk(num_rows, s.num_new_tokens, end, to_device(torch.tensor(table), self.device),
-                                       _first_of_consecutive(table)))
-            input_ids.append(np.asarray(seq.token_ids[begin:end], dtype=np.int64))
-            positions.append(np.arange(begin, end, dtype=np.int64))
-            slots.append(self._slots(seq.block_table, positions[-1]))
-            num_rows += s.num_new_tokens
-            last_row[id(s)] = num_rows - 1
-        for group in self._decode_groups([s for s in scheduled if s.num_new_tokens == 1]):
-            n = len(group)
-            position = np.fromiter((s.seq.num_computed_tokens for s in group), np.int64, n)
-            max_blocks = blocks_for(int(position[0]) + 1, self.block_size)
-            tables = np.zeros((n, max_blocks), dtype=np.int64)  # padding points at block 0
-            for i, s in enumerate(group):
-                table = s.seq.block_table[: blocks_for(int(position[i]) + 1, self.block_size)]
-                tables[i, : len(table)] = table
-                last_row[id(s)] = num_rows + i
-            input_ids.append(np.fromiter((s.seq.token_ids[s.seq.num_computed_tokens] for s in group), np.int64, n))
-            positions.append(position)
-            slots.append(tables[np.arange(n), position // self.block_size] * self.block_size + position % self.block_size)
-            groups.append(DecodeGroup(num_rows, to_device(torch.from_numpy(tables), self.device),
-                                      self._padding_bias(position + 1, max_blocks * self.block_size),
-                                      _first_of_consecutive(table) if n == 1 else None))
-            num_rows += n
-        meta = AttentionMetadata(self.kv_caches, self._tensor(slots), chunks, groups)
-        return self._tensor(input_ids), self._tensor(positions), meta, last_row
-
-    def _tensor(self, parts: list[np.ndarray]) -> torch.Tensor:
-        return to_device(torch.from_numpy(np.concatenate(parts)), self.device)
-
-    def _padding_bias(self, context_lens: np.ndarray, width: int) -> torch.Tensor | None:
-        """-inf over the width gathered slots past each context; None when no slot is padding."""
-        if (context_lens == width).all():
-            return None
-        padding = torch.arange(width)[None, :] >= torch.from_numpy(context_lens)[:, None]
-        bias = torch.zeros(padding.shape, dtype=self.dtype).masked_fill_(padding, float("-inf"))
-        return to_device(bias[:, None, None, :], self.device)
-
-    def _prepare_packed(self, scheduled: list[ScheduledSequence]):
-        """The triton backend's batch: sequences in order, their rows and slots computed by tensor ops."""
-        from engine.triton_attention import PackedMetadata
-
-        input_ids, starts, lens, contexts, tables = [], [], [], [], []
-        for s in scheduled:
-            begin = s.seq.num_computed_tokens
-            end = begin + s.num_new_tokens
-            starts.append(len(input_ids))
-            lens.append(s.num_new_tokens)
-            contexts.append(end)
-            input_ids.extend(s.seq.token_ids[begin:end])
-            tables.append(s.seq.block_table[: blocks_for(end, self.block_size)])
-        width = max(map(len, tables))
-        block_tables = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
-        query_start = torch.tensor(starts, dtype=torch.int32)
-        query_len = torch.tensor(lens, dtype=torch.int32)
-        context_len = torch.tensor(contexts, dtype=torch.int32)
-        seq_of_row = torch.arange(len(scheduled)).repeat_interleave(query_len)
-        # Row r of sequence s holds position context_len[s] - query_len[s] + (r - query_start[s]).
-        first_position = (context_len - query_len - query_start).long()
-        positions = first_position[seq_of_row] + torch.arange(len(input_ids))
-        slots = block_tables[seq_of_row, positions // self.block_size].long() * self.block_size + positions % self.block_size
-        device = self.device
-        meta = PackedMetadata(
-            self.kv_caches,
-            to_device(slots, device),
-            to_device(query_start, device),
-            to_device(query_len, device),
-            to_device(context_len, device),
-            to_device(block_tables, device),
-            max(lens),
-        )
-        last_row = {id(s): start + n - 1 for s, start, n in zip(scheduled, starts, lens)}
-        return to_device(torch.tensor(input_ids), device), to_device(positions, device), meta, last_row
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta, logits_to_keep) -> torch.Tensor:
         """Logits [rows, vocab] for the packed tokens; logits_to_keep: row indices, or 0 for all rows."""
@@ -317,10 +206,8 @@ class ModelRunner:
 
         previous_tokens: the previous step's sampled ids, still on the device, which the placeholders
         of its tokens stand for (engine.overlap)."""
-        if self.backend == "triton":
-            input_ids, positions, meta, last_row = self._prepare_packed(scheduled)
-        else:
-            input_ids, positions, meta, last_row = self._prepare(scheduled)
+        pack = self.packer.triton_batch if self.backend == "triton" else self.packer.torch_batch
+        input_ids, positions, meta, last_row = pack(scheduled, self.kv_caches, self.placement)
         if previous_tokens is not None:
             input_ids = fill_placeholders(input_ids, previous_tokens)
         keep = [last_row[id(s)] for s in scheduled if s.completes_prompt]

@@ -11,7 +11,7 @@ Plain Python, no torch.
 from collections import deque
 from dataclasses import dataclass, field
 
-from engine.block_manager import BlockManager, blocks_for
+from engine.block_manager import BlockManager
 from engine.errors import QueueFull
 from engine.sequence import Sequence, SequenceStatus
 
@@ -93,10 +93,8 @@ class Scheduler:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             cached = self.block_manager.find_cached_prefix(seq)
-            num_computed = len(cached) * self.block_manager.block_size
-            num_new = min(seq.num_tokens - num_computed, budget)
-            needed = blocks_for(num_computed + num_new, self.block_manager.block_size) - len(cached)
-            if not self.block_manager.can_allocate(needed, cached):
+            num_new = min(seq.num_tokens - cached.num_blocks * self.block_manager.block_size, budget)
+            if not self.block_manager.can_admit(cached, num_new):
                 break
             self.waiting.popleft()
             self.block_manager.take_cached_prefix(seq, cached)

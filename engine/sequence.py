@@ -22,9 +22,9 @@ class Sequence:
         self.status = SequenceStatus.WAITING
         self.num_computed_tokens = 0  # tokens whose KV is in the cache
         self.num_cached_tokens = 0  # of those, found by prefix caching at admission
-        self.block_table: list[int] = []
+        self.block_tables: list[list[int]] = []  # one per KV cache group, given by the block manager
         self.block_hashes: list[int] = []  # chained hashes of full blocks, filled by the block manager
-        self.num_cached_blocks = 0  # leading blocks of block_table already registered for prefix caching
+        self.num_cached_blocks = 0  # leading blocks of the block tables already registered for prefix caching
         self.num_preemptions = 0
         self.prompt_logprobs: list = []  # SampledToken of prompt tokens 1.. when params.prompt_logprobs is set
         self.finish_reason: str | None = None

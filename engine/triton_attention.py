@@ -8,6 +8,16 @@ are rows of the same tile, so each key and value is read once for all of them. K
 come straight from the paged cache through the block table (no gather copy, no padding), with an
 online softmax in float32.
 
+Each layer's variant of attention, as transformers' model code asks for it per layer:
+- a sliding window W: the query at position p sees keys p - W < k <= p;
+- chunked local attention (Llama 4) of C keys: the query at p sees keys in its own chunk, k // C == p // C;
+- learned sinks (gpt-oss): one logit per query head in the softmax's denominator, with no value;
+- a logit softcap (Gemma 2): scores become softcap * tanh(scores * scale / softcap) before masking.
+The engine frees a sliding layer's blocks once they leave the window and points their block-table
+entries at a shared placeholder, so no key before a query's first visible one is ever loaded: a
+tile's key loop starts at its first query's first visible key, and split decodes partition only
+the visible keys.
+
 Decode batches with few (sequence, kv head) pairs split each context into partitions of
 PARTITION_KEYS keys, one program each, and a second kernel merges the partial softmaxes (as
 flash-decoding and vLLM's paged attention v2 do): at batch 1 an 8-kv-head model would otherwise
@@ -17,14 +27,14 @@ Runs on CUDA. On CPU it runs only under TRITON_INTERPRET=1 (set before this modu
 which is how the tests check it against the portable torch path.
 """
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 from transformers import AttentionInterface
 
-from engine.attention import write_kv_cache
+from engine.attention import Softmax, layer_softmax, write_kv_cache
+from engine.attention_metadata import PackedMetadata, PackedStep
+from engine.kv_cache_spec import AttentionSpec
 
 ATTENTION_NAME = "appliance_paged_triton"
 
@@ -39,15 +49,17 @@ SPLIT_BELOW_PROGRAMS = 512  # split decode batches with fewer (sequence, kv head
 MERGE_CHUNK = 16  # partitions the merge reads at a time
 
 
-@dataclass
-class PackedMetadata:
-    kv_caches: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: key, value [num_blocks, block_size, kv_heads, head_dim]
-    slot_mapping: torch.Tensor  # [T] int64: where each new token's key and value go
-    query_start: torch.Tensor  # [S] int32: first packed row of each sequence
-    query_len: torch.Tensor  # [S] int32: its new tokens this step (0: a padding sequence)
-    context_len: torch.Tensor  # [S] int32: its tokens in the cache once this step's are written
-    block_tables: torch.Tensor  # [S, max_blocks] int32
-    max_query_len: int  # host-side, so launching needs no device sync
+@triton.jit
+def _first_visible_key(position, window, chunk):
+    """The first key a query at `position` sees: within its sliding window, within its chunk."""
+    first = tl.where(window > 0, tl.maximum(position - window + 1, 0), 0)
+    return tl.where(chunk > 0, tl.maximum(first, position // tl.maximum(chunk, 1) * tl.maximum(chunk, 1)), first)
+
+
+@triton.jit
+def _tanh(x):
+    # From exp (tl has no tanh; libdevice's differs between the GPU and the interpreter); saturates to ±1.
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
 
 
 @triton.jit
@@ -55,7 +67,9 @@ def _paged_attention_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,
     block_tables_ptr, query_start_ptr, query_len_ptr, context_len_ptr,
     partial_acc_ptr, partial_max_ptr, partial_sum_ptr,  # split decodes: [S, heads, partitions(, dims)] float32
-    scale,
+    sinks_ptr,  # [heads]: read only with HAS_SINKS
+    scale, softcap,
+    window, chunk,  # keys a query sees: its last `window` (0: all), within its `chunk`-key chunk (0: no chunks)
     partition_keys, num_partitions,  # split decodes: keys per program (axis 1 numbers partitions), how many
     stride_q_token, stride_q_head,
     stride_o_token, stride_o_head,
@@ -71,6 +85,8 @@ def _paged_attention_kernel(
     BLOCK_N: tl.constexpr,  # keys per loop iteration
     DOT_PRECISION: tl.constexpr,  # "ieee" for float32 (exact, as the torch path), "tf32" otherwise (ignored for 16-bit)
     SPLIT: tl.constexpr,  # a split decode batch: partial results for the merge kernel
+    HAS_SINKS: tl.constexpr,  # (not read when SPLIT: the merge adds the sink)
+    SOFTCAP: tl.constexpr,
 ):
     seq = tl.program_id(0)
     tile = 0 if SPLIT else tl.program_id(1)
@@ -90,15 +106,20 @@ def _paged_attention_kernel(
     q_offsets = (query_start + q_token)[:, None] * stride_q_token + q_head[:, None] * stride_q_head + dims[None, :]
     q = tl.load(q_ptr + q_offsets, mask=row_valid[:, None] & dim_valid[None, :], other=0.0)
     q_position = context_len - query_len + q_token
+    q_first_key = _first_visible_key(q_position, window, chunk)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
+    if HAS_SINKS and not SPLIT:  # the sink starts the running softmax: its logit, exp(0) in the sum
+        m_i = tl.load(sinks_ptr + q_head, mask=row_valid, other=float("-inf")).to(tl.float32)
+        l_i = tl.where(row_valid, 1.0, 0.0)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
-    # Keys past this tile's last query are masked for every row: stop there.
+    # Keys past this tile's last query, and before its first query's first visible key, are masked
+    # for every row (first visible keys never decrease with the position): loop over those between.
     num_keys = context_len - query_len + tl.minimum((tile + 1) * TILE_Q, query_len)
-    first_key = 0
+    first_key = _first_visible_key(context_len - query_len + tile * TILE_Q, window, chunk)
     if SPLIT:
-        first_key = tl.program_id(1) * partition_keys
+        first_key += tl.program_id(1) * partition_keys
         if first_key >= num_keys:
             return  # the merge leaves out partitions past the context
         num_keys = tl.minimum(num_keys, first_key + partition_keys)
@@ -113,7 +134,10 @@ def _paged_attention_kernel(
             k_cache_ptr + cache_offsets[None, :] + dims[:, None], mask=k_valid[None, :] & dim_valid[:, None], other=0.0
         )
         scores = tl.dot(q, k, input_precision=DOT_PRECISION) * scale
-        allowed = (k_position[None, :] <= q_position[:, None]) & k_valid[None, :]
+        if SOFTCAP:
+            scores = softcap * _tanh(scores / softcap)
+        allowed = (k_position[None, :] <= q_position[:, None]) & (k_position[None, :] >= q_first_key[:, None])
+        allowed = allowed & k_valid[None, :]
         scores = tl.where(allowed, scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         # A padding row may have no allowed key yet: keep its exponent finite (it is never stored).
@@ -140,28 +164,38 @@ def _paged_attention_kernel(
 @triton.jit
 def _merge_partitions_kernel(
     partial_acc_ptr, partial_max_ptr, partial_sum_ptr, out_ptr,
-    query_start_ptr, query_len_ptr, context_len_ptr,
+    query_start_ptr, query_len_ptr, context_len_ptr, sinks_ptr,
+    window, chunk,
     partition_keys, num_partitions,
     stride_o_token, stride_o_head,
     NUM_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PAD: tl.constexpr,
     CHUNK: tl.constexpr,  # partitions read at a time
+    HAS_SINKS: tl.constexpr,
 ):
-    """One decode token's head: the partitions' softmaxes rescaled to their common max and summed."""
+    """One decode token's head: the partitions' softmaxes rescaled to their common max and summed
+    (with the head's sink, once)."""
     seq = tl.program_id(0)
     head = tl.program_id(1)
     if tl.load(query_len_ptr + seq) == 0:
         return
-    used = tl.minimum(tl.cdiv(tl.load(context_len_ptr + seq), partition_keys), num_partitions)
+    context_len = tl.load(context_len_ptr + seq)
+    visible = context_len - _first_visible_key(context_len - 1, window, chunk)
+    used = tl.minimum(tl.cdiv(visible, partition_keys), num_partitions)
     base = (seq * NUM_HEADS + head) * num_partitions
     parts = tl.arange(0, CHUNK)
     total_max = tl.full([], float("-inf"), tl.float32)
+    if HAS_SINKS:
+        sink = tl.load(sinks_ptr + head).to(tl.float32)
+        total_max = tl.maximum(total_max, sink)
     for start in range(0, used, CHUNK):
         m = tl.load(partial_max_ptr + base + start + parts, mask=start + parts < used, other=float("-inf"))
         total_max = tl.maximum(total_max, tl.max(m, 0))
     dims = tl.arange(0, HEAD_DIM_PAD)
     total = tl.zeros([], tl.float32)
+    if HAS_SINKS:
+        total = tl.exp(sink - total_max)
     acc = tl.zeros([HEAD_DIM_PAD], tl.float32)
     for start in range(0, used, CHUNK):
         valid = start + parts < used
@@ -190,7 +224,7 @@ def decode_partitions(num_seqs: int, num_kv_heads: int, max_context: int,
 
 
 def kernel_constants(num_heads: int, num_kv_heads: int, head_dim: int, block_size: int, max_query_len: int,
-                     dtype: torch.dtype, split: bool = False) -> dict:
+                     dtype: torch.dtype, split: bool = False, sinks: bool = False, softcap: bool = False) -> dict:
     """The kernel's compile-time constants for a batch of this shape (one compiled variant each)."""
     group = num_heads // num_kv_heads
     tile_q = max(1, (DECODE_ROWS if max_query_len == 1 else PREFILL_ROWS) // group)
@@ -205,22 +239,31 @@ def kernel_constants(num_heads: int, num_kv_heads: int, head_dim: int, block_siz
         BLOCK_N=KEYS_PER_ITERATION,
         DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
         SPLIT=split,
+        HAS_SINKS=sinks,
+        SOFTCAP=softcap,
     )
 
 
 def paged_attention_packed(
     q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, meta: PackedMetadata, scale: float,
-    partition_keys: int = PARTITION_KEYS,
+    partition_keys: int = PARTITION_KEYS, *, sliding_window: int | None = None, attention_chunk_size: int | None = None,
+    s_aux: torch.Tensor | None = None, softcap: float | None = None,
 ) -> torch.Tensor:
-    """q [T, heads, dim] -> [T, heads, dim]: each sequence's queries over its cached context."""
+    """q [T, heads, dim] -> [T, heads, dim]: each sequence's queries over its cached context, as the
+    layer asks: its sliding window, its attention chunks (Llama 4), its sinks [heads] (gpt-oss), its
+    logit softcap (Gemma 2); None for each it does not use."""
     _, num_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = key_cache.shape
     num_seqs, table_width = meta.block_tables.shape
+    window, chunk = sliding_window or 0, attention_chunk_size or 0
     num_partitions = 0
     if meta.max_query_len == 1:
-        num_partitions, partition_keys = decode_partitions(num_seqs, num_kv_heads, table_width * block_size, partition_keys)
+        # A decode sees at most its window's (or chunk's) keys: only those are partitioned.
+        visible = min([table_width * block_size] + [n for n in (window, chunk) if n])
+        num_partitions, partition_keys = decode_partitions(num_seqs, num_kv_heads, visible, partition_keys)
     constants = kernel_constants(num_heads, num_kv_heads, head_dim, block_size, meta.max_query_len, q.dtype,
-                                 split=num_partitions > 0)
+                                 split=num_partitions > 0, sinks=s_aux is not None, softcap=bool(softcap))
+    sinks = q if s_aux is None else s_aux.contiguous()  # q: a placeholder, not read
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if num_partitions:
         partial = (num_seqs, num_heads, num_partitions)
@@ -235,7 +278,9 @@ def paged_attention_packed(
         q, key_cache, value_cache, out,
         meta.block_tables, meta.query_start, meta.query_len, meta.context_len,
         partial_acc, partial_max, partial_sum,
-        scale,
+        sinks,
+        scale, softcap or 0.0,
+        window, chunk,
         partition_keys, num_partitions,
         q.stride(0), q.stride(1),
         out.stride(0), out.stride(1),
@@ -246,10 +291,12 @@ def paged_attention_packed(
     if num_partitions:
         _merge_partitions_kernel[(num_seqs, num_heads)](
             partial_acc, partial_max, partial_sum, out,
-            meta.query_start, meta.query_len, meta.context_len,
+            meta.query_start, meta.query_len, meta.context_len, sinks,
+            window, chunk,
             partition_keys, num_partitions,
             out.stride(0), out.stride(1),
             NUM_HEADS=num_heads, HEAD_DIM=head_dim, HEAD_DIM_PAD=constants["HEAD_DIM_PAD"], CHUNK=MERGE_CHUNK,
+            HAS_SINKS=s_aux is not None,
         )
     return out
 
@@ -262,14 +309,22 @@ def triton_paged_attention(
     attention_mask: torch.Tensor | None,
     scaling: float | None = None,
     dropout: float = 0.0,
-    attention_metadata: PackedMetadata | None = None,
+    attention_metadata: PackedStep | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    meta = attention_metadata
-    key_cache, value_cache = write_kv_cache(meta, module.layer_idx, key, value)
+    meta, spec, caches = attention_metadata.for_layer(module.layer_idx)
+    key_cache, value_cache = write_kv_cache([caches], 0, meta.slot_mapping, key, value)
     q = query[0].transpose(0, 1).contiguous()  # [T, heads, dim]
-    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
-    return paged_attention_packed(q, key_cache, value_cache, meta, scale).unsqueeze(0), None
+    return paged_attention_layer(q, key_cache, value_cache, meta, spec, layer_softmax(scaling, kwargs)).unsqueeze(0), None
+
+
+def paged_attention_layer(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, meta: PackedMetadata,
+                          spec: AttentionSpec, softmax: Softmax) -> torch.Tensor:
+    """One layer's attention over its KV cache group as the group's spec and the layer's softmax ask."""
+    scale = softmax.scale if softmax.scale is not None else q.shape[-1] ** -0.5
+    return paged_attention_packed(q, key_cache, value_cache, meta, scale, sliding_window=spec.sliding_window,
+                                  attention_chunk_size=spec.attention_chunk, s_aux=softmax.sinks,
+                                  softcap=softmax.softcap)
 
 
 AttentionInterface.register(ATTENTION_NAME, triton_paged_attention)

@@ -51,8 +51,8 @@ def format_status(s: dict, cost: dict | None = None) -> str:
         f"engine    {execution(engine.get('execution')) or 'no model loaded'}",
         f"queue     {engine['running']} running, {engine['waiting']} waiting; {engine['requests_per_s']:.2f} req/s, "
         f"{engine['errors']} errors, {engine['preemptions']} preemptions",
-        f"kv cache  {engine['kv_usage']:.0%} ({engine['kv_blocks_used']}/{engine['kv_blocks_total']} blocks), "
-        f"prefix hits {percent(engine['prefix_cache_hit_rate'])}",
+        f"kv cache  {engine['kv_usage']:.0%} ({engine['kv_blocks_used']}/{engine['kv_blocks_total']} blocks"
+        f"{kv_layout(engine.get('execution'))}), prefix hits {percent(engine['prefix_cache_hit_rate'])}",
         f"tokens/s  {engine['prompt_tokens_per_s']:.1f} in, {engine['generation_tokens_per_s']:.1f} out",
         f"latency   TTFT p50 {ms(engine['ttft_s']['p50'])} p99 {ms(engine['ttft_s']['p99'])}; "
         f"ITL p50 {ms(engine['itl_s']['p50'])} p99 {ms(engine['itl_s']['p99'])}",
@@ -79,6 +79,11 @@ def format_status(s: dict, cost: dict | None = None) -> str:
         lines.append(f"health    {verdict} (checked {health['checked_at']})")
         lines.extend(f"          {p}" for p in health["problems"])
     return "\n".join(lines)
+
+
+def kv_layout(path: dict | None) -> str:
+    """How the KV cache's layers share its blocks, where the engine says ("; 1 full + 5 sliding window 1024 groups …")."""
+    return f"; {path['kv_cache']}" if path and path.get("kv_cache") else ""
 
 
 def engine_lines(engines: list[dict]) -> list[str]:

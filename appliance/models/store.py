@@ -147,14 +147,15 @@ def read_json(path: Path) -> dict:
         raise ModelStoreError(400, f"{path} is not readable JSON: {e}") from e
 
 
-def check_supported(config: dict, where: str) -> None:
-    from engine.loader import SUPPORTED_ARCHITECTURES  # imports torch: only the service process pays for it
+def check_supported(config: dict, where: str) -> str:
+    """The architecture the engine builds for this config.json; refused naming the first layer it cannot run."""
+    from engine.capabilities import check_config, config_from_dict  # imports torch: only the service process pays
+    from engine.errors import ModelLoadError
 
-    architecture = (config.get("architectures") or [None])[0]
-    if architecture not in SUPPORTED_ARCHITECTURES:
-        supported = ", ".join(sorted(SUPPORTED_ARCHITECTURES))
-        what = architecture or "model whose config.json names no architecture"
-        raise ModelStoreError(400, f"{where} is a {what}, which the appliance cannot serve; supported: {supported}")
+    try:
+        return check_config(config_from_dict(config)).declared
+    except ModelLoadError as e:
+        raise ModelStoreError(400, f"{where} cannot be served: {e}") from None
 
 
 def check_name(name: str, derived: bool = False) -> str:

@@ -58,10 +58,12 @@ class _EngineCollector:
             "vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
             labels=["block_size", "num_gpu_blocks", "model_name"],
         )
-        names = ["device", "dtype", "attention_backend", "fused_layers", "cuda_graphs", "async_scheduling"]
+        names = ["device", "dtype", "attention_backend", "fused_layers", "cuda_graphs", "async_scheduling", "experts",
+                 "attention", "kv_cache"]
         path = GaugeMetricFamily(
             "appliance_engine_execution_info",
-            "What runs the model: device, dtype, attention backend, fused layers, CUDA graphs, async scheduling.",
+            "What runs the model: device, dtype, attention backend, fused layers, CUDA graphs, async scheduling, "
+            "experts implementation (MoE), attention variants, KV cache groups.",
             labels=[*names, "model_name"],
         )
         for model, stats in engines:

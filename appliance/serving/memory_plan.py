@@ -1,7 +1,9 @@
 """What a model needs in memory before it loads, and whether that fits next to the models already loaded.
 
-Needs = weights (bytes on disk scaled from the stored dtype to the serving one) + the KV cache the
-engine will allocate + an activation peak (the largest step's hidden states and logits). Free = on a
+Needs = weights (bytes on disk scaled from the stored dtype to the serving one: every expert of a
+mixture of experts; a multimodal checkpoint's language model only) + the KV cache the engine will
+allocate (its layers grouped as the engine groups them: a sliding-window layer holds its window) + an
+activation peak (the largest step's hidden states and logits). Free = on a
 GPU what the device has free, on CPU the RAM available, capped by `pool_memory_bytes` less what the
 loaded models were planned to use. A model that does not fit is refused with these numbers, before
 anything is allocated.
@@ -40,43 +42,61 @@ def model_config(path: Path) -> dict:
     return json.loads(config.read_text()) if config.is_file() else {}
 
 
-def kv_bytes_per_token(config: dict, dtype_bytes: int) -> int:
-    layers = config.get("num_hidden_layers", 0)
-    heads = config.get("num_attention_heads", 1) or 1
-    kv_heads = config.get("num_key_value_heads") or heads
-    head_dim = config.get("head_dim") or config.get("hidden_size", 0) // heads
-    return 2 * layers * kv_heads * head_dim * dtype_bytes
+# Where multimodal checkpoints keep their language model's tensors (engine.loader loads only those).
+TEXT_TENSOR_PREFIXES = ("model.language_model.", "language_model.", "lm_head.")
+
+
+def weight_bytes(path: Path, multimodal: bool) -> int:
+    """Bytes of the weights the engine loads: every file's, or for a multimodal checkpoint only its language
+    model's tensors (from the safetensors headers: the vision tower stays on disk)."""
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+    if not multimodal:
+        return sum(f.stat().st_size for f in files)
+    total = 0
+    for f in files:
+        with f.open("rb") as handle:
+            header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        total += sum(t["data_offsets"][1] - t["data_offsets"][0] for name, t in header.items()
+                     if name != "__metadata__" and name.startswith(TEXT_TENSOR_PREFIXES))
+    return total
 
 
 def needs(path: Path, engine_config, kv_context: int) -> Needs:
     """What loading the model at `path` with `engine_config` (an engine.EngineConfig) will take."""
+    from engine.kv_cache_spec import layout_from_config
+
     config = model_config(path)
-    stored = DTYPE_BYTES.get(str(config.get("dtype") or config.get("torch_dtype") or "float32"), 4)
+    text = config.get("text_config") or config  # a multimodal checkpoint serves its language model
+    stored = DTYPE_BYTES.get(str(config.get("dtype") or config.get("torch_dtype") or text.get("dtype") or "float32"), 4)
     serving = DTYPE_BYTES.get(engine_config.resolved_dtype, 4)
-    files = path.glob("*.safetensors") if path.is_dir() else [path]
-    weights = sum(f.stat().st_size for f in files) * serving // stored
-    per_token = kv_bytes_per_token(config, serving)
+    weights = weight_bytes(path, text is not config) * serving // stored  # every expert of a MoE model counts
+    block = layout_from_config(text).block_bytes(engine_config.block_size, serving) if text else 0
     if engine_config.num_kv_blocks is not None:
-        kv = per_token * engine_config.block_size * engine_config.num_kv_blocks
+        kv = block * (engine_config.num_kv_blocks + 1)
     else:
-        kv = engine_config.kv_cache_bytes or default_kv_bytes(config, engine_config, kv_context)
-    hidden = config.get("hidden_size", 0)
-    intermediate = config.get("intermediate_size", 4 * hidden)
+        kv = engine_config.kv_cache_bytes or default_kv_bytes(text, engine_config, kv_context)
+    hidden = text.get("hidden_size", 0)
+    intermediate = text.get("intermediate_size", 4 * hidden)
     step_tokens = engine_config.max_num_batched_tokens
     activations = (step_tokens * (4 * hidden + 2 * intermediate) * serving
-                   + engine_config.max_num_seqs * config.get("vocab_size", 0) * 4)  # float32 logits
+                   + engine_config.max_num_seqs * text.get("vocab_size", 0) * 4)  # float32 logits
     return Needs(weights, kv, activations)
 
 
 def default_kv_bytes(config: dict, engine_config, kv_context: int) -> int:
     """On a GPU enough for max_num_seqs sequences of kv_context tokens (or the model's limit, if
-    shorter), so that several models share it; on CPU the engine's own default."""
+    shorter), so that several models share it, each holding what its layers keep (a sliding window
+    layer only its window); on CPU the engine's own default."""
     from engine.config import CPU_KV_CACHE_BYTES
+    from engine.kv_cache_spec import blocks_per_sequence, layout_from_config
 
     if not engine_config.on_cuda:
         return CPU_KV_CACHE_BYTES
     context = min(kv_context, engine_config.max_model_len or config.get("max_position_embeddings") or kv_context)
-    return engine_config.max_num_seqs * context * kv_bytes_per_token(config, DTYPE_BYTES.get(engine_config.resolved_dtype, 4))
+    layout = layout_from_config(config)
+    blocks = blocks_per_sequence(layout.specs(), engine_config.block_size, context, engine_config.max_num_batched_tokens)
+    block = layout.block_bytes(engine_config.block_size, DTYPE_BYTES.get(engine_config.resolved_dtype, 4))
+    return (engine_config.max_num_seqs * blocks + 1) * block
 
 
 def free_memory_bytes(device: str) -> int | None:

@@ -4,7 +4,7 @@ import torch
 
 from engine import Engine, EngineConfig, SamplingParams
 from engine.attention import gather_blocks
-from engine.model_runner import _first_of_consecutive
+from engine.packing import first_of_consecutive
 
 
 def test_consecutive_blocks_are_a_view_equal_to_their_gather():
@@ -16,9 +16,9 @@ def test_consecutive_blocks_are_a_view_equal_to_their_gather():
 
 
 def test_only_a_run_of_consecutive_blocks_counts():
-    assert _first_of_consecutive([7]) == 7 and _first_of_consecutive([3, 4, 5]) == 3
-    assert _first_of_consecutive([3, 5, 4]) is None and _first_of_consecutive([5, 4, 3]) is None
-    assert _first_of_consecutive([1, 3, 2, 4]) is None
+    assert first_of_consecutive([7]) == 7 and first_of_consecutive([3, 4, 5]) == 3
+    assert first_of_consecutive([3, 5, 4]) is None and first_of_consecutive([5, 4, 3]) is None
+    assert first_of_consecutive([1, 3, 2, 4]) is None
 
 
 def test_a_lone_request_read_in_place_matches_generate(tiny_model_path_b):
@@ -32,7 +32,7 @@ def test_a_lone_request_read_in_place_matches_generate(tiny_model_path_b):
     while engine.has_unfinished():
         engine.step()
         if "alone" in engine.sequences:
-            assert _first_of_consecutive(seq.block_table) is not None
+            assert first_of_consecutive(seq.block_tables[0]) is not None
         got = list(seq.output_token_ids)
     model = engine.session.loaded.model
     model.set_attn_implementation("sdpa")

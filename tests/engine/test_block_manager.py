@@ -1,9 +1,12 @@
 """The KV block pool: allocation, reference counts, prefix caching and LRU eviction."""
 
 from hypothesis import given, settings
+from transformers import Gemma3TextConfig
 from hypothesis import strategies as st
 
-from engine.block_manager import BlockManager, blocks_for
+from engine.block_manager import NULL_BLOCK, BlockManager, blocks_for
+from benchmarks.kv_capacity import full_allocation, sequences_held
+from engine.kv_cache_spec import AttentionSpec, layout_from_config
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
 
@@ -17,9 +20,8 @@ def make_seq(tokens, rid="r"):
 def admit(bm: BlockManager, seq: Sequence) -> bool:
     """What the scheduler does for a waiting sequence: reuse the cached prefix, allocate the rest."""
     cached = bm.find_cached_prefix(seq)
-    computed = len(cached) * BLOCK
-    needed = blocks_for(seq.num_tokens, BLOCK) - len(cached)
-    if not bm.can_allocate(needed, cached):
+    computed = cached.num_blocks * BLOCK
+    if not bm.can_admit(cached, seq.num_tokens - computed):
         return False
     bm.take_cached_prefix(seq, cached)
     assert bm.allocate(seq, seq.num_tokens - computed)
@@ -32,18 +34,18 @@ def test_allocate_covers_tokens_and_free_returns_blocks():
     bm = BlockManager(num_blocks=8, block_size=BLOCK)
     seq = make_seq(range(10))
     assert bm.allocate(seq, 10)
-    assert len(seq.block_table) == 3
+    assert seq.block_tables == [[1, 2, 3]]
     assert bm.num_free_blocks == 5
     bm.free(seq)
     assert bm.num_free_blocks == 8
-    assert seq.block_table == []
+    assert seq.block_tables == []
 
 
 def test_allocate_refuses_without_partial_change_when_pool_is_short():
     bm = BlockManager(num_blocks=2, block_size=BLOCK)
     seq = make_seq(range(12))
     assert not bm.allocate(seq, 12)
-    assert seq.block_table == [] and bm.num_free_blocks == 2
+    assert seq.block_tables == [] and bm.num_free_blocks == 2
 
 
 def test_shared_prefix_is_reused_and_reference_counted():
@@ -52,11 +54,11 @@ def test_shared_prefix_is_reused_and_reference_counted():
     b = make_seq([1, 2, 3, 4, 5, 6, 7, 8, 42, 43], "b")
     assert admit(bm, a)
     assert admit(bm, b)
-    assert b.block_table[:2] == a.block_table[:2]
+    assert b.block_tables[0][:2] == a.block_tables[0][:2]
     assert b.num_cached_tokens == 8
-    assert [bm.blocks[i].ref_count for i in a.block_table[:2]] == [2, 2]
+    assert [bm.blocks[i].ref_count for i in a.block_tables[0][:2]] == [2, 2]
     bm.free(a)
-    assert [bm.blocks[i].ref_count for i in b.block_table[:2]] == [1, 1]
+    assert [bm.blocks[i].ref_count for i in b.block_tables[0][:2]] == [1, 1]
 
 
 def test_whole_prompt_hit_still_leaves_one_token_to_compute():
@@ -65,7 +67,7 @@ def test_whole_prompt_hit_still_leaves_one_token_to_compute():
     assert admit(bm, a)
     bm.free(a)
     b = make_seq(range(8), "b")
-    assert len(bm.find_cached_prefix(b)) == 1  # 7 tokens may be reused, the 8th is recomputed
+    assert bm.find_cached_prefix(b).num_blocks == 1  # 7 tokens may be reused, the 8th is recomputed
 
 
 def test_freed_cached_blocks_count_as_free_and_are_revived_by_a_hit():
@@ -90,8 +92,8 @@ def test_eviction_takes_least_recently_freed_and_forgets_its_hash():
     # Fill the pool: the oldest freed blocks go first.
     filler = make_seq([3] * 12, "filler")
     assert admit(bm, filler)
-    assert bm.find_cached_prefix(make_seq([1] * 4 + [9])) == []
-    assert len(bm.find_cached_prefix(make_seq([2] * 4 + [9]))) == 1
+    assert bm.find_cached_prefix(make_seq([1] * 4 + [9])).num_blocks == 0
+    assert bm.find_cached_prefix(make_seq([2] * 4 + [9])).num_blocks == 1
 
 
 def test_prefix_cache_off_never_shares():
@@ -100,10 +102,17 @@ def test_prefix_cache_off_never_shares():
     assert admit(bm, a)
     b = make_seq(range(9), "b")
     assert admit(bm, b)
-    assert not set(a.block_table) & set(b.block_table)
+    assert not set(a.block_tables[0]) & set(b.block_tables[0])
 
 
-@settings(max_examples=200, deadline=None)
+SPECS = {
+    "full": [AttentionSpec()],
+    "full+window": [AttentionSpec(), AttentionSpec(sliding_window=6)],
+    "windows": [AttentionSpec(sliding_window=5), AttentionSpec(attention_chunk=8)],
+}
+
+
+@settings(max_examples=300, deadline=None)
 @given(
     ops=st.lists(
         st.tuples(
@@ -113,38 +122,75 @@ def test_prefix_cache_off_never_shares():
         ),
         max_size=60,
     ),
-    num_blocks=st.integers(1, 12),
+    num_blocks=st.integers(1, 16),
+    layout=st.sampled_from(sorted(SPECS)),
 )
-def test_random_operations_never_leak_or_go_negative(ops, num_blocks):
-    bm = BlockManager(num_blocks=num_blocks, block_size=BLOCK)
+def test_random_operations_never_leak_and_every_visible_block_holds_its_tokens(ops, num_blocks, layout):
+    """Block contents are simulated: computing tokens writes (group, the tokens up to the block's end) into
+    each block it touches. Whatever a hit, an eviction or a window's freeing did, the blocks a sequence's
+    next query reads must hold exactly its own tokens, in every group."""
+    specs = SPECS[layout]
+    bm = BlockManager(num_blocks=num_blocks, block_size=BLOCK, specs=specs)
     live: dict[int, Sequence] = {}
+    content: dict[int, tuple] = {}
+
+    def compute(seq: Sequence, end: int) -> None:
+        for g, table in enumerate(seq.block_tables):
+            for i in range(seq.num_computed_tokens // BLOCK, blocks_for(end, BLOCK)):
+                content[table[i]] = (g, tuple(seq.token_ids[: min((i + 1) * BLOCK, end)]))
+        seq.num_computed_tokens = end
+        bm.cache_full_blocks(seq)
+
     for op, slot, tokens in ops:
         if op == "admit" and slot not in live:
             seq = make_seq(tokens, str(slot))
-            if admit(bm, seq):
+            cached = bm.find_cached_prefix(seq)
+            if bm.can_admit(cached, seq.num_tokens - cached.num_blocks * BLOCK):
+                bm.take_cached_prefix(seq, cached)
+                assert bm.allocate(seq, seq.num_tokens - seq.num_computed_tokens)
+                compute(seq, seq.num_tokens)
                 live[slot] = seq
             else:
-                assert seq.block_table == []
+                assert seq.block_tables == []
         elif op == "grow" and slot in live:
             seq = live[slot]
             for t in tokens[:3]:
                 seq.append_token(t)
             if bm.allocate(seq, seq.num_tokens - seq.num_computed_tokens):
-                seq.num_computed_tokens = seq.num_tokens
-                bm.cache_full_blocks(seq)
+                compute(seq, seq.num_tokens)
         elif op == "free" and slot in live:
             bm.free(live.pop(slot))
         # Invariants after every operation.
-        refs = [0] * num_blocks
+        refs = [0] * (num_blocks + 1)
         for seq in live.values():
-            assert len(seq.block_table) >= -(-seq.num_computed_tokens // BLOCK)
-            for b in seq.block_table:
-                refs[b] += 1
+            assert len({len(t) for t in seq.block_tables}) == 1
+            for g, (spec, table) in enumerate(zip(specs, seq.block_tables)):
+                assert len(table) >= blocks_for(seq.num_computed_tokens, BLOCK)
+                for i, b in enumerate(table):
+                    refs[b] += b != NULL_BLOCK
+                first = spec.first_visible(seq.num_computed_tokens - 1) // BLOCK
+                for i in range(first, blocks_for(seq.num_computed_tokens, BLOCK)):
+                    expected = (g, tuple(seq.token_ids[: min((i + 1) * BLOCK, seq.num_computed_tokens)]))
+                    assert table[i] != NULL_BLOCK and content[table[i]] == expected
         assert [blk.ref_count for blk in bm.blocks] == refs
-        assert all(r >= 0 for r in refs)
-        assert set(bm.free_queue) == {i for i, r in enumerate(refs) if r == 0}
-        for h, b in bm.hash_to_block.items():
-            assert bm.blocks[b].hash == h
+        assert set(bm.free_queue) == {i for i, r in enumerate(refs) if r == 0 and i != NULL_BLOCK}
+        for key, b in bm.key_to_block.items():
+            assert bm.blocks[b].key == key
     for seq in live.values():
         bm.free(seq)
     assert bm.num_free_blocks == num_blocks
+
+
+def test_a_gemma3_shaped_model_holds_four_times_the_32k_sequences_of_full_allocation():
+    """Gemma 3 12B's shape (40 sliding layers with a 1024-token window, 8 full; 8 kv heads of 256) at 32k
+    context in one 40 GiB KV budget: window groups keep a window and a block, full allocation keeps all."""
+    config = Gemma3TextConfig(num_hidden_layers=48, sliding_window=1024, num_key_value_heads=8, head_dim=256)
+    windowed = layout_from_config(config)
+    assert windowed.describe() == "1 full + 5 sliding window 1024 groups of 8 layers"
+    budget = 40 << 30
+    with_windows, bm = sequences_held(windowed, budget, 32768, 2048)
+    without, _ = sequences_held(full_allocation(windowed), budget, 32768, 2048)
+    assert without == 3 and with_windows >= 4 * without
+    # What the pool counts as used is what the sequences really hold: a 32k sequence's full group and
+    # each window group's last 1024 tokens (65 blocks, the window starting inside one).
+    assert bm.num_blocks - bm.num_free_blocks <= with_windows * (32768 // 16 + 5 * 65) + 2048 // 16 * 6

@@ -125,7 +125,8 @@ def test_dummy_weights_from_a_config_run():
     assert eng.stats().execution is None  # nothing runs without a model
     eng.load_model(config)
     assert eng.stats().execution == {"device": "cpu", "dtype": "float32", "attention_backend": "torch",
-                                     "fused_layers": False, "cuda_graphs": False, "async_scheduling": False}
+                                     "fused_layers": False, "cuda_graphs": False, "async_scheduling": False,
+                                     "experts": "none", "attention": "full", "kv_cache": "1 full group of 2 layers"}
     eng.add_request("x", [1, 2, 3], SamplingParams(max_tokens=4, ignore_eos=True))
     assert sum(len(o.new_token_ids) for o in drain(eng)["x"]) == 4
 

@@ -28,7 +28,7 @@ def run(engine: Engine, request_id: str, params: SamplingParams) -> list:
 
 
 def test_prompt_logprobs_match_transformers_in_chunks_and_past_a_cached_prefix(tiny_model_path, reference):
-    engine = Engine(EngineConfig(max_num_batched_tokens=16, max_num_seqs=4))
+    engine = Engine(EngineConfig(dtype="float32", max_num_batched_tokens=16, max_num_seqs=4))
     engine.load_model(tiny_model_path)
     plain = run(engine, "warm", SamplingParams(max_tokens=2, temperature=0, ignore_eos=True))
     assert plain[0].prompt_logprobs is None

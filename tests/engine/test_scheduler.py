@@ -81,7 +81,7 @@ def test_out_of_blocks_preempts_the_newest_and_requeues_it_first():
     plan = sched.schedule()  # old needs a 3rd block: new is preempted
     assert [s.request_id for s in plan.preempted] == ["new"]
     assert [s.seq.request_id for s in plan.scheduled] == ["old"]
-    assert new.status == SequenceStatus.WAITING and new.block_table == [] and new.num_computed_tokens == 0
+    assert new.status == SequenceStatus.WAITING and new.block_tables == [] and new.num_computed_tokens == 0
     assert sched.waiting[0] is new
     assert sched.num_preemptions == 1
 
@@ -135,7 +135,7 @@ def test_any_workload_completes_within_budget_and_leaks_nothing(requests, num_bl
             assert s.num_new_tokens >= 1
             completes = s.completes_prompt
             s.seq.num_computed_tokens += s.num_new_tokens
-            assert len(s.seq.block_table) * BLOCK >= s.seq.num_computed_tokens
+            assert len(s.seq.block_tables[0]) * BLOCK >= s.seq.num_computed_tokens
             bm.cache_full_blocks(s.seq)
             if completes:
                 s.seq.append_token(5)

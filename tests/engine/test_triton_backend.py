@@ -71,7 +71,8 @@ def test_triton_backend_matches_generate(expected):
     engine = make_engine(attention_backend="triton")
     assert engine.stats().execution == {"device": DEVICE, "dtype": "float32", "attention_backend": "triton",
                                         "fused_layers": True, "cuda_graphs": DEVICE == "cuda",
-                                        "async_scheduling": DEVICE == "cuda"}
+                                        "async_scheduling": DEVICE == "cuda", "experts": "none",
+                                        "attention": "full", "kv_cache": "1 full group of 2 layers"}
     assert run(engine) == expected
     assert engine.stats().prefix_cache_hits > 0
 

@@ -24,23 +24,29 @@ from engine.triton_attention import MERGE_CHUNK, _merge_partitions_kernel, _page
 TARGETS = {"sm90": GPUTarget("cuda", 90, 32), "sm80": GPUTarget("cuda", 80, 32)}
 POINTER_TYPES = {torch.bfloat16: "*bf16", torch.float32: "*fp32"}
 # Model shapes: (query heads, kv heads, head dim, hidden size, MLP width).
-SHAPES = {"smollm2-135m": (9, 3, 64, 576, 1536), "llama-3.1-8b": (32, 8, 128, 4096, 14336)}
-# Paged attention: (target, shape, dtype, max query length: 1 decodes only, split decode). SmolLM2-135M
-# (3 query heads a kv head, 64 dims) and Llama-3.1-8B (4, 128) on Hopper, decode and prefill tiles;
-# float32 (exact dots); the 8B prefill tile on Ampere; split batch-1 decodes (with the merge kernel) on both.
+SHAPES = {"smollm2-135m": (9, 3, 64, 576, 1536), "llama-3.1-8b": (32, 8, 128, 4096, 14336),
+          "gpt-oss-20b": (64, 8, 64, 2880, 2880), "gemma-2-9b": (16, 8, 256, 3584, 14336)}
+# Paged attention: (target, shape, dtype, max query length: 1 decodes only, split decode, layer features).
+# SmolLM2-135M (3 query heads a kv head, 64 dims) and Llama-3.1-8B (4, 128) on Hopper, decode and prefill
+# tiles; float32 (exact dots); the 8B prefill tile on Ampere; split batch-1 decodes (with the merge
+# kernel) on both; gpt-oss's sinks (8 query heads a kv head) in a prefill tile and a split decode;
+# Gemma 2's softcap with 256-dim heads (the widest tile).
 ATTENTION_VARIANTS = [
-    ("sm90", "smollm2-135m", torch.bfloat16, 1, False),
-    ("sm90", "smollm2-135m", torch.bfloat16, 512, False),
-    ("sm90", "llama-3.1-8b", torch.bfloat16, 1, False),
-    ("sm90", "llama-3.1-8b", torch.bfloat16, 512, False),
-    ("sm90", "smollm2-135m", torch.float32, 512, False),
-    ("sm80", "llama-3.1-8b", torch.bfloat16, 512, False),
-    ("sm90", "llama-3.1-8b", torch.bfloat16, 1, True),
-    ("sm80", "llama-3.1-8b", torch.bfloat16, 1, True),
+    ("sm90", "smollm2-135m", torch.bfloat16, 1, False, ()),
+    ("sm90", "smollm2-135m", torch.bfloat16, 512, False, ()),
+    ("sm90", "llama-3.1-8b", torch.bfloat16, 1, False, ()),
+    ("sm90", "llama-3.1-8b", torch.bfloat16, 512, False, ()),
+    ("sm90", "smollm2-135m", torch.float32, 512, False, ()),
+    ("sm80", "llama-3.1-8b", torch.bfloat16, 512, False, ()),
+    ("sm90", "llama-3.1-8b", torch.bfloat16, 1, True, ()),
+    ("sm80", "llama-3.1-8b", torch.bfloat16, 1, True, ()),
+    ("sm90", "gpt-oss-20b", torch.bfloat16, 512, False, ("sinks",)),
+    ("sm90", "gpt-oss-20b", torch.bfloat16, 1, True, ("sinks",)),
+    ("sm90", "gemma-2-9b", torch.bfloat16, 512, False, ("softcap",)),
 ]
 # The fused layer kernels for both shapes in bfloat16 on Hopper, and the 8B's on Ampere.
 FUSED_VARIANTS = [("sm90", "smollm2-135m"), ("sm90", "llama-3.1-8b"), ("sm80", "llama-3.1-8b")]
-VARIANT_COUNT = len(ATTENTION_VARIANTS) + sum(split for *_, split in ATTENTION_VARIANTS) + 3 * len(FUSED_VARIANTS)
+VARIANT_COUNT = len(ATTENTION_VARIANTS) + sum(split for *_, split, _ in ATTENTION_VARIANTS) + 3 * len(FUSED_VARIANTS)
 
 
 def signature(kernel, constants: dict, pointers: dict, floats: tuple[str, ...] = ()) -> dict:
@@ -73,18 +79,22 @@ def report(compiled, **what) -> None:
 
 
 def main() -> None:
-    for target, shape, dtype, max_query_len, split in ATTENTION_VARIANTS:
+    for target, shape, dtype, max_query_len, split, features in ATTENTION_VARIANTS:
         heads, kv_heads, head_dim, _, _ = SHAPES[shape]
-        constants = kernel_constants(heads, kv_heads, head_dim, 16, max_query_len, dtype, split)
+        sinks = "sinks" in features
+        constants = kernel_constants(heads, kv_heads, head_dim, 16, max_query_len, dtype, split, sinks=sinks,
+                                     softcap="softcap" in features)
         pointer = POINTER_TYPES[dtype]
-        pointers = dict(q_ptr=pointer, k_cache_ptr=pointer, v_cache_ptr=pointer, out_ptr=pointer,
+        pointers = dict(q_ptr=pointer, k_cache_ptr=pointer, v_cache_ptr=pointer, out_ptr=pointer, sinks_ptr=pointer,
                         partial_acc_ptr="*fp32", partial_max_ptr="*fp32", partial_sum_ptr="*fp32")
-        compiled = compile_kernel(_paged_attention_kernel, target, constants, pointers, floats=("scale",))
+        compiled = compile_kernel(_paged_attention_kernel, target, constants, pointers, floats=("scale", "softcap"))
         report(compiled, kernel="paged_attention", target=target, shape=shape, dtype=str(dtype),
-               max_query_len=max_query_len, split=split)
+               max_query_len=max_query_len, split=split, features=features)
         if split:
-            merge = dict(NUM_HEADS=heads, HEAD_DIM=head_dim, HEAD_DIM_PAD=constants["HEAD_DIM_PAD"], CHUNK=MERGE_CHUNK)
-            pointers = dict(partial_acc_ptr="*fp32", partial_max_ptr="*fp32", partial_sum_ptr="*fp32", out_ptr=pointer)
+            merge = dict(NUM_HEADS=heads, HEAD_DIM=head_dim, HEAD_DIM_PAD=constants["HEAD_DIM_PAD"], CHUNK=MERGE_CHUNK,
+                         HAS_SINKS=sinks)
+            pointers = dict(partial_acc_ptr="*fp32", partial_max_ptr="*fp32", partial_sum_ptr="*fp32", out_ptr=pointer,
+                            sinks_ptr=pointer)
             compiled = compile_kernel(_merge_partitions_kernel, target, merge, pointers)
             report(compiled, kernel="merge_partitions", target=target, shape=shape)
     bf16 = "*bf16"

@@ -4,19 +4,37 @@ import pytest
 
 from appliance.serving import memory_plan
 from engine import Engine, EngineConfig
+from tests.engine.architectures import build
 
 
 @pytest.mark.parametrize("settings", [{"num_kv_blocks": 64}, {"kv_cache_bytes": 3 << 20}])
 def test_the_planned_kv_cache_is_what_the_engine_allocates(tiny_model_path, settings):
-    config = EngineConfig(max_num_seqs=4, max_num_batched_tokens=256, **settings)
+    config = EngineConfig(dtype="float32", max_num_seqs=4, max_num_batched_tokens=256, **settings)
     need = memory_plan.needs(tiny_model_path, config, kv_context=4096)
     engine = Engine(config)
     engine.load_model(tiny_model_path)
     try:
-        planned_blocks = need.kv_cache // (engine.kv_cache_bytes // engine.stats().kv_blocks_total)
-        assert planned_blocks == engine.stats().kv_blocks_total
+        allocated_blocks = engine.stats().kv_blocks_total + 1  # the null block too
+        assert need.kv_cache // (engine.kv_cache_bytes // allocated_blocks) == allocated_blocks
         assert need.weights == (tiny_model_path / "model.safetensors").stat().st_size  # stored and served in float32
         assert need.activations > 0 and need.total == need.weights + need.kv_cache + need.activations
+    finally:
+        engine.unload_model()
+
+
+def test_a_multimodal_checkpoint_is_planned_as_the_language_model_the_engine_loads(tmp_path):
+    """Gemma 3 (multimodal class, text served): its vision tower's bytes stay out of the plan; its KV blocks
+    are one full and five sliding groups' layers."""
+    build("gemma3").save_pretrained(tmp_path)
+    config = EngineConfig(dtype="float32", num_kv_blocks=32, block_size=4)
+    need = memory_plan.needs(tmp_path, config, kv_context=4096)
+    engine = Engine(config)
+    engine.load_model(tmp_path)
+    try:
+        model = engine.session.loaded.model
+        assert need.weights == sum(p.numel() * p.element_size() for p in model.parameters())
+        assert need.weights < (tmp_path / "model.safetensors").stat().st_size
+        assert need.kv_cache == engine.kv_cache_bytes
     finally:
         engine.unload_model()
 

@@ -1,0 +1,121 @@
+"""The GPU check's results as markdown for docs/BENCHMARKS.md, and the short table printed last."""
+
+
+def _fmt(value, spec: str = ".1f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _ratio(ours, theirs) -> str:
+    return "–" if ours is None or not theirs else f"{ours / theirs:.2f}"
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def correctness_rows(report: dict) -> list[str]:
+    rows = []
+    for name, entry in report["correctness"].items():
+        for dtype in report["plan"]["correctness_dtypes"]:
+            r = entry.get(dtype)
+            if r is None:
+                continue
+            e = r["execution"]
+            path = f"{e['attention_backend']}, graphs {_on(e['cuda_graphs'])}, async {_on(e['async_scheduling'])}"
+            rows.append(f"| {name} ({entry['layers']} layers) | {dtype} | {path} "
+                        f"| {r['agreed']:.0%} / {r['agreed_async']:.0%} | {'yes' if r['divergences_are_near_ties'] else 'NO'} "
+                        f"| {r['logprob_rel_err']:.1e} | {'pass' if r['passed'] else 'FAIL'} |")
+    return rows
+
+
+def speed_rows(report: dict) -> tuple[list[str], list[str]]:
+    batch1, throughput = [], []
+    for name, entry in report["speed"].items():
+        b1 = entry.get("batch1")
+        if b1:
+            ours, theirs = b1["ours_tokens_per_s"], b1.get("generate_tokens_per_s")
+            gb_per_token = (b1["weight_bytes_per_token"] + b1["kv_bytes_per_token"]) / 1e9
+            batch1.append(f"| {name} | {entry['dtype']} | {ours:.1f} | {_fmt(theirs)} | {_ratio(ours, theirs)} "
+                          f"| {gb_per_token:.2f} | {b1['mbu']:.2f} |")
+        for requests, t in entry.get("throughput", {}).items():
+            ours, cb, gen = t["ours_tokens_per_s"], t.get("cb_tokens_per_s"), t.get("generate_tokens_per_s")
+            throughput.append(f"| {name} | {requests} | {t['output_tokens']} | {ours:.0f} | {_fmt(cb, '.0f')} "
+                              f"| {_fmt(gen, '.0f')} | {_ratio(ours, cb)} | {_ratio(ours, gen)} |")
+    return batch1, throughput
+
+
+def markdown(report: dict) -> str:
+    m, plan = report["machine"], report["plan"]
+    lines = [
+        f"### GPU check, {m['date']}: {m['device']}",
+        "",
+        f"`scripts/gpu-check.sh{' --dry-run' if plan['tiny'] else ''}` — {m['device']}, torch {m['torch']}, "
+        f"triton {m['triton']}, transformers {m['transformers']}, Python {m['python']}; device-to-device copy "
+        f"{m['bandwidth_gb_s']:.0f} GB/s (read + write). Random weights (load_dummy's seed), shapes from the "
+        "published configs (benchmarks/model_shapes.py).",
+        "",
+        f"**Correctness**: the CUDA path against the portable torch path, {', '.join(str(n) for n in plan['correctness_prompt_lens'])}-token "
+        f"prompts, two sharing a {plan['correctness_shared_prefix']}-token prefix and one past any sliding window, "
+        f"{plan['correctness_output_len']} greedy tokens each, prefill chunks of {plan['correctness_batched_tokens']} tokens; "
+        "fewer layers than the models, every kind of layer each has. Tokens agreed before a first difference (with "
+        "logprobs / async scheduling); a difference must be a near tie (each path's token in the other's top 5); "
+        "relative error of the log-probabilities at every shared position.",
+        "",
+        "| shape | dtype | CUDA path | tokens agreed | near ties | logprob rel. err. | verdict |",
+        "|---|---|---|---:|---|---:|---|",
+        *correctness_rows(report),
+    ]
+    batch1, throughput = speed_rows(report)
+    lines += [
+        "",
+        f"**Batch-1 decode** ({plan['batch1_prompt_len']}-token prompt, {plan['batch1_output_len']} tokens, ours the median "
+        f"of {plan['batch1_rounds']} rounds; MBU = bytes per token x tokens/s / copy bandwidth, bytes per token = weights "
+        "read (experts routed to only, no untied embedding table) + KV attended):",
+        "",
+        "| shape | dtype | ours tok/s | generate() tok/s | ours / generate() | GB per token | MBU |",
+        "|---|---|---:|---:|---:|---:|---:|",
+        *batch1,
+        "",
+        f"**Throughput** (prompts uniform in {plan['prompt_range'][0]}–{plan['prompt_range'][1]} tokens, outputs in "
+        f"{plan['output_range'][0]}–{plan['output_range'][1]}, EOS ignored, seed 0, all submitted at once; generate() in "
+        f"static batches of {plan['generate_batch_size']} on the smallest workload, which is the larger's first requests):",
+        "",
+        "| shape | requests | output tokens | ours tok/s | transformers CB tok/s | generate() tok/s | ours / CB | ours / generate() |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *throughput,
+        "",
+        "Sections:",
+        "",
+        *[f"- {s['name']}: {s['status']}, {s['seconds']:.0f} s" + (f" — {s['error']}" if s["error"] else "")
+          for s in report["sections"]],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def summary(report: dict) -> str:
+    """The short table printed last: one line a section, with its headline figure."""
+    figures = {}
+    for name, entry in report["correctness"].items():
+        for dtype in report["plan"]["correctness_dtypes"]:
+            if dtype in entry:
+                r = entry[dtype]
+                figures[f"correctness {name}"] = figures.get(f"correctness {name}", "") + (
+                    f"{dtype} {'pass' if r['passed'] else 'FAIL'} (rel {r['logprob_rel_err']:.0e}) ")
+    for name, entry in report["speed"].items():
+        b1, throughput = entry.get("batch1", {}), entry.get("throughput", {})
+        if b1:
+            figures[f"ours {name}"] = f"b1 {b1['ours_tokens_per_s']:.0f} tok/s, MBU {b1['mbu']:.2f}; " + ", ".join(
+                f"{n} req {t['ours_tokens_per_s']:.0f} tok/s" for n, t in throughput.items())
+        if "generate_tokens_per_s" in b1:
+            smallest = throughput[min(throughput, key=int)]
+            figures[f"generate() {name}"] = (
+                f"ours / generate(): b1 {_ratio(b1['ours_tokens_per_s'], b1['generate_tokens_per_s'])}, "
+                f"throughput {_ratio(smallest['ours_tokens_per_s'], smallest.get('generate_tokens_per_s'))}")
+        figures[f"transformers CB {name}"] = "ours / CB: " + ", ".join(
+            f"{n} req {_ratio(t['ours_tokens_per_s'], t['cb_tokens_per_s'])}"
+            for n, t in throughput.items() if "cb_tokens_per_s" in t)
+    lines = [f"{'section':<36} {'status':<10} {'s':>5}  figures"]
+    for s in report["sections"]:
+        figure = figures.get(s["name"], "") if s["status"] == "ok" else (s["error"] or "")
+        lines.append(f"{s['name']:<36} {s['status']:<10} {s['seconds']:>5.0f}  {figure[:110]}")
+    return "\n".join(lines)

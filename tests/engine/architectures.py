@@ -1,0 +1,77 @@
+"""Tiny random models of the architectures the engine is checked against, built from their real
+transformers config classes (no download), and what makes their outputs decisive.
+
+Each entry is a small config (a few layers, hidden 64, a vocabulary of 512 unless a test needs a
+tokenizer's) that keeps its architecture's features: sliding windows of 8 tokens next to full
+layers, learned sinks, softcaps, experts, layers without RoPE. A window of 8 with block size 4 and
+prompts up to ~50 tokens puts every window group past its window within the first chunks.
+"""
+
+import torch
+import transformers
+from transformers import (Gemma2Config, Gemma3Config, Gemma3TextConfig, GptOssConfig, GraniteMoeConfig,
+                          Llama4TextConfig, MistralConfig, MixtralConfig, Olmo2Config, Qwen3MoeConfig, SiglipVisionConfig,
+                          SmolLM3Config)
+
+WINDOW = 8
+VOCAB = 512
+
+
+def _shape(vocab: int) -> dict:
+    return dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
+                head_dim=16, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                tie_word_embeddings=False)
+
+
+def _gemma3_text(vocab: int) -> Gemma3TextConfig:
+    return Gemma3TextConfig(**_shape(vocab), num_hidden_layers=6, sliding_window=WINDOW, query_pre_attn_scalar=16,
+                            layer_types=["sliding_attention"] * 5 + ["full_attention"])
+
+
+CONFIGS = {
+    "gpt_oss": lambda vocab: GptOssConfig(**_shape(vocab), num_hidden_layers=4, sliding_window=WINDOW,
+                                          num_local_experts=4, num_experts_per_tok=2),
+    "mixtral": lambda vocab: MixtralConfig(**_shape(vocab), num_hidden_layers=2, num_local_experts=4,
+                                           num_experts_per_tok=2),
+    "qwen3_moe": lambda vocab: Qwen3MoeConfig(**_shape(vocab), num_hidden_layers=2, num_experts=4, num_experts_per_tok=2,
+                                              moe_intermediate_size=48),
+    "gemma2": lambda vocab: Gemma2Config(**_shape(vocab), num_hidden_layers=4, sliding_window=WINDOW,
+                                         query_pre_attn_scalar=16, attn_logit_softcapping=20.0,
+                                         final_logit_softcapping=15.0),
+    "gemma3_text": _gemma3_text,
+    "gemma3": lambda vocab: Gemma3Config(
+        text_config=_gemma3_text(vocab).to_dict(),
+        vision_config=SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, image_size=28, patch_size=14).to_dict(),
+        mm_tokens_per_image=4, image_token_index=vocab - 1, boi_token_index=vocab - 3, eoi_token_index=vocab - 2,
+        tie_word_embeddings=False, architectures=["Gemma3ForConditionalGeneration"]),
+    "mistral": lambda vocab: MistralConfig(**_shape(vocab), num_hidden_layers=2, sliding_window=WINDOW),
+    "smollm3": lambda vocab: SmolLM3Config(**_shape(vocab), num_hidden_layers=4, no_rope_layer_interval=2),
+    "olmo2": lambda vocab: Olmo2Config(**_shape(vocab), num_hidden_layers=2),
+    "granitemoe": lambda vocab: GraniteMoeConfig(**_shape(vocab), num_hidden_layers=2, num_local_experts=4,
+                                                 num_experts_per_tok=2, attention_multiplier=0.2,
+                                                 embedding_multiplier=2.0, residual_multiplier=0.5, logits_scaling=2.0),
+    "llama4_text": lambda vocab: Llama4TextConfig(**_shape(vocab), num_hidden_layers=4, attention_chunk_size=WINDOW,
+                                                  intermediate_size_mlp=96, num_local_experts=2, interleave_moe_layer_step=2,
+                                                  no_rope_layers=[1, 1, 1, 0]),
+}
+
+
+def model_class(config) -> type:
+    """The class generate() runs for a config: its declared architecture, else its causal-LM class."""
+    if getattr(config, "architectures", None):
+        return getattr(transformers, config.architectures[0])
+    return transformers.AutoModelForCausalLM._model_mapping[type(config)]
+
+
+def build(name: str, vocab: int = VOCAB, seed: int = 0) -> torch.nn.Module:
+    """A random model of the architecture, with sharper embeddings so that greedy decoding has clear winners."""
+    config = CONFIGS[name](vocab)
+    torch.manual_seed(seed)
+    model = model_class(config)._from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0, 1.0)
+        for name_, param in model.named_parameters():
+            if name_.endswith("sinks"):  # gpt-oss: uninitialised until a checkpoint fills them
+                param.normal_(0, 1.0)
+    return model.eval()

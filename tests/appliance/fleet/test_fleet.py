@@ -65,6 +65,39 @@ def test_a_key_made_on_one_box_works_on_every_box_and_a_revocation_holds_everywh
         assert response.status_code == 403 and response.json()["error"]["code"] == "key_not_active", url
 
 
+def test_a_stream_through_the_gateway_arrives_chunk_by_chunk(fleet):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=fleet.gateway.url + "/v1", api_key=fleet.key("streamer"), max_retries=0)
+    stream = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Count"}],
+                                            max_tokens=8, stream=True, extra_body={"ignore_eos": True})
+    chunks = [chunk for chunk in stream if chunk.choices and chunk.choices[0].delta.content]
+    assert len(chunks) == 8
+
+
+def test_while_postgresql_is_down_a_recently_verified_key_works_and_others_get_503(fleet, postgres_server):
+    box = fleet.boxes[1]
+    known, unseen = fleet.key("known-before-outage"), fleet.key("unseen-before-outage")
+    assert chat(box.url, known, max_tokens=1).status_code == 200  # verified on this box
+    postgres_server.stop()
+    try:
+        assert chat(box.url, known, max_tokens=1).status_code == 200
+        refused = chat(box.url, unseen, max_tokens=1)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "key_store_unavailable"
+        assert int(refused.headers["retry-after"]) > 0
+        assert box.metric("appliance_key_store_up") == 0
+        assert box.metric("appliance_key_store_outage_refusals_total") >= 1
+        with box.control() as control:
+            assert control.status()["key_store"]["reachable"] is False
+    finally:
+        postgres_server.resume()
+    deadline = time.monotonic() + 20
+    while chat(box.url, unseen, max_tokens=1).status_code != 200:  # the database answers again
+        assert time.monotonic() < deadline, "the box did not use the database again"
+        time.sleep(0.5)
+    assert box.metric("appliance_key_store_up") == 1
+
+
 def test_a_client_without_a_key_gets_nothing_through_the_boxes_probe_key(fleet):
     """smg sends a box's own (fleet-probe) key when the client sent none: that key may only list models."""
     response = chat(fleet.gateway.url, None)

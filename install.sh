@@ -688,8 +688,8 @@ sys.exit(load_config(sys.argv[1]).keys_database_url is None)' "$CONFIG_FILE" \
     [ -n "$JOIN_KEY_FILE" ] && args+=(--admin-key-file "$JOIN_KEY_FILE")
     [ -n "$ADVERTISE_URL" ] && args+=(--advertise "$ADVERTISE_URL")
     say "joining the fleet gateway at $JOIN_URL"
-    if [ -n "$REJOIN_KEY" ]; then
-        run env APPLIANCE_GATEWAY_ADMIN_KEY="$REJOIN_KEY" "$PREFIX/bin/appliance" "${args[@]}"
+    if [ -n "$REJOIN_KEY" ]; then  # the key stays out of the printed command and of ps
+        (export APPLIANCE_GATEWAY_ADMIN_KEY="$REJOIN_KEY"; run "$PREFIX/bin/appliance" "${args[@]}")
     else
         run "$PREFIX/bin/appliance" "${args[@]}"
     fi

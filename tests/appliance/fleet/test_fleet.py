@@ -3,7 +3,6 @@ PostgreSQL. One fleet for the module; the tests run in order and the last one ki
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest

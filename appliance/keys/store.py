@@ -216,13 +216,13 @@ class KeyStore:
         secret_hash = _hash_secret(secret or "")
         row = None
         if key_id is not None:
-            if not self.outage.should_try():
-                return self.outage.admit_unverified(key_id, secret_hash)
             try:
+                if not self.outage.should_try():
+                    return self._active(self.outage.admit_unverified(key_id, secret_hash))
                 row = self._db.query_one("SELECT * FROM keys WHERE id = ?", (key_id,))
             except self._db.unreachable_errors as e:
                 self.outage.failed(e)
-                return self.outage.admit_unverified(key_id, secret_hash)
+                return self._active(self.outage.admit_unverified(key_id, secret_hash))
         # Compare even when the id is unknown, so timing says nothing about the secret.
         stored = row["secret_sha256"] if row is not None else _hash_secret("no such key")
         matches = hmac.compare_digest(secret_hash, stored)
@@ -233,12 +233,19 @@ class KeyStore:
         if row is None or not matches:
             self.outage.reached()
             raise AuthError(401, "invalid API key")
-        record = self._record(row)
+        try:
+            record = self._active(self._record(row))
+        except AuthError:
+            self.outage.rejected(key_id)
+            raise
+        self.outage.verified(secret_hash, record)
+        return record
+
+    def _active(self, record: KeyRecord) -> KeyRecord:
+        """The record, unless it is revoked or expired (403); a remembered one may have expired since."""
         status = record.status(self._now())
         if status != "active":
-            self.outage.rejected(key_id)
             raise AuthError(403, f"API key {record.id} is {status}")
-        self.outage.verified(secret_hash, record)
         return record
 
     @staticmethod

@@ -1,6 +1,7 @@
 """The key store on a real PostgreSQL server, as a fleet uses it: several stores (boxes) on one database."""
 
 import time
+from datetime import timedelta
 
 import psycopg
 import pytest
@@ -82,10 +83,12 @@ def test_the_schema_is_migrated_once_and_every_version_is_recorded(postgres_url)
 
 def test_while_the_database_is_down_only_recently_verified_keys_get_in(postgres_server, clock):
     url = postgres_server.new_database()
-    store = KeyStore(url, clock=clock.monotonic, outage_grace_s=300)
+    store = KeyStore(url, clock=clock.monotonic, now=clock.now, outage_grace_s=300)
     try:
         known, known_key = store.create("known")
         _, unseen_key = store.create("never-used-here")
+        _, expiring_key = store.create("expiring", expires_at=clock.now() + timedelta(seconds=30))
+        store.authenticate(expiring_key)
         revoked, revoked_key = store.create("revoked")
         store.authenticate(known_key)
         store.authenticate(revoked_key)
@@ -102,8 +105,12 @@ def test_while_the_database_is_down_only_recently_verified_keys_get_in(postgres_
                 assert e.value.retry_after_s > 0
             status = store.outage.status()
             assert status["reachable"] is False and status["grace_admissions"] == 1 and status["refusals"] == 3
+            clock.advance(31)  # remembered as active, but expired since: the record says so without the database
+            with pytest.raises(AuthError) as e:
+                store.authenticate(expiring_key)
+            assert e.value.status == 403 and "expired" in e.value.message
             assert status["last_error"]
-            clock.advance(301)  # past the grace: the remembered verification no longer vouches
+            clock.advance(270)  # past the grace: the remembered verification no longer vouches
             with pytest.raises(KeyStoreUnavailable):
                 store.authenticate(known_key)
             assert store.probe() is False

@@ -11,6 +11,7 @@ lock-out (serving/lockout.py says why).
 """
 
 import asyncio
+import logging
 import socket
 import time
 from datetime import datetime, timezone
@@ -25,6 +26,7 @@ from appliance.fleet.gateway_api import GatewayAPI, GatewayError
 from appliance.fleet.membership import (Membership, forget_membership, load_membership, resolve_addresses,
                                         save_membership)
 
+log = logging.getLogger("appliance.fleet")
 JOIN_TIMEOUT_S = 30.0
 
 
@@ -74,6 +76,7 @@ async def join(request: Request) -> Response:
         raise APIError(503, f"the key store's database cannot be reached ({type(e).__name__}); join once it answers "
                             "(appliance health shows it)", retry_after_s=config.retry_after_s) from None
     api = GatewayAPI(gateway_url, admin_key)
+    worker_id = None
     try:
         existing = await gateway_call(api.find, worker_url)
         if existing is not None:  # registered before (a restart, or join run twice): again, with the new key
@@ -83,6 +86,8 @@ async def join(request: Request) -> Response:
         service.readiness.stop_leaving()
         await gateway_call(api.wait_registered, worker_url, float(timeout_s))
     except APIError:
+        if worker_id is not None:  # not left registered with a key about to be revoked
+            await asyncio.to_thread(_quietly, api.remove_worker, worker_id, worker_url)
         await asyncio.to_thread(service.keys.revoke, probe.id)
         raise
     finally:
@@ -107,16 +112,28 @@ async def leave(request: Request) -> Response:
     started = time.monotonic()
     service.readiness.start_leaving()
     with GatewayAPI(membership.gateway_url, membership.admin_key) as api:
-        if await gateway_call(api.find, membership.worker_url) is not None:
-            await gateway_call(api.remove_worker, membership.worker_id, membership.worker_url)
+        registered = await gateway_call(api.find, membership.worker_url)
+        if registered is not None:
+            await gateway_call(api.remove_worker, registered["id"], membership.worker_url)
     in_flight = await service.wait_idle(config.drain_timeout_s)
-    await asyncio.to_thread(service.keys.revoke, membership.probe_key_id)
+    try:
+        await asyncio.to_thread(service.keys.revoke, membership.probe_key_id)
+    except service.keys.database_errors:  # it can do nothing but list models; `appliance keys revoke` later
+        log.warning("fleet leave: the probe key %s could not be revoked now (the key store's database does not "
+                    "answer)", membership.probe_key_id)
     forget_membership(config.state_dir)
     service.lockout.set_exempt(())
     control.record(request, "fleet.leave", membership.gateway_url, {"in_flight": in_flight})
     return JSONResponse({"left": membership.gateway_url, "in_flight_at_leave": in_flight,
                          "still_in_flight": service.requests_in_flight(),
                          "seconds": round(time.monotonic() - started, 3)})
+
+
+def _quietly(fn, *args) -> None:
+    try:
+        fn(*args)
+    except GatewayError as e:
+        log.warning("fleet join: %s", e)
 
 
 def metrics_url(config, worker_url: str) -> str:

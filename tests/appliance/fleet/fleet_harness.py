@@ -138,7 +138,7 @@ class Gateway:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(10)
+                self.process.wait(2)  # smg lingers in its shutdown grace period; nothing is in flight here
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()

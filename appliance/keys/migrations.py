@@ -67,6 +67,13 @@ MIGRATIONS: list[Migration] = [
                   "CREATE TABLE rate_tokens (key_id TEXT NOT NULL, at TIMESTAMPTZ NOT NULL, tokens BIGINT NOT NULL)",
                   "CREATE INDEX rate_tokens_key_at ON rate_tokens (key_id, at)",
               )),
+    Migration(5, "fleet-wide lock-outs: failed authentications per client address, and the addresses locked out",
+              sqlite=(),  # one box keeps its lock-outs in memory (serving/lockout.AuthLockout)
+              postgresql=(
+                  "CREATE TABLE auth_failures (client TEXT NOT NULL, at TIMESTAMPTZ NOT NULL)",
+                  "CREATE INDEX auth_failures_client_at ON auth_failures (client, at)",
+                  "CREATE TABLE auth_lockouts (client TEXT PRIMARY KEY, until_at TIMESTAMPTZ NOT NULL)",
+              )),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1].version
 assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1)), "versions run 1, 2, 3, … with no gap"

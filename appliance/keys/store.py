@@ -73,20 +73,23 @@ class KeyStore:
         """`location`: a keys.db path (one box), or a postgresql:// URL (a fleet's shared store)."""
         if is_database_url(location):
             from appliance.keys.postgres_db import PostgresDatabase  # psycopg only where a fleet uses it
+            from appliance.keys.shared_lockouts import SharedLockouts
             from appliance.keys.shared_rate_limits import SharedRateWindows
 
             self._db = PostgresDatabase(location)
             self.db_path = None
             self._shared_windows = SharedRateWindows(self._db)
+            self.shared_lockouts = SharedLockouts(self._db)  # the failed-key lock-out (serving) reports to it
         else:
             self._db = SQLiteDatabase(Path(location))
             self.db_path = self._db.path
             self._shared_windows = None
+            self.shared_lockouts = None
         self._now = now  # for dates: expiry, budget periods, usage days
         self._windows = RateWindows(clock)  # one box's windows; a fleet's during a database outage
         self.outage = OutageGuard(outage_grace_s, clock)
         self._closed = False
-        self._usage = UsageLedger(self._db, now, flush_interval_s, also_flush=self._flush_windows)
+        self._usage = UsageLedger(self._db, now, flush_interval_s, also_flush=self._flush_shared)
 
     @property
     def location(self) -> str:
@@ -308,15 +311,17 @@ class KeyStore:
         return {key: DayUsage(today, *counts) for (key, _), counts in self._usage.since(today.isoformat()).items()}
 
     def flush(self) -> None:
-        """Write the counted usage (and a fleet's pending rate-window tokens) to the database now."""
+        """Write the counted usage (and a fleet's rate-window tokens and failed authentications) to the database now."""
         self._usage.flush()
-        self._flush_windows()
+        self._flush_shared()
 
-    def _flush_windows(self) -> None:
+    def _flush_shared(self) -> None:
+        """A fleet's: write this box's rate-window tokens and failed authentications, read the fleet's lock-outs."""
         if self._shared_windows is None:
             return
         try:
             self._shared_windows.flush()
+            self.shared_lockouts.sync()
             self.outage.reached()
         except self._db.unreachable_errors as e:
             self.outage.failed(e)
@@ -342,7 +347,7 @@ class KeyStore:
         self._closed = True
         try:
             self._usage.close()
-            self._flush_windows()
+            self._flush_shared()
         finally:
             self._db.close()
 

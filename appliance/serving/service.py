@@ -35,7 +35,8 @@ class Service:
         self.metrics = Metrics(self.engines)
         self.window = RequestWindow()
         self.readiness = Readiness(config, self.pool)
-        self.lockout = AuthLockout(config.auth_failures_per_minute, config.auth_lockout_s, self.metrics)
+        self.lockout = AuthLockout(config.auth_failures_per_minute, config.auth_lockout_s, self.metrics,
+                                   shared=keystore.shared_lockouts if keystore is not None else None)
         self.router = Router(self.pool, lambda f: self.metrics.count_fallback(f.from_, f.to, f.reason))
         self.admission = Admission(keystore, self.pool, self.readiness, self.lockout, self.router)
         self.busy = BusyClock()

@@ -134,3 +134,21 @@ def test_keys_copied_from_a_boxs_sqlite_work_in_postgresql_and_a_second_copy_add
         copied = shared.authenticate(api_key)
         assert (copied.id, copied.rpm_limit, copied.allowed_networks) == (record.id, 9, ["10.0.0.0/8"])
         assert [(d.requests, d.prompt_tokens, d.completion_tokens) for d in shared.usage(record.id)] == [(1, 7, 3)]
+
+
+def test_an_address_guessing_keys_on_two_boxes_is_locked_out_on_both_by_the_fleets_count(boxes):
+    from appliance.serving.lockout import AuthLockout
+
+    a, b = boxes
+    on_a = AuthLockout(failures_per_minute=4, lockout_s=60, shared=a.shared_lockouts)
+    on_b = AuthLockout(failures_per_minute=4, lockout_s=60, shared=b.shared_lockouts)
+    for lockout in (on_a, on_b, on_a, on_b):  # 2 failures on each box: under each box's own limit of 4
+        lockout.failed("198.51.100.7")
+    assert on_a.retry_after_s("198.51.100.7") is None and on_b.retry_after_s("198.51.100.7") is None
+    a.flush()
+    b.flush()  # the fourth failure reaches the database: the fleet's count is 4
+    a.flush()  # and box A reads who is locked out
+    assert 55 < on_a.retry_after_s("198.51.100.7") <= 60 and 55 < on_b.retry_after_s("198.51.100.7") <= 60
+    assert on_a.retry_after_s("198.51.100.8") is None
+    on_a.set_exempt(["198.51.100.7"])  # a fleet's gateway is never locked out
+    assert on_a.retry_after_s("198.51.100.7") is None

@@ -21,6 +21,7 @@ from __future__ import annotations  # the KeyStore.list method shadows `list` in
 
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -49,6 +50,7 @@ from appliance.keys.usage_ledger import FLUSH_INTERVAL_S, UsageLedger
 __all__ = ["AuthError", "DayUsage", "KeyNotFound", "KeyRecord", "KeyStore", "KeyStoreError", "KeyStoreUnavailable",
            "RateLimited"]
 
+log = logging.getLogger("appliance.keys")
 KEY_PREFIX = "sk-app-"
 MAX_KEY_LENGTH = 256  # longer Authorization values are rejected before any hashing
 KEY_COLUMNS = ("id", "name", "secret_sha256", "created_at", "expires_at", "revoked_at", "rpm_limit", "tpm_limit",
@@ -325,6 +327,8 @@ class KeyStore:
             self.outage.reached()
         except self._db.unreachable_errors as e:
             self.outage.failed(e)
+        except self._db.errors as e:  # kept for the next flush; the flush thread must not die of it
+            log.warning("the key store could not write the fleet's rate windows and lock-outs: %s", e)
 
     def probe(self) -> bool:
         """Ask the database whether it answers (health checks); the outage state follows."""

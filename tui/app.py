@@ -27,6 +27,7 @@ from tui import connection
 from tui.messages import ServiceConnected, ServiceDisconnected, SnapshotReceived, TaskProgress
 from tui.screens.base import MAIN_SCREENS, LiveScreen
 from tui.screens.dashboard import DashboardScreen
+from tui.screens.fleet import FleetScreen
 from tui.screens.health_logs import HealthLogsScreen
 from tui.screens.help import HelpScreen
 from tui.screens.keys import KeysScreen
@@ -36,7 +37,8 @@ from tui.unit_journal import UnitJournal
 
 THEMES = {"dark": "textual-dark", "light": "textual-light", "ansi": "textual-ansi"}
 SCREEN_CLASSES: dict[str, type[LiveScreen]] = {
-    "dashboard": DashboardScreen, "models": ModelsScreen, "keys": KeysScreen, "health": HealthLogsScreen}
+    "dashboard": DashboardScreen, "models": ModelsScreen, "keys": KeysScreen, "health": HealthLogsScreen,
+    "fleet": FleetScreen}
 # Switching screens under a modal (a form, a confirmation) would hide the question being asked.
 NOT_UNDER_MODAL = {"show_screen", "next_screen", "previous_screen", "help", "toggle_theme"}
 

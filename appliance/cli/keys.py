@@ -1,7 +1,9 @@
 """`appliance keys ...`: through the control socket, or on the key store directly with --offline.
 
 The socket is the normal way (the service audits every change). Offline (--offline or
---state-dir) works on keys.db itself, so install.sh can make a key before the service runs.
+--state-dir) works on the store itself (keys.db, or the fleet's PostgreSQL when the config names
+one), so install.sh can make a key before the service runs. `keys migrate --to URL` copies a
+box's keys.db into a fleet's PostgreSQL.
 """
 
 from __future__ import annotations
@@ -132,9 +134,9 @@ class OfflineKeys:
     def __init__(self, args):
         from appliance.keys import KeyStore, KeyStoreError
 
-        path = load_settings(args).keys_db_path
+        location = load_settings(args).keys_location
         try:
-            self.store = KeyStore(path)
+            self.store = KeyStore(location)
         except KeyStoreError as e:
             raise CliError(
                 f"{e}\n  Use --state-dir DIR for a folder you can write, or run as the service's user"
@@ -238,6 +240,12 @@ def add_keys_commands(commands) -> None:
     usage.add_argument("--days", type=int, default=30, help="how many days back (default: 30)")
     usage.set_defaults(handler=keys_usage)
 
+    migrate = sub.add_parser("migrate", parents=[store_options()],
+                             help="copy this box's keys and usage into a fleet's PostgreSQL (keys_database_url)")
+    migrate.add_argument("--to", required=True, metavar="URL", dest="to_url",
+                         help="postgresql://USER@HOST/DB (the password in ~/.pgpass or PGPASSWORD)")
+    migrate.set_defaults(handler=keys_migrate)
+
 
 def key_options() -> argparse.ArgumentParser:
     options = argparse.ArgumentParser(add_help=False, parents=[store_options(), control_options()], conflict_handler="resolve")
@@ -309,6 +317,36 @@ def keys_usage(args) -> int:
     else:
         rows = [[d["day"], d["requests"], d["prompt_tokens"], d["completion_tokens"]] for d in days]
         print(format_table(["DAY", "REQUESTS", "PROMPT TOKENS", "COMPLETION TOKENS"], rows))
+    return 0
+
+
+def keys_migrate(args) -> int:
+    from appliance.keys import KeyStore, KeyStoreError
+    from appliance.keys.store import is_database_url
+
+    if not is_database_url(args.to_url):
+        raise CliError(f"--to must be a PostgreSQL URL such as postgresql://appliance@db.internal/keys, got "
+                       f"{args.to_url!r}", 2)
+    source = load_settings(args).keys_db_path
+    if not source.exists():
+        raise CliError(f"no key store at {source}: nothing to copy (--state-dir names another folder)")
+    try:
+        with KeyStore(source) as local:
+            keys, usage = local.export_rows()
+        with KeyStore(args.to_url) as shared:
+            added_keys, added_days = shared.import_rows(keys, usage)
+            where = shared.location
+    except KeyStoreError as e:
+        raise CliError(str(e)) from None
+    result = {"from": str(source), "to": where, "keys": len(keys), "keys_added": added_keys,
+              "usage_days": len(usage), "usage_days_added": added_days}
+    if args.json:
+        print_json(result)
+    else:
+        print(f"Copied {added_keys} of {len(keys)} keys and {added_days} of {len(usage)} days of usage from {source} "
+              f"to {where} (what was there already is left as it was).")
+        print(f'Next, on every box: keys_database_url = "{args.to_url}" in /etc/appliance/config.toml, then '
+              "systemctl restart appliance.")
     return 0
 
 

@@ -48,6 +48,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
             module = importlib.import_module(module_name)
             module.add_arguments(sub)
             sub.set_defaults(handler=module.run)
+    from appliance.cli.fleet import add_fleet_commands
     from appliance.cli.keys import add_keys_commands
     from appliance.cli.models import add_models_commands, add_status_command
     from appliance.cli.ops import add_ops_commands
@@ -56,4 +57,5 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     add_keys_commands(commands)
     add_models_commands(commands)
     add_ops_commands(commands)
+    add_fleet_commands(commands)
     return parser

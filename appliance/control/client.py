@@ -204,6 +204,27 @@ class ControlClient:
     def task(self, task_id: str) -> dict:
         return self.request("GET", f"/v1/tasks/{task_id}")
 
+    # -- the fleet ------------------------------------------------------------------------------
+    def fleet(self) -> dict:
+        """{"membership": this box's place in a fleet or None, "leaving", "gateway": the fleet's view where a
+        gateway runs on this box (each box's health, circuit, queue, KV usage, tokens/s) or None}."""
+        return self.request("GET", "/v1/fleet")
+
+    def fleet_join(self, gateway_url: str, admin_key: str, worker_url: str, timeout_s: float = 30.0) -> dict:
+        return self._long("POST", "/v1/fleet/join", {"gateway_url": gateway_url, "admin_key": admin_key,
+                                                      "worker_url": worker_url, "timeout_s": timeout_s}, timeout_s + 15)
+
+    def fleet_leave(self, timeout_s: float = 120.0) -> dict:
+        """Out of the rotation, then in-flight requests finish (up to the service's drain_timeout_s)."""
+        return self._long("POST", "/v1/fleet/leave", None, timeout_s)
+
+    def _long(self, method: str, path: str, body: dict | None, timeout_s: float) -> Any:
+        try:
+            response = self._http.request(method, path, json=body, timeout=timeout_s)
+        except httpx.TransportError as e:
+            raise self._unreachable(e) from None
+        return self._decode(response)
+
     # -- health, logs, audit --------------------------------------------------------------------
     def health(self) -> dict:
         return self.request("GET", "/v1/health")

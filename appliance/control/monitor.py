@@ -79,6 +79,9 @@ class Monitor:
         snapshot["health"] = self.health_summary()
         snapshot["cost"] = service.cost.summary()  # overall; per model and per key: /v1/cost
         snapshot["listeners"] = self.listeners() if self.listeners is not None else None
+        keys = service.keys
+        snapshot["key_store"] = ({"location": keys.location, "shared": keys.shared, **keys.outage.status()}
+                                 if keys is not None else None)
         return snapshot
 
     def _engines(self, now: float, advance: bool) -> list[dict]:

@@ -11,6 +11,7 @@ from appliance.control.monitor import Monitor
 from appliance.control.peer import AccessPolicy, Peer
 from appliance.control.tasks import Tasks
 from appliance.errors import APIError
+from appliance.fleet.fleet_view import FleetView
 from appliance.serving.service import Service
 
 
@@ -18,9 +19,9 @@ class ControlPlane:
     """What the control routes act on; one per serve process."""
 
     def __init__(self, service: Service, models, monitor: Monitor, tasks: Tasks, hub: EventHub,
-                 audit: AuditLog, logs: LogBuffer, policy: AccessPolicy):
+                 audit: AuditLog, logs: LogBuffer, policy: AccessPolicy, fleet: FleetView):
         self.service, self.models, self.monitor, self.tasks = service, models, monitor, tasks
-        self.hub, self.audit, self.logs, self.policy = hub, audit, logs, policy
+        self.hub, self.audit, self.logs, self.policy, self.fleet = hub, audit, logs, policy, fleet
 
     def record(self, request: Request, action: str, target: str | None, details: dict | None = None) -> None:
         self.audit.record(peer(request), action, target, details)

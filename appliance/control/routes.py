@@ -17,6 +17,7 @@ from starlette.routing import Route
 from appliance.errors import APIError
 from appliance.keys.records import UPDATABLE
 from appliance.ops.health import load_report
+from appliance.control.fleet_routes import fleet_routes
 from appliance.control.model_routes import model_routes
 from appliance.control.peer import AccessPolicy
 from appliance.control.plane import ControlPlane, body, int_param, plane
@@ -197,6 +198,7 @@ def build_control_app(control: ControlPlane) -> Starlette:
         Route("/v1/keys/{key_id}/revoke", revoke_key, methods=["POST"]),
         Route("/v1/keys/{key_id}/usage", key_usage),
         *model_routes(),
+        *fleet_routes(),
         Route("/v1/tasks/{task_id}", get_task),
         Route("/v1/health", health),
         Route("/v1/logs", logs),

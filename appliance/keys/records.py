@@ -30,6 +30,18 @@ class KeyStoreError(Exception):
     """The database could not be opened or created (permissions, disk, not a database)."""
 
 
+class KeyStoreUnavailable(Exception):
+    """The database cannot be reached right now and nothing recent vouches for the key: a 503."""
+
+    def __init__(self, retry_after_s: float, message: str):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.message = message
+
+
+PURPOSES = ("api", "fleet-probe")  # fleet-probe: the gateway's probes of a box (GET /v1/models), nothing else
+
+
 @dataclass
 class KeyRecord:
     id: str
@@ -46,6 +58,7 @@ class KeyRecord:
     allowed_networks: list[str] | None = None  # CIDRs the key may be used from; None: anywhere
     priority: int = 0  # its requests' default priority: lower runs first (a request's own `priority` wins)
     weight: float = 1.0  # its share of the engine among keys of equal priority, against the others' weights
+    purpose: str = "api"  # one of PURPOSES
 
     def status(self, now: datetime) -> str:
         """'active', 'revoked' or 'expired'."""
@@ -83,6 +96,7 @@ class KeyRecord:
             allowed_networks=json.loads(row["allowed_networks"]) if row["allowed_networks"] is not None else None,
             priority=row["priority"],
             weight=row["weight"],
+            purpose=row["purpose"],
         )
 
 

@@ -85,6 +85,28 @@ def check_tls(config: Config, now: datetime | None = None) -> Check:
     return Check("tls", OK, f"{text}, valid until {info.not_after.date()}", details)
 
 
+def check_key_store(config: Config, timeout_s: int = 3) -> Check:
+    """Whether the key store's database answers: this box's keys.db, or the fleet's PostgreSQL."""
+    if config.keys_database_url is None:
+        path = config.keys_db_path
+        if not path.exists():
+            return Check("key store", NA, f"no keys yet ({path} is created with the first key)")
+        return Check("key store", OK, f"keys in {path} (this box only)")
+    import psycopg
+
+    where = config.keys_database_url.rsplit("@", 1)[-1]  # host/database, never the password
+    try:
+        with psycopg.connect(config.keys_database_url, connect_timeout=timeout_s) as conn:
+            version = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0]
+    except psycopg.Error as e:
+        return Check("key store", FAIL,
+                     f"the fleet's PostgreSQL at {where} does not answer ({type(e).__name__}: {str(e).strip()}): keys "
+                     f"this box verified in the last {config.keys_outage_grace_s:.0f} s keep working, every other key "
+                     "gets 503 until it answers", {"database": where})
+    return Check("key store", OK, f"the fleet's PostgreSQL at {where} answers (schema version {version})",
+                 {"database": where, "schema_version": version})
+
+
 def local_base_url(config: Config) -> str:
     host = config.http_host
     if host in ("0.0.0.0", "", "*"):
@@ -152,6 +174,7 @@ def run_checks(config: Config, service: bool = True) -> Report:
     checks.append(check_cuda())
     checks.append(check_disk(config.state_dir))
     checks.append(check_tls(config))
+    checks.append(check_key_store(config))
     if service:
         base_url = local_base_url(config)
         checks.append(check_ready(base_url))

@@ -9,7 +9,7 @@ request's lease on that model, which the request releases when it ends.
 import asyncio
 
 from appliance.errors import APIError
-from appliance.keys import AuthError, KeyRecord, KeyStore, RateLimited
+from appliance.keys import AuthError, KeyRecord, KeyStore, KeyStoreUnavailable, RateLimited
 from appliance.serving.context import RequestContext
 from appliance.serving.lockout import AuthLockout
 from appliance.serving.pool import ModelPool
@@ -66,6 +66,8 @@ class Admission:
             if e.status == 401 and api_key:  # a guess, not a client that forgot its key
                 self.lockout.failed(client)
             raise APIError(e.status, e.message, code="invalid_api_key" if e.status == 401 else "key_not_active") from None
+        except KeyStoreUnavailable as e:
+            raise APIError(503, e.message, code="key_store_unavailable", retry_after_s=e.retry_after_s) from None
         if ctx is not None:
             ctx.identified(record.id, record.priority, record.weight)  # a refusal below (networks, model, rate limit) is logged with the key's id
         if not record.allows_address(client):

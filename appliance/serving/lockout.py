@@ -8,6 +8,13 @@ logged nor counted as failures, so a guessing client costs a dictionary lookup p
 
 Memory only, used from the event loop alone; at most MAX_TRACKED addresses are remembered (the
 least recently failing are forgotten first), so a spray from many addresses cannot grow it.
+
+In a fleet (keys in PostgreSQL) each failure is also reported to the key store's shared lock-outs,
+which count every box's failures: an address over the limit on the fleet's count is refused on
+every box within a flush interval (keys/shared_lockouts.py). A fleet's gateway is exempt
+(set_exempt, by `fleet join`): smg does not pass the client's address
+on, so every client behind it arrives from the gateway's address, and locking that out would lock
+out every client of the fleet for one client's wrong keys.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ def client_key(address: str | None) -> str:
 
 class AuthLockout:
     def __init__(self, failures_per_minute: int, lockout_s: float, metrics: Metrics | None = None,
-                 clock: Callable[[], float] = time.monotonic, max_tracked: int = MAX_TRACKED):
+                 clock: Callable[[], float] = time.monotonic, max_tracked: int = MAX_TRACKED, shared=None):
         self.failures_per_minute = failures_per_minute
         self.lockout_s = lockout_s
         self.metrics = metrics
@@ -51,13 +58,22 @@ class AuthLockout:
         self.max_tracked = max_tracked
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()  # least recently failing first
         self._locked_until: dict[str, float] = {}
+        self._exempt: frozenset[str] = frozenset()  # a fleet gateway's addresses
+        self.shared = shared  # keys.shared_lockouts.SharedLockouts in a fleet, else None
+
+    def set_exempt(self, addresses) -> None:
+        """Never lock these addresses out (a fleet gateway standing for many clients); () ends it."""
+        self._exempt = frozenset(client_key(a) for a in addresses)
+        for key in self._exempt:
+            self._locked_until.pop(key, None)
+            self._failures.pop(key, None)
 
     def retry_after_s(self, address: str | None) -> float | None:
         """Seconds the address stays locked out, or None when it may try."""
         key = client_key(address)
         until = self._locked_until.get(key)
         if until is None:
-            return None
+            return self.shared.retry_after_s(key) if self.shared is not None and key not in self._exempt else None
         left = until - self.clock()
         if left <= 0:
             del self._locked_until[key]
@@ -69,6 +85,10 @@ class AuthLockout:
         if self.metrics is not None:
             self.metrics.auth_failures.inc()
         key = client_key(address)
+        if key in self._exempt:
+            return
+        if self.shared is not None:
+            self.shared.failed(key, self.failures_per_minute, self.lockout_s)
         now = self.clock()
         failures = self._failures.pop(key, None) or deque()
         while failures and failures[0] <= now - WINDOW_S:

@@ -23,6 +23,7 @@ class Readiness:
         self.config = config
         self.pool = pool
         self.draining = False
+        self.leaving = False  # `fleet leave`: out of the gateway's rotation, still answering what arrives
         self.last_canary_ok: float | None = None  # monotonic time of the last proof of generation
         self.last_canary_error: str | None = None
         self.fault = FaultInjection(config.fault_stall_file)
@@ -59,6 +60,8 @@ class Readiness:
         state = self.pool.state
         if self.draining:
             reasons.append("draining: the service is shutting down")
+        if self.leaving:
+            reasons.append("leaving the fleet: the gateway sends no new requests here")
         if state in ("starting", "loading"):
             reasons.append("the model is loading")
         elif state == "failed":
@@ -73,6 +76,13 @@ class Readiness:
                 reasons.append("no canary generation has succeeded in the last minute")
         body = {"status": "ready" if not reasons else "not ready", "model": self.pool.model_name, "reasons": reasons}
         return not reasons, body
+
+    def start_leaving(self) -> None:
+        """`fleet leave`: /ready says 503 (so no balancer sends new work), requests that still come are served."""
+        self.leaving = True
+
+    def stop_leaving(self) -> None:
+        self.leaving = False
 
     def start_drain(self) -> None:
         """From now on /ready is 503 and new requests are refused."""

@@ -35,7 +35,8 @@ class Service:
         self.metrics = Metrics(self.engines)
         self.window = RequestWindow()
         self.readiness = Readiness(config, self.pool)
-        self.lockout = AuthLockout(config.auth_failures_per_minute, config.auth_lockout_s, self.metrics)
+        self.lockout = AuthLockout(config.auth_failures_per_minute, config.auth_lockout_s, self.metrics,
+                                   shared=keystore.shared_lockouts if keystore is not None else None)
         self.router = Router(self.pool, lambda f: self.metrics.count_fallback(f.from_, f.to, f.reason))
         self.admission = Admission(keystore, self.pool, self.readiness, self.lockout, self.router)
         self.busy = BusyClock()
@@ -78,6 +79,27 @@ class Service:
         reason = "the service is shutting down and the drain timeout ended this request"
         ended = await asyncio.gather(*(drain_requests(m, self.config.drain_timeout_s, reason) for m in self.pool.models))
         return sum(ended)
+
+    def requests_in_flight(self) -> int:
+        """Requests admitted and not yet accounted (finished), over every model."""
+        return sum(max(sum(1 for ctx in list(m.admitted) if not ctx.accounted), len(m.inflight))
+                   for m in self.pool.models)
+
+    async def wait_idle(self, timeout_s: float, quiet_s: float = 0.25) -> int:
+        """Wait until no request has been in flight for quiet_s (a request a balancer sent just before it stopped
+        sending may still be on its way), at most timeout_s; how many were in flight when it began."""
+        began = self.requests_in_flight()
+        deadline = time.monotonic() + timeout_s
+        idle_since = None
+        while time.monotonic() < deadline:
+            if self.requests_in_flight():
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since >= quiet_s:
+                break
+            await asyncio.sleep(0.05)
+        return began
 
     def engine_stats(self):
         """The default model's engine stats (None while it is not loaded)."""

@@ -66,6 +66,8 @@ def test_default_path_is_read_only_if_it_exists(tmp_path, monkeypatch):
     ("[routing.fallbacks]\nchat = [\"chat\"]\n", "routing.fallbacks.chat: a name cannot fall back to itself"),
     ("[routing]\nfallback_queue_depth = -1\n", "routing.fallback_queue_depth"),
     ("keep_alive_s = 0\n", "keep_alive_s must be positive"),
+    ("keys_database_url = \"mysql://db/keys\"\n", "keys_database_url must be a PostgreSQL URL"),
+    ("keys_outage_grace_s = 0\n", "keys_outage_grace_s must be positive"),
 ])
 def test_errors_name_the_key(tmp_path, text, key):
     path = tmp_path / "bad.toml"

@@ -62,6 +62,7 @@ def snapshot(second: int, gpus: bool = True, beside: tuple[str, ...] = ()) -> di
         },
         "health": {"ok": True, "checked_at": "2026-11-18T11:06:02+00:00", "problems": []},
         "cost": COST,
+        "key_store": KEY_STORE,
     }
     picture["engines"] = [{**picture["engine"], "default": True, "pinned": False}] + [
         {**picture["engine"], "model": name, "default": False, "pinned": i == 0, "running": 2 + i,
@@ -235,6 +236,27 @@ class DownClient:
         return unreachable
 
 
+KEY_STORE = {"location": "postgresql://appliance:***@db.internal:5432/keys", "shared": True, "reachable": True,
+             "unreachable_since": None, "last_error": None, "grace_s": 300.0, "grace_admissions": 0, "refusals": 0,
+             "remembered_keys": 14}
+FLEET = {
+    "membership": {"gateway_url": "https://llm.example.com", "worker_url": "https://gpu-a.internal:8443",
+                   "worker_id": "01a24b7b-08ba-73a0-b4f1-5505baacb0df", "probe_key_id": "f1ee7a01",
+                   "joined_at": "2026-11-18T09:12:44+00:00"},
+    "leaving": False,
+    "gateway": {"url": "https://llm.example.com", "metrics_url": "http://127.0.0.1:29000/metrics", "error": None,
+                "boxes": [
+                    {"url": f"https://gpu-{n}.internal:8443", "id": f"w{n}", "host": f"gpu-{n}", "healthy": healthy,
+                     "status": "ready" if healthy else "unhealthy", "circuit": circuit, "gateway_in_flight": running,
+                     "routed_total": routed, "waiting": waiting, "running": running, "kv_usage": kv,
+                     "generation_tokens_per_s": tps, "prefix_cache_hit_rate": hits}
+                    for n, healthy, circuit, waiting, running, kv, tps, hits, routed in (
+                        ("a", True, "closed", 2, 18, 0.61, 1412.5, 0.72, 118_204),
+                        ("b", True, "closed", 0, 11, 0.38, 988.0, 0.69, 97_311),
+                        ("c", False, "open", None, None, None, None, None, 41_876))]},
+}
+
+
 class RecordedClient:
     """ControlClient's read methods over the fixed answers above; events() repeats the latest snapshot."""
 
@@ -274,6 +296,9 @@ class RecordedClient:
 
     def cost(self) -> dict:
         return deepcopy(COST_DETAIL)
+
+    def fleet(self) -> dict:
+        return deepcopy(FLEET)
 
     def logs(self, after: int = 0, limit: int = 200) -> dict:
         lines = [line for line in LOG_LINES if line["seq"] > after][:limit]

@@ -97,7 +97,7 @@ async def _switch_every_screen(app: ApplianceTUI) -> float:
     """Seconds to visit every main screen and come back, by key."""
     async with app.run_test(size=(80, 24)) as pilot:
         started = time.monotonic()
-        for key, mode in (("2", "models"), ("3", "keys"), ("4", "health"), ("tab", "dashboard")):
+        for key, mode in (("2", "models"), ("3", "keys"), ("4", "health"), ("5", "fleet"), ("tab", "dashboard")):
             await pilot.press(key)
             assert app.current_mode == mode
         return time.monotonic() - started
@@ -161,7 +161,7 @@ async def test_snapshots_arriving_while_screens_switch_never_break_the_app():
         for _ in range(20):  # sent at once: the first snapshot's GPU panels are still mounting
             app.post_message(SnapshotReceived(app.state.latest))
             await pilot.pause(0)
-        for mode in ("models", "keys", "health", "dashboard") * 10:
+        for mode in ("models", "keys", "health", "fleet", "dashboard") * 10:
             app.switch_mode(mode)  # not awaited: the snapshot is handled while the screen mounts
             app.post_message(SnapshotReceived(app.state.latest))
             await pilot.pause()

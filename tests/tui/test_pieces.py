@@ -98,3 +98,15 @@ def test_history_ignores_a_snapshot_sent_twice_and_series_skip_missing_fields():
     assert len(state.snapshots) == 3
     assert state.series(lambda s: s["engine"]["running"], 10) == [1, 3, None]
     assert state.series(lambda s: s["engine"]["running"], 2) == [3, None]
+
+
+def test_the_key_store_line_says_when_the_shared_database_is_unreachable_and_what_the_rule_did():
+    from tui.screens.fleet import key_store_text
+
+    up = key_store_text({"location": "postgresql://a:***@db/keys", "shared": True, "reachable": True})
+    assert up.plain == "Keys: shared PostgreSQL at postgresql://a:***@db/keys, answering"
+    down = key_store_text({"location": "postgresql://a:***@db/keys", "shared": True, "reachable": False,
+                           "last_error": "OperationalError: connection refused", "grace_s": 300,
+                           "grace_admissions": 12, "refusals": 3})
+    assert "UNREACHABLE" in down.plain and "last 300 s keep working (12 let in)" in down.plain
+    assert "others get 503 (3 refused)" in down.plain

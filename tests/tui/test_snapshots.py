@@ -57,6 +57,17 @@ async def health(pilot) -> None:
                 and "driver" in str(pilot.app.screen.query_one("#checks").render()))
 
 
+async def fleet(pilot) -> None:
+    await dashboard(pilot)
+    await show_screen(pilot, "5", "fleet")
+    await until(pilot, lambda: pilot.app.screen.query_one(DataTable).row_count == 3)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=["80x24", "120x40"])
+def test_fleet(snap_compare, size):
+    assert snap_compare(app_with(), terminal_size=size, run_before=fleet)
+
+
 @pytest.mark.parametrize("size", SIZES, ids=["80x24", "120x40"])
 def test_dashboard(snap_compare, size):
     assert snap_compare(app_with(), terminal_size=size, run_before=dashboard)

@@ -29,7 +29,8 @@ STEPS = [
     (("4",), "Service log", "Last used"),
     (("?",), HELP_TITLE, None),
     (("Escape",), "Service log", HELP_TITLE),
-    (("Tab",), "KV cache", "Service log"),
+    (("Tab",), "Prefix hits", "Service log"),
+    (("Tab",), "KV cache", "Prefix hits"),
 ]
 
 

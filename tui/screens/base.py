@@ -1,4 +1,4 @@
-"""What the four main screens share: the top bar, the footer, tab to move between them, live updates."""
+"""What the main screens share: the top bar, the footer, tab to move between them, live updates."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from tui.app import ApplianceTUI
 
 # (mode, title) in the order of the tabs and the digit keys.
-MAIN_SCREENS = [("dashboard", "Dashboard"), ("models", "Models"), ("keys", "Keys"), ("health", "Health & Logs")]
+MAIN_SCREENS = [("dashboard", "Dashboard"), ("models", "Models"), ("keys", "Keys"), ("health", "Health & Logs"),
+                ("fleet", "Fleet")]
 
 
 class LiveScreen(Screen):

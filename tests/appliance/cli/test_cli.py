@@ -212,3 +212,20 @@ def test_models_install_default_reports_the_model_folder(tmp_path, default_model
     assert json.loads((Path(report["path"]) / "manifest.json").read_text())["name"] == report["name"]
     again = appliance("models", "install-default", "--config", str(config))  # already there: a no-op
     assert again.returncode == 0 and report["path"] in again.stdout
+
+
+def test_migrate_copies_a_boxs_keys_into_postgresql_once(state, postgres_url):
+    created = create_json(state, "old-app", "--rpm", "7")
+    first = appliance("keys", "migrate", "--to", postgres_url, "--json", state_dir=state)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["keys_added"] == 1
+    again = appliance("keys", "migrate", "--to", postgres_url, state_dir=state)
+    assert again.returncode == 0 and "Copied 0 of 1 keys" in again.stdout
+    with KeyStore(postgres_url) as shared:
+        assert shared.authenticate(created["api_key"]).rpm_limit == 7
+
+
+def test_migrate_refuses_what_is_not_a_postgresql_url(state):
+    create_json(state, "k")
+    result = appliance("keys", "migrate", "--to", "sqlite:///tmp/x.db", state_dir=state)
+    assert result.returncode == 2 and "--to must be a PostgreSQL URL" in result.stderr

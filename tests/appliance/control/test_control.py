@@ -216,3 +216,19 @@ def test_bad_requests_get_clear_errors(control):
         with pytest.raises(ControlError) as bad_limit:
             client.logs(limit=0)
         assert "limit must be between" in bad_limit.value.message
+
+
+def test_a_box_with_its_own_keys_db_may_not_join_a_fleet_and_has_nothing_to_leave(control):
+    with client_for(control) as client:
+        status = client.fleet()
+        assert status == {"membership": None, "leaving": False, "gateway": None}
+        with pytest.raises(ControlError) as e:
+            client.fleet_join("http://127.0.0.1:9", "admin", "http://127.0.0.1:8000")
+        assert e.value.status == 400 and "keys_database_url" in e.value.message
+        with pytest.raises(ControlError) as e:
+            client.request("POST", "/v1/fleet/join", {"gateway_url": "http://g", "admin_key": "k", "worker_url": "http://w",
+                                                      "timeout_s": "soon"})
+        assert e.value.status == 400 and "timeout_s" in e.value.message
+        with pytest.raises(ControlError) as e:
+            client.fleet_leave()
+        assert e.value.status == 409 and "not in a fleet" in e.value.message

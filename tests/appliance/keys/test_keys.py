@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from appliance.keys import AuthError, KeyNotFound, KeyStore, KeyStoreError, RateLimited
+from appliance.keys.migrations import SCHEMA_VERSION
 
 
 @pytest.fixture
@@ -340,9 +341,9 @@ def test_a_keys_db_of_the_first_version_is_migrated_to_the_last_and_keeps_its_ke
         assert (record.name, record.rpm_limit, record.allowed_networks) == ("from-before", 7, None)
         assert (record.priority, record.weight) == (0, 1.0)  # version 4's columns, with their defaults
         assert store.update(record.id, allowed_networks=["10.0.0.0/8"]).allowed_networks == ["10.0.0.0/8"]
-        store.store_response(record.id, "resp-1", [], retention_s=60)  # version 3's table
+        store.store_response(record.id, "resp-1", [], retention_s=60)  # migration 6's table
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     check.close()
     with KeyStore(path) as again:  # opening a migrated store changes nothing more
         assert again.get("0ld0ld00").allowed_networks == ["10.0.0.0/8"]

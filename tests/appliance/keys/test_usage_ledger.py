@@ -105,7 +105,7 @@ def test_crash_loses_at_most_a_few_seconds_and_never_corrupts(tmp_path):
         n, t = line.split()
         progress.append((int(n), float(t)))
     with KeyStore(path) as s:
-        assert s._conn().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert s.integrity() == "ok"
         saved = sum(d.requests for d in s.usage(record.id))
         assert sum(d.prompt_tokens for d in s.usage(record.id)) == 2 * saved  # whole requests only
     recorded = progress[-1][0]

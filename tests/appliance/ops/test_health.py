@@ -234,3 +234,19 @@ def test_tls_check_warns_of_clear_text_and_of_a_certificate_about_to_expire(tmp_
     assert soon.status == health.WARN and "expires in 10 days" in soon.message
     past = health.check_tls(config, now=datetime.now(timezone.utc) + timedelta(days=401))
     assert past.status == health.FAIL and "expired" in past.message
+
+
+def test_the_key_store_check_says_whether_the_fleets_postgresql_answers(tmp_path, postgres_url):
+    from appliance.config import Config
+    from appliance.keys import KeyStore
+    from appliance.ops.health import check_key_store
+    from tests.appliance.conftest import free_port
+
+    KeyStore(postgres_url).close()  # migrated
+    up = check_key_store(Config(state_dir=tmp_path, keys_database_url=postgres_url))
+    assert up.status == "ok" and "schema version" in up.message and "@" not in up.message.split("at ")[0]
+    down = check_key_store(Config(state_dir=tmp_path, keys_database_url=f"postgresql://u:secret@127.0.0.1:{free_port()}/k",
+                                  keys_outage_grace_s=120))
+    assert down.status == "fail" and "keep working" in down.message and "120 s" in down.message
+    assert "secret" not in down.message
+    assert check_key_store(Config(state_dir=tmp_path)).status == "n/a"  # one box, no keys yet

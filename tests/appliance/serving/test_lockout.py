@@ -32,6 +32,19 @@ def test_past_the_limit_an_address_is_locked_out_for_the_cool_down_and_others_ar
     assert lockout.retry_after_s("203.0.113.9") is None
 
 
+def test_a_fleet_gateways_address_is_never_locked_out_and_stops_being_exempt_when_the_box_leaves(clock):
+    lockout = AuthLockout(failures_per_minute=2, lockout_s=30, clock=clock.monotonic)
+    lockout.failed("10.0.0.5")
+    lockout.set_exempt(["10.0.0.5"])  # joined: the gateway stands for every client behind it
+    for _ in range(10):
+        lockout.failed("10.0.0.5")
+    assert lockout.retry_after_s("10.0.0.5") is None
+    lockout.set_exempt(())  # left the fleet
+    for _ in range(2):
+        lockout.failed("10.0.0.5")
+    assert lockout.retry_after_s("10.0.0.5") == 30
+
+
 def test_an_ipv6_client_counts_by_its_64_and_a_mapped_ipv4_as_itself(clock):
     assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:bbbb::2") == "2001:db8:1:2::/64"
     assert client_key("::ffff:198.51.100.4") == "198.51.100.4"

@@ -1,0 +1,108 @@
+"""A mixture-of-experts and a sliding-window model on CPU: our engine against transformers' generate().
+
+Random weights at small but real proportions, float32, one process, one seeded workload (EOS
+ignored): a Qwen3-MoE-shaped model (32 experts, 4 routed per token) and a Gemma-3-shaped model (5
+sliding layers of window 256 to 1 full), with prompts long enough that the window matters.
+  (a) our engine, all requests submitted at once (experts through transformers' grouped_mm; window
+      layers read their window and give the rest of their blocks back);
+  (b) transformers generate() in static left-padded batches of 8 (each batch runs to its longest output)
+      with the same experts implementation and transformers' own attention (sdpa, eager for softcaps);
+  (c) batch-1 decode, one request alone, each side.
+Also the KV blocks each run held at its peak, which for the sliding model is what window-aware freeing saves.
+
+    python -m benchmarks.families [--requests 16] [--json OUT]
+"""
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+import transformers
+from transformers import Gemma3TextConfig, Qwen3MoeConfig
+
+from benchmarks.throughput import Request, engine_decode_rate, make_workload, run_engine, run_static_generate
+from benchmarks.cuda_fast_path import generate_decode_rate
+from engine import Engine, EngineConfig
+
+SHAPE = dict(vocab_size=32000, hidden_size=512, num_attention_heads=8, num_key_value_heads=4, head_dim=64,
+             max_position_embeddings=8192)
+MODELS = {
+    "qwen3-moe-shaped (8 layers, 32 experts, top 4)": Qwen3MoeConfig(
+        **SHAPE, num_hidden_layers=8, intermediate_size=1024, moe_intermediate_size=256, num_experts=32,
+        num_experts_per_tok=4, architectures=["Qwen3MoeForCausalLM"]),
+    "gemma3-shaped (12 layers, 5 sliding 256 : 1 full)": Gemma3TextConfig(
+        **SHAPE, num_hidden_layers=12, intermediate_size=1536, sliding_window=256, query_pre_attn_scalar=64,
+        architectures=["Gemma3ForCausalLM"]),
+}
+
+
+def build(config, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return getattr(transformers, config.architectures[0])._from_config(config, dtype=torch.float32).eval()
+
+
+def run_counting_blocks(engine: Engine, workload: list[Request]):
+    """run_engine, and the most KV blocks the engine held at once meanwhile."""
+    peak, original = 0, engine.step
+
+    def step():
+        nonlocal peak
+        outputs = original()
+        peak = max(peak, engine.stats().kv_blocks_used)
+        return outputs
+
+    engine.step = step
+    try:
+        return run_engine(engine, workload), peak
+    finally:
+        engine.step = original
+
+
+def bench(name: str, config, workload: list[Request]) -> dict:
+    model = build(config)
+    folder = f"/tmp/bench-families-{config.model_type}"
+    model.save_pretrained(folder)
+    engine = Engine(EngineConfig(dtype="float32", max_num_seqs=len(workload)))
+    loaded = engine.load_model(folder)
+    ours, peak = run_counting_blocks(engine, workload)
+    alone = workload[0]
+    ours_b1 = engine_decode_rate(engine, "alone", alone.prompt, 64)
+    if loaded.experts:
+        model.set_experts_implementation(loaded.experts)
+    theirs = run_static_generate(model, workload, batch_size=8)
+    theirs_b1 = generate_decode_rate(model, alone.prompt, 64)
+    return {"model": name, "layout": loaded.layout.describe(), "experts": loaded.experts,
+            "attention": loaded.attention_features, "ours_tokens_per_s": ours.tokens_per_s,
+            "generate_tokens_per_s": theirs.tokens_per_s, "ratio": ours.tokens_per_s / theirs.tokens_per_s,
+            "ours_batch1_tokens_per_s": ours_b1, "generate_batch1_tokens_per_s": theirs_b1,
+            "peak_kv_blocks": peak, "kv_blocks_total": engine.stats().kv_blocks_total}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--json", help="write the results here too")
+    args = parser.parse_args()
+    workload = make_workload(args.requests, SHAPE["vocab_size"], seed=0, prompt_range=(256, 1024), output_range=(32, 128))
+    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"{args.requests} requests, prompts 256-1024, outputs 32-128, float32")
+    results = []
+    for name, config in MODELS.items():
+        start = time.perf_counter()
+        r = bench(name, config, workload)
+        results.append(r)
+        print(f"{name}: {r['layout']}, experts {r['experts']}, attention {','.join(r['attention']) or 'full'}\n"
+              f"  throughput  ours {r['ours_tokens_per_s']:.1f} tok/s, generate() b8 {r['generate_tokens_per_s']:.1f} "
+              f"-> {r['ratio']:.2f}x\n"
+              f"  batch-1     ours {r['ours_batch1_tokens_per_s']:.1f} tok/s, generate() "
+              f"{r['generate_batch1_tokens_per_s']:.1f}\n"
+              f"  KV blocks   peak {r['peak_kv_blocks']} of {r['kv_blocks_total']}  ({time.perf_counter() - start:.0f} s)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -52,6 +52,8 @@ def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
         body["tool_choice"] = req.tool_choice
     elif req.tool_choice is not None:
         body["tool_choice"] = {"type": "function", "function": {"name": req.tool_choice.name}}
+    if req.reasoning is not None and req.reasoning.effort is not None:
+        body["reasoning_effort"] = req.reasoning.effort
     fmt = req.text.format if req.text is not None else None
     if fmt is not None and fmt.type == "json_schema":
         body["response_format"] = {"type": "json_schema", "json_schema": fmt.model_dump(
@@ -62,7 +64,7 @@ def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
 
 
 def responses_ask(req: ResponsesRequest) -> Ask:
-    return chat_ask(chat_request(req))
+    return chat_ask(chat_request(req), effort_param="reasoning.effort")
 
 
 def response_formatter(req: ResponsesRequest, generation, request_id: str, model: str) -> ResponseFormatter:

@@ -5,7 +5,7 @@ they do not declare: what is accepted is exactly what /openapi.json says. Fields
 effect are declared too, and say so in their description.
 """
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, WithJsonSchema, field_validator
 
@@ -19,6 +19,10 @@ MAX_LOGIT_BIAS = 300  # entries; OpenAI's own limit
 def no_effect(description: str, **kwargs):
     """A field accepted for compatibility that changes nothing here; the description says why."""
     return Field(None, description=f"accepted, no effect: {description}", **kwargs)
+
+
+# OpenAI's reasoning efforts: every value is accepted here; the model's chat template says which it takes.
+ReasoningEffortValue = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 
 
 class StrictRequest(BaseModel):

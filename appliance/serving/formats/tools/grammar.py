@@ -54,7 +54,7 @@ def constraint_for(
     """The constraint for the answer, or None; APIError (param "tools") for a schema xgrammar cannot use."""
     if choice.mode == "none" or not functions:
         return None
-    _check_schemas(functions)
+    check_schemas(functions)
     if fmt is ToolFormat.GENERIC:
         return Constraint("json", answer_schema(functions, choice, parallel_tool_calls))
     chosen = [f for f in functions if choice.mode != "function" or f.name == choice.name]
@@ -62,7 +62,7 @@ def constraint_for(
     return Constraint("grammar", str(xgrammar.Grammar.from_structural_tag(StructuralTag(format=tag))))
 
 
-def _check_schemas(functions: list[Function]) -> None:
+def check_schemas(functions: list[Function]) -> None:
     """Refuse (400) a schema xgrammar cannot turn into a grammar, before the engine sees it."""
     for i, function in enumerate(functions):
         try:

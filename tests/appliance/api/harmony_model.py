@@ -29,7 +29,7 @@ TRANSCRIPT = ["<|channel|>", "analysis", "<|message|>", REASONING, "<|end|>", "<
               f" to=functions.{CALL_NAME}", "<|channel|>", "commentary ", "<|constrain|>", "json", "<|message|>",
               json.dumps(CALL_ARGUMENTS), "<|call|>"]
 WEATHER_TOOL = {"type": "function", "function": {
-    "name": CALL_NAME, "description": "The weather forecast of a city",
+    "name": CALL_NAME, "description": "The weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 
 

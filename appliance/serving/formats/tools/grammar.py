@@ -9,7 +9,7 @@ tag and printed with `str(Grammar)`, which `Grammar.from_ebnf` parses back to th
     required           calls only, 1..n (exactly 1 with parallel_tool_calls false)
     {"function": N}    exactly one call of N
     auto               free text; once the model writes the call marker the call must be valid
-                       (Hermes and Mistral: a triggered tag; Llama 3: the reply is either calls
+                       (Hermes and both Mistral forms: a triggered tag; Llama 3: the reply is either calls
                        from its first character or text that does not start like one)
 
 Each call's arguments are held to that function's parameters schema, and its name to that
@@ -34,7 +34,7 @@ from xgrammar.structural_tag import (
     TriggeredTagsFormat,
 )
 
-from appliance.serving.formats.tools import hermes, llama3, mistral
+from appliance.serving.formats.tools import hermes, llama3, mistral, mistral_args
 from appliance.serving.formats.tools.formats import ToolFormat
 from appliance.serving.formats.tools.functions import Function, ToolChoice, schema_error
 from appliance.serving.formats.tools.generic import answer_schema
@@ -124,4 +124,15 @@ def _mistral(functions: list[Function], mode: str, parallel: bool):
     return TriggeredTagsFormat(triggers=[mistral.START], tags=[block], stop_after_first=True)
 
 
-_STRUCTURAL_TAGS = {ToolFormat.HERMES: _hermes, ToolFormat.LLAMA3: _llama3, ToolFormat.MISTRAL: _mistral}
+def _mistral_args(functions: list[Function], mode: str, parallel: bool):
+    tags = [TagFormat(begin=f"{mistral_args.START}{f.name}{mistral_args.ARGS}", content=_arguments(f), end="")
+            for f in functions]
+    if mode == "function":
+        return tags[0]
+    if mode == "required":
+        return TagsWithSeparatorFormat(tags=tags, separator="", at_least_one=True, stop_after_first=not parallel)
+    return TriggeredTagsFormat(triggers=[mistral_args.START], tags=tags, stop_after_first=not parallel)
+
+
+_STRUCTURAL_TAGS = {ToolFormat.HERMES: _hermes, ToolFormat.LLAMA3: _llama3, ToolFormat.MISTRAL: _mistral,
+                    ToolFormat.MISTRAL_ARGS: _mistral_args}

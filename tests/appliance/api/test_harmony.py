@@ -106,3 +106,15 @@ def test_reasoning_effort_is_taken_where_the_template_reads_it(harmony_server):
     responses = httpx.post(harmony_server.base_url + "/v1/responses", headers=harmony_server.headers(), timeout=60,
                            json={"model": "tiny-llama", "input": "Hi", "reasoning": {"effort": "high"}})
     assert responses.status_code == 400 and responses.json()["error"]["param"] == "reasoning.effort"
+
+
+def test_the_messages_api_gives_a_thinking_block_and_a_tool_use(harmony_server):
+    tool = {"name": CALL_NAME, "input_schema": WEATHER_TOOL["function"]["parameters"]}
+    r = httpx.post(harmony_server.base_url + "/v1/messages", timeout=60,
+                   headers={"x-api-key": harmony_server.key, "anthropic-version": "2023-06-01"},
+                   json={"model": MODEL, "max_tokens": 80, "tools": [tool], "messages": ASK[1:], "system": "Be brief."})
+    message = r.json()
+    assert r.status_code == 200 and message["stop_reason"] == "tool_use"
+    thinking, use = message["content"]
+    assert thinking["type"] == "thinking" and thinking["thinking"] == REASONING
+    assert use["type"] == "tool_use" and use["name"] == CALL_NAME and use["input"] == CALL_ARGUMENTS

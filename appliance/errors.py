@@ -124,7 +124,6 @@ REFUSED_REASONS = {
     "audio": "this server answers in text only",
     "prediction": "predicted outputs are not implemented",
     "web_search_options": "this server has no web search",
-    "reasoning_effort": "the model's chat template decides whether it reasons",
     "service_tier": "this server has a single tier",
     "functions": "the deprecated functions field is not implemented; use tools",
     "function_call": "the deprecated function_call field is not implemented; use tool_choice",

@@ -67,6 +67,8 @@ def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
         body["tool_choice"] = req.tool_choice
     elif req.tool_choice is not None:
         body["tool_choice"] = {"type": "function", "function": {"name": req.tool_choice.name}}
+    if req.reasoning is not None and req.reasoning.effort is not None:
+        body["reasoning_effort"] = req.reasoning.effort
     fmt = req.text.format if req.text is not None else None
     if fmt is not None and fmt.type == "json_schema":
         body["response_format"] = {"type": "json_schema", "json_schema": fmt.model_dump(
@@ -81,7 +83,7 @@ def responses_ask(req: ResponsesRequest) -> Ask:
         raise invalid("include", f"include: {value!r} is not available here (no file or web search, no images, no "
                                  "encrypted reasoning, no logprobs in the Responses API); send include: [] or leave "
                                  "it out")
-    return chat_ask(chat_request(req))
+    return chat_ask(chat_request(req), effort_param="reasoning.effort")
 
 
 async def resume(req: ResponsesRequest, ask: Ask, ctx: RequestContext, service: Service) -> Ask:

@@ -56,6 +56,14 @@ class APIError(Exception):
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
+    def renamed(self, names: dict[str, str]) -> "APIError":
+        """The same error naming its field as another API calls it (a Responses request served as a chat)."""
+        new = names.get(self.param)
+        if new is None:
+            return self
+        return APIError(self.status, self.message.replace(self.param, new), param=new, code=self.code, type=self.type,
+                        retry_after_s=self.retry_after_s)
+
     def anthropic_body(self) -> dict:
         """Anthropic's shape: its error type by status; the field at fault is named in the message."""
         kind = ANTHROPIC_TYPES.get(self.status, "api_error" if self.status >= 500 else "invalid_request_error")

@@ -11,11 +11,9 @@ from appliance.api.sampling import Sampling
 from appliance.api.schemas import ChatCompletionRequest
 from appliance.api.structured import requested_constraint
 from appliance.serving.formats.tools.functions import tool_request
-from appliance.serving.render import ReasoningEffort
 
 
-def chat_ask(req: ChatCompletionRequest, effort_param: str = "reasoning_effort") -> Ask:
-    """The chat's Ask; `effort_param` names the field the reasoning effort came from (Responses' differs)."""
+def chat_ask(req: ChatCompletionRequest) -> Ask:
     tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools is not None else None
     choice = req.tool_choice.model_dump() if hasattr(req.tool_choice, "model_dump") else req.tool_choice
     return Ask(
@@ -25,7 +23,7 @@ def chat_ask(req: ChatCompletionRequest, effort_param: str = "reasoning_effort")
         logprobs=(req.top_logprobs or 0) if req.logprobs else None, constraint=requested_constraint(req),
         messages=tuple(m.to_template() for m in req.messages), tools=tool_request(tools, choice, req.parallel_tool_calls),
         priority=req.priority,
-        reasoning_effort=ReasoningEffort(req.reasoning_effort, effort_param) if req.reasoning_effort else None,
+        reasoning_effort=req.reasoning_effort,
     )
 
 

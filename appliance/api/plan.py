@@ -16,7 +16,7 @@ from appliance.errors import invalid
 from appliance.serving.constraint import OutputConstraint
 from appliance.serving.formats.output import PLAIN, OutputReading
 from appliance.serving.formats.tools.functions import NO_TOOLS, ToolRequest
-from appliance.serving.render import ReasoningEffort, render_chat
+from appliance.serving.render import render_chat
 from appliance.serving.served_model import ModelLease, ServedModel
 
 
@@ -36,7 +36,7 @@ class Ask:
     constraint: OutputConstraint | None = None  # the request's own: response_format, structured_outputs, guided_*
     messages: tuple[dict, ...] | None = None  # a chat, in the shape chat templates take
     tools: ToolRequest = NO_TOOLS
-    reasoning_effort: ReasoningEffort | None = None  # for a chat template that takes one
+    reasoning_effort: str | None = None  # for a chat template that takes one
     prompts: tuple[str | list[int], ...] = ()  # plain prompts, when there are no messages
     priority: int | None = None  # the request's own (lower runs first); None: its key's
 

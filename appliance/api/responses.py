@@ -83,7 +83,7 @@ def responses_ask(req: ResponsesRequest) -> Ask:
         raise invalid("include", f"include: {value!r} is not available here (no file or web search, no images, no "
                                  "encrypted reasoning, no logprobs in the Responses API); send include: [] or leave "
                                  "it out")
-    return chat_ask(chat_request(req), effort_param="reasoning.effort")
+    return chat_ask(chat_request(req))
 
 
 async def resume(req: ResponsesRequest, ask: Ask, ctx: RequestContext, service: Service) -> Ask:
@@ -128,5 +128,9 @@ def response_formatter(req: ResponsesRequest, generation, request_id: str, model
     return ResponseFormatter(generation, request_id, model, req)
 
 
-RESPONSES = Endpoint("responses", "resp", ResponsesRequest, responses_ask, response_formatter, resume, keep)
+# A Responses request is served as a chat: its refusals name the Responses fields the chat's came from.
+RESPONSES_PARAMS = {"response_format": "text.format", "max_completion_tokens": "max_output_tokens",
+                    "reasoning_effort": "reasoning.effort"}
+RESPONSES = Endpoint("responses", "resp", ResponsesRequest, responses_ask, response_formatter, resume, keep,
+                     param_names=RESPONSES_PARAMS)
 responses = route(RESPONSES)

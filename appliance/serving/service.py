@@ -81,9 +81,9 @@ class Service:
         return sum(ended)
 
     def requests_in_flight(self) -> int:
-        """Requests admitted and not yet accounted (finished), over every model."""
-        return sum(max(sum(1 for ctx in list(m.admitted) if not ctx.accounted), len(m.inflight))
-                   for m in self.pool.models)
+        """Requests admitted and not yet ended, over every model (a lease covers a request from admission to
+        its end; an engine request a drain is ending may outlive its lease)."""
+        return sum(max(m.leases, len(m.inflight)) for m in self.pool.models)
 
     async def wait_idle(self, timeout_s: float, quiet_s: float = 0.25) -> int:
         """Wait until no request has been in flight for quiet_s (a request a balancer sent just before it stopped

@@ -9,6 +9,9 @@ ids differ.
 
 Per sequence only its Python lists are read; positions, slots and block tables are numpy arrays
 built whole (at batch 256 the per-token Python arithmetic was most of a step's host time).
+
+For a model with recurrent layers, both paths add which rows are whose and each sequence's state slot
+(engine.recurrent.metadata).
 """
 
 from dataclasses import dataclass
@@ -21,6 +24,8 @@ from engine.attention_metadata import (AttentionMetadata, DecodeGroup, GroupMeta
 from engine.block_manager import NULL_BLOCK, blocks_for
 from engine.kv_cache_spec import AttentionSpec
 from engine.overlap import to_device
+from engine.recurrent.metadata import RecurrentMetadata, RecurrentPrefill
+from engine.recurrent.states import RecurrentStates
 from engine.scheduler import ScheduledSequence
 
 # Decode attention gathers each group's contexts padded to its longest: a new group starts when a
@@ -71,8 +76,31 @@ class BatchPacker:
     def _tensor(self, parts: list[np.ndarray]) -> torch.Tensor:
         return to_device(torch.from_numpy(np.concatenate(parts)), self.device)
 
+    def _recurrent(self, rows: list[tuple[ScheduledSequence, int]], states: RecurrentStates | None):
+        """For the recurrent layers, from (sequence, its first row) in packed order: each prefill's rows and
+        slot, and the one-token sequences' rows and slots together."""
+        if states is None:
+            return None
+        prefills, decodes = [], []
+        for s, start in rows:
+            if s.num_new_tokens > 1:
+                prefills.append(RecurrentPrefill(slice(start, start + s.num_new_tokens), s.seq.state_slot,
+                                                 s.seq.num_computed_tokens > 0))
+            else:
+                decodes.append((start, s.seq.state_slot, s.seq.num_computed_tokens == 0))
+        starts = [d[0] for d in decodes]
+        first = starts[0] if starts else 0
+        if starts == list(range(first, first + len(starts))):  # the torch path packs them last, in a run
+            decode_rows = slice(first, first + len(starts))
+        else:
+            decode_rows = to_device(torch.tensor(starts), self.device)
+        slots = to_device(torch.tensor([d[1] for d in decodes], dtype=torch.int64), self.device)
+        fresh = [d[2] for d in decodes]
+        return RecurrentMetadata(states, prefills, decode_rows, slots,
+                                 to_device(torch.tensor(fresh), self.device) if any(fresh) else None)
+
     # -- the torch path ------------------------------------------------------------------------
-    def torch_batch(self, scheduled: list[ScheduledSequence], kv_caches, placement):
+    def torch_batch(self, scheduled: list[ScheduledSequence], kv_caches, placement, states: RecurrentStates | None = None):
         """(input ids, positions, AttentionMetadata, each sequence's last row by id())."""
         input_ids, positions, last_row, num_rows = [], [], {}, 0
         prefills = [s for s in scheduled if s.num_new_tokens > 1]
@@ -102,7 +130,8 @@ class BatchPacker:
             groups.append(GroupMetadata(self._tensor(slots),
                                         self._prefill_chunks(g, prefills, prefill_geometry),
                                         self._decode_groups(g, decodes, decode_geometry)))
-        meta = AttentionMetadata(kv_caches, placement, groups)
+        rows = [(s, last_row[id(s)] - s.num_new_tokens + 1) for s in prefills + decode_seqs]
+        meta = AttentionMetadata(kv_caches, placement, groups, self._recurrent(rows, states))
         return self._tensor(input_ids), self._tensor(positions), meta, last_row
 
     def _prefill_geometry(self, spec: AttentionSpec, prefills: list[ScheduledSequence]) -> list[tuple]:
@@ -184,7 +213,8 @@ class BatchPacker:
         return groups
 
     # -- the triton path -----------------------------------------------------------------------
-    def triton_batch(self, scheduled: list[ScheduledSequence], kv_caches, placement):
+    def triton_batch(self, scheduled: list[ScheduledSequence], kv_caches, placement,
+                     states: RecurrentStates | None = None):
         """(input ids, positions, PackedStep, each sequence's last row by id()): sequences in schedule order,
         their rows and slots computed by tensor ops."""
         input_ids, starts, lens, contexts = [], [], [], []
@@ -210,6 +240,6 @@ class BatchPacker:
             slots = (block_tables[seq_of_row, positions // self.block_size].long() * self.block_size
                      + positions % self.block_size)
             groups.append(PackedMetadata(to_device(slots, device), *shared, to_device(block_tables, device), max(lens)))
-        step = PackedStep(kv_caches, placement, groups, self.specs)
+        step = PackedStep(kv_caches, placement, groups, self.specs, self._recurrent(list(zip(scheduled, starts)), states))
         last_row = {id(s): start + n - 1 for s, start, n in zip(scheduled, starts, lens)}
         return to_device(torch.tensor(input_ids), device), to_device(positions, device), step, last_row

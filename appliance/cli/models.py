@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from appliance.cli.common import CliError, control_options, format_table, load_settings, open_client, print_json, show_help, store_options
+from appliance.cli.plan import add_plan_command
 from appliance.control.execution_text import execution
 
 
@@ -186,6 +187,8 @@ def add_models_commands(commands) -> None:
     pin.add_argument("name")
     pin.add_argument("--off", action="store_true", help="unpin: it may be evicted when idle")
     pin.set_defaults(handler=models_pin)
+
+    add_plan_command(sub)
 
     install = sub.add_parser("install-default", parents=[store_options()],
                              help="install the embedded default model (SmolLM2-135M) without the service")

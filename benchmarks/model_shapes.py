@@ -30,6 +30,7 @@ class Shape:
     real: dict
     tiny: dict
     correctness_layers: int  # the fewest layers that hold every kind of layer the model has
+    transformers_cb: bool = True  # transformers' continuous batching runs it (not linear attention)
 
     def config(self, tiny: bool = False, layers: int | None = None) -> PretrainedConfig:
         values = dict(self.tiny if tiny else self.real)
@@ -94,7 +95,7 @@ SHAPES["qwen3.6-35b-a3b"] = Shape(
     TINY | TINY_LINEAR_ATTENTION | dict(num_hidden_layers=4, num_experts=4, num_experts_per_tok=2,
                                         moe_intermediate_size=32, shared_expert_intermediate_size=32,
                                         tie_word_embeddings=False),
-    correctness_layers=4)  # three Gated DeltaNet layers, one full
+    correctness_layers=4, transformers_cb=False)  # three Gated DeltaNet layers, one full
 # Real configs for the memory plan only (too large for one H100 in bfloat16 with a KV cache).
 PLANNED = {
     "qwen3.6-35b-a3b": Shape(Qwen3_5MoeTextConfig, "Qwen3_5MoeForCausalLM", QWEN3_6_35B_A3B,

@@ -114,7 +114,11 @@ def config_from_dict(config: dict) -> PretrainedConfig:
     if model_type not in CONFIG_MAPPING:
         raise ModelLoadError(f"config.json's model_type {model_type!r} is not one transformers "
                              f"{transformers.__version__} knows" if model_type else "config.json names no model_type")
-    return CONFIG_MAPPING[model_type].from_dict(config)
+    # As transformers reads a config.json: infinities are saved as {"__float__": "Infinity"} (Mamba-2's time_step_limit).
+    try:
+        return CONFIG_MAPPING[model_type].from_dict(PretrainedConfig._decode_special_floats(config))
+    except (TypeError, ValueError) as e:  # the config class's own validation
+        raise ModelLoadError(f"config.json is not a valid {model_type} config: {e}") from e
 
 
 def check_config(config: PretrainedConfig) -> Architecture:

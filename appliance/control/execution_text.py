@@ -35,3 +35,15 @@ def size(n: int | None) -> str:
     if n is None:
         return MISSING
     return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MiB"
+
+
+def state_slots(engine: dict) -> str:
+    """" · 3/64 state slots" for a model with recurrent layers (one slot per running sequence); "" for others."""
+    total = engine.get("state_slots_total")
+    return f" · {engine.get('state_slots_used') or 0:,}/{total:,} state slots" if total else ""
+
+
+def prefix_caching_off(engine: dict) -> str | None:
+    """Why prefix caching is off, where the engine says it is ("off: recurrent layers keep ..."); None when on."""
+    setting = (engine.get("execution") or {}).get("prefix_caching")
+    return setting if setting not in (None, "on") else None

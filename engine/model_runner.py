@@ -20,12 +20,13 @@ from engine.lm_head import reuse_logits_buffer
 from engine.loader import LoadedModel
 from engine.overlap import fill_placeholders, to_device
 from engine.packing import BatchPacker
+from engine.recurrent import fla
 from engine.recurrent.states import RecurrentStates
 from engine.prompt_logprobs import prompt_rows
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledSequence
 from engine.sequence import Sequence
-from engine.state_spec import PREFIX_CACHING_OFF_FOR_RECURRENT, state_slots_for
+from engine.state_spec import GATED_DELTA_NET, PREFIX_CACHING_OFF_FOR_RECURRENT, state_slots_for
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,17 @@ class ModelRunner:
                 "async_scheduling": self.config.overlaps_steps, "experts": self.experts or "none",
                 "attention": ",".join(self.attention_features) or "full", "kv_cache": self.layout.describe(),
                 "kv_cache_dtype": str(self.kv_dtype).removeprefix("torch."),
-                "state_slots": self.state_slots_text(), "prefix_caching": self.prefix_caching,
-                **(self.weights.to_dict() if self.weights else {})}
+                "state_slots": self.state_slots_text(), "recurrent": self.recurrent_kernels,
+                "prefix_caching": self.prefix_caching, **(self.weights.to_dict() if self.weights else {})}
+
+    @property
+    def recurrent_kernels(self) -> str:
+        """What runs the recurrent layers: "fla" (Gated DeltaNet on CUDA where fla-core is installed), "torch", or
+        "none" for a transformer."""
+        if self.states is None:
+            return "none"
+        kinds = {spec.kind for _, spec in self.states.layout.layers}
+        return "fla" if GATED_DELTA_NET in kinds and fla.runs_on(self.device) else "torch"
 
     def state_slots_text(self) -> str:
         """E.g. "64 slots of 62.8 MiB (30 Gated DeltaNet layers)"; "none" for a transformer."""

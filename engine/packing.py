@@ -77,27 +77,29 @@ class BatchPacker:
         return to_device(torch.from_numpy(np.concatenate(parts)), self.device)
 
     def _recurrent(self, rows: list[tuple[ScheduledSequence, int]], states: RecurrentStates | None):
-        """For the recurrent layers, from (sequence, its first row) in packed order: each prefill's rows and
-        slot, and the one-token sequences' rows and slots together."""
+        """For the recurrent layers, from (sequence, its first row) in packed order: each prefill's rows and slot,
+        the one-token sequences' rows and slots together, and every sequence's boundaries and slot."""
         if states is None:
             return None
-        prefills, decodes = [], []
-        for s, start in rows:
-            if s.num_new_tokens > 1:
-                prefills.append(RecurrentPrefill(slice(start, start + s.num_new_tokens), s.seq.state_slot,
-                                                 s.seq.num_computed_tokens > 0))
-            else:
-                decodes.append((start, s.seq.state_slot, s.seq.num_computed_tokens == 0))
-        starts = [d[0] for d in decodes]
-        first = starts[0] if starts else 0
-        if starts == list(range(first, first + len(starts))):  # the torch path packs them last, in a run
-            decode_rows = slice(first, first + len(starts))
+
+        def tensor(values: list, dtype=torch.int64) -> torch.Tensor:
+            return to_device(torch.tensor(values, dtype=dtype), self.device)
+
+        fresh = [s.seq.num_computed_tokens == 0 for s, _ in rows]  # the sequence starts here: zeros, not its slot
+        prefills = [RecurrentPrefill(slice(start, start + s.num_new_tokens), s.seq.state_slot, not new)
+                    for (s, start), new in zip(rows, fresh) if s.num_new_tokens > 1]
+        decodes = [(start, s.seq.state_slot, new) for (s, start), new in zip(rows, fresh) if s.num_new_tokens == 1]
+        first = decodes[0][0] if decodes else 0
+        if [d[0] for d in decodes] == list(range(first, first + len(decodes))):  # the torch path packs them in a run
+            decode_rows = slice(first, first + len(decodes))
         else:
-            decode_rows = to_device(torch.tensor(starts), self.device)
-        slots = to_device(torch.tensor([d[1] for d in decodes], dtype=torch.int64), self.device)
-        fresh = [d[2] for d in decodes]
-        return RecurrentMetadata(states, prefills, decode_rows, slots,
-                                 to_device(torch.tensor(fresh), self.device) if any(fresh) else None)
+            decode_rows = tensor([d[0] for d in decodes])
+        decode_fresh = [d[2] for d in decodes]
+        return RecurrentMetadata(
+            states, prefills, decode_rows, tensor([d[1] for d in decodes]),
+            tensor(decode_fresh, torch.bool) if any(decode_fresh) else None,
+            tensor([start for _, start in rows] + [sum(s.num_new_tokens for s, _ in rows)]),
+            tensor([s.seq.state_slot for s, _ in rows]), tensor(fresh, torch.bool) if any(fresh) else None)
 
     # -- the torch path ------------------------------------------------------------------------
     def torch_batch(self, scheduled: list[ScheduledSequence], kv_caches, placement, states: RecurrentStates | None = None):

@@ -11,8 +11,8 @@ MISSING = "—"
 def execution(path: dict | None) -> str:
     """How the engine runs the model, in a few words: "triton · fused · CUDA graphs · async · cuda:0 bfloat16",
     with its attention variants and experts implementation where it has them ("sliding+sinks", "experts
-    grouped_mm"), then its weights when packed ("weights int4 g32 + bfloat16, 3.1 GiB") and an fp8 KV cache
-    ("KV fp8")."""
+    grouped_mm"), then its weights when packed ("weights int4 g32 + bfloat16, 3.1 GiB"), an fp8 KV cache
+    ("KV fp8") and what runs recurrent layers ("recurrent fla")."""
     if not path:
         return ""
     words = [path.get("attention_backend") or MISSING]
@@ -28,6 +28,8 @@ def execution(path: dict | None) -> str:
         words.append(f"weights {weights}, {size(path.get('weight_bytes'))}")
     if str(path.get("kv_cache_dtype", "")).startswith("float8"):
         words.append("KV fp8")
+    if path.get("recurrent") not in (None, "none"):
+        words.append(f"recurrent {path['recurrent']}")
     return " · ".join(words)
 
 

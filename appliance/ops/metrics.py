@@ -61,12 +61,12 @@ class _EngineCollector:
                     "model_name"],
         )
         names = ["device", "dtype", "attention_backend", "fused_layers", "cuda_graphs", "async_scheduling", "experts",
-                 "attention", "kv_cache", "weights", "kv_cache_dtype", "state_slots"]
+                 "attention", "kv_cache", "weights", "kv_cache_dtype", "state_slots", "recurrent"]
         path = GaugeMetricFamily(
             "appliance_engine_execution_info",
             "What runs the model: device, dtype, attention backend, fused layers, CUDA graphs, async scheduling, "
             "experts implementation (MoE), attention variants, KV cache groups, the weights' packing (e.g. int4 g32 "
-            "+ bfloat16), the KV cache's dtype, the state slots of recurrent layers.",
+            "+ bfloat16), the KV cache's dtype, the state slots of recurrent layers and what runs them (fla, torch).",
             labels=[*names, "model_name"],
         )
         for model, stats in engines:

@@ -2,12 +2,14 @@
 
 The layer projects q, k, v (through a causal convolution), the output gate z and the per-head b (write
 strength) and a (decay); each sequence's recurrent state (value heads x key dim x value dim) is advanced
-by the gated delta rule: transformers' chunked form for prefills, its one-step form for decodes.
+by the gated delta rule: transformers' chunked form for prefills, its one-step form for decodes; on CUDA,
+where fla-core is installed, its kernels over the whole step (engine.recurrent.fla).
 """
 
 import torch
 import torch.nn.functional as F
 
+from engine.recurrent import fla
 from engine.recurrent.conv import causal_conv
 from engine.recurrent.forward import EngineForward
 from engine.recurrent.metadata import RecurrentMetadata
@@ -43,6 +45,15 @@ class GatedDeltaNetForward(EngineForward):
         v = v.view(length, -1, m.head_v_dim)
         beta = b.sigmoid()
         g = -m.A_log.float().exp() * F.softplus(a.float() + m.dt_bias)  # the decay, in log space
+        if fla.runs_on(q.device):
+            out = fla.gated_delta_rule(q, k, v, g, beta, recurrent_state, step)
+        else:
+            out = self.torch_gated_delta_rule(q, k, v, g, beta, recurrent_state, step)
+        out = m.norm(out.reshape(-1, m.head_v_dim), z.reshape(-1, m.head_v_dim)).reshape(1, length, -1)
+        return m.out_proj(out)
+
+    def torch_gated_delta_rule(self, q, k, v, g, beta, recurrent_state, step: RecurrentMetadata) -> torch.Tensor:
+        """transformers' torch reference, one prefill at a time and the decodes together."""
         chunked, one_step = self.reference("torch_chunk_gated_delta_rule"), self.reference("torch_recurrent_gated_delta_rule")
 
         def prefill(inputs, before):
@@ -55,7 +66,4 @@ class GatedDeltaNetForward(EngineForward):
                                   use_qk_l2norm_in_kernel=True)
             return out[:, 0], after
 
-        out = torch.empty_like(v)
-        scan(step, recurrent_state, (q, k, v, g, beta), prefill, decode, out)
-        out = m.norm(out.reshape(-1, m.head_v_dim), z.reshape(-1, m.head_v_dim)).reshape(1, length, -1)
-        return m.out_proj(out)
+        return scan(step, recurrent_state, (q, k, v, g, beta), prefill, decode, torch.empty_like(v))

@@ -27,6 +27,10 @@ class RecurrentMetadata:
     decode_rows: slice | torch.Tensor  # the rows of the sequences with one new token
     decode_slots: torch.Tensor  # [D] int64: their slots
     decode_fresh: torch.Tensor | None  # [D] bool: a sequence whose first token this is (a one-token prompt); None: none
+    # Every sequence at once, in row order, for kernels that take the whole packed batch (engine.recurrent.fla):
+    cu_seqlens: torch.Tensor  # [S + 1] int64: where each sequence's rows start, then the row count
+    slots: torch.Tensor  # [S] int64
+    fresh: torch.Tensor | None  # [S] bool: a sequence that starts this step (zeros, not its slot); None: none
 
     @property
     def num_decodes(self) -> int:

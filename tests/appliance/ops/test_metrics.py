@@ -55,7 +55,7 @@ def test_vllm_names_and_counts_move_with_a_request(live_server, client):
     assert value(after, "appliance_engine_execution_info", device="cpu", dtype=dtype, attention_backend="torch",
                  fused_layers="false", cuda_graphs="false", async_scheduling="false", experts="none",
                  attention="full", kv_cache="1 full group of 2 layers", weights=dtype, kv_cache_dtype=dtype,
-                 state_slots="none", model_name=model) == 1.0
+                 state_slots="none", recurrent="none", model_name=model) == 1.0
     # per key
     assert value(after, "appliance_key_requests_total", key_id=key_id) == value(before, "appliance_key_requests_total", key_id=key_id) + 1
     assert value(after, "appliance_key_completion_tokens_total", key_id=key_id) - value(before, "appliance_key_completion_tokens_total", key_id=key_id) == 5

@@ -56,6 +56,14 @@ class APIError(Exception):
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
+    def renamed(self, names: dict[str, str]) -> "APIError":
+        """The same error naming its field as another API calls it (a Responses request served as a chat)."""
+        new = names.get(self.param)
+        if new is None:
+            return self
+        return APIError(self.status, self.message.replace(self.param, new), param=new, code=self.code, type=self.type,
+                        retry_after_s=self.retry_after_s)
+
     def anthropic_body(self) -> dict:
         """Anthropic's shape: its error type by status; the field at fault is named in the message."""
         kind = ANTHROPIC_TYPES.get(self.status, "api_error" if self.status >= 500 else "invalid_request_error")
@@ -124,7 +132,6 @@ REFUSED_REASONS = {
     "audio": "this server answers in text only",
     "prediction": "predicted outputs are not implemented",
     "web_search_options": "this server has no web search",
-    "reasoning_effort": "the model's chat template decides whether it reasons",
     "service_tier": "this server has a single tier",
     "functions": "the deprecated functions field is not implemented; use tools",
     "function_call": "the deprecated function_call field is not implemented; use tool_choice",

@@ -5,6 +5,13 @@ A library: no HTTP, no appliance imports. The names below are loaded on first us
 """
 
 import importlib
+import logging
+
+# transformers imports torchao when it is installed; torchao then logs a warning for each of its CUDA
+# extensions this machine cannot load, and torch warns that torchao registers its enums the old way, at
+# every start. They say nothing about the engine's models.
+logging.getLogger("torchao").setLevel(logging.ERROR)
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 _EXPORTS = {
     "AsyncEngine": "engine.async_engine",

@@ -25,12 +25,14 @@ from torch import nn
 from transformers import AttentionInterface, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL_LM_NAMES
+from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES as BASE_MODEL_NAMES
 
 from engine.errors import ModelLoadError
 from engine.kv_cache_spec import (CHUNKED_ATTENTION, FULL_ATTENTION, HYBRID, SLIDING_ATTENTION, AttentionSpec,
                                   KVCacheLayout, layer_specs_from_config)
 from engine.recurrent.mixers import FORWARDS, state_layout
 from engine.state_spec import StateLayout
+from engine.text_model import text_causal_lm
 
 PROBE_ATTENTION = "appliance_probe"
 ATTENTION_LAYER_TYPES = {FULL_ATTENTION, SLIDING_ATTENTION, CHUNKED_ATTENTION, HYBRID}
@@ -66,14 +68,18 @@ class Architecture:
     """The class the engine builds for a checkpoint, and what the checkpoint declared."""
 
     declared: str  # config.architectures[0] (or the causal-LM class of its model type)
-    class_name: str  # what is built: the same, or the text model of a multimodal checkpoint
+    class_name: str  # what is built: the same, or the causal LM of a multimodal checkpoint's language model
     text_config: PretrainedConfig  # the config of what is built
+    over_text_model: bool = False  # class_name is a text model, built under an LM head (engine.text_model)
     states: StateLayout = StateLayout()  # what its recurrent layers keep per sequence (none: a transformer)
 
     @property
     def text_only(self) -> bool:
         """A multimodal checkpoint whose language model alone is loaded."""
         return self.declared != self.class_name
+
+    def model_class(self) -> type:
+        return text_causal_lm(self.class_name) if self.over_text_model else getattr(transformers, self.class_name)
 
 
 def _causal_class(model_type: str) -> str | None:
@@ -88,13 +94,16 @@ def resolve_architecture(config: PretrainedConfig) -> Architecture:
     declared = architectures[0] if architectures else CAUSAL_LM_NAMES.get(config.model_type, config.model_type)
     text_config = config.get_text_config()
     if text_config is not config:
-        text_class = _causal_class(text_config.model_type)
-        if text_class is None:
-            raise ModelLoadError(f"{declared}: its language model ({text_config.model_type}) has no causal-LM class in "
-                                 "transformers, which this engine needs to serve its text")
         # The multimodal class ties (or not) its language model's head as its own config says.
         text_config.tie_word_embeddings = getattr(config, "tie_word_embeddings", text_config.tie_word_embeddings)
-        return Architecture(declared, text_class, text_config)
+        text_class = _causal_class(text_config.model_type)
+        if text_class is not None:
+            return Architecture(declared, text_class, text_config)
+        text_model = BASE_MODEL_NAMES.get(text_config.model_type)
+        if text_model is None or not hasattr(transformers, text_model):
+            raise ModelLoadError(f"{declared}: its language model ({text_config.model_type}) has neither a causal-LM "
+                                 "nor a text model class in transformers, which this engine needs to serve its text")
+        return Architecture(declared, text_model, text_config, over_text_model=True)
     if declared in CAUSAL_LM_NAMES.values() and hasattr(transformers, declared):
         if not isinstance(config, getattr(transformers, declared).config_class):
             raise ModelLoadError(f"{declared} does not go with its config's model type {config.model_type!r}; "
@@ -128,7 +137,7 @@ def check_config(config: PretrainedConfig) -> Architecture:
     text = arch.text_config
     layer_types = getattr(text, "layer_types", None) or []
     with torch.device("meta"):
-        model = getattr(transformers, arch.class_name)._from_config(text)
+        model = arch.model_class()._from_config(text)
     layers = decoder_layers(model, arch.declared)
     for i, layer in enumerate(layers):
         _check_layer(arch.declared, i, layer, layer_types[i] if i < len(layer_types) else FULL_ATTENTION)
@@ -228,10 +237,13 @@ def probe_attention(model: nn.Module, arch: str, device: str) -> tuple[KVCacheLa
         if call.keywords.get("attention_metadata") != PROBE_ATTENTION:
             raise refuse(arch, layer, "attention that does not hand the engine's per-step metadata to the attention "
                                       "function (its forward drops keyword arguments)")
-        if {(shape[1], shape[3]) for shape in (call.key_shape, call.value_shape)} != {(kv_heads, head_dim)}:
-            raise refuse(arch, layer, f"attention whose keys and values ({call.key_shape[1]} heads of "
-                                      f"{call.key_shape[3]}, {call.value_shape[1]} of {call.value_shape[3]}) differ "
-                                      f"from layer {min(calls)}'s ({kv_heads} heads of {head_dim})")
+        keys, values = (call.key_shape[1], call.key_shape[3]), (call.value_shape[1], call.value_shape[3])
+        if keys != values:
+            raise refuse(arch, layer, f"attention whose keys ({keys[0]} heads of {keys[1]}) and values ({values[0]} "
+                                      f"heads of {values[1]}) differ in size (latent attention)")
+        if keys != (kv_heads, head_dim):
+            raise refuse(arch, layer, f"attention whose keys ({keys[0]} heads of {keys[1]}) differ from layer "
+                                      f"{min(calls)}'s ({kv_heads} heads of {head_dim})")
         window = call.keywords.get("sliding_window")
         specs[layer] = AttentionSpec(sliding_window=window) if window is not None else static[layer]
         features |= _features(call, specs[layer], head_dim)

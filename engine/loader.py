@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import transformers
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from engine.capabilities import Architecture, check_config, decoder_layers, probe_attention
@@ -77,8 +76,11 @@ def choose_experts_implementation(model: torch.nn.Module, device: str) -> str | 
     and on CPU) for models built on transformers' experts interface; their own loop for the rest."""
     if not any("expert" in type(m).__name__.lower() for m in model.modules()):
         return None
-    if not type(model)._can_set_experts_implementation():
+    # transformers' experts interface marks the modules it dispatches (use_experts_implementation)
+    if not any(hasattr(m, "has_gate") and hasattr(m, "is_transposed") for m in model.modules()):
         return "the model's own"
+    if not type(model)._can_set_experts_implementation():  # built on the interface, from transformers' default
+        return model.config._experts_implementation
     try:
         model.set_experts_implementation("grouped_mm")
     except (ValueError, ImportError):
@@ -92,7 +94,7 @@ def load_dummy(config: PretrainedConfig, dtype: torch.dtype, device: str, seed: 
     arch = check_config(config)
     torch.manual_seed(seed)
     with torch.device(device):
-        model = getattr(transformers, arch.class_name)._from_config(arch.text_config, dtype=dtype)
+        model = arch.model_class()._from_config(arch.text_config, dtype=dtype)
     return _finish(f"dummy-{arch.text_config.model_type}", model, None, arch, device, Weights(quantization))
 
 
@@ -100,7 +102,7 @@ def _from_pretrained(arch: Architecture, path: Path, dtype: torch.dtype, device:
     if arch.text_only:
         kwargs["key_mapping"] = TEXT_WEIGHTS
         kwargs["config"] = arch.text_config
-    return getattr(transformers, arch.class_name).from_pretrained(path, dtype=dtype, device_map=device, **kwargs)
+    return arch.model_class().from_pretrained(path, dtype=dtype, device_map=device, **kwargs)
 
 
 def _load_folder(path: Path, dtype: torch.dtype, device: str, quantization: str | None = None) -> LoadedModel:

@@ -78,17 +78,7 @@ class GrammarCompiler:
     def _compile(self, spec: StructuredOutput) -> xgr.CompiledGrammar:
         compiler = self._xgrammar_compiler()
         try:
-            if spec.json is not None:
-                return _compile_json_schema(compiler, spec)
-            if spec.json_object:
-                return compiler.compile_json_schema('{"type": "object"}', strict_mode=False, **_whitespace(spec))
-            if spec.regex is not None:
-                return compiler.compile_regex(spec.regex)
-            if spec.choice is not None:
-                return compiler.compile_grammar(choice_grammar(spec.choice))
-            return compiler.compile_grammar(spec.grammar)
-        except RuntimeError as e:
-            raise InvalidParameter("structured_output", f"invalid {spec.kind}: {_readable(e)}") from None
+            return compiler.compile_grammar(spec_grammar(spec))
         finally:
             with self._lock:
                 self.num_compiled += 1
@@ -104,12 +94,27 @@ class GrammarCompiler:
             return self._compiler
 
 
-def _compile_json_schema(compiler: xgr.GrammarCompiler, spec: StructuredOutput) -> xgr.CompiledGrammar:
-    options = {"strict_mode": spec.strict, **_whitespace(spec)}
+def spec_grammar(spec: StructuredOutput) -> xgr.Grammar:
+    """The spec as an xgrammar Grammar: what GrammarCompiler compiles, and what a larger grammar embeds (gpt-oss's
+    answer is held from where its final channel opens: appliance.serving.formats.harmony).
+    InvalidParameter("structured_output", why) when xgrammar refuses it."""
+    try:
+        if spec.json is not None:
+            return _json_schema_grammar(spec)
+        if spec.json_object:
+            return xgr.Grammar.from_json_schema('{"type": "object"}', strict_mode=False, **_whitespace(spec))
+        if spec.regex is not None:
+            return xgr.Grammar.from_regex(spec.regex)
+        return xgr.Grammar.from_ebnf(choice_grammar(spec.choice) if spec.choice is not None else spec.grammar)
+    except RuntimeError as e:
+        raise InvalidParameter("structured_output", f"invalid {spec.kind}: {_readable(e)}") from None
+
+
+def _json_schema_grammar(spec: StructuredOutput) -> xgr.Grammar:
+    grammar = xgr.Grammar.from_json_schema(spec.json, strict_mode=spec.strict, **_whitespace(spec))
     if '"maxLength"' not in spec.key and '"minLength"' not in spec.key:
-        return compiler.compile_json_schema(spec.json, **options)
-    ebnf = str(xgr.Grammar.from_json_schema(spec.json, **options))
-    return compiler.compile_grammar(ebnf.replace(LENGTH_BOUNDED_STRING_CHAR, JSON_STRING_CHAR))
+        return grammar
+    return xgr.Grammar.from_ebnf(str(grammar).replace(LENGTH_BOUNDED_STRING_CHAR, JSON_STRING_CHAR))
 
 
 def _whitespace(spec: StructuredOutput) -> dict:

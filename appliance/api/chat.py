@@ -23,6 +23,7 @@ def chat_ask(req: ChatCompletionRequest) -> Ask:
         logprobs=(req.top_logprobs or 0) if req.logprobs else None, constraint=requested_constraint(req),
         messages=tuple(m.to_template() for m in req.messages), tools=tool_request(tools, choice, req.parallel_tool_calls),
         priority=req.priority,
+        reasoning_effort=req.reasoning_effort,
     )
 
 

@@ -9,7 +9,7 @@ on the answer's end releases it (respond.py).
 """
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from pydantic import BaseModel
@@ -21,6 +21,7 @@ from appliance.api.generation import Generation
 from appliance.api.plan import Ask, RequestPlan, plan_request
 from appliance.api.request import admit, read_request, start_context
 from appliance.api.respond import respond
+from appliance.errors import APIError
 from appliance.serving.context import RequestContext
 from appliance.serving.service import Service
 
@@ -34,10 +35,17 @@ class Endpoint:
     formatter: Callable[[BaseModel, Generation, str, str], Formatter]  # (body, generation, request id, model name)
     resume: Callable[[BaseModel, Ask, RequestContext, Service], Awaitable[Ask]] | None = None  # after admission
     keep: Callable[[BaseModel, Generation, RequestContext, Service], Awaitable[None]] | None = None  # a finished one
+    param_names: dict[str, str] = field(default_factory=dict)  # a refusal's field → this API's name for it
 
 
 def route(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
     async def handle(request: Request) -> Response:
+        try:
+            return await serve(request)
+        except APIError as e:
+            raise e.renamed(endpoint.param_names) from None
+
+    async def serve(request: Request) -> Response:
         service: Service = request.app.state.service
         body = await read_request(request, endpoint.schema)
         ask = endpoint.ask(body)

@@ -36,6 +36,7 @@ class Ask:
     constraint: OutputConstraint | None = None  # the request's own: response_format, structured_outputs, guided_*
     messages: tuple[dict, ...] | None = None  # a chat, in the shape chat templates take
     tools: ToolRequest = NO_TOOLS
+    reasoning_effort: str | None = None  # for a chat template that takes one
     prompts: tuple[str | list[int], ...] = ()  # plain prompts, when there are no messages
     priority: int | None = None  # the request's own (lower runs first); None: its key's
 
@@ -102,5 +103,5 @@ async def plan_request(ask: Ask, lease: ModelLease) -> RequestPlan:
     plain prompts."""
     if ask.messages is None:
         return RequestPlan(ask, lease, ask.prompts, ask.constraint, PLAIN)
-    prompt, reading = await render_chat(lease.served, list(ask.messages), ask.tools)
+    prompt, reading = await render_chat(lease.served, list(ask.messages), ask.tools, ask.reasoning_effort)
     return RequestPlan(ask, lease, (prompt,), reading.constraint(ask.constraint), reading)

@@ -67,6 +67,8 @@ def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
         body["tool_choice"] = req.tool_choice
     elif req.tool_choice is not None:
         body["tool_choice"] = {"type": "function", "function": {"name": req.tool_choice.name}}
+    if req.reasoning is not None and req.reasoning.effort is not None:
+        body["reasoning_effort"] = req.reasoning.effort
     fmt = req.text.format if req.text is not None else None
     if fmt is not None and fmt.type == "json_schema":
         body["response_format"] = {"type": "json_schema", "json_schema": fmt.model_dump(
@@ -126,5 +128,9 @@ def response_formatter(req: ResponsesRequest, generation, request_id: str, model
     return ResponseFormatter(generation, request_id, model, req)
 
 
-RESPONSES = Endpoint("responses", "resp", ResponsesRequest, responses_ask, response_formatter, resume, keep)
+# A Responses request is served as a chat: its refusals name the Responses fields the chat's came from.
+RESPONSES_PARAMS = {"response_format": "text.format", "max_completion_tokens": "max_output_tokens",
+                    "reasoning_effort": "reasoning.effort"}
+RESPONSES = Endpoint("responses", "resp", ResponsesRequest, responses_ask, response_formatter, resume, keep,
+                     param_names=RESPONSES_PARAMS)
 responses = route(RESPONSES)

@@ -138,10 +138,9 @@ def model_architecture(path: Path):
 def parameter_count(architecture) -> int:
     """Parameters of the model the engine builds, counted on the meta device (no memory, no weights)."""
     import torch
-    import transformers
 
     with torch.device("meta"):
-        model = getattr(transformers, architecture.class_name)._from_config(architecture.text_config)
+        model = architecture.model_class()._from_config(architecture.text_config)
     return sum(p.numel() for p in model.parameters())
 
 

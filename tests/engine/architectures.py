@@ -12,9 +12,10 @@ first chunks.
 import torch
 import transformers
 from transformers import (FalconH1Config, Gemma2Config, Gemma3Config, Gemma3TextConfig, GptOssConfig, GraniteMoeConfig,
-                          GraniteMoeHybridConfig, Lfm2Config, Llama4TextConfig, MistralConfig, MixtralConfig,
-                          NemotronHConfig, Olmo2Config, Qwen3_5MoeTextConfig, Qwen3_5TextConfig, Qwen3MoeConfig,
-                          Qwen3NextConfig, SiglipVisionConfig, SmolLM3Config)
+                          GraniteMoeHybridConfig, Lfm2Config, Llama4TextConfig, Mistral3Config, MistralConfig,
+                          MixtralConfig, NemotronHConfig, Olmo2Config, PixtralVisionConfig, Qwen2_5_VLConfig,
+                          Qwen3_5MoeTextConfig, Qwen3_5TextConfig, Qwen3MoeConfig, Qwen3NextConfig, Qwen3VLConfig,
+                          SiglipVisionConfig, SmolLM3Config)
 
 from engine.recurrent.mixers import FORWARDS
 
@@ -30,15 +31,24 @@ MAMBA_CHUNK = 8  # tokens per chunk of the Mamba-2 scan: prompts span several, w
 RECURRENT_GAIN = 3.0
 
 
-def _shape(vocab: int) -> dict:
+def tiny_shape(vocab: int) -> dict:
     return dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
                 head_dim=16, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, pad_token_id=0,
                 tie_word_embeddings=False)
 
 
 def _gemma3_text(vocab: int) -> Gemma3TextConfig:
-    return Gemma3TextConfig(**_shape(vocab), num_hidden_layers=6, sliding_window=WINDOW, query_pre_attn_scalar=16,
+    return Gemma3TextConfig(**tiny_shape(vocab), num_hidden_layers=6, sliding_window=WINDOW, query_pre_attn_scalar=16,
                             layer_types=["sliding_attention"] * 5 + ["full_attention"])
+
+
+def _mrope(vocab: int, model_type: str) -> dict:
+    """A Qwen-VL language model's config: multimodal RoPE over sections of a 16-wide head."""
+    return dict(**tiny_shape(vocab), model_type=model_type, num_hidden_layers=2,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
+
+
+TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_heads=2, depth=1, out_hidden_size=64)
 
 
 def _moe(**experts) -> dict:
@@ -46,13 +56,13 @@ def _moe(**experts) -> dict:
 
 
 CONFIGS = {
-    "gpt_oss": lambda vocab: GptOssConfig(**_shape(vocab), num_hidden_layers=4, sliding_window=WINDOW,
+    "gpt_oss": lambda vocab: GptOssConfig(**tiny_shape(vocab), num_hidden_layers=4, sliding_window=WINDOW,
                                           num_local_experts=4, num_experts_per_tok=2),
-    "mixtral": lambda vocab: MixtralConfig(**_shape(vocab), num_hidden_layers=2, num_local_experts=4,
+    "mixtral": lambda vocab: MixtralConfig(**tiny_shape(vocab), num_hidden_layers=2, num_local_experts=4,
                                            num_experts_per_tok=2),
-    "qwen3_moe": lambda vocab: Qwen3MoeConfig(**_shape(vocab), num_hidden_layers=2, num_experts=4, num_experts_per_tok=2,
+    "qwen3_moe": lambda vocab: Qwen3MoeConfig(**tiny_shape(vocab), num_hidden_layers=2, num_experts=4, num_experts_per_tok=2,
                                               moe_intermediate_size=48),
-    "gemma2": lambda vocab: Gemma2Config(**_shape(vocab), num_hidden_layers=4, sliding_window=WINDOW,
+    "gemma2": lambda vocab: Gemma2Config(**tiny_shape(vocab), num_hidden_layers=4, sliding_window=WINDOW,
                                          query_pre_attn_scalar=16, attn_logit_softcapping=20.0,
                                          final_logit_softcapping=15.0),
     "gemma3_text": _gemma3_text,
@@ -62,33 +72,47 @@ CONFIGS = {
                                          num_attention_heads=2, image_size=28, patch_size=14).to_dict(),
         mm_tokens_per_image=4, image_token_index=vocab - 1, boi_token_index=vocab - 3, eoi_token_index=vocab - 2,
         tie_word_embeddings=False, architectures=["Gemma3ForConditionalGeneration"]),
-    "mistral": lambda vocab: MistralConfig(**_shape(vocab), num_hidden_layers=2, sliding_window=WINDOW),
-    "smollm3": lambda vocab: SmolLM3Config(**_shape(vocab), num_hidden_layers=4, no_rope_layer_interval=2),
-    "olmo2": lambda vocab: Olmo2Config(**_shape(vocab), num_hidden_layers=2),
-    "granitemoe": lambda vocab: GraniteMoeConfig(**_shape(vocab), num_hidden_layers=2, num_local_experts=4,
+    "mistral3": lambda vocab: Mistral3Config(
+        text_config=MistralConfig(**tiny_shape(vocab), num_hidden_layers=2, sliding_window=WINDOW).to_dict(),
+        vision_config=PixtralVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                          num_attention_heads=2, head_dim=16, image_size=28, patch_size=14).to_dict(),
+        image_token_index=vocab - 1, tie_word_embeddings=False, architectures=["Mistral3ForConditionalGeneration"]),
+    "qwen2_5_vl": lambda vocab: Qwen2_5_VLConfig(
+        text_config=_mrope(vocab, "qwen2_5_vl_text"), vision_config=TINY_VISION, image_token_id=vocab - 1,
+        video_token_id=vocab - 2, vision_start_token_id=vocab - 3, vision_end_token_id=vocab - 4,
+        tie_word_embeddings=False, architectures=["Qwen2_5_VLForConditionalGeneration"]),
+    "qwen3_vl": lambda vocab: Qwen3VLConfig(
+        text_config=_mrope(vocab, "qwen3_vl_text"), vision_config={**TINY_VISION, "deepstack_visual_indexes": [0]},
+        image_token_id=vocab - 1, video_token_id=vocab - 2, vision_start_token_id=vocab - 3,
+        vision_end_token_id=vocab - 4, tie_word_embeddings=False, architectures=["Qwen3VLForConditionalGeneration"]),
+    "mistral": lambda vocab: MistralConfig(**tiny_shape(vocab), num_hidden_layers=2, sliding_window=WINDOW),
+    "smollm3": lambda vocab: SmolLM3Config(**tiny_shape(vocab), num_hidden_layers=4, no_rope_layer_interval=2),
+    "olmo2": lambda vocab: Olmo2Config(**tiny_shape(vocab), num_hidden_layers=2),
+    "granitemoe": lambda vocab: GraniteMoeConfig(**tiny_shape(vocab), num_hidden_layers=2, num_local_experts=4,
                                                  num_experts_per_tok=2, attention_multiplier=0.2,
                                                  embedding_multiplier=2.0, residual_multiplier=0.5, logits_scaling=2.0),
-    "llama4_text": lambda vocab: Llama4TextConfig(**_shape(vocab), num_hidden_layers=4, attention_chunk_size=WINDOW,
+    "llama4_text": lambda vocab: Llama4TextConfig(**tiny_shape(vocab), num_hidden_layers=4, attention_chunk_size=WINDOW,
                                                   intermediate_size_mlp=96, num_local_experts=2, interleave_moe_layer_step=2,
                                                   no_rope_layers=[1, 1, 1, 0]),
     # Hybrids: recurrent layers on state slots beside attention.
-    "qwen3_next": lambda vocab: Qwen3NextConfig(**_shape(vocab), num_hidden_layers=4, **LINEAR_ATTENTION,
+    "qwen3_next": lambda vocab: Qwen3NextConfig(**tiny_shape(vocab), num_hidden_layers=4, **LINEAR_ATTENTION,
                                                 **_moe(num_experts=4, shared_expert_intermediate_size=48)),
-    "qwen3_5": lambda vocab: Qwen3_5TextConfig(**_shape(vocab), num_hidden_layers=4, **LINEAR_ATTENTION),
-    "qwen3_5_moe": lambda vocab: Qwen3_5MoeTextConfig(**_shape(vocab), num_hidden_layers=4, **LINEAR_ATTENTION,
+    "qwen3_5": lambda vocab: Qwen3_5TextConfig(**tiny_shape(vocab), num_hidden_layers=4, **LINEAR_ATTENTION),
+    "qwen3_5_moe": lambda vocab: Qwen3_5MoeTextConfig(**tiny_shape(vocab), num_hidden_layers=4, **LINEAR_ATTENTION,
                                                       **_moe(num_experts=4, shared_expert_intermediate_size=48)),
     "nemotron_h": lambda vocab: NemotronHConfig(
-        **_shape(vocab), layers_block_type=["linear_attention", "moe", "full_attention", "mlp", "linear_attention", "moe"],
+        **tiny_shape(vocab),
+        layers_block_type=["linear_attention", "moe", "full_attention", "mlp", "linear_attention", "moe"],
         mamba_num_heads=4, mamba_head_dim=16, ssm_state_size=16, n_groups=2, conv_kernel=4, chunk_size=MAMBA_CHUNK,
         **_moe(n_routed_experts=4, moe_shared_expert_intermediate_size=48)),
     "granitemoehybrid": lambda vocab: GraniteMoeHybridConfig(
-        **_shape(vocab), num_hidden_layers=3, layer_types=["linear_attention", "full_attention", "linear_attention"],
+        **tiny_shape(vocab), num_hidden_layers=3, layer_types=["linear_attention", "full_attention", "linear_attention"],
         mamba_n_heads=4, mamba_d_head=32, mamba_d_state=16, mamba_chunk_size=MAMBA_CHUNK, num_local_experts=4,
         num_experts_per_tok=2, shared_intermediate_size=96, residual_multiplier=0.5, embedding_multiplier=2.0),
-    "falcon_h1": lambda vocab: FalconH1Config(**_shape(vocab), num_hidden_layers=2, mamba_d_ssm=64, mamba_n_heads=4,
+    "falcon_h1": lambda vocab: FalconH1Config(**tiny_shape(vocab), num_hidden_layers=2, mamba_d_ssm=64, mamba_n_heads=4,
                                               mamba_d_head=16, mamba_d_state=16, mamba_chunk_size=MAMBA_CHUNK,
                                               ssm_in_multiplier=0.5, ssm_multipliers=[1.0, 0.5, 1.0, 1.0, 0.5]),
-    "lfm2": lambda vocab: Lfm2Config(**_shape(vocab), num_hidden_layers=4, full_attn_idxs=[1, 3], conv_L_cache=3),
+    "lfm2": lambda vocab: Lfm2Config(**tiny_shape(vocab), num_hidden_layers=4, full_attn_idxs=[1, 3], conv_L_cache=3),
 }
 HYBRIDS = {"qwen3_next", "qwen3_5", "qwen3_5_moe", "nemotron_h", "granitemoehybrid", "falcon_h1", "lfm2"}
 
@@ -101,15 +125,19 @@ def model_class(config) -> type:
 
 
 def build(name: str, vocab: int = VOCAB, seed: int = 0) -> torch.nn.Module:
-    """A random model of the architecture, with sharper embeddings so that greedy decoding has clear winners
-    (and recurrent mixers loud enough that their states decide it too)."""
     config = CONFIGS[name](vocab)
     torch.manual_seed(seed)
-    model = model_class(config)._from_config(config, dtype=torch.float32)
+    return sharpened(model_class(config)._from_config(config, dtype=torch.float32))
+
+
+def sharpened(model: torch.nn.Module) -> torch.nn.Module:
+    """A random model with sharper embeddings, so that greedy decoding has clear winners (and gpt-oss's sinks,
+    uninitialised until a checkpoint fills them, drawn too; and recurrent mixers loud enough that their states
+    decide the next token)."""
     with torch.no_grad():
         model.get_input_embeddings().weight.normal_(0, 1.0)
-        for name_, param in model.named_parameters():
-            if name_.endswith("sinks"):  # gpt-oss: uninitialised until a checkpoint fills them
+        for name, param in model.named_parameters():
+            if name.endswith("sinks"):
                 param.normal_(0, 1.0)
         for mixer in (m for m in model.modules() if type(m).__name__ in FORWARDS):
             for part in mixer.modules():

@@ -1,11 +1,9 @@
 """The correctness oracle for every architecture the engine is checked against (docs/MODELS.md).
 
 Each is a tiny random model built from its real transformers config class (tests/engine/architectures.py),
-float32 on CPU, saved and loaded from its folder as the appliance loads models. Eight concurrent
-requests of mixed lengths share a prefix; the token budget cuts prompts into chunks, the KV pool is
-so small that the scheduler preempts, later requests find the prefix cached, and every context runs
-past the sliding windows (8 tokens) and chunks. Greedy tokens must equal generate() of each prompt
-alone, run by transformers' own code (eager attention) on the same weights.
+float32 on CPU, saved and loaded from its folder as the appliance loads models; tests/engine/oracle.py
+runs eight concurrent requests of mixed lengths through the engine (chunked prefill, prefix-cache hits,
+preemption by a small pool, contexts past every window) and generate() on each prompt alone.
 
 The hybrids (recurrent layers on state slots) run without prefix caching, which their states rule out
 (engine.state_spec); their states must carry across prefill chunks, into decodes and through preemption.
@@ -14,59 +12,22 @@ The hybrids (recurrent layers on state slots) run without prefix caching, which 
 import random
 
 import pytest
-import torch
 
 from engine import Engine, EngineConfig, SamplingParams
-from engine.kv_cache_spec import blocks_per_sequence, layout_from_config
 from tests.engine.architectures import CONFIGS, HYBRIDS, VOCAB, build
-
-BLOCK = 4
-BUDGET = 24  # tokens per step: prompts of up to 51 tokens take several chunks
-OUTPUT_LENS = [6 + 2 * i for i in range(8)]
-
-
-def prompts() -> list[list[int]]:
-    rng = random.Random(0)
-    prefix = [rng.randrange(3, VOCAB) for _ in range(12)]  # three blocks every request shares
-    return [prefix + [rng.randrange(3, VOCAB) for _ in range(rng.randrange(3, 40))] for _ in OUTPUT_LENS]
-
-
-def generate_alone(model, prompt: list[int], n: int) -> list[int]:
-    ids = torch.tensor([prompt])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False)
-    return out[0, len(prompt):].tolist()
+from tests.engine.oracle import BLOCK, BUDGET, generate_alone, run
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_batched_chunked_cached_and_preempted_requests_match_generate_alone(name, tmp_path):
-    model = build(name)
-    model.save_pretrained(tmp_path)
-    model.set_attn_implementation("eager")
-    model.generation_config.eos_token_id = None
-    requests = list(zip(prompts(), OUTPUT_LENS))
-    expected = [generate_alone(model, prompt, n) for prompt, n in requests]
-
-    # A pool that holds the longest request alone: eight at once must preempt.
-    specs = layout_from_config(model.config.get_text_config()).specs()
-    longest = max(len(p) + n for p, n in requests)
-    num_blocks = blocks_per_sequence(specs, BLOCK, longest, BUDGET)
-    engine = Engine(EngineConfig(dtype="float32", block_size=BLOCK, max_num_batched_tokens=BUDGET,
-                                 num_kv_blocks=num_blocks, max_num_seqs=8))
-    engine.load_model(tmp_path)
-    for i, (prompt, n) in enumerate(requests):
-        engine.add_request(str(i), prompt, SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True))
-    tokens = {str(i): [] for i in range(len(requests))}
-    while engine.has_unfinished():
-        for out in engine.step():
-            tokens[out.request_id] += out.new_token_ids
-    stats = engine.stats()
+    expected, got, stats, _ = run(build(name), tmp_path)
     assert stats.num_preemptions > 0
     if name in HYBRIDS:
         assert stats.prefix_cache_hits == 0 and stats.execution["prefix_caching"].startswith("off: recurrent layers")
         assert stats.state_slots_total == 8
     else:
         assert stats.prefix_cache_hits > 0
-    assert [tokens[str(i)] for i in range(len(requests))] == expected
+    assert got == expected
     assert stats.kv_blocks_used == 0 and stats.state_slots_used == 0  # every block and slot came back
 
 

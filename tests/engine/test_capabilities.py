@@ -43,18 +43,22 @@ def test_layers_the_engine_cannot_run_are_refused_by_name_and_layer(model_type, 
     ("nemotron_h", "1 Mamba-2 layer"),  # the class's default pattern: Mamba-2, MoE, attention, MLP
     ("granitemoehybrid", "4 Mamba-2 layers"),
     ("falcon_h1", "4 Mamba-2 layers"),  # attention and a Mamba-2 mixer side by side in each layer
+    ("lfm2", "3 short convolution layers"),
 ])
 def test_hybrid_models_are_admitted_with_the_state_their_recurrent_layers_keep(model_type, states):
-    architecture = check_config(small_config(model_type))
+    extra = {"layer_types": ["conv", "conv", "full_attention", "conv"]} if model_type == "lfm2" else {}  # as LFM2's
+    architecture = check_config(small_config(model_type, **extra))
     assert architecture.states.describe() == states
-    assert all(spec.conv_kernel > 1 and spec.recurrent_shape for _, spec in architecture.states.layers)
+    assert all(spec.conv_kernel > 1 for _, spec in architecture.states.layers)
+    assert all(bool(spec.recurrent_shape) == (model_type != "lfm2") for _, spec in architecture.states.layers)
 
 
 def test_models_that_are_not_causal_lms_or_lack_a_text_class_are_refused():
     with pytest.raises(ModelLoadError, match="T5ForConditionalGeneration is not a decoder-only causal language model"):
         check_config(config_from_dict({"model_type": "t5", "architectures": ["T5ForConditionalGeneration"]}))
-    with pytest.raises(ModelLoadError, match="its language model .qwen2_5_vl_text. has no causal-LM class"):
-        check_config(config_from_dict({"model_type": "qwen2_5_vl", "architectures": ["Qwen2_5_VLForConditionalGeneration"]}))
+    with pytest.raises(ModelLoadError, match="MllamaForConditionalGeneration: its language model .mllama_text_model. has "
+                                             "neither a causal-LM nor a text model class"):
+        check_config(config_from_dict({"model_type": "mllama", "architectures": ["MllamaForConditionalGeneration"]}))
     with pytest.raises(ModelLoadError, match="model_type 'no-such-model' is not one transformers"):
         config_from_dict({"model_type": "no-such-model"})
 
@@ -64,6 +68,17 @@ def test_attention_that_drops_the_engines_metadata_is_refused_at_load():
     with pytest.raises(ModelLoadError, match="StableLmForCausalLM: layer 0 is attention that does not hand the "
                                              "engine's per-step metadata to the attention function"):
         load_dummy(small_config("stablelm"), torch.float32, "cpu")
+
+
+def test_latent_attention_is_refused_at_load_naming_the_sizes():
+    """DeepSeek's multi-head latent attention: keys of 24 (16 + 8 RoPE) and values of 16 per head."""
+    config = AutoConfig.for_model("deepseek_v3", **{**SMALL, "num_key_value_heads": 4}, moe_intermediate_size=32,
+                                  q_lora_rank=None, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8,
+                                  v_head_dim=16, n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1)
+    config.architectures = ["DeepseekV3ForCausalLM"]
+    with pytest.raises(ModelLoadError, match=re.escape("DeepseekV3ForCausalLM: layer 0 is attention whose keys (4 heads "
+                                                       "of 24) and values (4 heads of 16) differ in size")):
+        load_dummy(config, torch.float32, "cpu")
 
 
 def test_the_probe_reads_each_layers_window_sinks_and_experts():

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Discriminator, Field, StrictInt, StrictStr, Tag
 from appliance.api.schemas.common import (
     MAX_TOKENS_LIMIT,
     MAX_TOP_LOGPROBS,
+    ReasoningEffortValue,
     SamplingFields,
     StrictRequest,
     TokenLogprob,
@@ -159,6 +160,9 @@ class ChatCompletionRequest(SamplingFields, StructuredOutputFields):
     tools: list[ToolDefinition] | None = Field(None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
+    reasoning_effort: ReasoningEffortValue | None = Field(
+        None, description="for a model whose chat template takes a reasoning effort (gpt-oss: low, medium, high); "
+                          "refused for a model whose template takes none")
     metadata: dict[StrictStr, StrictStr] | None = no_effect("nothing is stored", max_length=16)
     store: bool | None = no_effect("completions are never stored")
     prompt_cache_key: StrictStr | None = no_effect("prompts that share a prefix share its cache anyway",

@@ -5,7 +5,7 @@ they do not declare: what is accepted is exactly what /openapi.json says. Fields
 effect are declared too, and say so in their description.
 """
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, WithJsonSchema, field_validator
 
@@ -25,6 +25,10 @@ def priority_field():
     """vLLM's `priority`, on every generating request."""
     return Field(None, ge=-(2**31), le=2**31 - 1, description=(
         "lower runs first (vLLM's meaning); default: the key's priority (appliance keys update --priority)"))
+
+
+# OpenAI's reasoning efforts: every value is accepted here; the model's chat template says which it takes.
+ReasoningEffortValue = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 
 
 class StrictRequest(BaseModel):

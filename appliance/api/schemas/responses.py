@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
-from appliance.api.schemas.common import MAX_TOKENS_LIMIT, StrictRequest, no_effect, priority_field
+from appliance.api.schemas.common import MAX_TOKENS_LIMIT, ReasoningEffortValue, StrictRequest, no_effect, priority_field
 from appliance.api.schemas.structured import FUNCTION_NAME_PATTERN, Parameters, tool_choice_without_tools
 
 
@@ -111,6 +111,14 @@ class TextConfig(StrictRequest):
 NOT_REASONING = {"not": {"required": ["type"], "properties": {"type": {"const": "reasoning"}}}}
 
 
+class ReasoningConfig(StrictRequest):
+    effort: ReasoningEffortValue | None = Field(
+        None, description="for a model whose chat template takes a reasoning effort (gpt-oss: low, medium, high); "
+                          "refused for a model whose template takes none")
+    summary: Literal["auto", "concise", "detailed"] | None = no_effect(
+        "no summaries are written; the reasoning item carries the reasoning itself")
+
+
 class ResponsesRequest(StrictRequest):
     model_config = ConfigDict(json_schema_extra={"not": {"anyOf": tool_choice_without_tools()}})
 
@@ -125,6 +133,7 @@ class ResponsesRequest(StrictRequest):
     tool_choice: Literal["none", "auto", "required"] | NamedFunctionChoice | None = None
     parallel_tool_calls: bool = True
     text: TextConfig | None = None
+    reasoning: ReasoningConfig | None = None
     stream: bool = False
     priority: StrictInt | None = priority_field()
     store: bool = Field(True, description="keep the response's conversation (per key, for the operator's "
@@ -136,7 +145,6 @@ class ResponsesRequest(StrictRequest):
                                             "values is available here, each is refused by name; [] is accepted")
     metadata: dict[StrictStr, StrictStr] | None = no_effect("nothing is kept with it", max_length=16)
     user: StrictStr | None = no_effect("the server does not track end users", max_length=1024)
-
 
     @field_validator("input")
     @classmethod

@@ -1,6 +1,6 @@
 """The shape every output format has: one object per served model, a reading per request, a parser per choice.
 
-A format (template.py today; gpt-oss's harmony is meant to be one more module beside it) says how
+A format (template.py; gpt-oss's harmony/) says how
 a model is shown tools and its history (`conversation`), and how one request's output is read back
 (`reading`): the grammar its tool calls are held to, the special tokens the detokenizer must keep
 for the parser to see them, and a parser per choice that turns the generated text into events
@@ -34,9 +34,14 @@ class OutputReading:
     grammar_after: int | None = None  # a grammar holds only after this token (the end of the reasoning)
     kept_token_ids: frozenset[int] = frozenset()  # special tokens the parser must see
     parser: Callable[[], ChoiceParser] | None = None  # None: all of the text is content
+    # How the format holds the request's own constraint, where it cannot simply start after one token (harmony:
+    # from where its final channel opens); None: as it is, after grammar_after
+    answer: Callable[[OutputConstraint], OutputConstraint] | None = None
 
     def constraint(self, requested: OutputConstraint | None) -> OutputConstraint | None:
         """The request's own constraint or the tools' grammar, held after the reasoning where the prompt opened it."""
+        if requested is not None and self.answer is not None:
+            return self.answer(requested)
         chosen = requested or self.tool_constraint
         return chosen.after(self.grammar_after) if chosen is not None and self.grammar_after is not None else chosen
 
@@ -45,6 +50,7 @@ class OutputReading:
 
 
 PLAIN = OutputReading()  # text in, content out (completions)
+EFFORTS = ("low", "medium", "high")  # the reasoning efforts a chat template that takes `reasoning_effort` knows
 
 
 class OutputFormat(Protocol):
@@ -53,7 +59,13 @@ class OutputFormat(Protocol):
     @property
     def name(self) -> str: ...
 
-    def conversation(self, messages: list[dict], tools: ToolRequest) -> tuple[list[dict], dict]:
+    @property
+    def reasoning_efforts(self) -> tuple[str, ...]:
+        """The reasoning efforts the model's chat template takes (its `reasoning_effort`); empty: it takes none."""
+        ...
+
+    def conversation(self, messages: list[dict], tools: ToolRequest,
+                     reasoning_effort: str | None = None) -> tuple[list[dict], dict]:
         """The messages as the model's chat template takes them, and the template's extra arguments."""
         ...
 

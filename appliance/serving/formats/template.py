@@ -1,16 +1,20 @@
 """The output format of a model whose chat template says how it calls tools, with `<think>` reasoning where the
 model has it: the tool format its template speaks (Hermes, Llama 3, Mistral; our generic format when the
 template knows no tools, tools/generic.py), and the reasoning markers of its vocabulary (think.py).
+A template that reads `reasoning_effort` gets the request's; one without a system role gets the
+system messages inside the user turns (system_role.py).
 
 Every model has one: this format recognises any tokenizer, so it is the last in the registry.
 """
 
+import re
 from dataclasses import dataclass
 from functools import partial
 
 from appliance.serving.constraint import OutputConstraint
 from appliance.serving.formats.events import ContentDelta, Event, ReasoningDelta
-from appliance.serving.formats.output import OutputReading
+from appliance.serving.formats.output import EFFORTS, OutputReading
+from appliance.serving.formats.system_role import merge_system, refuses_system
 from appliance.serving.formats.think import ThinkFormat, ThinkParser
 from appliance.serving.formats.tools.formats import ToolFormat, detect_format, marker_token_ids
 from appliance.serving.formats.tools.functions import ToolRequest
@@ -26,7 +30,12 @@ def detect(tokenizer) -> "TemplateFormat":
     vocab = tokenizer.get_vocab() if tokenizer is not None else {}
     tools = detect_format(template, vocab)
     markers = marker_token_ids(tools, tokenizer) if tokenizer is not None else frozenset()
-    return TemplateFormat(tools, ThinkFormat.detect(template, vocab), markers)
+    efforts = EFFORTS if template is not None and _EFFORT_VARIABLE.search(template) else ()
+    return TemplateFormat(tools, ThinkFormat.detect(template, vocab), markers, efforts,
+                          template is not None and refuses_system(tokenizer))
+
+
+_EFFORT_VARIABLE = re.compile(r"\breasoning_effort\b")
 
 
 @dataclass(frozen=True)
@@ -34,12 +43,21 @@ class TemplateFormat:
     tools: ToolFormat
     think: ThinkFormat | None
     tool_marker_ids: frozenset[int]  # the tool format's markers that are single tokens of the vocabulary
+    reasoning_efforts: tuple[str, ...] = ()  # EFFORTS where the template reads `reasoning_effort`
+    system_merged: bool = False  # the template has no system role: system messages go into the user turn after them
 
     @property
     def name(self) -> str:
         return self.tools.value + ("+think" if self.think is not None else "")
 
-    def conversation(self, messages: list[dict], tools: ToolRequest) -> tuple[list[dict], dict]:
+    def conversation(self, messages: list[dict], tools: ToolRequest,
+                     reasoning_effort: str | None = None) -> tuple[list[dict], dict]:
+        messages, arguments = self._with_tools(messages, tools)
+        if reasoning_effort is not None:
+            arguments = {**arguments, "reasoning_effort": reasoning_effort}
+        return (merge_system(messages) if self.system_merged else messages), arguments
+
+    def _with_tools(self, messages: list[dict], tools: ToolRequest) -> tuple[list[dict], dict]:
         if not tools.definitions and not any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
             return messages, {}
         if self.tools.native:

@@ -1,4 +1,4 @@
-"""The stateless Responses API through the openai SDK's own responses.create and responses.stream."""
+"""The Responses API (stored responses too) through the openai SDK's own responses.create and responses.stream."""
 
 import json
 
@@ -88,6 +88,15 @@ def test_json_schema_text_format(client, live_server):
     r = client.responses.create(model=live_server.model, input="A number", max_output_tokens=40, temperature=0,
                                 text={"format": {"type": "json_schema", "name": "num", "schema": schema}})
     assert r.status == "completed" and isinstance(json.loads(r.output_text)["n"], int)
+
+
+def test_refusals_name_the_responses_fields_not_the_chat_ones_it_is_served_as(client, live_server):
+    tool = {"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model=live_server.model, input="hi", max_output_tokens=4, tools=[tool],
+                                text={"format": {"type": "json_object"}})
+    assert refused.value.body["param"] == "text.format"
+    assert refused.value.body["message"].startswith("text.format cannot be combined with tools")
 
 
 def test_a_cut_leaves_only_complete_calls(tools_server):

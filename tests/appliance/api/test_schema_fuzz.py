@@ -38,11 +38,11 @@ BEYOND_SCHEMA = [
     (("messages",), r"^the messages do not fit the model's chat template"),
     (CONSTRAINT_FIELDS, r"^invalid (json|json_object|regex|choice|grammar)\b"),
     (("tools",), r"names must be unique|cannot be enforced"),
-    (("tool_choice",), r"which is not in tools|needs at least one tool"),
+    (("tool_choice",), r"which is not in tools|needs at least one tool|only allowed when tools are given"),
     (("tool_choice.name",), r"needs the name of the tool"),
     (("include",), r"is not available here"),
     (("previous_response_id",), r"^no stored response"),
-    (("output_config.format",), r"cannot be combined with tools|^invalid json\b"),
+    (("output_config.format", "text.format", "response_format"), r"cannot be combined with tools|^invalid json\b"),
 ]
 MESSAGES_BLOCK = re.compile(r"^messages\.\d+\.content\.\d+\.type$")  # a block in the wrong turn (docs/API.md)
 
@@ -52,9 +52,10 @@ def beyond_schema(response) -> bool:
         return False
     body = response.json()
     if body.get("type") == "error":  # Anthropic's shape names the field at the start of its message
-        param, _, message = body["error"]["message"].partition(": ")
-        return any(param in params and re.search(pattern, message) for params, pattern in BEYOND_SCHEMA) or bool(
-            MESSAGES_BLOCK.match(param) and "belongs in a" in message)
+        message = body["error"]["message"]
+        param = message.partition(": ")[0]
+        return any(message.startswith(p) and re.search(pattern, message) for params, pattern in BEYOND_SCHEMA
+                   for p in params) or bool(MESSAGES_BLOCK.match(param) and "belongs in a" in message)
     error = body["error"]
     return any(error["param"] in params and re.search(pattern, error["message"]) for params, pattern in BEYOND_SCHEMA)
 

@@ -1,8 +1,8 @@
 """Which tool-call format a model speaks, read from its chat template (and vocabulary).
 
 A template that renders `tools` was written for one format, and the model was trained to
-answer in it: Hermes/Qwen (`<tool_call>`), Llama 3 (`<|python_tag|>`, `"parameters"`) or
-Mistral (`[TOOL_CALLS]`). A template that never mentions `tools` cannot show the model its
+answer in it: Hermes/Qwen (`<tool_call>`), Llama 3 (`<|python_tag|>`, `"parameters"`),
+Mistral (`[TOOL_CALLS]` and a list) or Mistral's tekken v11+ (`[TOOL_CALLS]name[ARGS]{...}`). A template that never mentions `tools` cannot show the model its
 functions at all, so such a model gets our generic format (see `generic`) whatever its vocabulary.
 """
 
@@ -15,6 +15,7 @@ class ToolFormat(str, Enum):
     HERMES = "hermes"
     LLAMA3 = "llama3"
     MISTRAL = "mistral"
+    MISTRAL_ARGS = "mistral_args"  # tekken v11+: [TOOL_CALLS]name[ARGS]{...}
     GENERIC = "generic"
 
     @property
@@ -33,6 +34,7 @@ _MARKERS = {
     ToolFormat.HERMES: ("<tool_call>", "</tool_call>"),
     ToolFormat.LLAMA3: ("<|python_tag|>",),
     ToolFormat.MISTRAL: ("[TOOL_CALLS]",),
+    ToolFormat.MISTRAL_ARGS: ("[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"),
     ToolFormat.GENERIC: (),
 }
 
@@ -58,12 +60,14 @@ def detect_format(chat_template: str | None, vocab: Collection[str] | None = Non
     if not chat_template or not _TOOLS_VARIABLE.search(chat_template):
         return ToolFormat.GENERIC
     if "[TOOL_CALLS]" in chat_template:
-        return ToolFormat.MISTRAL
+        return ToolFormat.MISTRAL_ARGS if "[ARGS]" in chat_template else ToolFormat.MISTRAL
     if "<tool_call>" in chat_template:
         return ToolFormat.HERMES
     if "<|python_tag|>" in chat_template or '"parameters"' in chat_template:
         return ToolFormat.LLAMA3
     vocab = vocab or ()
+    if "[TOOL_CALLS]" in vocab and "[ARGS]" in vocab:
+        return ToolFormat.MISTRAL_ARGS
     for fmt in (ToolFormat.MISTRAL, ToolFormat.HERMES, ToolFormat.LLAMA3):
         if fmt.markers[0] in vocab:
             return fmt

@@ -9,7 +9,7 @@ tag and printed with `str(Grammar)`, which `Grammar.from_ebnf` parses back to th
     required           calls only, 1..n (exactly 1 with parallel_tool_calls false)
     {"function": N}    exactly one call of N
     auto               free text; once the model writes the call marker the call must be valid
-                       (Hermes and Mistral: a triggered tag; Llama 3: the reply is either calls
+                       (Hermes and both Mistral forms: a triggered tag; Llama 3: the reply is either calls
                        from its first character or text that does not start like one)
 
 Each call's arguments are held to that function's parameters schema, and its name to that
@@ -34,7 +34,7 @@ from xgrammar.structural_tag import (
     TriggeredTagsFormat,
 )
 
-from appliance.serving.formats.tools import hermes, llama3, mistral
+from appliance.serving.formats.tools import hermes, llama3, mistral, mistral_args
 from appliance.serving.formats.tools.formats import ToolFormat
 from appliance.serving.formats.tools.functions import Function, ToolChoice, schema_error
 from appliance.serving.formats.tools.generic import answer_schema
@@ -54,7 +54,7 @@ def constraint_for(
     """The constraint for the answer, or None; APIError (param "tools") for a schema xgrammar cannot use."""
     if choice.mode == "none" or not functions:
         return None
-    _check_schemas(functions)
+    check_schemas(functions)
     if fmt is ToolFormat.GENERIC:
         return Constraint("json", answer_schema(functions, choice, parallel_tool_calls))
     chosen = [f for f in functions if choice.mode != "function" or f.name == choice.name]
@@ -62,7 +62,7 @@ def constraint_for(
     return Constraint("grammar", str(xgrammar.Grammar.from_structural_tag(StructuralTag(format=tag))))
 
 
-def _check_schemas(functions: list[Function]) -> None:
+def check_schemas(functions: list[Function]) -> None:
     """Refuse (400) a schema xgrammar cannot turn into a grammar, before the engine sees it."""
     for i, function in enumerate(functions):
         try:
@@ -124,4 +124,15 @@ def _mistral(functions: list[Function], mode: str, parallel: bool):
     return TriggeredTagsFormat(triggers=[mistral.START], tags=[block], stop_after_first=True)
 
 
-_STRUCTURAL_TAGS = {ToolFormat.HERMES: _hermes, ToolFormat.LLAMA3: _llama3, ToolFormat.MISTRAL: _mistral}
+def _mistral_args(functions: list[Function], mode: str, parallel: bool):
+    tags = [TagFormat(begin=f"{mistral_args.START}{f.name}{mistral_args.ARGS}", content=_arguments(f), end="")
+            for f in functions]
+    if mode == "function":
+        return tags[0]
+    if mode == "required":
+        return TagsWithSeparatorFormat(tags=tags, separator="", at_least_one=True, stop_after_first=not parallel)
+    return TriggeredTagsFormat(triggers=[mistral_args.START], tags=tags, stop_after_first=not parallel)
+
+
+_STRUCTURAL_TAGS = {ToolFormat.HERMES: _hermes, ToolFormat.LLAMA3: _llama3, ToolFormat.MISTRAL: _mistral,
+                    ToolFormat.MISTRAL_ARGS: _mistral_args}

@@ -18,7 +18,7 @@ _MISTRAL_ID = re.compile(r"^[A-Za-z0-9]{9}$")
 
 def native_history(messages: list[dict], fmt: ToolFormat | None = None) -> list[dict]:
     """The messages with each assistant call's `arguments` as an object where it parses."""
-    fix_id = _mistral_id if fmt is ToolFormat.MISTRAL else (lambda call_id: call_id)
+    fix_id = _mistral_id if fmt in (ToolFormat.MISTRAL, ToolFormat.MISTRAL_ARGS) else (lambda call_id: call_id)
     out = []
     for message in messages:
         if message.get("role") == "assistant" and message.get("tool_calls"):

@@ -1,8 +1,8 @@
 """Mistral tool calls: `[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`.
 
 The format of Mistral's v3 tokenizer models (Mistral 7B v0.3, Mixtral 8x22B, Mistral Nemo,
-Mistral Small). Each call of the list is announced when its name is read. The v11+ form
-`[TOOL_CALLS]name[ARGS]{...}` is not this format; such text stays content.
+Mistral Small up to 3.1). Each call of the list is announced when its name is read. The v11+ form
+`[TOOL_CALLS]name[ARGS]{...}` is mistral_args.py.
 """
 
 from appliance.serving.formats.tools.stream import StreamParser

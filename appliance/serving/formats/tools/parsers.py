@@ -13,12 +13,14 @@ from appliance.serving.formats.tools.generic_parser import GenericParser
 from appliance.serving.formats.tools.hermes import HermesParser
 from appliance.serving.formats.tools.llama3 import Llama3Parser
 from appliance.serving.formats.tools.mistral import MistralParser
+from appliance.serving.formats.tools.mistral_args import MistralArgsParser
 from appliance.serving.formats.tools.stream import StreamParser
 
 _PARSERS: dict[ToolFormat, type[StreamParser]] = {
     ToolFormat.HERMES: HermesParser,
     ToolFormat.LLAMA3: Llama3Parser,
     ToolFormat.MISTRAL: MistralParser,
+    ToolFormat.MISTRAL_ARGS: MistralArgsParser,
     ToolFormat.GENERIC: GenericParser,
 }
 

@@ -52,6 +52,8 @@ def answer(fmt: ToolFormat, calls) -> str:
         return "; ".join(_call(n, a, "parameters") for n, a in calls)
     if fmt is ToolFormat.MISTRAL:
         return "[TOOL_CALLS][" + ", ".join(_call(n, a) for n, a in calls) + "]"
+    if fmt is ToolFormat.MISTRAL_ARGS:
+        return "".join(f"[TOOL_CALLS]{n}[ARGS]{json.dumps(a)}" for n, a in calls)
     return '{"tool_calls": [' + ", ".join(_call(n, a) for n, a in calls) + "]}"
 
 
@@ -129,7 +131,7 @@ def test_auto_allows_a_reply_or_valid_calls(compiler, fmt):
     assert not accepts(matcher(compiler, fmt, "auto", parallel=False), answer(fmt, [PARIS, SUM]))
 
 
-@pytest.mark.parametrize("fmt", [ToolFormat.HERMES, ToolFormat.MISTRAL])
+@pytest.mark.parametrize("fmt", [ToolFormat.HERMES, ToolFormat.MISTRAL, ToolFormat.MISTRAL_ARGS])
 def test_auto_calls_after_text_must_be_valid(compiler, fmt):
     new = matcher(compiler, fmt, "auto")
     text = "Let me check.\n" + answer(fmt, [PARIS])

@@ -68,6 +68,14 @@ CASES = [
     (ToolFormat.MISTRAL, f"[TOOL_CALLS][{A}, {{\"name\": \"f\", \"argu", None, [("add", A_ARGS)]),
     (ToolFormat.MISTRAL, f"[TOOL_CALLS][{A}, ", None, [("add", A_ARGS)]),
     (ToolFormat.MISTRAL, "[TOOL_CALLS", "[TOOL_CALLS", []),
+    (ToolFormat.MISTRAL_ARGS, '[TOOL_CALLS]get_weather[ARGS]{"city": "New York", "note": "a } and a \\" inside"}'
+                              '[TOOL_CALLS]add[ARGS]{"a": 1, "b": [2.5, {"c": null}]}', None,
+     [("get_weather", W_ARGS), ("add", A_ARGS)]),
+    (ToolFormat.MISTRAL_ARGS, 'Checking. [TOOL_CALLS] add[CALL_ID]a1b2c3d4e[ARGS] {"a": 1, "b": [2.5, {"c": null}]} Done.',
+     "Checking.Done.", [("add", A_ARGS)]),
+    (ToolFormat.MISTRAL_ARGS, '[TOOL_CALLS]add[ARGS]{"a": 1', None, []),  # cut inside the arguments: dropped
+    (ToolFormat.MISTRAL_ARGS, "Hi [TOOL_CALLS]ad", "Hi", []),  # cut inside the name: dropped
+    (ToolFormat.MISTRAL_ARGS, "[TOOL_CALLS]not a name[ARGS]{}", "[TOOL_CALLS]not a name[ARGS]{}", []),
     (ToolFormat.GENERIC, '{"content": "Hi \\"you\\"\\n\\u00e9\\ud83d\\ude00 \\\\ end"}',
      'Hi "you"\n\u00e9\U0001f600 \\ end', []),
     (ToolFormat.GENERIC, ' { "content" : "plain" }\n', "plain", []),

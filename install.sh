@@ -353,7 +353,8 @@ build_venv() {
     local want stamp=$PREFIX/.installed pip_args=()
     # shellcheck disable=SC2206
     [ -n "${APPLIANCE_PIP_ARGS:-}" ] && pip_args=(${APPLIANCE_PIP_ARGS})
-    want=$(cat "$SRC_DIR/requirements.lock" "$SRC_DIR/pyproject.toml" | sha256sum | cut -d' ' -f1)
+    want=$({ cat "$SRC_DIR/requirements.lock" "$SRC_DIR/requirements-cuda.lock" "$SRC_DIR/pyproject.toml"
+             echo "gpu $GPU_FOUND"; } | sha256sum | cut -d' ' -f1)
     if [ -x "$PREFIX/bin/python" ] && ! "$PREFIX/bin/python" -c 'import sys' 2>/dev/null; then
         run rm -rf "$PREFIX"   # the system python changed under it
     fi
@@ -361,6 +362,10 @@ build_venv() {
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         say "installing the pinned requirements into $PREFIX (torch is large: this takes a few minutes)"
         run "$PREFIX/bin/pip" install --quiet --disable-pip-version-check "${pip_args[@]}" -r "$SRC_DIR/requirements.lock"
+        if [ "$GPU_FOUND" = 1 ]; then  # CUDA kernels for hybrid models' Gated DeltaNet layers; never on CPU (see the file)
+            run "$PREFIX/bin/pip" install --quiet --disable-pip-version-check "${pip_args[@]}" \
+                -r "$SRC_DIR/requirements-cuda.lock"
+        fi
     fi
     say "installing the appliance package from $SRC_DIR"
     local build

@@ -1,8 +1,10 @@
-"""A mixture-of-experts and a sliding-window model on CPU: our engine against transformers' generate().
+"""Mixture-of-experts, sliding-window and hybrid models on CPU: our engine against transformers' generate().
 
 Random weights at small but real proportions, float32, one process, one seeded workload (EOS
-ignored): a Qwen3-MoE-shaped model (32 experts, 4 routed per token) and a Gemma-3-shaped model (5
-sliding layers of window 256 to 1 full), with prompts long enough that the window matters.
+ignored): a Qwen3-MoE-shaped model (32 experts, 4 routed per token), a Gemma-3-shaped model (5
+sliding layers of window 256 to 1 full), with prompts long enough that the window matters, and two
+hybrids whose recurrent layers run on state slots: Qwen3.6-shaped (3 Gated DeltaNet : 1 full attention,
+32 experts) and Nemotron-H-shaped (Mamba-2, MoE and attention layers).
   (a) our engine, all requests submitted at once (experts through transformers' grouped_mm; window
       layers read their window and give the rest of their blocks back);
   (b) transformers generate() in static left-padded batches of 8 (each batch runs to its longest output)
@@ -20,7 +22,7 @@ import time
 
 import torch
 import transformers
-from transformers import Gemma3TextConfig, Qwen3MoeConfig
+from transformers import Gemma3TextConfig, NemotronHConfig, Qwen3_5MoeTextConfig, Qwen3MoeConfig
 
 from benchmarks.throughput import Request, engine_decode_rate, make_workload, run_engine, run_static_generate
 from benchmarks.cuda_fast_path import generate_decode_rate
@@ -35,6 +37,14 @@ MODELS = {
     "gemma3-shaped (12 layers, 5 sliding 256 : 1 full)": Gemma3TextConfig(
         **SHAPE, num_hidden_layers=12, intermediate_size=1536, sliding_window=256, query_pre_attn_scalar=64,
         architectures=["Gemma3ForCausalLM"]),
+    "qwen3.6-shaped (8 layers, 6 Gated DeltaNet : 2 full, 32 experts, top 4)": Qwen3_5MoeTextConfig(
+        **SHAPE, num_hidden_layers=8, linear_num_key_heads=4, linear_num_value_heads=8, linear_key_head_dim=64,
+        linear_value_head_dim=64, num_experts=32, num_experts_per_tok=4, moe_intermediate_size=256,
+        shared_expert_intermediate_size=256, architectures=["Qwen3_5MoeForCausalLM"]),
+    "nemotron-h-shaped (8 layers: 3 Mamba-2, 3 MoE, 2 attention)": NemotronHConfig(
+        **SHAPE, hybrid_override_pattern="ME*ME*ME", mamba_num_heads=16, mamba_head_dim=64, ssm_state_size=64,
+        n_groups=2, chunk_size=128, n_routed_experts=32, num_experts_per_tok=4, moe_intermediate_size=256,
+        moe_shared_expert_intermediate_size=512, architectures=["NemotronHForCausalLM"]),
 }
 
 
@@ -73,7 +83,8 @@ def bench(name: str, config, workload: list[Request]) -> dict:
         model.set_experts_implementation(loaded.experts)
     theirs = run_static_generate(model, workload, batch_size=8)
     theirs_b1 = generate_decode_rate(model, alone.prompt, 64)
-    return {"model": name, "layout": loaded.layout.describe(), "experts": loaded.experts,
+    return {"model": name, "layout": loaded.layout.describe() + (f"; state slots: {loaded.states.describe()}"
+                                                                  if loaded.states else ""), "experts": loaded.experts,
             "attention": loaded.attention_features, "ours_tokens_per_s": ours.tokens_per_s,
             "generate_tokens_per_s": theirs.tokens_per_s, "ratio": ours.tokens_per_s / theirs.tokens_per_s,
             "ours_batch1_tokens_per_s": ours_b1, "generate_batch1_tokens_per_s": theirs_b1,
@@ -84,12 +95,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--json", help="write the results here too")
+    parser.add_argument("--only", help="run the models whose name contains this (e.g. shaped, hybrid names)")
     args = parser.parse_args()
     workload = make_workload(args.requests, SHAPE["vocab_size"], seed=0, prompt_range=(256, 1024), output_range=(32, 128))
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{args.requests} requests, prompts 256-1024, outputs 32-128, float32")
     results = []
     for name, config in MODELS.items():
+        if args.only and args.only not in name:
+            continue
         start = time.perf_counter()
         r = bench(name, config, workload)
         results.append(r)

@@ -6,7 +6,8 @@ guarded (one that fails or runs out of time is reported, the rest still run; ben
   2. correctness, per shape (benchmarks/gpu_check_correctness.py): the CUDA path against the
      portable path, with fewer layers;
   3. speed, per shape at full size (benchmarks/gpu_check_speed.py): ours (batch-1 tokens/s and MBU,
-     64 and 256 requests), then transformers' generate() and its continuous batching.
+     64 and 256 requests), then transformers' generate() and its continuous batching (which runs no
+     linear-attention layers: not for the hybrid shape).
 Writes gpu-check.md (to paste into docs/BENCHMARKS.md) and gpu-check.json to --out after every
 section, and prints a short table last.
 
@@ -79,8 +80,9 @@ def run(plan: Plan, shapes: list[str], parts: list[str], out: Path) -> dict:
             entry = report["speed"].setdefault(name, {})
             if sections.run(f"ours {name}", lambda: measure_ours(name, plan, bandwidth, entry), caps["ours"]):
                 sections.run(f"generate() {name}", lambda: measure_generate(name, plan, entry), caps["generate"])
-                sections.run(f"transformers CB {name}", lambda: measure_continuous_batching(name, plan, entry),
-                             caps["cb"])
+                if SHAPES[name].transformers_cb:
+                    sections.run(f"transformers CB {name}", lambda: measure_continuous_batching(name, plan, entry),
+                                 caps["cb"])
     return report
 
 

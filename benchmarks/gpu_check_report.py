@@ -22,6 +22,8 @@ def correctness_rows(report: dict) -> list[str]:
                 continue
             e = r["execution"]
             path = f"{e['attention_backend']}, graphs {_on(e['cuda_graphs'])}, async {_on(e['async_scheduling'])}"
+            if e.get("recurrent", "none") != "none":
+                path += f", recurrent {e['recurrent']}"
             rows.append(f"| {name} ({entry['layers']} layers) | {dtype} | {path} "
                         f"| {r['agreed']:.0%} / {r['agreed_async']:.0%} | {'yes' if r['divergences_are_near_ties'] else 'NO'} "
                         f"| {r['logprob_rel_err']:.1e} | {'pass' if r['passed'] else 'FAIL'} |")

@@ -1,7 +1,8 @@
 """What one step tells the attention layers: per KV cache group, where new keys go and what each query reads.
 
 Built by engine.packing from the scheduled sequences, passed through model(...) as one object, and read
-by the attention function of each layer for its own group (engine.kv_cache_spec). The torch path's
+by the attention function of each layer for its own group (engine.kv_cache_spec), and by the recurrent
+layers for their state slots (its `recurrent` field). The torch path's
 metadata lists prefill chunks and decode groups; the triton path's is flat tensors for one kernel.
 """
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.kv_cache_spec import AttentionSpec
+from engine.recurrent.metadata import RecurrentMetadata
 
 
 @dataclass
@@ -47,6 +49,7 @@ class AttentionMetadata:
     kv_caches: list[tuple[torch.Tensor, torch.Tensor]]  # cache tensor j: key, value [blocks, block_size, kv_heads, dim]
     placement: dict[int, tuple[int, int]]  # layer -> (group, cache tensor)
     groups: list[GroupMetadata]
+    recurrent: RecurrentMetadata | None = None  # for a model with recurrent layers (engine.recurrent)
 
 
 @dataclass
@@ -69,6 +72,7 @@ class PackedStep:
     placement: dict[int, tuple[int, int]]
     groups: list[PackedMetadata]
     specs: list[AttentionSpec]
+    recurrent: RecurrentMetadata | None = None  # for a model with recurrent layers (engine.recurrent)
 
     @property
     def max_query_len(self) -> int:

@@ -13,6 +13,9 @@ blocks keep their hash and join the free queue (least recently freed first); a l
 the same prefix takes them back, and an allocation that needs a block evicts the oldest one. A hit
 of n blocks needs, in every full group, all n blocks and, in a window group, only the blocks its
 next query sees. As in vLLM, evictable cached blocks count as free in the usage figure.
+
+State slots (engine.state_slots): a model with recurrent layers also needs one slot per running
+sequence; admission asks for both, and the usage figure counts a slot at its size in blocks.
 """
 
 from collections import OrderedDict
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 
 from engine.kv_cache_spec import AttentionSpec
 from engine.sequence import Sequence
+from engine.state_slots import StateSlots
 
 NULL_BLOCK = 0
 
@@ -47,8 +51,9 @@ class CachedPrefix:
 
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
-                 specs: list[AttentionSpec] | None = None):
-        """num_blocks: blocks for sequences; the cache tensors hold one more, the null block, at index 0."""
+                 specs: list[AttentionSpec] | None = None, num_state_slots: int = 0, state_slot_blocks: float = 0.0):
+        """num_blocks: blocks for sequences; the cache tensors hold one more, the null block, at index 0.
+        num_state_slots: the recurrent layers' slots (0 without any), each as large as state_slot_blocks blocks."""
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.specs = specs or [AttentionSpec()]  # one per group
@@ -58,6 +63,8 @@ class BlockManager:
         self.key_to_block: dict[tuple[int, int], int] = {}
         self.prefix_queries = 0  # tokens looked up
         self.prefix_hits = 0  # of those, found
+        self.state_slots = StateSlots(num_state_slots)
+        self.state_slot_blocks = state_slot_blocks
 
     @property
     def num_groups(self) -> int:
@@ -74,7 +81,10 @@ class BlockManager:
 
     @property
     def usage(self) -> float:
-        return 1.0 - self.num_free_blocks / self.num_blocks
+        """Used share of the cache's memory: blocks, and state slots at their size in blocks."""
+        slots = self.state_slots
+        total = self.num_blocks + slots.num_slots * self.state_slot_blocks
+        return 1.0 - (self.num_free_blocks + slots.num_free * self.state_slot_blocks) / total
 
     def new_tables(self) -> list[list[int]]:
         return [[] for _ in self.specs]
@@ -126,6 +136,9 @@ class BlockManager:
         return 0
 
     def take_cached_prefix(self, seq: Sequence, cached: CachedPrefix) -> None:
+        """Admission: seq holds the cached prefix's blocks (and a state slot, for a model with recurrent layers)."""
+        if self.state_slots.num_slots:
+            self.state_slots.take(seq)
         seq.block_tables = self.new_tables()
         for table, taken in zip(seq.block_tables, cached.tables):
             for block_id in taken:
@@ -151,6 +164,8 @@ class BlockManager:
         return new + revived
 
     def can_admit(self, cached: CachedPrefix, num_new_tokens: int) -> bool:
+        if self.state_slots.num_slots and not self.state_slots.num_free:
+            return False
         return self.blocks_to_admit(cached, num_new_tokens) <= self.num_free_blocks
 
     def allocate(self, seq: Sequence, num_new_tokens: int) -> bool:
@@ -219,6 +234,7 @@ class BlockManager:
                 if table[position] != NULL_BLOCK:
                     self._release(table[position])
         seq.block_tables = []
+        self.state_slots.give_back(seq)
         seq.num_cached_blocks = 0
         seq.num_computed_tokens = 0
         seq.num_cached_tokens = 0

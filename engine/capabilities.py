@@ -1,20 +1,23 @@
 """Which models the engine runs: found by walking the model's layers, not from a list of architectures.
 
 A model runs when it is a decoder-only causal LM of transformers (or the language model of a
-multimodal checkpoint) whose every decoder layer is attention through transformers' attention
-interface, with the variants the paged attention implements (full, sliding window, chunked, sinks,
-softcap, any scaling, with or without RoPE), followed by a per-token MLP or mixture of experts.
-Anything else is refused naming the first missing feature and its layer, e.g. "Qwen3NextForCausalLM:
-layer 0 is a linear-attention (Gated DeltaNet) layer, which this engine does not run yet".
+multimodal checkpoint) whose every decoder layer mixes tokens by attention through transformers'
+attention interface, with the variants the paged attention implements (full, sliding window, chunked,
+sinks, softcap, any scaling, with or without RoPE), or by a recurrent mixer the engine runs on state
+slots (engine.recurrent: Gated DeltaNet, Mamba-2, short convolutions), or both (Falcon-H1), or not at
+all (Nemotron-H's MLP-only layers), followed by a per-token MLP or mixture of experts. Anything else is
+refused naming the first missing feature and its layer, e.g. "MiniMaxForCausalLM: layer 1 is a
+linear-attention (Lightning) layer, which this engine does not run yet".
 
 Two checks: `check_config` from the config alone (the model built on the meta device: no weights,
-no memory), at import and before loading; `probe_attention` once the weights are loaded, running
+no memory), at import and before loading, which also finds what the recurrent layers keep per
+sequence (engine.state_spec); `probe_attention` once the weights are loaded, running
 two tokens through the model with a recording attention function, so that what each layer really
 passes to attention (its window, sinks, softcap) decides its KV cache spec.
 """
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import transformers
@@ -25,22 +28,23 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES as BASE_MODEL_NAMES
 
 from engine.errors import ModelLoadError
+from engine.kv_cache_spec import (CHUNKED_ATTENTION, FULL_ATTENTION, HYBRID, SLIDING_ATTENTION, AttentionSpec,
+                                  KVCacheLayout, layer_specs_from_config)
+from engine.recurrent.mixers import FORWARDS, state_layout
+from engine.state_spec import StateLayout
 from engine.text_model import text_causal_lm
-from engine.kv_cache_spec import (CHUNKED_ATTENTION, FULL_ATTENTION, SLIDING_ATTENTION, AttentionSpec, KVCacheLayout,
-                                  layer_specs_from_config)
 
 PROBE_ATTENTION = "appliance_probe"
-ATTENTION_LAYER_TYPES = {FULL_ATTENTION, SLIDING_ATTENTION, CHUNKED_ATTENTION}
+ATTENTION_LAYER_TYPES = {FULL_ATTENTION, SLIDING_ATTENTION, CHUNKED_ATTENTION, HYBRID}
+PER_TOKEN_LAYER_TYPES = {"mlp", "moe"}  # Nemotron-H's layers that mix no tokens
 # What other layer_types values mean, for the refusal, where the layer's modules do not say more.
 LAYER_TYPE_WORDS = {
     "linear_attention": "a linear-attention or state-space layer",
     "mamba": "a Mamba layer",
-    "hybrid": "a hybrid Mamba-2 and attention layer",
     "conv": "a short-convolution layer",
-    "mlp": "a layer without attention",
-    "moe": "a layer without attention",
 }
-# Modules that are not attention, by class name (the first that matches), and what they are.
+# Modules that are not attention and that the engine does not run, by class name (the first that
+# matches; the recurrent mixers of engine.recurrent are not looked up here), and what they are.
 RECURRENT_MODULES = (
     ("GatedDeltaNet", "a linear-attention (Gated DeltaNet) layer"),
     ("LightningAttention", "a linear-attention (Lightning) layer"),
@@ -67,6 +71,7 @@ class Architecture:
     class_name: str  # what is built: the same, or the causal LM of a multimodal checkpoint's language model
     text_config: PretrainedConfig  # the config of what is built
     over_text_model: bool = False  # class_name is a text model, built under an LM head (engine.text_model)
+    states: StateLayout = StateLayout()  # what its recurrent layers keep per sequence (none: a transformer)
 
     @property
     def text_only(self) -> bool:
@@ -118,7 +123,11 @@ def config_from_dict(config: dict) -> PretrainedConfig:
     if model_type not in CONFIG_MAPPING:
         raise ModelLoadError(f"config.json's model_type {model_type!r} is not one transformers "
                              f"{transformers.__version__} knows" if model_type else "config.json names no model_type")
-    return CONFIG_MAPPING[model_type].from_dict(config)
+    # As transformers reads a config.json: infinities are saved as {"__float__": "Infinity"} (Mamba-2's time_step_limit).
+    try:
+        return CONFIG_MAPPING[model_type].from_dict(PretrainedConfig._decode_special_floats(config))
+    except (TypeError, ValueError) as e:  # the config class's own validation
+        raise ModelLoadError(f"config.json is not a valid {model_type} config: {e}") from e
 
 
 def check_config(config: PretrainedConfig) -> Architecture:
@@ -129,9 +138,10 @@ def check_config(config: PretrainedConfig) -> Architecture:
     layer_types = getattr(text, "layer_types", None) or []
     with torch.device("meta"):
         model = arch.model_class()._from_config(text)
-    for i, layer in enumerate(decoder_layers(model, arch.declared)):
+    layers = decoder_layers(model, arch.declared)
+    for i, layer in enumerate(layers):
         _check_layer(arch.declared, i, layer, layer_types[i] if i < len(layer_types) else FULL_ATTENTION)
-    return arch
+    return replace(arch, states=state_layout(layers))
 
 
 def decoder_layers(model: nn.Module, arch: str) -> nn.ModuleList:
@@ -145,16 +155,21 @@ def decoder_layers(model: nn.Module, arch: str) -> nn.ModuleList:
 
 
 def _check_layer(arch: str, index: int, layer: nn.Module, layer_type: str) -> None:
-    attention = None
+    attention, recurrent = None, None
     for module in layer.modules():
         name = type(module).__name__
+        if name in FORWARDS:
+            recurrent = module
+            continue
         for pattern, what in RECURRENT_MODULES:
             if pattern in name:
                 raise refuse(arch, index, what)
         if attention is None and "Attention" in name and hasattr(module, "layer_idx"):
             attention = module
     if layer_type not in ATTENTION_LAYER_TYPES:
-        raise refuse(arch, index, LAYER_TYPE_WORDS.get(layer_type, f"a {layer_type!r} layer"))
+        if recurrent is None and layer_type not in PER_TOKEN_LAYER_TYPES:
+            raise refuse(arch, index, LAYER_TYPE_WORDS.get(layer_type, f"a {layer_type!r} layer"))
+        return
     if attention is None:
         raise refuse(arch, index, "a layer without an attention module the engine recognizes")
     if getattr(attention, "is_causal", True) is False:

@@ -61,6 +61,8 @@ class EngineStats:
     steps_total: int
     last_step_time: float  # time.monotonic() of the last step that ran
     execution: dict | None = None  # ModelRunner.execution() of the loaded model
+    state_slots_used: int = 0  # a model with recurrent layers: one slot per running sequence (engine.state_slots)
+    state_slots_total: int = 0
     structured_output_requests: int = 0  # requests added with a grammar or schema
 
 
@@ -76,8 +78,12 @@ class _Session:
     def __init__(self, loaded: LoadedModel, config: EngineConfig):
         self.loaded = loaded
         self.runner = ModelRunner(loaded, config)
-        self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching,
-                                          loaded.layout.specs())
+        states = self.runner.states
+        per_block = loaded.layout.block_bytes(config.block_size, self.runner.kv_dtype.itemsize)
+        self.block_manager = BlockManager(
+            self.runner.num_blocks, config.block_size, self.runner.prefix_caching == "on", loaded.layout.specs(),
+            num_state_slots=states.num_slots if states is not None else 0,
+            state_slot_blocks=self.runner.state_bytes / states.num_slots / per_block if states is not None else 0.0)
         self.scheduler = Scheduler(
             self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, config.max_waiting_requests
         )
@@ -394,4 +400,6 @@ class Engine:
             steps_total=self.steps_total,
             last_step_time=self.last_step_time,
             execution=s.runner.execution() if s else None,
+            state_slots_used=bm.state_slots.num_slots - bm.state_slots.num_free if bm else 0,
+            state_slots_total=bm.state_slots.num_slots if bm else 0,
         )

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 FULL_ATTENTION = "full_attention"
 SLIDING_ATTENTION = "sliding_attention"
 CHUNKED_ATTENTION = "chunked_attention"
+HYBRID = "hybrid"  # Falcon-H1: attention and a Mamba-2 mixer side by side in every layer; the attention is full
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,8 @@ def layer_specs_from_config(config) -> dict[int, AttentionSpec]:
     """Each decoder layer's attention spec as a transformers config describes it (an object or a dict):
     `layer_types` where the config has them, else one sliding window for every layer (Mistral) or none.
 
-    Layer types other than attention ones (linear attention, Mamba, convolutions) are not in the result;
-    engine.capabilities refuses such models before this is asked."""
+    Layers without attention (linear attention, Mamba, short convolutions, MLP-only layers) are not in the
+    result: what recurrent layers keep is engine.state_spec's."""
     get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
     num_layers = get("num_hidden_layers")
     window = get("sliding_window")
@@ -139,7 +140,7 @@ def layer_specs_from_config(config) -> dict[int, AttentionSpec]:
         return {i: AttentionSpec(sliding_window=window if uses_window else None) for i in range(num_layers)}
     specs = {}
     for i, kind in enumerate(layer_types[:num_layers]):
-        if kind == FULL_ATTENTION:
+        if kind in (FULL_ATTENTION, HYBRID):
             specs[i] = AttentionSpec()
         elif kind == SLIDING_ATTENTION:
             specs[i] = AttentionSpec(sliding_window=window)

@@ -3,7 +3,8 @@
 Which models load is decided by engine.capabilities (the model's layers, not a list of names). A
 multimodal checkpoint loads its language model only: the text model's causal-LM class, its weights
 renamed from where the multimodal class keeps them, the vision weights left on disk. Mixture-of-
-experts layers run the fastest experts implementation transformers offers on the device.
+experts layers run the fastest experts implementation transformers offers on the device; recurrent
+mixers get the engine's packed forward (engine.recurrent).
 
 Every failure becomes a ModelLoadError that names the file and what to do.
 """
@@ -16,9 +17,11 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
-from engine.capabilities import Architecture, check_config, probe_attention
+from engine.capabilities import Architecture, check_config, decoder_layers, probe_attention
 from engine.errors import ModelLoadError
 from engine.kv_cache_spec import KVCacheLayout
+from engine.recurrent.mixers import use_engine_forwards
+from engine.state_spec import StateLayout
 from engine.quantization import checkpoint
 from engine.quantization.weights import WeightFormat, pack_weights
 
@@ -44,6 +47,7 @@ class LoadedModel:
     experts: str | None = None  # the experts implementation of MoE layers; None for a dense model
     text_only: bool = False  # a multimodal checkpoint whose language model alone is loaded
     weights: WeightFormat | None = None  # how the weights are packed in memory (engine.quantization)
+    states: StateLayout = StateLayout()  # what its recurrent layers keep per sequence (engine.state_spec)
 
 
 @dataclass(frozen=True)
@@ -56,13 +60,15 @@ class Weights:
 
 
 def _finish(name: str, model: torch.nn.Module, tokenizer, arch: Architecture, device: str, weights: Weights) -> LoadedModel:
-    """The weights packed, the capability probe and the experts implementation, on the loaded weights."""
+    """The weights packed, the capability probe, the experts implementation and the recurrent layers' forwards,
+    on the loaded weights."""
     model.eval()
     packed = pack_weights(model, weights.quantization, device, model.dtype, weights.gguf, weights.stored)
     experts = choose_experts_implementation(model, device)
     layout, features = probe_attention(model, arch.declared, device)
+    states = use_engine_forwards(decoder_layers(model, arch.declared))
     return LoadedModel(name, model, tokenizer, model.config, arch.declared, layout, features, experts, arch.text_only,
-                       packed)
+                       packed, states)
 
 
 def choose_experts_implementation(model: torch.nn.Module, device: str) -> str | None:

@@ -1,8 +1,10 @@
-"""Turns one scheduled batch into logits: packs the tokens, runs the model, keeps the KV cache.
+"""Turns one scheduled batch into logits: packs the tokens, runs the model, keeps the KV cache and the state slots.
 
 Two attention backends share the packing: "torch" (portable, the reference for tests; CPU) and
 "triton" (one paged kernel per layer, CUDA; decode steps replay CUDA graphs; Llama-family layers
-rebuilt with merged projections and fused kernels, engine.fused_layers).
+rebuilt with merged projections and fused kernels, engine.fused_layers). A model with recurrent layers
+also has a state slot per sequence that may run (engine.recurrent.states), allocated before the KV
+cache and out of the same budget; its decode steps are not captured as CUDA graphs.
 """
 
 import logging
@@ -18,10 +20,13 @@ from engine.lm_head import reuse_logits_buffer
 from engine.loader import LoadedModel
 from engine.overlap import fill_placeholders, to_device
 from engine.packing import BatchPacker
+from engine.recurrent import fla
+from engine.recurrent.states import RecurrentStates
 from engine.prompt_logprobs import prompt_rows
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledSequence
 from engine.sequence import Sequence
+from engine.state_spec import GATED_DELTA_NET, PREFIX_CACHING_OFF_FOR_RECURRENT, state_slots_for
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +62,9 @@ class ModelRunner:
         self.experts = loaded.experts
         self.attention_features = loaded.attention_features
         self.placement = self.layout.placement()
+        # One state slot per sequence that may run; before the KV cache, whose budget is what they leave.
+        self.states = (RecurrentStates(loaded.states, state_slots_for(config.max_num_seqs, loaded.states), self.dtype,
+                                       self.device) if loaded.states else None)
         self.packer = BatchPacker(self.layout.specs(), self.block_size, self.device, self.dtype)
         self.fused = False
         self._use_backend(config.resolved_attention_backend)
@@ -74,7 +82,7 @@ class ModelRunner:
         # Block 0 is the null block (engine.block_manager): freed window entries point at it, and CUDA
         # graph replays write their padding rows' keys into it.
         self.kv_caches = self._allocate(self.num_blocks + 1)
-        if config.cuda_graphs and config.on_cuda and self.backend == "triton":
+        if config.cuda_graphs and config.on_cuda and self.backend == "triton" and self.states is None:
             from engine.cuda_graphs import DecodeGraphs
 
             self.graphs = DecodeGraphs.capture(self, padding_block=NULL_BLOCK)
@@ -117,11 +125,40 @@ class ModelRunner:
                 "async_scheduling": self.config.overlaps_steps, "experts": self.experts or "none",
                 "attention": ",".join(self.attention_features) or "full", "kv_cache": self.layout.describe(),
                 "kv_cache_dtype": str(self.kv_dtype).removeprefix("torch."),
-                **(self.weights.to_dict() if self.weights else {})}
+                "state_slots": self.state_slots_text(), "recurrent": self.recurrent_kernels,
+                "prefix_caching": self.prefix_caching, **(self.weights.to_dict() if self.weights else {})}
+
+    @property
+    def recurrent_kernels(self) -> str:
+        """What runs the recurrent layers: "fla" (Gated DeltaNet on CUDA where fla-core is installed), "torch", or
+        "none" for a transformer."""
+        if self.states is None:
+            return "none"
+        kinds = {spec.kind for _, spec in self.states.layout.layers}
+        return "fla" if GATED_DELTA_NET in kinds and fla.runs_on(self.device) else "torch"
+
+    def state_slots_text(self) -> str:
+        """E.g. "64 slots of 62.8 MiB (30 Gated DeltaNet layers)"; "none" for a transformer."""
+        if self.states is None:
+            return "none"
+        return (f"{self.states.num_slots} slots of {self.state_bytes / self.states.num_slots / (1 << 20):.1f} MiB "
+                f"({self.states.layout.describe()})")
+
+    @property
+    def prefix_caching(self) -> str:
+        """"on", "off" (configured so), or off with the reason where the model rules it out."""
+        if not self.config.enable_prefix_caching:
+            return "off"
+        return PREFIX_CACHING_OFF_FOR_RECURRENT if self.states is not None else "on"
 
     @property
     def kv_cache_bytes(self) -> int:
         return sum(k.nbytes + v.nbytes for k, v in self.kv_caches)
+
+    @property
+    def state_bytes(self) -> int:
+        """The state slots' memory (0 without recurrent layers)."""
+        return self.states.nbytes if self.states is not None else 0
 
     def _allocate(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """One key and one value tensor per layer of the largest group: tensor j serves each group's j-th layer."""
@@ -137,10 +174,14 @@ class ModelRunner:
         per_block = self.layout.block_bytes(config.block_size, self.kv_dtype.itemsize)
         if config.num_kv_blocks:
             return config.num_kv_blocks
-        if config.kv_cache_bytes is not None:
-            return max(1, config.kv_cache_bytes // per_block - 1)
-        if not config.on_cuda:
-            return max(1, CPU_KV_CACHE_BYTES // per_block - 1)
+        if config.kv_cache_bytes is not None or not config.on_cuda:
+            budget = (config.kv_cache_bytes or CPU_KV_CACHE_BYTES) - self.state_bytes
+            if self.states is not None and budget < 2 * per_block:
+                raise ModelLoadError(
+                    f"the KV cache budget ({(budget + self.state_bytes) / GIB:.2f} GiB) does not hold the state slots "
+                    f"({self.state_slots_text()}: {self.state_bytes / GIB:.2f} GiB) and two KV blocks; raise "
+                    "kv_cache_bytes or lower max_num_seqs")
+            return max(1, budget // per_block - 1)
         free, total = torch.cuda.mem_get_info(self.device)
         blocks = kv_blocks_for_gpu(total, free, activation_peak, config.gpu_memory_fraction, per_block,
                                    min_blocks=blocks_for(config.max_num_batched_tokens, config.block_size)
@@ -174,6 +215,7 @@ class ModelRunner:
         batch, block = [], 1
         for i in range(num_seqs):
             seq = Sequence(f"warm-up-{i}", [0] * per_seq, SamplingParams(max_tokens=1))
+            seq.state_slot = i if self.states is not None else None  # no sequence runs yet: every slot is free
             seq.block_tables = [list(range(block + g * blocks_each, block + (g + 1) * blocks_each)) for g in range(groups)]
             block += groups * blocks_each
             batch.append(ScheduledSequence(seq, per_seq))
@@ -212,7 +254,7 @@ class ModelRunner:
         previous_tokens: the previous step's sampled ids, still on the device, which the placeholders
         of its tokens stand for (engine.overlap)."""
         pack = self.packer.triton_batch if self.backend == "triton" else self.packer.torch_batch
-        input_ids, positions, meta, last_row = pack(scheduled, self.kv_caches, self.placement)
+        input_ids, positions, meta, last_row = pack(scheduled, self.kv_caches, self.placement, self.states)
         if previous_tokens is not None:
             input_ids = fill_placeholders(input_ids, previous_tokens)
         keep = [last_row[id(s)] for s in scheduled if s.completes_prompt]

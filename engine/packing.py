@@ -9,6 +9,9 @@ ids differ.
 
 Per sequence only its Python lists are read; positions, slots and block tables are numpy arrays
 built whole (at batch 256 the per-token Python arithmetic was most of a step's host time).
+
+For a model with recurrent layers, both paths add which rows are whose and each sequence's state slot
+(engine.recurrent.metadata).
 """
 
 from dataclasses import dataclass
@@ -21,6 +24,8 @@ from engine.attention_metadata import (AttentionMetadata, DecodeGroup, GroupMeta
 from engine.block_manager import NULL_BLOCK, blocks_for
 from engine.kv_cache_spec import AttentionSpec
 from engine.overlap import to_device
+from engine.recurrent.metadata import RecurrentMetadata, RecurrentPrefill
+from engine.recurrent.states import RecurrentStates
 from engine.scheduler import ScheduledSequence
 
 # Decode attention gathers each group's contexts padded to its longest: a new group starts when a
@@ -71,8 +76,33 @@ class BatchPacker:
     def _tensor(self, parts: list[np.ndarray]) -> torch.Tensor:
         return to_device(torch.from_numpy(np.concatenate(parts)), self.device)
 
+    def _recurrent(self, rows: list[tuple[ScheduledSequence, int]], states: RecurrentStates | None):
+        """For the recurrent layers, from (sequence, its first row) in packed order: each prefill's rows and slot,
+        the one-token sequences' rows and slots together, and every sequence's boundaries and slot."""
+        if states is None:
+            return None
+
+        def tensor(values: list, dtype=torch.int64) -> torch.Tensor:
+            return to_device(torch.tensor(values, dtype=dtype), self.device)
+
+        fresh = [s.seq.num_computed_tokens == 0 for s, _ in rows]  # the sequence starts here: zeros, not its slot
+        prefills = [RecurrentPrefill(slice(start, start + s.num_new_tokens), s.seq.state_slot, not new)
+                    for (s, start), new in zip(rows, fresh) if s.num_new_tokens > 1]
+        decodes = [(start, s.seq.state_slot, new) for (s, start), new in zip(rows, fresh) if s.num_new_tokens == 1]
+        first = decodes[0][0] if decodes else 0
+        if [d[0] for d in decodes] == list(range(first, first + len(decodes))):  # the torch path packs them in a run
+            decode_rows = slice(first, first + len(decodes))
+        else:
+            decode_rows = tensor([d[0] for d in decodes])
+        decode_fresh = [d[2] for d in decodes]
+        return RecurrentMetadata(
+            states, prefills, decode_rows, tensor([d[1] for d in decodes]),
+            tensor(decode_fresh, torch.bool) if any(decode_fresh) else None,
+            tensor([start for _, start in rows] + [sum(s.num_new_tokens for s, _ in rows)]),
+            tensor([s.seq.state_slot for s, _ in rows]), tensor(fresh, torch.bool) if any(fresh) else None)
+
     # -- the torch path ------------------------------------------------------------------------
-    def torch_batch(self, scheduled: list[ScheduledSequence], kv_caches, placement):
+    def torch_batch(self, scheduled: list[ScheduledSequence], kv_caches, placement, states: RecurrentStates | None = None):
         """(input ids, positions, AttentionMetadata, each sequence's last row by id())."""
         input_ids, positions, last_row, num_rows = [], [], {}, 0
         prefills = [s for s in scheduled if s.num_new_tokens > 1]
@@ -102,7 +132,8 @@ class BatchPacker:
             groups.append(GroupMetadata(self._tensor(slots),
                                         self._prefill_chunks(g, prefills, prefill_geometry),
                                         self._decode_groups(g, decodes, decode_geometry)))
-        meta = AttentionMetadata(kv_caches, placement, groups)
+        rows = [(s, last_row[id(s)] - s.num_new_tokens + 1) for s in prefills + decode_seqs]
+        meta = AttentionMetadata(kv_caches, placement, groups, self._recurrent(rows, states))
         return self._tensor(input_ids), self._tensor(positions), meta, last_row
 
     def _prefill_geometry(self, spec: AttentionSpec, prefills: list[ScheduledSequence]) -> list[tuple]:
@@ -184,7 +215,8 @@ class BatchPacker:
         return groups
 
     # -- the triton path -----------------------------------------------------------------------
-    def triton_batch(self, scheduled: list[ScheduledSequence], kv_caches, placement):
+    def triton_batch(self, scheduled: list[ScheduledSequence], kv_caches, placement,
+                     states: RecurrentStates | None = None):
         """(input ids, positions, PackedStep, each sequence's last row by id()): sequences in schedule order,
         their rows and slots computed by tensor ops."""
         input_ids, starts, lens, contexts = [], [], [], []
@@ -210,6 +242,6 @@ class BatchPacker:
             slots = (block_tables[seq_of_row, positions // self.block_size].long() * self.block_size
                      + positions % self.block_size)
             groups.append(PackedMetadata(to_device(slots, device), *shared, to_device(block_tables, device), max(lens)))
-        step = PackedStep(kv_caches, placement, groups, self.specs)
+        step = PackedStep(kv_caches, placement, groups, self.specs, self._recurrent(list(zip(scheduled, starts)), states))
         last_row = {id(s): start + n - 1 for s, start, n in zip(scheduled, starts, lens)}
         return to_device(torch.tensor(input_ids), device), to_device(positions, device), step, last_row

@@ -1,4 +1,4 @@
-"""One request's life inside the engine: its tokens, progress and KV blocks."""
+"""One request's life inside the engine: its tokens, progress, KV blocks and state slot."""
 
 import enum
 import time
@@ -25,6 +25,7 @@ class Sequence:
         self.block_tables: list[list[int]] = []  # one per KV cache group, given by the block manager
         self.block_hashes: list[int] = []  # chained hashes of full blocks, filled by the block manager
         self.num_cached_blocks = 0  # leading blocks of the block tables already registered for prefix caching
+        self.state_slot: int | None = None  # its recurrent layers' states (engine.state_slots), while it runs
         self.num_preemptions = 0
         self.prompt_logprobs: list = []  # SampledToken of prompt tokens 1.. when params.prompt_logprobs is set
         self.finish_reason: str | None = None

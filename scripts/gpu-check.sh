@@ -7,10 +7,11 @@
 #   scripts/gpu-check.sh --dry-run        the same code on CPU with tiny shapes, in seconds (CI runs it)
 #
 # The check (benchmarks/gpu_check.py): the CUDA path (triton attention, fused layers, CUDA graphs, async
-# scheduling) against the portable torch path on random weights at the per-layer shapes of Llama-3.1-8B,
-# Qwen3-30B-A3B, gpt-oss-20b and Gemma-3-12B (fewer layers): greedy tokens and log-probabilities; then at
-# full size batch-1 decode tokens/s and memory-bandwidth utilisation, and 64- and 256-request throughput
-# against transformers' generate() and its continuous batching, in the same run. Every section is guarded
+# scheduling; fla's kernels for Gated DeltaNet) against the portable torch path on random weights at the
+# per-layer shapes of Llama-3.1-8B, Qwen3-30B-A3B, gpt-oss-20b, Gemma-3-12B and the hybrid Qwen3.6-35B-A3B
+# (fewer layers): greedy tokens and log-probabilities; then at full size (Qwen3.6: 20 of its 40 layers)
+# batch-1 decode tokens/s and memory-bandwidth utilisation, and 64- and 256-request throughput against
+# transformers' generate() and its continuous batching (not for the hybrid), in the same run. Every section is guarded
 # and the run keeps to a time budget (--budget-s, default 510 s: one device command of at most 10 minutes,
 # wheels installed included). Results: gpu-check.md (to paste into docs/BENCHMARKS.md) and gpu-check.json
 # in $OUT if set, else ./gpu-check-results; a short table is printed last.
@@ -29,15 +30,17 @@ WHEELS=$REPO/.whl
 SITE=${GPU_CHECK_SITE:-/tmp/appliance-gpu-check-site}
 PYTHON=${PYTHON:-python3}
 RESULTS=${OUT:-$REPO/gpu-check-results}
-# What the engine imports beyond the GPU machine's packages, and what those need that it lacks.
-CARRIED="transformers xgrammar apache-tvm-ffi pydantic pydantic_core annotated-types typing-inspection typing_extensions regex"
+# What the engine imports beyond the GPU machine's packages, and what those need that it lacks; fla-core (and its
+# einops) runs the hybrid shape's Gated DeltaNet layers (requirements-cuda.lock: GPU machines only).
+CARRIED="transformers xgrammar apache-tvm-ffi pydantic pydantic_core annotated-types typing-inspection typing_extensions regex
+fla-core einops"
 PLATFORMS="manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64"
 
 normalised() {  # a distribution name as pip compares them: case, '-', '_' and '.' alike
   echo "$1" | tr 'A-Z_.' 'a-z--'
 }
 
-pinned() {  # NAME -> NAME==VERSION, as requirements.lock pins it
+pinned() {  # NAME -> NAME==VERSION, as requirements.lock (or requirements-cuda.lock) pins it
   local want line
   want=$(normalised "$1")
   while IFS= read -r line; do
@@ -46,8 +49,8 @@ pinned() {  # NAME -> NAME==VERSION, as requirements.lock pins it
       echo "${line%%[ ;#]*}"
       return
     fi
-  done <"$REPO/requirements.lock"
-  echo "gpu-check: $1 is not pinned in requirements.lock" >&2
+  done < <(cat "$REPO/requirements.lock" "$REPO/requirements-cuda.lock")
+  echo "gpu-check: $1 is not pinned in requirements.lock or requirements-cuda.lock" >&2
   return 1
 }
 

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from appliance.cli.common import CliError, control_options, format_table, load_settings, open_client, print_json, show_help, store_options
-from appliance.control.execution_text import execution
+from appliance.cli.plan import add_plan_command
+from appliance.control.execution_text import execution, prefix_caching_off, state_slots
 
 
 def call(args, method: str, *params, **fields):
@@ -52,7 +53,7 @@ def format_status(s: dict, cost: dict | None = None) -> str:
         f"queue     {engine['running']} running, {engine['waiting']} waiting; {engine['requests_per_s']:.2f} req/s, "
         f"{engine['errors']} errors, {engine['preemptions']} preemptions",
         f"kv cache  {engine['kv_usage']:.0%} ({engine['kv_blocks_used']}/{engine['kv_blocks_total']} blocks"
-        f"{kv_layout(engine.get('execution'))}), prefix hits {percent(engine['prefix_cache_hit_rate'])}",
+        f"{kv_layout(engine.get('execution'))}{state_slots(engine)}), {prefix_text(engine)}",
         f"tokens/s  {engine['prompt_tokens_per_s']:.1f} in, {engine['generation_tokens_per_s']:.1f} out",
         f"latency   TTFT p50 {ms(engine['ttft_s']['p50'])} p99 {ms(engine['ttft_s']['p99'])}; "
         f"ITL p50 {ms(engine['itl_s']['p50'])} p99 {ms(engine['itl_s']['p99'])}",
@@ -81,6 +82,12 @@ def format_status(s: dict, cost: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+def prefix_text(engine: dict) -> str:
+    """"prefix hits 34%", or why prefix caching is off ("prefix caching off: recurrent layers keep ...")."""
+    off = prefix_caching_off(engine)
+    return f"prefix caching {off}" if off else f"prefix hits {percent(engine['prefix_cache_hit_rate'])}"
+
+
 def kv_layout(path: dict | None) -> str:
     """How the KV cache's layers share its blocks, where the engine says ("; 1 full + 5 sliding window 1024 groups …")."""
     return f"; {path['kv_cache']}" if path and path.get("kv_cache") else ""
@@ -91,7 +98,7 @@ def engine_lines(engines: list[dict]) -> list[str]:
     if len(engines) < 2:
         return []
     return [f"  {e['model']}{' (default)' if e['default'] else ''}: {e['running']} running, {e['waiting']} waiting; "
-            f"kv {e['kv_usage']:.0%}; {e['generation_tokens_per_s']:.1f} tok/s out; "
+            f"kv {e['kv_usage']:.0%}{state_slots(e)}; {e['generation_tokens_per_s']:.1f} tok/s out; "
             f"TTFT p50 {ms(e['ttft_s']['p50'])}" for e in engines]
 
 
@@ -186,6 +193,8 @@ def add_models_commands(commands) -> None:
     pin.add_argument("name")
     pin.add_argument("--off", action="store_true", help="unpin: it may be evicted when idle")
     pin.set_defaults(handler=models_pin)
+
+    add_plan_command(sub)
 
     install = sub.add_parser("install-default", parents=[store_options()],
                              help="install the embedded default model (SmolLM2-135M) without the service")

@@ -11,8 +11,8 @@ MISSING = "—"
 def execution(path: dict | None) -> str:
     """How the engine runs the model, in a few words: "triton · fused · CUDA graphs · async · cuda:0 bfloat16",
     with its attention variants and experts implementation where it has them ("sliding+sinks", "experts
-    grouped_mm"), then its weights when packed ("weights int4 g32 + bfloat16, 3.1 GiB") and an fp8 KV cache
-    ("KV fp8")."""
+    grouped_mm"), then its weights when packed ("weights int4 g32 + bfloat16, 3.1 GiB"), an fp8 KV cache
+    ("KV fp8") and what runs recurrent layers ("recurrent fla")."""
     if not path:
         return ""
     words = [path.get("attention_backend") or MISSING]
@@ -28,6 +28,8 @@ def execution(path: dict | None) -> str:
         words.append(f"weights {weights}, {size(path.get('weight_bytes'))}")
     if str(path.get("kv_cache_dtype", "")).startswith("float8"):
         words.append("KV fp8")
+    if path.get("recurrent") not in (None, "none"):
+        words.append(f"recurrent {path['recurrent']}")
     return " · ".join(words)
 
 
@@ -35,3 +37,15 @@ def size(n: int | None) -> str:
     if n is None:
         return MISSING
     return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MiB"
+
+
+def state_slots(engine: dict) -> str:
+    """" · 3/64 state slots" for a model with recurrent layers (one slot per running sequence); "" for others."""
+    total = engine.get("state_slots_total")
+    return f" · {engine.get('state_slots_used') or 0:,}/{total:,} state slots" if total else ""
+
+
+def prefix_caching_off(engine: dict) -> str | None:
+    """Why prefix caching is off, where the engine says it is ("off: recurrent layers keep ..."); None when on."""
+    setting = (engine.get("execution") or {}).get("prefix_caching")
+    return setting if setting not in (None, "on") else None

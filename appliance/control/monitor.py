@@ -123,6 +123,8 @@ def engine_fields(model: str | None, stats) -> dict:
         "kv_blocks_used": stats.kv_blocks_used if stats else 0,
         "kv_blocks_total": stats.kv_blocks_total if stats else 0,
         "kv_usage": stats.kv_usage if stats else 0.0,
+        "state_slots_used": stats.state_slots_used if stats else 0,
+        "state_slots_total": stats.state_slots_total if stats else 0,
         "prefix_cache_hit_rate": (stats.prefix_cache_hits / stats.prefix_cache_queries
                                   if stats and stats.prefix_cache_queries else None),
         "preemptions": stats.num_preemptions if stats else 0,

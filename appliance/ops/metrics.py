@@ -55,20 +55,24 @@ class _EngineCollector:
         for kind, name, doc, field in ENGINE_FAMILIES:
             yield family(kind, name, doc, lambda stats: getattr(stats, field))
         info = GaugeMetricFamily(
-            "vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
-            labels=["block_size", "num_gpu_blocks", "model_name"],
+            "vllm:cache_config_info", "Information of the LLMEngine CacheConfig; prefix_caching says why it is off "
+            "where the model rules it out (recurrent layers), num_state_slots the recurrent layers' slots.",
+            labels=["block_size", "num_gpu_blocks", "enable_prefix_caching", "prefix_caching", "num_state_slots",
+                    "model_name"],
         )
         names = ["device", "dtype", "attention_backend", "fused_layers", "cuda_graphs", "async_scheduling", "experts",
-                 "attention", "kv_cache", "weights", "kv_cache_dtype"]
+                 "attention", "kv_cache", "weights", "kv_cache_dtype", "state_slots", "recurrent"]
         path = GaugeMetricFamily(
             "appliance_engine_execution_info",
             "What runs the model: device, dtype, attention backend, fused layers, CUDA graphs, async scheduling, "
             "experts implementation (MoE), attention variants, KV cache groups, the weights' packing (e.g. int4 g32 "
-            "+ bfloat16), the KV cache's dtype.",
+            "+ bfloat16), the KV cache's dtype, the state slots of recurrent layers and what runs them (fla, torch).",
             labels=[*names, "model_name"],
         )
         for model, stats in engines:
-            info.add_metric([str(stats.block_size), str(stats.kv_blocks_total), model], 1.0)
+            prefix = (stats.execution or {}).get("prefix_caching", "on")
+            info.add_metric([str(stats.block_size), str(stats.kv_blocks_total), str(prefix == "on"), prefix,
+                             str(stats.state_slots_total), model], 1.0)
             if stats.execution is not None:
                 path.add_metric([str(stats.execution.get(n, "")).lower() for n in names] + [model], 1.0)
         yield info

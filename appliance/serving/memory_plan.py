@@ -2,10 +2,12 @@
 
 Needs = weights (bytes on disk scaled from the stored dtype to the serving one: every expert of a
 mixture of experts; a multimodal checkpoint's language model only; a pre-quantized checkpoint's as
-stored; with `quantization` the decoder's linear layers at their packed size) + the KV cache the engine
-will allocate (its layers grouped as the engine groups them: a sliding-window layer holds its window;
-one byte a value with kv_cache_dtype = "fp8") + an activation peak (the largest step's hidden states
-and logits). Free = on a
+stored; with `quantization` the decoder's linear layers at their packed size; a folder with only a
+config.json: its parameters counted on the meta device) + the KV cache the engine will allocate (its
+layers grouped as the engine groups them: a sliding-window layer holds its window; one byte a value
+with kv_cache_dtype = "fp8") + the state slots of a hybrid model's recurrent layers (one per sequence
+that may run: engine.state_spec) + an activation peak (the largest step's hidden states and logits).
+The engine's kv_cache_bytes holds the KV cache and the state slots together. Free = on a
 GPU what the device has free, on CPU the RAM available, capped by `pool_memory_bytes` less what the
 loaded models were planned to use. A model that does not fit is refused with these numbers, before
 anything is allocated.
@@ -28,13 +30,19 @@ class Needs:
     weights: int
     kv_cache: int
     activations: int
+    states: int = 0  # the state slots of recurrent layers
 
     @property
     def total(self) -> int:
-        return self.weights + self.kv_cache + self.activations
+        return self.weights + self.kv_cache + self.states + self.activations
+
+    @property
+    def cache(self) -> int:
+        """What the engine's kv_cache_bytes must be to allocate this KV cache and these state slots."""
+        return self.kv_cache + self.states
 
     def to_dict(self) -> dict:
-        return {"weights_bytes": self.weights, "kv_cache_bytes": self.kv_cache,
+        return {"weights_bytes": self.weights, "kv_cache_bytes": self.kv_cache, "state_bytes": self.states,
                 "activations_bytes": self.activations, "total_bytes": self.total}
 
 
@@ -80,40 +88,70 @@ def linear_weights(config: dict) -> int:
 
 def needs(path: Path, engine_config, kv_context: int) -> Needs:
     """What loading the model at `path` with `engine_config` (an engine.EngineConfig) will take."""
+    from engine.config import CPU_KV_CACHE_BYTES
     from engine.kv_cache_spec import layout_from_config
+    from engine.state_spec import StateLayout, state_slots_for
 
     config = model_config(path)
     text = config.get("text_config") or config  # a multimodal checkpoint serves its language model
+    architecture = model_architecture(path) if config else None
     stored = DTYPE_BYTES.get(str(config.get("dtype") or config.get("torch_dtype") or text.get("dtype") or "float32"), 4)
     serving = DTYPE_BYTES.get(engine_config.resolved_dtype, 4)
     on_disk = weight_bytes(path, text is not config)  # every expert of a MoE model counts
+    if not on_disk and architecture is not None:  # a config.json alone: what its parameters take at the stored dtype
+        on_disk = parameter_count(architecture) * stored
     weights = on_disk if "quantization_config" in config else on_disk * serving // stored
     if engine_config.quantization in PACKED_BYTES_PER_WEIGHT:
         linear = linear_weights(text)
         weights -= int(linear * (serving - PACKED_BYTES_PER_WEIGHT[engine_config.quantization]))
-    block = layout_from_config(text).block_bytes(engine_config.block_size, kv_value_bytes(engine_config)) if text else 0
+    layout = layout_from_config(architecture.text_config) if architecture is not None else None
+    block = layout.block_bytes(engine_config.block_size, kv_value_bytes(engine_config)) if layout else 0
+    recurrent = architecture.states if architecture is not None else StateLayout()
+    states = state_slots_for(engine_config.max_num_seqs, recurrent) * recurrent.bytes_per_slot(serving)
     if engine_config.num_kv_blocks is not None:
         kv = block * (engine_config.num_kv_blocks + 1)
+    elif engine_config.kv_cache_bytes is not None or not engine_config.on_cuda:
+        # As the engine sizes it (engine.model_runner): the state slots first, the null block and the rest in blocks.
+        budget = (engine_config.kv_cache_bytes or CPU_KV_CACHE_BYTES) - states
+        kv = block * (max(1, budget // block - 1) + 1) if block else 0
     else:
-        kv = engine_config.kv_cache_bytes or default_kv_bytes(text, engine_config, kv_context)
+        kv = default_kv_bytes(architecture.text_config, engine_config, kv_context) if architecture is not None else 0
     hidden = text.get("hidden_size", 0)
     intermediate = text.get("intermediate_size", 4 * hidden)
     step_tokens = engine_config.max_num_batched_tokens
     activations = (step_tokens * (4 * hidden + 2 * intermediate) * serving
                    + engine_config.max_num_seqs * text.get("vocab_size", 0) * 4)  # float32 logits
-    return Needs(weights, kv, activations)
+    return Needs(weights, kv, activations, states)
 
 
-def default_kv_bytes(config: dict, engine_config, kv_context: int) -> int:
+def model_architecture(path: Path):
+    """What the engine builds from the folder's config.json (engine.capabilities.Architecture): its language model's
+    config, whose layers give the KV cache groups, and its recurrent layers' states. Read by transformers' config
+    class, as the loader reads it (Nemotron-H's config.json names its layers in a pattern only the class reads)."""
+    from transformers import AutoConfig
+
+    from engine.capabilities import check_config
+
+    return check_config(AutoConfig.from_pretrained(path))
+
+
+def parameter_count(architecture) -> int:
+    """Parameters of the model the engine builds, counted on the meta device (no memory, no weights)."""
+    import torch
+
+    with torch.device("meta"):
+        model = architecture.model_class()._from_config(architecture.text_config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def default_kv_bytes(config, engine_config, kv_context: int) -> int:
     """On a GPU enough for max_num_seqs sequences of kv_context tokens (or the model's limit, if
     shorter), so that several models share it, each holding what its layers keep (a sliding window
-    layer only its window); on CPU the engine's own default."""
-    from engine.config import CPU_KV_CACHE_BYTES
+    layer only its window). config: the language model's transformers config."""
     from engine.kv_cache_spec import blocks_per_sequence, layout_from_config
 
-    if not engine_config.on_cuda:
-        return CPU_KV_CACHE_BYTES
-    context = min(kv_context, engine_config.max_model_len or config.get("max_position_embeddings") or kv_context)
+    limit = getattr(config, "max_position_embeddings", None)
+    context = min(kv_context, engine_config.max_model_len or limit or kv_context)
     layout = layout_from_config(config)
     blocks = blocks_per_sequence(layout.specs(), engine_config.block_size, context, engine_config.max_num_batched_tokens)
     block = layout.block_bytes(engine_config.block_size, kv_value_bytes(engine_config))
@@ -164,7 +202,8 @@ class Plan:
         if need.total <= self.free:
             return None
         hint = f"unload {' or '.join(evictable)}" if evictable else "unload a model"
-        return (f"{name} needs {gib(need.total)} (weights {gib(need.weights)}, KV cache {gib(need.kv_cache)}, "
+        states = f", state slots {gib(need.states)}" if need.states else ""
+        return (f"{name} needs {gib(need.total)} (weights {gib(need.weights)}, KV cache {gib(need.kv_cache)}{states}, "
                 f"activations {gib(need.activations)}), {gib(self.free)} free; {hint} or lower its kv_cache_bytes "
                 f"([models.{name}] in config.toml)")
 

@@ -230,7 +230,7 @@ class ModelPool:
         config = config or self.engine_config(name)
         need = await asyncio.to_thread(memory_plan.needs, path, config, self.config.kv_context)
         if config.num_kv_blocks is None:
-            config.kv_cache_bytes = need.kv_cache  # the engine allocates what was planned
+            config.kv_cache_bytes = need.cache  # the engine allocates what was planned (KV cache and state slots)
         await self.make_room(name, need)
         self.planned[name] = need  # before the load: a concurrent one sees the room taken
         try:

@@ -3,18 +3,32 @@ transformers config classes (no download), and what makes their outputs decisive
 
 Each entry is a small config (a few layers, hidden 64, a vocabulary of 512 unless a test needs a
 tokenizer's) that keeps its architecture's features: sliding windows of 8 tokens next to full
-layers, learned sinks, softcaps, experts, layers without RoPE. A window of 8 with block size 4 and
-prompts up to ~50 tokens puts every window group past its window within the first chunks.
+layers, learned sinks, softcaps, experts, layers without RoPE, and the hybrids' recurrent layers
+(Gated DeltaNet, Mamba-2 with chunks of 8 tokens, short convolutions) beside attention. A window of 8
+with block size 4 and prompts up to ~50 tokens puts every window group past its window within the
+first chunks.
 """
 
 import torch
 import transformers
-from transformers import (Gemma2Config, Gemma3Config, Gemma3TextConfig, GptOssConfig, GraniteMoeConfig,
-                          Llama4TextConfig, Mistral3Config, MistralConfig, MixtralConfig, Olmo2Config, PixtralVisionConfig,
-                          Qwen2_5_VLConfig, Qwen3MoeConfig, Qwen3VLConfig, SiglipVisionConfig, SmolLM3Config)
+from transformers import (FalconH1Config, Gemma2Config, Gemma3Config, Gemma3TextConfig, GptOssConfig, GraniteMoeConfig,
+                          GraniteMoeHybridConfig, Lfm2Config, Llama4TextConfig, Mistral3Config, MistralConfig,
+                          MixtralConfig, NemotronHConfig, Olmo2Config, PixtralVisionConfig, Qwen2_5_VLConfig,
+                          Qwen3_5MoeTextConfig, Qwen3_5TextConfig, Qwen3MoeConfig, Qwen3NextConfig, Qwen3VLConfig,
+                          SiglipVisionConfig, SmolLM3Config)
+
+from engine.recurrent.mixers import FORWARDS
 
 WINDOW = 8
 VOCAB = 512
+# Gated DeltaNet: 2 key heads and 4 value heads of 16, a convolution of 4 taps; three such layers before each
+# full-attention layer (the classes' default pattern).
+LINEAR_ATTENTION = dict(linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
+                        linear_value_head_dim=16, linear_conv_kernel_dim=4)
+MAMBA_CHUNK = 8  # tokens per chunk of the Mamba-2 scan: prompts span several, with a state carried between them
+# Recurrent mixers' projections and convolutions drawn at this gain over 1/sqrt(fan-in): at transformers' default
+# (std 0.02) their outputs hardly move the next token, and a state lost between two chunks would go unseen.
+RECURRENT_GAIN = 3.0
 
 
 def tiny_shape(vocab: int) -> dict:
@@ -35,6 +49,11 @@ def _mrope(vocab: int, model_type: str) -> dict:
 
 
 TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_heads=2, depth=1, out_hidden_size=64)
+
+
+def _moe(**experts) -> dict:
+    return dict(num_experts_per_tok=2, moe_intermediate_size=48, **experts)
+
 
 CONFIGS = {
     "gpt_oss": lambda vocab: GptOssConfig(**tiny_shape(vocab), num_hidden_layers=4, sliding_window=WINDOW,
@@ -75,7 +94,27 @@ CONFIGS = {
     "llama4_text": lambda vocab: Llama4TextConfig(**tiny_shape(vocab), num_hidden_layers=4, attention_chunk_size=WINDOW,
                                                   intermediate_size_mlp=96, num_local_experts=2, interleave_moe_layer_step=2,
                                                   no_rope_layers=[1, 1, 1, 0]),
+    # Hybrids: recurrent layers on state slots beside attention.
+    "qwen3_next": lambda vocab: Qwen3NextConfig(**tiny_shape(vocab), num_hidden_layers=4, **LINEAR_ATTENTION,
+                                                **_moe(num_experts=4, shared_expert_intermediate_size=48)),
+    "qwen3_5": lambda vocab: Qwen3_5TextConfig(**tiny_shape(vocab), num_hidden_layers=4, **LINEAR_ATTENTION),
+    "qwen3_5_moe": lambda vocab: Qwen3_5MoeTextConfig(**tiny_shape(vocab), num_hidden_layers=4, **LINEAR_ATTENTION,
+                                                      **_moe(num_experts=4, shared_expert_intermediate_size=48)),
+    "nemotron_h": lambda vocab: NemotronHConfig(
+        **tiny_shape(vocab),
+        layers_block_type=["linear_attention", "moe", "full_attention", "mlp", "linear_attention", "moe"],
+        mamba_num_heads=4, mamba_head_dim=16, ssm_state_size=16, n_groups=2, conv_kernel=4, chunk_size=MAMBA_CHUNK,
+        **_moe(n_routed_experts=4, moe_shared_expert_intermediate_size=48)),
+    "granitemoehybrid": lambda vocab: GraniteMoeHybridConfig(
+        **tiny_shape(vocab), num_hidden_layers=3, layer_types=["linear_attention", "full_attention", "linear_attention"],
+        mamba_n_heads=4, mamba_d_head=32, mamba_d_state=16, mamba_chunk_size=MAMBA_CHUNK, num_local_experts=4,
+        num_experts_per_tok=2, shared_intermediate_size=96, residual_multiplier=0.5, embedding_multiplier=2.0),
+    "falcon_h1": lambda vocab: FalconH1Config(**tiny_shape(vocab), num_hidden_layers=2, mamba_d_ssm=64, mamba_n_heads=4,
+                                              mamba_d_head=16, mamba_d_state=16, mamba_chunk_size=MAMBA_CHUNK,
+                                              ssm_in_multiplier=0.5, ssm_multipliers=[1.0, 0.5, 1.0, 1.0, 0.5]),
+    "lfm2": lambda vocab: Lfm2Config(**tiny_shape(vocab), num_hidden_layers=4, full_attn_idxs=[1, 3], conv_L_cache=3),
 }
+HYBRIDS = {"qwen3_next", "qwen3_5", "qwen3_5_moe", "nemotron_h", "granitemoehybrid", "falcon_h1", "lfm2"}
 
 
 def model_class(config) -> type:
@@ -93,10 +132,15 @@ def build(name: str, vocab: int = VOCAB, seed: int = 0) -> torch.nn.Module:
 
 def sharpened(model: torch.nn.Module) -> torch.nn.Module:
     """A random model with sharper embeddings, so that greedy decoding has clear winners (and gpt-oss's sinks,
-    uninitialised until a checkpoint fills them, drawn too)."""
+    uninitialised until a checkpoint fills them, drawn too; and recurrent mixers loud enough that their states
+    decide the next token)."""
     with torch.no_grad():
         model.get_input_embeddings().weight.normal_(0, 1.0)
         for name, param in model.named_parameters():
             if name.endswith("sinks"):
                 param.normal_(0, 1.0)
+        for mixer in (m for m in model.modules() if type(m).__name__ in FORWARDS):
+            for part in mixer.modules():
+                if isinstance(part, (torch.nn.Linear, torch.nn.Conv1d)):
+                    part.weight.normal_(0, RECURRENT_GAIN / part.weight[0].numel() ** 0.5)
     return model.eval()

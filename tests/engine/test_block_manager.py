@@ -194,3 +194,22 @@ def test_a_gemma3_shaped_model_holds_four_times_the_32k_sequences_of_full_alloca
     # What the pool counts as used is what the sequences really hold: a 32k sequence's full group and
     # each window group's last 1024 tokens (65 blocks, the window starting inside one).
     assert bm.num_blocks - bm.num_free_blocks <= with_windows * (32768 // 16 + 5 * 65) + 2048 // 16 * 6
+
+
+def test_state_slots_are_taken_at_admission_given_back_when_freed_and_counted_in_usage():
+    """A model with recurrent layers: one slot per running sequence, admission waits for one, and the usage figure
+    counts a slot at its size in blocks (here four)."""
+    bm = BlockManager(num_blocks=8, block_size=BLOCK, enable_prefix_caching=False, num_state_slots=2,
+                      state_slot_blocks=4.0)
+    a, b, c = (make_seq(range(5), rid) for rid in "abc")
+    assert bm.usage == 0.0
+    assert admit(bm, a) and admit(bm, b)
+    assert sorted([a.state_slot, b.state_slot]) == [0, 1]
+    assert bm.usage == (4 + 2 * 4) / (8 + 2 * 4)
+    assert not admit(bm, c) and c.state_slot is None  # blocks are free, no slot is
+    slot = a.state_slot
+    bm.free(a)  # finished or preempted
+    assert a.state_slot is None and admit(bm, c) and c.state_slot == slot
+    bm.free(b)
+    bm.free(c)
+    assert bm.usage == 0.0 and bm.state_slots.num_free == 2

@@ -24,20 +24,33 @@ def small_config(model_type: str, **extra):
 
 
 @pytest.mark.parametrize("model_type, refusal", [
-    ("qwen3_next", "Qwen3NextForCausalLM: layer 0 is a linear-attention (Gated DeltaNet) layer"),
-    ("nemotron_h", "NemotronHForCausalLM: layer 0 is a Mamba-2 layer"),
-    ("falcon_h1", "FalconH1ForCausalLM: layer 0 is a hybrid Mamba-2 and attention layer"),
     ("minimax", "MiniMaxForCausalLM: layer 1 is a linear-attention (Lightning) layer"),
+    ("mamba", "MambaForCausalLM: layer 0 is a Mamba layer"),
+    ("jamba", "JambaForCausalLM: layer 0 is a Mamba layer"),
     ("recurrent_gemma", "RecurrentGemmaForCausalLM: layer 0 is a recurrent (RG-LRU) layer"),
     ("bert", "BertLMHeadModel: layer 0 is bidirectional attention (an encoder's)"),
     ("mpt", "MptForCausalLM: layer 0 is attention (MptAttention) that does not go through transformers' attention "
             "interface"),
-    ("lfm2", "Lfm2ForCausalLM: layer 0 is a short-convolution layer"),
 ])
 def test_layers_the_engine_cannot_run_are_refused_by_name_and_layer(model_type, refusal):
-    extra = {"layer_types": ["conv", "conv", "full_attention", "conv"]} if model_type == "lfm2" else {}  # as LFM2's
     with pytest.raises(ModelLoadError, match="^" + re.escape(f"{refusal}, which this engine does not run yet") + "$"):
-        check_config(small_config(model_type, **extra))
+        check_config(small_config(model_type))
+
+
+@pytest.mark.parametrize("model_type, states", [
+    ("qwen3_next", "3 Gated DeltaNet layers"),  # 3 linear-attention layers, then full attention
+    ("qwen3_5_moe_text", "3 Gated DeltaNet layers"),
+    ("nemotron_h", "1 Mamba-2 layer"),  # the class's default pattern: Mamba-2, MoE, attention, MLP
+    ("granitemoehybrid", "4 Mamba-2 layers"),
+    ("falcon_h1", "4 Mamba-2 layers"),  # attention and a Mamba-2 mixer side by side in each layer
+    ("lfm2", "3 short convolution layers"),
+])
+def test_hybrid_models_are_admitted_with_the_state_their_recurrent_layers_keep(model_type, states):
+    extra = {"layer_types": ["conv", "conv", "full_attention", "conv"]} if model_type == "lfm2" else {}  # as LFM2's
+    architecture = check_config(small_config(model_type, **extra))
+    assert architecture.states.describe() == states
+    assert all(spec.conv_kernel > 1 for _, spec in architecture.states.layers)
+    assert all(bool(spec.recurrent_shape) == (model_type != "lfm2") for _, spec in architecture.states.layers)
 
 
 def test_models_that_are_not_causal_lms_or_lack_a_text_class_are_refused():

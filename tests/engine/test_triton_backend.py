@@ -11,6 +11,7 @@ import torch
 from transformers import LlamaConfig, Qwen2Config
 
 from engine import Engine, EngineConfig, SamplingParams
+from tests.engine.architectures import build
 
 SHAPE = dict(
     vocab_size=512, hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=6,
@@ -124,6 +125,21 @@ def test_warm_up_runs_a_full_step_on_a_scratch_cache_and_leaves_the_real_one_alo
     assert all(torch.equal(k, k0) and torch.equal(v, v0) for (k, v), (k0, v0) in zip(caches, before))
     per_token = 2 * CONFIG.num_hidden_layers * CONFIG.num_key_value_heads * 16 * 4
     assert scratch_bytes >= engine.config.max_num_batched_tokens * per_token
+
+
+def test_a_hybrid_model_on_the_triton_backend_with_async_scheduling_matches_the_torch_backend(tmp_path):
+    """Recurrent layers' state slots through the triton packing (sequences in schedule order: one-token rows
+    between prefill chunks) and overlapped steps, against the torch path's tokens (Qwen3-Next)."""
+    build("qwen3_next").save_pretrained(tmp_path)
+
+    def tokens(**settings) -> list[list[int]]:
+        engine = Engine(EngineConfig(block_size=8, max_num_batched_tokens=48, device=DEVICE, dtype="float32",
+                                     num_kv_blocks=64, **settings))
+        engine.load_model(tmp_path)
+        assert engine.stats().execution["state_slots"].endswith("layers)")
+        return run(engine, prompts=PROMPTS[:3])  # 3, 17 and 40 tokens: decodes beside a prompt cut in chunks
+
+    assert tokens(attention_backend="triton", async_scheduling="on") == tokens(attention_backend="torch")
 
 
 def test_triton_backend_needs_cuda_outside_the_interpreter(monkeypatch):

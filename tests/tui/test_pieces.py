@@ -5,6 +5,7 @@ from datetime import date, datetime, timezone
 import pytest
 
 from appliance.control.execution_text import execution
+from tui.widgets.panels import kv_text
 from tui import format as fmt
 from tui.screens.key_forms import comma_list, parse_expiry
 from tui.screens.keys import tokens_per_day
@@ -31,6 +32,12 @@ def test_execution_path_in_a_few_words():
     packed = gpu | {"weights": "int4 g32 + bfloat16", "weight_bytes": 3 << 30, "kv_cache_dtype": "float8_e4m3fn"}
     assert execution(packed) == ("triton · fused · CUDA graphs · async · cuda:0 bfloat16 · weights int4 g32 + bfloat16, "
                                  "3.0 GiB · KV fp8")
+
+
+def test_the_kv_gauge_counts_state_slots_only_for_a_model_with_recurrent_layers():
+    engine = {"kv_usage": 0.25, "kv_blocks_used": 512, "kv_blocks_total": 2048}
+    assert kv_text(engine) == "25% 512/2,048 blocks"
+    assert kv_text(engine | {"state_slots_used": 3, "state_slots_total": 64}) == "25% 512/2,048 blocks · 3/64 state slots"
 
 
 def test_sizes_share_the_totals_unit():

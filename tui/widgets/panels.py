@@ -11,7 +11,7 @@ from textual.content import Content
 from textual.widgets import Static
 
 from appliance.control.cost_text import NOT_PRICED, WINDOW_NAMES, money
-from appliance.control.execution_text import execution
+from appliance.control.execution_text import execution, prefix_caching_off, state_slots
 from tui import format as fmt
 from tui.state import ServiceState
 from tui.widgets.gauge import Gauge
@@ -76,9 +76,7 @@ class EnginePanel(Panel):
             "Engine · ", service.get("model") or engine.get("model") or "no model", " · ",
             (service_state, STATE_STYLES.get(service_state, "$text-warning")))
         self.border_subtitle = execution(engine.get("execution"))
-        used, total = engine.get("kv_blocks_used"), engine.get("kv_blocks_total")
-        self.query_one("#kv", Gauge).set(engine.get("kv_usage"), f"{fmt.percent(engine.get('kv_usage'))} "
-                                                                 f"{fmt.number(used)}/{fmt.number(total)} blocks")
+        self.query_one("#kv", Gauge).set(engine.get("kv_usage"), kv_text(engine))
         self.text("queue", line("queue", f"running {fmt.number(engine.get('running'))} · "
                                          f"waiting {fmt.number(engine.get('waiting'))} · "
                                          f"{fmt.rate(engine.get('requests_per_s'))} req/s"))
@@ -96,11 +94,17 @@ class EnginePanel(Panel):
             (f"4xx {rejected:,}", "$text-warning" if rejected else ""), " · ",
             (f"5xx {errors:,}", "$text-error" if errors else ""), ") · ",
             (f"preemptions {preemptions:,}", "$text-warning" if preemptions else ""),
-            f" · prefix hits {fmt.percent(hit_rate)}"))
+            " · prefix caching off" if prefix_caching_off(engine) else f" · prefix hits {fmt.percent(hit_rate)}"))
         self.graph("kv-history", state, lambda s: s["engine"]["kv_usage"])
         self.graph("queue-history", state, lambda s: s["engine"]["running"] + s["engine"]["waiting"])
         self.graph("tokens-history", state, lambda s: s["engine"]["generation_tokens_per_s"])
         self.graph("latency-history", state, lambda s: s["engine"]["ttft_s"]["p50"])
+
+
+def kv_text(engine: dict) -> str:
+    """The KV gauge's words: "70% 1,434/2,048 blocks", and the state slots of a model with recurrent layers."""
+    used, total = engine.get("kv_blocks_used"), engine.get("kv_blocks_total")
+    return f"{fmt.percent(engine.get('kv_usage'))} {fmt.number(used)}/{fmt.number(total)} blocks{state_slots(engine)}"
 
 
 def model_engine(snapshot: dict, model: str) -> dict | None:
@@ -126,9 +130,7 @@ class ModelEnginePanel(Panel):
         self.border_title = Content.assemble("Model · ", self.model, (" · pinned", "$text-accent")
                                              if engine.get("pinned") else "")
         self.border_subtitle = execution(engine.get("execution"))
-        used, total = engine.get("kv_blocks_used"), engine.get("kv_blocks_total")
-        self.query_one("#kv", Gauge).set(engine.get("kv_usage"), f"{fmt.percent(engine.get('kv_usage'))} "
-                                                                 f"{fmt.number(used)}/{fmt.number(total)} blocks")
+        self.query_one("#kv", Gauge).set(engine.get("kv_usage"), kv_text(engine))
         ttft = engine.get("ttft_s") or {}
         self.text("queue", line("queue", f"running {fmt.number(engine.get('running'))} · "
                                          f"waiting {fmt.number(engine.get('waiting'))} · "

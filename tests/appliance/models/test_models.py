@@ -94,16 +94,15 @@ def test_an_existing_name_is_a_conflict(tiny_model_path, store):
 
 
 def test_a_model_with_layers_the_engine_cannot_run_is_refused_naming_the_layer(tiny_model_path, tmp_path, store):
-    """Qwen3-Next starts with Gated DeltaNet layers: refused at import, before anything is copied."""
-    hybrid = {"model_type": "qwen3_next", "architectures": ["Qwen3NextForCausalLM"], "num_hidden_layers": 4,
+    """Jamba starts with a Mamba (v1) layer: refused at import, before anything is copied."""
+    hybrid = {"model_type": "jamba", "architectures": ["JambaForCausalLM"], "num_hidden_layers": 4,
               "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 128}
     source = copy_model(tiny_model_path, tmp_path / "hybrid")
     (source / "config.json").write_text(json.dumps(hybrid))
     with pytest.raises(ModelStoreError) as refused:
         store.import_path(source)
     assert refused.value.status == 400
-    assert ("Qwen3NextForCausalLM: layer 0 is a linear-attention (Gated DeltaNet) layer, which this engine does not "
-            "run yet") in refused.value.message
+    assert "JambaForCausalLM: layer 0 is a Mamba layer, which this engine does not run yet" in refused.value.message
     assert store.list() == []
 
 

@@ -48,13 +48,14 @@ def test_vllm_names_and_counts_move_with_a_request(live_server, client):
     assert value(after, "vllm:time_to_first_token_seconds_count", model_name=model) > value(before, "vllm:time_to_first_token_seconds_count", model_name=model)
     assert value(after, "vllm:inter_token_latency_seconds_count", model_name=model) - value(before, "vllm:inter_token_latency_seconds_count", model_name=model) == 4
     stats = live_server.service.pool.active.async_engine.stats()
-    assert value(after, "vllm:cache_config_info", block_size=str(stats.block_size), num_gpu_blocks=str(stats.kv_blocks_total), model_name=model) == 1.0
+    assert value(after, "vllm:cache_config_info", block_size=str(stats.block_size), num_gpu_blocks=str(stats.kv_blocks_total),
+                 enable_prefix_caching="True", prefix_caching="on", num_state_slots="0", model_name=model) == 1.0
     # What runs the model: on these CPU machines, the portable torch path.
     dtype = stats.execution["dtype"]  # dtype auto: float32, or bfloat16 where this CPU computes it natively
     assert value(after, "appliance_engine_execution_info", device="cpu", dtype=dtype, attention_backend="torch",
                  fused_layers="false", cuda_graphs="false", async_scheduling="false", experts="none",
                  attention="full", kv_cache="1 full group of 2 layers", weights=dtype, kv_cache_dtype=dtype,
-                 model_name=model) == 1.0
+                 state_slots="none", recurrent="none", model_name=model) == 1.0
     # per key
     assert value(after, "appliance_key_requests_total", key_id=key_id) == value(before, "appliance_key_requests_total", key_id=key_id) + 1
     assert value(after, "appliance_key_completion_tokens_total", key_id=key_id) - value(before, "appliance_key_completion_tokens_total", key_id=key_id) == 5

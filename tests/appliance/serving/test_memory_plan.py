@@ -76,3 +76,4 @@ def test_quantized_weights_and_fp8_kv_are_planned_at_their_packed_sizes(tiny_mod
         assert need.kv_cache == engine.kv_cache_bytes == plain.kv_cache // 4
     finally:
         engine.unload_model()
+

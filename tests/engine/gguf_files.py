@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType as GGML
-from gguf import GGUFReader, GGUFValueType, GGUFWriter
+from gguf import GGML_QUANT_VERSION, GGUFReader, GGUFValueType, GGUFWriter
 from gguf.quants import dequantize, quantize
 from torch import nn
 
@@ -70,6 +70,8 @@ def write_llama_gguf(model: nn.Module, tokenizer_gguf: Path, path: Path, kind: G
     writer.add_vocab_size(config.vocab_size)
     writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
     writer.add_file_type({GGML.F32: 0, GGML.Q4_0: 2, GGML.Q4_1: 3, GGML.Q8_0: 7}[kind])
+    if kind != GGML.F32:
+        writer.add_quantization_version(GGML_QUANT_VERSION)
     _copy_tokenizer(GGUFReader(tokenizer_gguf), writer)
     for name, values in _tensors(model).items():
         if values.ndim == 2 and kind != GGML.F32:

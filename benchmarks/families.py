@@ -11,8 +11,10 @@ hybrids whose recurrent layers run on state slots: Qwen3.6-shaped (3 Gated Delta
       with the same experts implementation and transformers' own attention (sdpa, eager for softcaps);
   (c) batch-1 decode, one request alone, each side.
 Also the KV blocks each run held at its peak, which for the sliding model is what window-aware freeing saves.
+With --experts, each experts implementation transformers offers (eager, batched_mm, grouped_mm) through
+generate() on the MoE model, batch 1 and in batches of 8: the figures behind the engine's choice.
 
-    python -m benchmarks.families [--requests 16] [--json OUT]
+    python -m benchmarks.families [--requests 16] [--json OUT] [--only NAME] [--experts]
 """
 
 import argparse
@@ -91,31 +93,55 @@ def bench(name: str, config, workload: list[Request]) -> dict:
             "peak_kv_blocks": peak, "kv_blocks_total": engine.stats().kv_blocks_total}
 
 
+def compare_experts(config, workload: list[Request]) -> dict:
+    """generate()'s tokens/s with each experts implementation on one MoE model, the same weights."""
+    model = build(config)
+    figures = {}
+    for implementation in ("eager", "batched_mm", "grouped_mm"):
+        model.set_experts_implementation(implementation)
+        row = figures[implementation] = {"batch1": generate_decode_rate(model, workload[0].prompt, 64)}
+        # batched_mm gathers each token's experts' weights: a batch of 8 prompts' prefill would take ~30 GB here
+        if implementation != "batched_mm":
+            row["batch8"] = run_static_generate(model, workload, batch_size=8).tokens_per_s
+        print(f"  experts {implementation:<10}  generate() batch-1 {row['batch1']:.1f} tok/s, "
+              f"b8 {row['batch8']:.1f} tok/s" if "batch8" in row else
+              f"  experts {implementation:<10}  generate() batch-1 {row['batch1']:.1f} tok/s, b8 not run (memory)")
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--json", help="write the results here too")
     parser.add_argument("--only", help="run the models whose name contains this (e.g. shaped, hybrid names)")
+    parser.add_argument("--experts", action="store_true", help="compare the experts implementations on the MoE model")
     args = parser.parse_args()
     workload = make_workload(args.requests, SHAPE["vocab_size"], seed=0, prompt_range=(256, 1024), output_range=(32, 128))
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{args.requests} requests, prompts 256-1024, outputs 32-128, float32")
-    results = []
-    for name, config in MODELS.items():
-        if args.only and args.only not in name:
-            continue
-        start = time.perf_counter()
-        r = bench(name, config, workload)
-        results.append(r)
-        print(f"{name}: {r['layout']}, experts {r['experts']}, attention {','.join(r['attention']) or 'full'}\n"
-              f"  throughput  ours {r['ours_tokens_per_s']:.1f} tok/s, generate() b8 {r['generate_tokens_per_s']:.1f} "
-              f"-> {r['ratio']:.2f}x\n"
-              f"  batch-1     ours {r['ours_batch1_tokens_per_s']:.1f} tok/s, generate() "
-              f"{r['generate_batch1_tokens_per_s']:.1f}\n"
-              f"  KV blocks   peak {r['peak_kv_blocks']} of {r['kv_blocks_total']}  ({time.perf_counter() - start:.0f} s)")
+    if args.experts:
+        name = next(n for n in MODELS if n.startswith("qwen3-moe"))
+        print(name)
+        results = [{"model": name, "experts": compare_experts(MODELS[name], workload)}]
+    else:
+        results = [run_model(name, config, workload) for name, config in MODELS.items()
+                   if not args.only or args.only in name]
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
+
+
+def run_model(name: str, config, workload: list[Request]) -> dict:
+    """One model's figures, printed as they come."""
+    start = time.perf_counter()
+    r = bench(name, config, workload)
+    print(f"{name}: {r['layout']}, experts {r['experts']}, attention {','.join(r['attention']) or 'full'}\n"
+          f"  throughput  ours {r['ours_tokens_per_s']:.1f} tok/s, generate() b8 {r['generate_tokens_per_s']:.1f} "
+          f"-> {r['ratio']:.2f}x\n"
+          f"  batch-1     ours {r['ours_batch1_tokens_per_s']:.1f} tok/s, generate() "
+          f"{r['generate_batch1_tokens_per_s']:.1f}\n"
+          f"  KV blocks   peak {r['peak_kv_blocks']} of {r['kv_blocks_total']}  ({time.perf_counter() - start:.0f} s)")
+    return r
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ Two attention backends share the packing: "torch" (portable, the reference for t
 "triton" (one paged kernel per layer, CUDA; decode steps replay CUDA graphs; Llama-family layers
 rebuilt with merged projections and fused kernels, engine.fused_layers). A model with recurrent layers
 also has a state slot per sequence that may run (engine.recurrent.states), allocated before the KV
-cache and out of the same budget; its decode steps are not captured as CUDA graphs.
+cache and out of the same budget; its decode steps are not captured as CUDA graphs. A step with
+sequences that have images (engine.vision) runs the vision tower where due and gives the model
+inputs_embeds; it does not replay a CUDA graph.
 """
 
 import logging
@@ -58,6 +60,7 @@ class ModelRunner:
         self.dtype = config.torch_dtype
         self.kv_dtype = torch.float8_e4m3fn if config.kv_cache_dtype == "fp8" else self.dtype
         self.weights = loaded.weights
+        self.vision = loaded.vision
         self.layout = loaded.layout
         self.experts = loaded.experts
         self.attention_features = loaded.attention_features
@@ -246,6 +249,15 @@ class ModelRunner:
         )
         return output.logits[0]
 
+    def forward_with_images(self, scheduled: list[ScheduledSequence], input_ids: torch.Tensor, positions: torch.Tensor,
+                            meta, last_row: dict, logits_to_keep) -> torch.Tensor:
+        """forward() for a step where some sequences have images: their embeddings at the placeholders."""
+        embeds, position_ids = self.vision.step_inputs(self.model.get_input_embeddings(), scheduled, input_ids,
+                                                       positions, last_row)
+        output = self.model(inputs_embeds=embeds, position_ids=position_ids, attention_metadata=meta, use_cache=False,
+                            logits_to_keep=logits_to_keep)
+        return output.logits[0]
+
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSequence], previous_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [n, vocab] for the scheduled sequences that complete their known tokens, in order; then
@@ -261,6 +273,9 @@ class ModelRunner:
         keep += [row for s in scheduled if s.seq.params.prompt_logprobs is not None
                  for row in prompt_rows(s, last_row[id(s)])]
         rows = to_device(torch.tensor(keep or [0]), self.device)
+        if self.vision is not None and any(s.seq.images is not None for s in scheduled):
+            logits = self.forward_with_images(scheduled, input_ids, positions, meta, last_row, rows)
+            return logits if keep else logits[:0]
         if self.graphs is not None and self.graphs.fits(meta):
             return self.graphs.replay(input_ids, positions, meta)[rows]
         logits = self.forward(input_ids, positions, meta, rows)

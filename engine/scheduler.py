@@ -130,6 +130,7 @@ class Scheduler:
 
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.free(seq)
+        seq.release_image_embeddings()
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
         self.num_preemptions += 1
@@ -142,6 +143,7 @@ class Scheduler:
         elif seq.status == SequenceStatus.WAITING:
             self.waiting.remove(seq)
         self.block_manager.free(seq)
+        seq.release_image_embeddings()
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
         self._order.pop(seq.request_id, None)

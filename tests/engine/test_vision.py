@@ -1,0 +1,91 @@
+"""Images in the engine: a tiny random Qwen2.5-VL gives generate()'s greedy tokens for prompts with images, in
+one batch with text-only requests, its images cut by chunked prefill, and a repeated image found in the prefix
+cache, while a different image behind the same token ids is not."""
+
+import pytest
+
+from engine import Engine, EngineConfig, SamplingParams
+from engine.errors import InvalidParameter
+from tests.engine.vision_models import QWEN_IMAGE, build_qwen2_5_vl, generate_alone, image, reference
+
+BLOCK = 4
+BUDGET = 8  # tokens per step: an image of 8 placeholders starting mid-block spans two chunks
+N = 6
+
+
+@pytest.fixture(scope="module")
+def qwen_vl(default_model_path, tmp_path_factory):
+    folder = build_qwen2_5_vl(tmp_path_factory.mktemp("qwen2_5_vl"), default_model_path)
+    model, processor = reference(folder)
+    return folder, model, processor
+
+
+def make_engine(folder) -> Engine:
+    engine = Engine(EngineConfig(dtype="float32", block_size=BLOCK, max_num_batched_tokens=BUDGET, max_num_seqs=4,
+                                 num_kv_blocks=64))
+    engine.load_model(folder)
+    return engine
+
+
+def run(engine: Engine, requests: dict) -> dict:
+    """requests: id -> (prompt, images); all added at once, run to the end; id -> greedy tokens."""
+    for request_id, (prompt, images) in requests.items():
+        params = SamplingParams(max_tokens=N, temperature=0.0, ignore_eos=True)
+        if images:
+            ids, prompt_images = engine.prepare_images(prompt, images)
+            engine.add_request(request_id, ids, params, images=prompt_images)
+        else:
+            engine.add_request(request_id, prompt, params)
+    tokens = {request_id: [] for request_id in requests}
+    cached = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            tokens[out.request_id] += out.new_token_ids
+            cached[out.request_id] = out.num_cached_tokens
+    assert all(s.images is None or s.images.embeddings is None for s in engine.sequences.values())
+    return tokens, cached
+
+
+def test_images_batched_with_text_give_generates_tokens(qwen_vl):
+    folder, model, processor = qwen_vl
+    requests = {
+        "wide": (f"Describe {QWEN_IMAGE} briefly please", [image(1)]),
+        "text": ("Only words in this one, no pictures at all", []),
+        "two": (f"First {QWEN_IMAGE} then {QWEN_IMAGE}, compare them", [image(2, 56, 56), image(3, 28, 84)]),
+    }
+    expected = {k: generate_alone(model, processor, p, images, N) for k, (p, images) in requests.items()}
+    got, _ = run(make_engine(folder), requests)
+    assert got == expected
+    assert len({tuple(t) for t in got.values()}) == 3  # decisive: the three answers differ
+
+
+def test_a_repeated_image_hits_the_prefix_cache_and_another_image_does_not(qwen_vl):
+    folder, model, processor = qwen_vl
+    engine = make_engine(folder)
+    prompt = f"A long enough preamble before the image {QWEN_IMAGE} and a question after it?"
+    first, second = image(4), image(5)  # the same size: the same token ids
+    ids_first, images_first = engine.prepare_images(prompt, [first])
+    assert engine.prepare_images(prompt, [second])[0] == ids_first
+    image_start = images_first.spans[0].start
+
+    run(engine, {"first": (prompt, [first])})
+    got, cached = run(engine, {"again": (prompt, [first]), "other": (prompt, [second])})
+    assert got["again"] == generate_alone(model, processor, prompt, [first], N)
+    assert got["other"] == generate_alone(model, processor, prompt, [second], N)
+    assert got["again"] != got["other"]
+    assert cached["again"] >= images_first.spans[0].end  # the image's blocks came from the cache
+    assert cached["other"] <= image_start  # only the blocks before the image are shared
+
+
+def test_images_are_refused_by_a_text_model_and_must_match_the_placeholders(qwen_vl, tiny_model_path):
+    folder, _, _ = qwen_vl
+    text = Engine(EngineConfig(dtype="float32"))
+    text.load_model(tiny_model_path)
+    assert not text.takes_images
+    with pytest.raises(InvalidParameter, match="takes no images") as refused:
+        text.prepare_images("hi", [image(1)])
+    assert refused.value.param == "images"
+    engine = make_engine(folder)
+    assert engine.takes_images
+    with pytest.raises(InvalidParameter, match="1 times for 2 images"):
+        engine.prepare_images(f"one {QWEN_IMAGE}", [image(1), image(2)])

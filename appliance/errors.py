@@ -139,7 +139,7 @@ REFUSED_REASONS = {
     "conversation": "conversations are not kept; continue a response with previous_response_id, or send the whole "
                     "conversation as input",
     "background": "background responses are not implemented; ask without background",
-    "image_url": "this model reads text only",
+    "image_url": "images go in user messages",
     "input_audio": "this model reads text only",
     "file": "this model reads text only",
     "input_image": "this model reads text only",
@@ -206,6 +206,6 @@ def _is_union_tag(part) -> bool:
         part in ("str", "int", "float", "bool", "list", "dict")
         or "[" in part
         or part.startswith(("function-", "constrained-"))
-        or part in ("TextPart", "RefusalPart", "SystemMessage", "UserMessage", "AssistantMessage", "ToolMessage",
+        or part in ("TextPart", "RefusalPart", "ImageURLPart", "SystemMessage", "UserMessage", "AssistantMessage", "ToolMessage",
                     "FunctionMessage")
     )

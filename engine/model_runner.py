@@ -129,7 +129,9 @@ class ModelRunner:
                 "attention": ",".join(self.attention_features) or "full", "kv_cache": self.layout.describe(),
                 "kv_cache_dtype": str(self.kv_dtype).removeprefix("torch."),
                 "state_slots": self.state_slots_text(), "recurrent": self.recurrent_kernels,
-                "prefix_caching": self.prefix_caching, **(self.weights.to_dict() if self.weights else {})}
+                "prefix_caching": self.prefix_caching,
+                "images": f"{self.vision.model_type} vision tower" if self.vision is not None else "none",
+                **(self.weights.to_dict() if self.weights else {})}
 
     @property
     def recurrent_kernels(self) -> str:

@@ -1,6 +1,7 @@
 """Images in chat: the openai client sends image_url parts to a tiny Qwen2.5-VL served by the appliance and gets
 generate()'s greedy answer; every image the server will not take is a 400 naming the part (and the limit), and
-an image URL of a host the operator did not list is refused before any connection is made."""
+an image URL of a host the operator did not list is refused before any connection is made. (A text model's
+refusal: test_compat.py.)"""
 
 import base64
 import io
@@ -156,14 +157,3 @@ def test_images_the_server_will_not_take_are_400s_naming_the_part(vlm, messages,
         client.chat.completions.create(model=server.model, messages=messages, max_tokens=MAX_TOKENS)
     assert refused.value.body["param"] == param, refused.value.body
     assert words in refused.value.body["message"], refused.value.body
-
-
-def test_a_model_that_takes_no_images_refuses_them_naming_the_model(live_server):
-    client, _ = openai_clients(live_server)
-    with pytest.raises(openai.BadRequestError) as refused:
-        client.chat.completions.create(model=live_server.model, max_tokens=2,
-                                       messages=ask("What is this", data_url(image(1, 28, 28))))
-    assert refused.value.body["param"] == "messages.0.content.1.image_url.url"
-    assert f"the model {live_server.model} takes no images" in refused.value.body["message"]
-    models = {m.id: m for m in client.models.list().data}
-    assert models[live_server.model].input_modalities == ["text"]

@@ -146,7 +146,7 @@ REFUSED_REASONS = {
     "input_file": "this model reads text only",
     "container": "there are no code execution containers here",
     "mcp_servers": "MCP servers are not called from here",
-    "image": "this model reads text only",
+    "image": "images go in a user turn's content",
     "document": "this model reads text only",
     "suffix": "insertion (a suffix after the completion) is not implemented",
     # A message's fields that belong to another role (each role has its own shape, as OpenAI's).

@@ -106,16 +106,17 @@ async def plan_request(ask: Ask, lease: ModelLease, limits: ImageLimits) -> Requ
     template), or the plain prompts."""
     if ask.messages is None:
         return RequestPlan(ask, lease, ask.prompts, ask.constraint, PLAIN)
-    images = await _images(ask, lease.served, limits)
+    images = await read_request_images(ask.images, lease.served, limits)
     prompt, reading = await render_chat(lease.served, list(ask.messages), ask.tools, ask.reasoning_effort)
     return RequestPlan(ask, lease, (prompt,), reading.constraint(ask.constraint), reading, images)
 
 
-async def _images(ask: Ask, served: ServedModel, limits: ImageLimits) -> tuple:
-    if not ask.images:
+async def read_request_images(refs: tuple[ImageRef, ...], served: ServedModel, limits: ImageLimits) -> tuple:
+    """A request's images read for the model it was admitted to; a 400 naming the first when the model takes none."""
+    if not refs:
         return ()
     if not served.engine.takes_images:
-        param = ask.images[0].param
+        param = refs[0].param
         raise invalid(param, f"{param}: the model {served.name} takes no images (GET /v1/models lists each model's "
                              "input_modalities); send text, or ask a model that takes images")
-    return await read_images(ask.images, limits)
+    return await read_images(refs, limits)

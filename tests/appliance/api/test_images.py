@@ -1,5 +1,5 @@
-"""Images in chat: the openai client sends image_url parts to a tiny Qwen2.5-VL served by the appliance and gets
-generate()'s greedy answer; every image the server will not take is a 400 naming the part (and the limit), and
+"""Images in: the openai client sends image_url parts (chat) and input_image parts (Responses), the anthropic client
+image blocks (Messages), to a tiny Qwen2.5-VL served by the appliance, and each gets generate()'s greedy answer; every image the server will not take is a 400 naming the part (and the limit), and
 an image URL of a host the operator did not list is refused before any connection is made. (A text model's
 refusal: test_compat.py.)"""
 
@@ -9,6 +9,7 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import anthropic
 import openai
 import pytest
 from PIL import Image
@@ -157,3 +158,29 @@ def test_images_the_server_will_not_take_are_400s_naming_the_part(vlm, messages,
         client.chat.completions.create(model=server.model, messages=messages, max_tokens=MAX_TOKENS)
     assert refused.value.body["param"] == param, refused.value.body
     assert words in refused.value.body["message"], refused.value.body
+
+
+def test_responses_and_messages_take_images_as_chat_does(vlm, expected):
+    server, folder = vlm
+    client, _ = openai_clients(server)
+    picture = image(14, 56, 28)
+    url = data_url(picture)
+    answer = expected("What is this", [picture])
+    response = client.responses.create(model=server.model, max_output_tokens=MAX_TOKENS, temperature=0, input=[
+        {"role": "user", "content": [{"type": "input_text", "text": "What is this"},
+                                     {"type": "input_image", "image_url": url, "detail": "auto"}]}])
+    assert response.output_text == answer
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model=server.model, max_output_tokens=MAX_TOKENS, instructions="Be brief.", input=[
+            {"role": "user", "content": [{"type": "input_image", "image_url": "http://127.0.0.1:9/a.png"}]}])
+    assert refused.value.body["param"] == "input.0.content.0.image_url"
+
+    claude = anthropic.Anthropic(base_url=server.base_url, api_key=server.key, max_retries=0, timeout=120)
+    blocks = [{"type": "text", "text": "What is this"},
+              {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": url.split(",", 1)[1]}}]
+    message = claude.messages.create(model=server.model, max_tokens=MAX_TOKENS, extra_body={"temperature": 0},
+                                     messages=[{"role": "user", "content": blocks}])
+    assert message.content[0].text == answer
+    counted = claude.messages.count_tokens(model=server.model, messages=[{"role": "user", "content": blocks}])
+    assert counted.input_tokens == message.usage.input_tokens > len(AutoTokenizer.from_pretrained(folder).encode(
+        "What is this"))  # the image's placeholder tokens, as the processor expands them

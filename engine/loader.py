@@ -26,7 +26,7 @@ from engine.errors import ModelLoadError
 from engine.kv_cache_spec import KVCacheLayout
 from engine.recurrent.mixers import use_engine_forwards
 from engine.state_spec import StateLayout
-from engine.vision import Vision, takes_images
+from engine.vision import Vision, loads_vision
 from engine.quantization import checkpoint
 from engine.quantization.weights import WeightFormat, pack_weights
 
@@ -140,7 +140,7 @@ def _load_folder(path: Path, dtype: torch.dtype, device: str, quantization: str 
     vision = None
     try:
         tokenizer = AutoTokenizer.from_pretrained(path) if any(path.glob("tokenizer*")) else None
-        if arch.text_only and takes_images(config, path, tokenizer):
+        if arch.text_only and loads_vision(config.model_type, path):
             model, vision = _with_vision(arch, path, dtype, device, tokenizer, **quantized)
         else:
             model = _from_pretrained(arch, path, dtype, device, **quantized)

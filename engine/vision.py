@@ -65,9 +65,10 @@ def images_processor(path: Path, model_type: str, tokenizer):
     return images_only(family)(image_processor=AutoImageProcessor.from_pretrained(path), tokenizer=tokenizer, **options)
 
 
-def takes_images(config, path: Path, tokenizer) -> bool:
-    """Whether the engine runs this checkpoint's images: a family it runs, a tokenizer and a processor."""
-    return (config.model_type in IMAGE_FAMILIES and tokenizer is not None
+def loads_vision(model_type: str | None, path: Path) -> bool:
+    """Whether the checkpoint in this folder loads its vision side: a family whose images the engine runs, with a
+    tokenizer and a processor."""
+    return (model_type in IMAGE_FAMILIES and any(path.glob("tokenizer*"))
             and any((path / f).exists() for f in PROCESSOR_FILES))
 
 
@@ -84,7 +85,7 @@ class Vision:
 
     @classmethod
     def load(cls, path: Path, multimodal: torch.nn.Module, tokenizer) -> "Vision":
-        """The vision side of a loaded multimodal model (of a checkpoint that takes_images)."""
+        """The vision side of a loaded multimodal model (of a checkpoint that loads_vision)."""
         model_type = multimodal.config.model_type
         processor = images_processor(path, model_type, tokenizer)
         return cls(multimodal.model, processor, model_type, processor.image_token, processor.image_token_id)

@@ -96,10 +96,10 @@ class BlockManager:
             i = len(hashes)
             parent = hashes[-1] if hashes else None
             tokens = tuple(seq.token_ids[i * size : (i + 1) * size])
-            if seq.images is None:
-                hashes.append(hash((parent, tokens)))
-            else:  # image placeholders are one token id whatever the image: the images' contents tell them apart
-                hashes.append(hash((parent, tokens, seq.images.content_keys(i * size, (i + 1) * size))))
+            # Image placeholders are one token id whatever the image: the images' contents tell them apart. A block
+            # without any is keyed by its tokens alone, so text before an image is shared with text-only prompts.
+            images = seq.images.content_keys(i * size, (i + 1) * size) if seq.images is not None else ()
+            hashes.append(hash((parent, tokens, images)) if images else hash((parent, tokens)))
         return hashes[:num_blocks]
 
     # -- prefix caching ------------------------------------------------------------------------

@@ -79,13 +79,13 @@ def test_a_repeated_image_hits_the_prefix_cache_and_another_image_does_not(qwen_
 
 def test_images_are_refused_by_a_text_model_and_must_match_the_placeholders(qwen_vl, tiny_model_path):
     folder, _, _ = qwen_vl
-    text = Engine(EngineConfig(dtype="float32"))
+    text = Engine(EngineConfig(dtype="float32", num_kv_blocks=16))
     text.load_model(tiny_model_path)
     assert not text.takes_images
     with pytest.raises(InvalidParameter, match="takes no images") as refused:
         text.prepare_images("hi", [image(1)])
     assert refused.value.param == "images"
     engine = make_engine(folder)
-    assert engine.takes_images
+    assert engine.takes_images and engine.stats().execution["images"] == "qwen2_5_vl vision tower"
     with pytest.raises(InvalidParameter, match="1 times for 2 images"):
         engine.prepare_images(f"one {QWEN_IMAGE}", [image(1), image(2)])

@@ -158,15 +158,15 @@ class Engine:
     @property
     def takes_images(self) -> bool:
         """The loaded model reads images (engine.vision)."""
-        return self.session is not None and self.session.loaded.vision is not None
+        return self.session is not None and self.session.runner.vision is not None
 
     def prepare_images(self, prompt: str, images: list) -> tuple[list[int], PromptImages]:
         """A prompt with images (PIL images, one placeholder each in the prompt) as token ids and the images the
         sequence keeps: the model's processor runs here, on any thread, not the engine's."""
-        loaded = self._session().loaded
-        if loaded.vision is None:
-            raise InvalidParameter("images", f"{loaded.name} takes no images")
-        return loaded.vision.prepare(prompt, images)
+        session = self._session()
+        if session.runner.vision is None:
+            raise InvalidParameter("images", f"{session.loaded.name} takes no images")
+        return session.runner.vision.prepare(prompt, images)
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
                     images: PromptImages | None = None) -> int:
@@ -178,7 +178,7 @@ class Engine:
             raise DuplicateRequest(f"request id {request_id!r} is already in the engine")
         tokenizer = session.loaded.tokenizer
         vocab = session.loaded.config.vocab_size
-        if images is not None and session.loaded.vision is None:
+        if images is not None and session.runner.vision is None:
             raise InvalidParameter("images", f"{session.loaded.name} takes no images")
         if isinstance(prompt, str):
             if tokenizer is None:

@@ -6,7 +6,8 @@ rebuilt with merged projections and fused kernels, engine.fused_layers). A model
 also has a state slot per sequence that may run (engine.recurrent.states), allocated before the KV
 cache and out of the same budget; its decode steps are not captured as CUDA graphs. A step with
 sequences that have images (engine.vision) runs the vision tower where due and gives the model
-inputs_embeds; it does not replay a CUDA graph.
+inputs_embeds; it does not replay a CUDA graph. Images whose placeholders attend to each other both
+ways (Gemma 3) need the torch backend's masks: on the triton backend such a model takes no images.
 """
 
 import logging
@@ -78,6 +79,11 @@ class ModelRunner:
         # On CUDA a full-size step runs now: it compiles the kernels (not on the first request) and
         # measures the activation peak the KV sizing leaves room for.
         activation_peak = self._cuda_warm_up() if config.on_cuda else 0
+        if self.vision is not None and self.vision.bidirectional and self.backend != "torch":
+            log.warning("%s's images are not taken on the %s attention backend (their placeholders attend to each "
+                        "other both ways, which the torch backend's masks do); its text is served",
+                        self.vision.model_type, self.backend)
+            self.vision = None
         self.num_blocks = self._num_blocks(activation_peak)
         model_len = config.max_model_len or getattr(self.hf_config, "max_position_embeddings", 2048)
         self.max_model_len = max_tokens_per_sequence(self.layout.specs(), self.block_size, self.num_blocks,

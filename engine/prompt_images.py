@@ -24,6 +24,7 @@ class PromptImages:
     spans: list[ImageSpan]  # one per image, in order
     rope_positions: object | None = None  # multimodal RoPE: [3, prompt length] positions; None where positions are plain
     rope_delta: int = 0  # multimodal RoPE: a generated token at index i has position i + rope_delta
+    bidirectional: bool = False  # an image's placeholders attend to each other both ways (Gemma 3): never cut one
     embeddings: object | None = None  # [len(rows), hidden]: held from the first chunk that needs them to the last
 
     @property
@@ -39,3 +40,13 @@ class PromptImages:
         """The content hashes of the images whose placeholders lie in tokens [start, end): what, beside the token
         ids, decides whether a block of those tokens is the same."""
         return tuple(span.content_hash for span in self.spans if span.start < end and start < span.end)
+
+    def chunk_end(self, begin: int, end: int) -> int:
+        """Where a prefill chunk of tokens [begin, end) should end so that it cuts no bidirectional image: before
+        the image it would cut, or, where the chunk starts inside or at that image, after it (past the budget)."""
+        if not self.bidirectional:
+            return end
+        for span in self.spans:
+            if span.start < end < span.end:
+                return span.start if span.start > begin else span.end
+        return end

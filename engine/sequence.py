@@ -48,6 +48,12 @@ class Sequence:
     def is_finished(self) -> bool:
         return self.status == SequenceStatus.FINISHED
 
+    def prefill_chunk(self, begin: int, budget: int) -> int:
+        """How many tokens from `begin` (those computed or found cached) to compute next, within `budget`: never
+        cutting an image whose placeholders attend to each other (engine.prompt_images)."""
+        end = begin + min(self.num_tokens - begin, budget)
+        return (self.images.chunk_end(begin, end) if self.images is not None else end) - begin
+
     def release_image_embeddings(self) -> None:
         """Drop the vision tower's output: the prefill has passed the images, or the sequence left the batch (a
         preempted one encodes its images again when it is recomputed)."""

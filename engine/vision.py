@@ -12,9 +12,11 @@ the placeholders' rows of the packed batch (the model then takes inputs_embeds);
 RoPE its positions. A sequence keeps its embeddings until its prefill has passed its last image (chunked
 prefill may cut an image), then releases them; a preempted sequence encodes again when recomputed.
 
-Families: those whose language model attends causally over image tokens and whose vision tower is reached
-through get_image_features (Qwen2.5-VL). Gemma 3 attends bidirectionally within an image, which the paged
-attention does not yet do; its images are refused, as are those of families not checked yet.
+Families (checked against generate() by tests/engine/test_vision.py): Qwen2.5-VL (multimodal RoPE) and
+Gemma 3, whose image placeholders attend to each other both ways: a prefill chunk then holds an image
+whole (the scheduler does not cut it, engine.prompt_images) and its mask lets the image's tokens see
+each other (engine.packing's torch path; on the triton backend Gemma 3's images are refused). The
+images of other families are refused, their text served.
 """
 
 import bisect
@@ -35,7 +37,10 @@ from engine.scheduler import ScheduledSequence
 from engine.sequence import Sequence
 
 # Model types whose images the engine runs (checked against generate() by tests/engine/test_vision.py).
-IMAGE_FAMILIES = {"qwen2_5_vl"}
+IMAGE_FAMILIES = {"qwen2_5_vl", "gemma3"}
+BIDIRECTIONAL_IMAGES = {"gemma3"}  # families whose image placeholders attend to each other both ways
+# What the processor gives that is the text's, not the vision tower's.
+TEXT_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
@@ -80,19 +85,23 @@ class Vision:
     model: torch.nn.Module = field(repr=False)
     processor: object = field(repr=False)
     model_type: str
-    image_token: str
-    image_token_id: int
+    image_token: str  # what the prompt holds once per image (the chat template writes it)
+    placeholder_id: int  # the token the processor repeats for each of an image's embeddings
 
     @classmethod
     def load(cls, path: Path, multimodal: torch.nn.Module, tokenizer) -> "Vision":
         """The vision side of a loaded multimodal model (of a checkpoint that loads_vision)."""
         model_type = multimodal.config.model_type
         processor = images_processor(path, model_type, tokenizer)
-        return cls(multimodal.model, processor, model_type, processor.image_token, processor.image_token_id)
+        return cls(multimodal.model, processor, model_type, processor.image_token, multimodal.config.image_token_id)
 
     @property
     def multimodal_rope(self) -> bool:
         return hasattr(self.model, "get_rope_index")
+
+    @property
+    def bidirectional(self) -> bool:
+        return self.model_type in BIDIRECTIONAL_IMAGES
 
     # -- any thread ----------------------------------------------------------------------------
     def prepare(self, prompt: str, images: list) -> tuple[list[int], PromptImages]:
@@ -106,17 +115,20 @@ class Vision:
                                              f"for {len(images)} images; put it once per image")
         inputs = self.processor(text=[prompt], images=images, return_tensors="pt", return_mm_token_type_ids=True,
                                 add_special_tokens=False)
-        ids = inputs.pop("input_ids")[0]
-        token_types = inputs.pop("mm_token_type_ids", None)
-        inputs.pop("attention_mask", None)
-        rows = (ids == self.image_token_id).nonzero().flatten().tolist()
+        ids = inputs["input_ids"][0]
+        rows = (ids == self.placeholder_id).nonzero().flatten().tolist()
         starts = [r for i, r in enumerate(rows) if i == 0 or rows[i - 1] != r - 1]
         ends = [r + 1 for i, r in enumerate(rows) if i == len(rows) - 1 or rows[i + 1] != r + 1]
+        if len(starts) != len(images):
+            raise InvalidParameter("prompt", f"the images' placeholders run together ({len(starts)} runs for "
+                                             f"{len(images)} images); put text between images")
         spans = [ImageSpan(a, b, image_content_hash(image)) for a, b, image in zip(starts, ends, images)]
-        prompt_images = PromptImages(dict(inputs), rows, spans)
+        encoder_inputs = {k: v for k, v in inputs.items() if k not in TEXT_INPUTS}
+        prompt_images = PromptImages(encoder_inputs, rows, spans, bidirectional=self.bidirectional)
         if self.multimodal_rope:
-            positions, delta = self.model.get_rope_index(input_ids=ids[None], mm_token_type_ids=token_types,
-                                                         image_grid_thw=inputs.get("image_grid_thw"))
+            positions, delta = self.model.get_rope_index(
+                input_ids=ids[None], mm_token_type_ids=inputs["mm_token_type_ids"],
+                image_grid_thw=inputs.get("image_grid_thw"))
             prompt_images.rope_positions, prompt_images.rope_delta = positions[:, 0], int(delta)
         return ids.tolist(), prompt_images
 
@@ -129,7 +141,7 @@ class Vision:
         first = 0
         for s in seqs:
             n = s.images.num_images
-            s.images.embeddings = torch.cat(per_image[first: first + n])
+            s.images.embeddings = torch.cat(list(per_image[first: first + n]))  # a tuple, or [images, tokens, hidden]
             first += n
 
     def step_inputs(self, embed_tokens: torch.nn.Module, scheduled: list[ScheduledSequence], input_ids: torch.Tensor,

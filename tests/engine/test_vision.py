@@ -1,23 +1,25 @@
-"""Images in the engine: a tiny random Qwen2.5-VL gives generate()'s greedy tokens for prompts with images, in
-one batch with text-only requests, its images cut by chunked prefill, and a repeated image found in the prefix
-cache, while a different image behind the same token ids is not."""
+"""Images in the engine: tiny random Qwen2.5-VL (multimodal RoPE) and Gemma 3 (image placeholders that attend to
+each other both ways) give generate()'s greedy tokens for prompts with images, in one batch with text-only
+requests, under chunked prefill (Qwen's images cut between chunks, Gemma's never), and a repeated image is found
+in the prefix cache, while a different image behind the same token ids is not."""
 
 import pytest
 
 from engine import Engine, EngineConfig, SamplingParams
 from engine.errors import InvalidParameter
-from tests.engine.vision_models import QWEN_IMAGE, build_qwen2_5_vl, generate_alone, image, reference
+from tests.engine.vision_models import FAMILIES, build_vlm, generate_alone, image, reference
 
 BLOCK = 4
 BUDGET = 8  # tokens per step: an image of 8 placeholders starting mid-block spans two chunks
 N = 6
 
 
-@pytest.fixture(scope="module")
-def qwen_vl(default_model_path, tmp_path_factory):
-    folder = build_qwen2_5_vl(tmp_path_factory.mktemp("qwen2_5_vl"), default_model_path)
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def vlm(request, default_model_path, tmp_path_factory):
+    """(folder, the reference model, its processor, the family's image placeholder)."""
+    folder = build_vlm(request.param, tmp_path_factory.mktemp(request.param), default_model_path)
     model, processor = reference(folder)
-    return folder, model, processor
+    return folder, model, processor, FAMILIES[request.param].image
 
 
 def make_engine(folder) -> Engine:
@@ -46,12 +48,12 @@ def run(engine: Engine, requests: dict) -> dict:
     return tokens, cached
 
 
-def test_images_batched_with_text_give_generates_tokens(qwen_vl):
-    folder, model, processor = qwen_vl
+def test_images_batched_with_text_give_generates_tokens(vlm):
+    folder, model, processor, placeholder = vlm
     requests = {
-        "wide": (f"Describe {QWEN_IMAGE} briefly please", [image(1)]),
+        "wide": (f"Describe {placeholder} briefly please", [image(1)]),
         "text": ("Only words in this one, no pictures at all", []),
-        "two": (f"First {QWEN_IMAGE} then {QWEN_IMAGE}, compare them", [image(2, 56, 56), image(3, 28, 84)]),
+        "two": (f"First {placeholder} then {placeholder}, compare them", [image(2, 56, 56), image(3, 28, 84)]),
     }
     expected = {k: generate_alone(model, processor, p, images, N) for k, (p, images) in requests.items()}
     got, _ = run(make_engine(folder), requests)
@@ -59,10 +61,25 @@ def test_images_batched_with_text_give_generates_tokens(qwen_vl):
     assert len({tuple(t) for t in got.values()}) == 3  # decisive: the three answers differ
 
 
-def test_a_repeated_image_hits_the_prefix_cache_and_another_image_does_not(qwen_vl):
-    folder, model, processor = qwen_vl
+def test_an_image_across_a_chunk_boundary_gives_generates_tokens(vlm):
+    """Prompts alone, their images at shifting offsets, so that budget-sized chunks would cut some (Qwen's are
+    cut; Gemma's are not: the chunk ends before the image, or holds it whole)."""
+    folder, model, processor, placeholder = vlm
     engine = make_engine(folder)
-    prompt = f"A long enough preamble before the image {QWEN_IMAGE} and a question after it?"
+    cut = 0
+    for words in range(1, 5):
+        prompt = " ".join(["look"] * words) + f" {placeholder} then say what"
+        span = engine.prepare_images(prompt, [image(6)])[1].spans[0]
+        cut += span.start // BUDGET != (span.end - 1) // BUDGET
+        got, _ = run(engine, {"alone": (prompt, [image(6)])})
+        assert got["alone"] == generate_alone(model, processor, prompt, [image(6)], N)
+    assert cut  # decisive: at least one image straddles a chunk boundary
+
+
+def test_a_repeated_image_hits_the_prefix_cache_and_another_image_does_not(vlm):
+    folder, model, processor, placeholder = vlm
+    engine = make_engine(folder)
+    prompt = f"A long enough preamble before the image {placeholder} then say what"
     first, second = image(4), image(5)  # the same size: the same token ids
     ids_first, images_first = engine.prepare_images(prompt, [first])
     assert engine.prepare_images(prompt, [second])[0] == ids_first
@@ -77,8 +94,8 @@ def test_a_repeated_image_hits_the_prefix_cache_and_another_image_does_not(qwen_
     assert cached["other"] <= image_start  # only the blocks before the image are shared
 
 
-def test_images_are_refused_by_a_text_model_and_must_match_the_placeholders(qwen_vl, tiny_model_path):
-    folder, _, _ = qwen_vl
+def test_images_are_refused_by_a_text_model_and_must_match_the_placeholders(vlm, tiny_model_path):
+    folder, _, _, placeholder = vlm
     text = Engine(EngineConfig(dtype="float32", num_kv_blocks=16))
     text.load_model(tiny_model_path)
     assert not text.takes_images
@@ -86,6 +103,6 @@ def test_images_are_refused_by_a_text_model_and_must_match_the_placeholders(qwen
         text.prepare_images("hi", [image(1)])
     assert refused.value.param == "images"
     engine = make_engine(folder)
-    assert engine.takes_images and engine.stats().execution["images"] == "qwen2_5_vl vision tower"
+    assert engine.takes_images and engine.stats().execution["images"].endswith("vision tower")
     with pytest.raises(InvalidParameter, match="1 times for 2 images"):
-        engine.prepare_images(f"one {QWEN_IMAGE}", [image(1), image(2)])
+        engine.prepare_images(f"one {placeholder}", [image(1), image(2)])

@@ -18,7 +18,7 @@ from transformers import AutoTokenizer
 from appliance.api.images import ImageLimits
 from appliance.config import Config
 from tests.appliance.conftest import add_keys, make_config, openai_clients, start_server
-from tests.engine.vision_models import build_qwen2_5_vl, generate_alone, image, reference
+from tests.engine.vision_models import build_vlm, generate_alone, image, reference
 
 MAX_TOKENS = 6
 LIMITS = dict(max_images_per_request=2, max_image_bytes=20_000, max_image_pixels=10_000)
@@ -45,7 +45,7 @@ def ask(text: str, *urls: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def vlm(default_model_path, tmp_path_factory):
     """(server, model folder): the tiny Qwen2.5-VL served with small image limits; images fetched from localhost."""
-    folder = build_qwen2_5_vl(tmp_path_factory.mktemp("qwen2_5_vl"), default_model_path)
+    folder = build_vlm("qwen2_5_vl", tmp_path_factory.mktemp("qwen2_5_vl"), default_model_path)
     state = tmp_path_factory.mktemp("images-state")
     server = start_server(make_config(folder, state, metrics_port=0, num_kv_blocks=128, max_num_seqs=4,
                                       max_num_batched_tokens=64, image_url_hosts=["localhost"], **LIMITS))

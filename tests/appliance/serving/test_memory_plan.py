@@ -41,9 +41,9 @@ def test_a_multimodal_checkpoint_is_planned_as_the_language_model_the_engine_loa
 
 def test_a_multimodal_checkpoint_whose_images_the_engine_runs_is_planned_with_its_vision_tower(tmp_path,
                                                                                                default_model_path):
-    from tests.engine.vision_models import build_qwen2_5_vl
+    from tests.engine.vision_models import build_vlm
 
-    build_qwen2_5_vl(tmp_path, default_model_path)
+    build_vlm("qwen2_5_vl", tmp_path, default_model_path)
     config = EngineConfig(dtype="float32", num_kv_blocks=32, block_size=4)
     need = memory_plan.needs(tmp_path, config, kv_context=4096)
     engine = Engine(config)

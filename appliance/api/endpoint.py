@@ -56,7 +56,7 @@ def route(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
             if endpoint.resume is not None:
                 ask = await endpoint.resume(body, ask, ctx, service)
             plan: RequestPlan = await plan_request(ask, lease, ImageLimits.from_config(service.config))
-            ctx.planned(plan.prompt_text, plan.constraint_label)
+            ctx.planned(plan.prompt_text, plan.constraint_label, len(plan.images))
             generation = Generation(service, plan, ctx)
             formatter = endpoint.formatter(body, generation, ctx.request_id, service.pool.served_name(lease.served))
             await generation.start()

@@ -5,8 +5,11 @@ refusal: test_compat.py.)"""
 
 import base64
 import io
+import json
+import logging
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import anthropic
@@ -102,13 +105,19 @@ class ImageHost:
         self.server.server_close()
 
 
-def test_the_openai_client_gets_generates_answer_for_an_image(vlm, expected):
+def test_the_openai_client_gets_generates_answer_for_an_image(vlm, expected, caplog):
     server, _ = vlm
     client, _ = openai_clients(server)
     picture = image(11, 56, 28)
-    reply = client.chat.completions.create(model=server.model, messages=ask("What is this", data_url(picture)),
-                                           max_tokens=MAX_TOKENS, temperature=0)
+    with caplog.at_level(logging.INFO, logger="appliance.request"):
+        reply = client.chat.completions.create(model=server.model, messages=ask("What is this", data_url(picture)),
+                                               max_tokens=MAX_TOKENS, temperature=0)
+        deadline = time.monotonic() + 2
+        while not caplog.records and time.monotonic() < deadline:
+            time.sleep(0.01)
     assert reply.choices[0].message.content == expected("What is this", [picture])
+    assert json.loads(caplog.records[-1].getMessage())["images"] == 1  # the request log line counts them
+    assert f'appliance_request_images_total{{model_name="{server.model}"}} 1.0' in server.service.metrics.render().decode()
     other = image(12, 56, 28)
     streamed = "".join(chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
         model=server.model, messages=ask("What is this", data_url(other)), max_tokens=MAX_TOKENS, temperature=0,

@@ -29,6 +29,7 @@ from engine.prompt_logprobs import prompt_rows
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledSequence
 from engine.sequence import Sequence
+from engine.vision import EncoderCache
 from engine.state_spec import GATED_DELTA_NET, PREFIX_CACHING_OFF_FOR_RECURRENT, state_slots_for
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class ModelRunner:
         self.kv_dtype = torch.float8_e4m3fn if config.kv_cache_dtype == "fp8" else self.dtype
         self.weights = loaded.weights
         self.vision = loaded.vision
+        self.encoder_cache = EncoderCache(config.encoder_cache_tokens)
         self.layout = loaded.layout
         self.experts = loaded.experts
         self.attention_features = loaded.attention_features
@@ -261,7 +263,7 @@ class ModelRunner:
                             meta, last_row: dict, logits_to_keep) -> torch.Tensor:
         """forward() for a step where some sequences have images: their embeddings at the placeholders."""
         embeds, position_ids = self.vision.step_inputs(self.model.get_input_embeddings(), scheduled, input_ids,
-                                                       positions, last_row)
+                                                       positions, last_row, self.encoder_cache)
         output = self.model(inputs_embeds=embeds, position_ids=position_ids, attention_metadata=meta, use_cache=False,
                             logits_to_keep=logits_to_keep)
         return output.logits[0]

@@ -10,7 +10,10 @@ the engine takes no video. Where torchvision is missing the families' PIL image 
 reaches their images and that have no embeddings yet, one call for all of them; puts the embeddings at
 the placeholders' rows of the packed batch (the model then takes inputs_embeds); and gives multimodal
 RoPE its positions. A sequence keeps its embeddings until its prefill has passed its last image (chunked
-prefill may cut an image), then releases them; a preempted sequence encodes again when recomputed.
+prefill may cut an image), then releases them; a preempted sequence takes them again when recomputed.
+The encoder cache keeps image embeddings by content (the most recently used, up to the engine's
+encoder_cache_tokens rows): a sequence whose images it all holds is not encoded, so a repeated image, as
+in a follow-up turn, runs through the vision tower once.
 
 Families (checked against generate() by tests/engine/test_vision.py): Qwen2.5-VL (multimodal RoPE) and
 Gemma 3, whose image placeholders attend to each other both ways: a prefill chunk then holds an image
@@ -20,6 +23,7 @@ images of other families are refused, their text served.
 """
 
 import bisect
+from collections import OrderedDict
 import hashlib
 import inspect
 import json
@@ -77,6 +81,29 @@ def loads_vision(model_type: str | None, path: Path) -> bool:
             and any((path / f).exists() for f in PROCESSOR_FILES))
 
 
+class EncoderCache:
+    """Image embeddings by their image's content hash, the least recently used dropped past max_tokens rows."""
+
+    def __init__(self, max_tokens: int):
+        self.max_tokens = max_tokens
+        self.entries: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self.tokens = 0
+
+    def get(self, content_hash: int) -> torch.Tensor | None:
+        embeddings = self.entries.get(content_hash)
+        if embeddings is not None:
+            self.entries.move_to_end(content_hash)
+        return embeddings
+
+    def put(self, content_hash: int, embeddings: torch.Tensor) -> None:
+        if content_hash in self.entries or len(embeddings) > self.max_tokens:
+            return
+        self.entries[content_hash] = embeddings
+        self.tokens += len(embeddings)
+        while self.tokens > self.max_tokens:
+            self.tokens -= len(self.entries.popitem(last=False)[1])
+
+
 @dataclass
 class Vision:
     """A loaded checkpoint's vision side, beside its language model (which shares the multimodal model's modules)."""
@@ -87,6 +114,7 @@ class Vision:
     model_type: str
     image_token: str  # what the prompt holds once per image (the chat template writes it)
     placeholder_id: int  # the token the processor repeats for each of an image's embeddings
+    images_encoded: int = 0  # images the vision tower has run over
 
     @classmethod
     def load(cls, path: Path, multimodal: torch.nn.Module, tokenizer) -> "Vision":
@@ -133,24 +161,37 @@ class Vision:
         return ids.tolist(), prompt_images
 
     # -- the engine thread ---------------------------------------------------------------------
-    def encode(self, seqs: list[Sequence], device: torch.device) -> None:
-        """Run the vision tower once over the images of these sequences; each keeps its embeddings."""
-        keys = seqs[0].images.encoder_inputs.keys()
-        batch = {k: torch.cat([s.images.encoder_inputs[k] for s in seqs]).to(device) for k in keys}
-        per_image = self.model.get_image_features(**batch).pooler_output
-        first = 0
+    def encode(self, seqs: list[Sequence], device: torch.device, cache: EncoderCache) -> None:
+        """Each sequence's embeddings: from the cache where it holds all its images, the others' from one run of
+        the vision tower over their images (then cached)."""
+        missing = []
         for s in seqs:
-            n = s.images.num_images
-            s.images.embeddings = torch.cat(list(per_image[first: first + n]))  # a tuple, or [images, tokens, hidden]
-            first += n
+            cached = [cache.get(span.content_hash) for span in s.images.spans]
+            if all(c is not None for c in cached):
+                s.images.embeddings = torch.cat(cached)
+            else:
+                missing.append(s)
+        if not missing:
+            return
+        keys = missing[0].images.encoder_inputs.keys()
+        batch = {k: torch.cat([s.images.encoder_inputs[k] for s in missing]).to(device) for k in keys}
+        per_image = list(self.model.get_image_features(**batch).pooler_output)  # a tuple, or [images, tokens, hidden]
+        self.images_encoded += len(per_image)
+        first = 0
+        for s in missing:
+            mine = per_image[first: first + s.images.num_images]
+            s.images.embeddings = torch.cat(mine)
+            for span, embeddings in zip(s.images.spans, mine):
+                cache.put(span.content_hash, embeddings)
+            first += s.images.num_images
 
     def step_inputs(self, embed_tokens: torch.nn.Module, scheduled: list[ScheduledSequence], input_ids: torch.Tensor,
-                    positions: torch.Tensor, last_row: dict) -> tuple[torch.Tensor, torch.Tensor]:
+                    positions: torch.Tensor, last_row: dict, cache: EncoderCache) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs_embeds [1, T, hidden], position_ids) for a packed step where some sequences have images."""
         with_images = [s for s in scheduled if s.seq.images is not None]
         due = [s.seq for s in with_images if s.seq.images.embeddings is None and self._reaches_images(s)]
         if due:
-            self.encode(due, input_ids.device)
+            self.encode(due, input_ids.device, cache)
         embeds = embed_tokens(input_ids)
         rope = positions.expand(3, -1).clone() if self.multimodal_rope else None
         for s in with_images:

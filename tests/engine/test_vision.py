@@ -1,12 +1,14 @@
 """Images in the engine: tiny random Qwen2.5-VL (multimodal RoPE) and Gemma 3 (image placeholders that attend to
 each other both ways) give generate()'s greedy tokens for prompts with images, in one batch with text-only
 requests, under chunked prefill (Qwen's images cut between chunks, Gemma's never), and a repeated image is found
-in the prefix cache, while a different image behind the same token ids is not."""
+in the prefix cache and the encoder cache, while a different image behind the same token ids is not."""
 
 import pytest
+import torch
 
 from engine import Engine, EngineConfig, SamplingParams
 from engine.errors import InvalidParameter
+from engine.vision import EncoderCache
 from tests.engine.vision_models import FAMILIES, build_vlm, generate_alone, image, reference
 
 BLOCK = 4
@@ -87,6 +89,7 @@ def test_a_repeated_image_hits_the_prefix_cache_and_another_image_does_not(vlm):
 
     run(engine, {"first": (prompt, [first])})
     got, cached = run(engine, {"again": (prompt, [first]), "other": (prompt, [second])})
+    assert engine.session.runner.vision.images_encoded == 2  # the repeated image came from the encoder cache
     assert got["again"] == generate_alone(model, processor, prompt, [first], N)
     assert got["other"] == generate_alone(model, processor, prompt, [second], N)
     assert got["again"] != got["other"]
@@ -106,3 +109,15 @@ def test_images_are_refused_by_a_text_model_and_must_match_the_placeholders(vlm,
     assert engine.takes_images and engine.stats().execution["images"].endswith("vision tower")
     with pytest.raises(InvalidParameter, match="1 times for 2 images"):
         engine.prepare_images(f"one {placeholder}", [image(1), image(2)])
+
+
+def test_the_encoder_cache_keeps_the_most_recently_used_images_within_its_bound():
+    cache = EncoderCache(max_tokens=10)
+    cache.put(1, torch.zeros(4, 2))
+    cache.put(2, torch.zeros(4, 2))
+    assert cache.get(1) is not None  # 1 is now the most recently used
+    cache.put(3, torch.zeros(4, 2))  # 12 rows: 2 goes
+    cache.put(4, torch.zeros(11, 2))  # more than the bound: never kept
+    assert list(cache.entries) == [1, 3] and cache.tokens == 8 and cache.get(2) is None
+    with pytest.raises(InvalidParameter, match="encoder_cache_tokens"):
+        EngineConfig(encoder_cache_tokens=-1)

@@ -52,8 +52,9 @@ FAMILIES = {
 }
 
 
-def build_vlm(family: str, target: Path, tokenizer_from: Path, seed: int = 0) -> Path:
-    """A tiny random vision-language model of the family with its processor, saved to target."""
+def build_vlm(family: str, target: Path, tokenizer_from: Path, seed: int = 0, max_pixels: int = 56 * 112) -> Path:
+    """A tiny random vision-language model of the family with its processor, saved to target (Qwen's images
+    resized to at most max_pixels)."""
     spec = FAMILIES[family]
     extra = spec.special_tokens.get("extra_special_tokens")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_from, **({"extra_special_tokens": extra} if extra else {}))
@@ -69,7 +70,7 @@ def build_vlm(family: str, target: Path, tokenizer_from: Path, seed: int = 0) ->
     louder(model)
     model.save_pretrained(target)
     if family == "qwen2_5_vl":
-        image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=56 * 112, patch_size=14,
+        image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=max_pixels, patch_size=14,
                                                    merge_size=2, temporal_patch_size=2)
         processor = images_only(Qwen2_5_VLProcessor)(image_processor=image_processor, tokenizer=tokenizer)
     else:

@@ -7,7 +7,9 @@ guarded (one that fails or runs out of time is reported, the rest still run; ben
      portable path, with fewer layers;
   3. speed, per shape at full size (benchmarks/gpu_check_speed.py): ours (batch-1 tokens/s and MBU,
      64 and 256 requests), then transformers' generate() and its continuous batching (which runs no
-     linear-attention layers: not for the hybrid shape).
+     linear-attention layers: not for the hybrid shape);
+  4. quantized weights (benchmarks/gpu_check_quantized.py), right after the first shape's speed (or alone,
+     `--parts quantized`): that shape in the served dtype, fp8 and int4, weights and KV bytes, tokens/s.
 Writes gpu-check.md (to paste into docs/BENCHMARKS.md) and gpu-check.json to --out after every
 section, and prints a short table last.
 
@@ -30,12 +32,13 @@ import triton
 from benchmarks.cuda_fast_path import device_name, measure_bandwidth
 from benchmarks.gpu_check_correctness import check_shape
 from benchmarks.gpu_check_plan import DRY_RUN, GPU, Plan
+from benchmarks.gpu_check_quantized import measure_quantized
 from benchmarks.gpu_check_report import markdown, summary
 from benchmarks.gpu_check_speed import measure_continuous_batching, measure_generate, measure_ours
 from benchmarks.model_shapes import SHAPES
 from benchmarks.sections import Sections
 
-PARTS = ("correctness", "speed")
+PARTS = ("correctness", "speed", "quantized")
 
 
 def free_memory() -> None:
@@ -59,7 +62,7 @@ def run(plan: Plan, shapes: list[str], parts: list[str], out: Path) -> dict:
                           "torch": torch.__version__, "triton": triton.__version__,
                           "transformers": transformers.__version__, "python": platform.python_version(),
                           "bandwidth_gb_s": 0.0},
-              "plan": dataclasses.asdict(plan), "correctness": {}, "speed": {}, "sections": []}
+              "plan": dataclasses.asdict(plan), "correctness": {}, "speed": {}, "quantized": {}, "sections": []}
 
     def save() -> None:
         report["sections"] = sections.as_json()
@@ -75,6 +78,12 @@ def run(plan: Plan, shapes: list[str], parts: list[str], out: Path) -> dict:
         for name in shapes:
             entry = report["correctness"].setdefault(name, {})
             sections.run(f"correctness {name}", lambda: check_shape(name, plan, entry), caps["correctness"])
+    quantized = "quantized" in parts
+
+    def run_quantized() -> None:
+        entry = report["quantized"].setdefault(shapes[0], {})
+        sections.run(f"quantized {shapes[0]}", lambda: measure_quantized(shapes[0], plan, entry), caps["quantized"])
+
     if "speed" in parts:
         for name in shapes:
             entry = report["speed"].setdefault(name, {})
@@ -83,6 +92,10 @@ def run(plan: Plan, shapes: list[str], parts: list[str], out: Path) -> dict:
                 if SHAPES[name].transformers_cb:
                     sections.run(f"transformers CB {name}", lambda: measure_continuous_batching(name, plan, entry),
                                  caps["cb"])
+            if quantized and name == shapes[0]:
+                run_quantized()
+    elif quantized:
+        run_quantized()
     return report
 
 

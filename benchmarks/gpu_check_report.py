@@ -46,6 +46,28 @@ def speed_rows(report: dict) -> tuple[list[str], list[str]]:
     return batch1, throughput
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def quantized_rows(report: dict) -> list[str]:
+    """One row per way the quantized shape ran (the served dtype first: the ratios are against it)."""
+    rows = []
+    for name, entry in report.get("quantized", {}).items():
+        base = next(iter(entry.values()), {})
+        for label, r in entry.items():
+            if "refused" in r:
+                rows.append(f"| {name} | {label} | refused: {r['refused']} | | | | |")
+                continue
+            ratio = {k: f" ({_ratio(r[k], base.get(k))}x)" if r is not base else "" for k in
+                     ("weight_bytes", "kv_cache_bytes", "batch1_tokens_per_s", "throughput_tokens_per_s")}
+            rows.append(f"| {name} | {label} | {r['weights']} | {_size(r['weight_bytes'])}{ratio['weight_bytes']} "
+                        f"| {_size(r['kv_cache_bytes'])}{ratio['kv_cache_bytes']} "
+                        f"| {r['batch1_tokens_per_s']:.1f}{ratio['batch1_tokens_per_s']} "
+                        f"| {r['throughput_tokens_per_s']:.0f}{ratio['throughput_tokens_per_s']} |")
+    return rows
+
+
 def markdown(report: dict) -> str:
     m, plan = report["machine"], report["plan"]
     lines = [
@@ -86,6 +108,13 @@ def markdown(report: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
         *throughput,
         "",
+        "**Quantized weights** (quantized at load from the same random weights; the KV cache sized into the memory "
+        "the weights leave; batch-1 as above; throughput on the smallest workload; ratios against the first row):",
+        "",
+        "| shape | run | weights | weight bytes | KV cache | batch-1 tok/s | throughput tok/s |",
+        "|---|---|---|---:|---:|---:|---:|",
+        *quantized_rows(report),
+        "",
         "Sections:",
         "",
         *[f"- {s['name']}: {s['status']}, {s['seconds']:.0f} s" + (f" — {s['error']}" if s["error"] else "")
@@ -116,6 +145,12 @@ def summary(report: dict) -> str:
         figures[f"transformers CB {name}"] = "ours / CB: " + ", ".join(
             f"{n} req {_ratio(t['ours_tokens_per_s'], t['cb_tokens_per_s'])}"
             for n, t in throughput.items() if "cb_tokens_per_s" in t)
+    for name, entry in report.get("quantized", {}).items():
+        base = next(iter(entry.values()), {})
+        figures[f"quantized {name}"] = ", ".join(
+            f"{label} refused" if "refused" in r else
+            f"{label} b1 {r['batch1_tokens_per_s']:.0f} tok/s ({_ratio(r['batch1_tokens_per_s'], base.get('batch1_tokens_per_s'))}x)"
+            for label, r in entry.items())
     lines = [f"{'section':<36} {'status':<10} {'s':>5}  figures"]
     for s in report["sections"]:
         figure = figures.get(s["name"], "") if s["status"] == "ok" else (s["error"] or "")

@@ -11,12 +11,13 @@
 # per-layer shapes of Llama-3.1-8B, Qwen3-30B-A3B, gpt-oss-20b, Gemma-3-12B and the hybrid Qwen3.6-35B-A3B
 # (fewer layers): greedy tokens and log-probabilities; then at full size (Qwen3.6: 20 of its 40 layers)
 # batch-1 decode tokens/s and memory-bandwidth utilisation, and 64- and 256-request throughput against
-# transformers' generate() and its continuous batching (not for the hybrid), in the same run. Every section is guarded
+# transformers' generate() and its continuous batching (not for the hybrid), in the same run; and Llama-3.1-8B
+# quantized at load to fp8 and int4 against bf16 (weights and KV bytes, tokens/s; `--parts quantized` runs it alone). Every section is guarded
 # and the run keeps to a time budget (--budget-s, default 510 s: one device command of at most 10 minutes,
 # wheels installed included). Results: gpu-check.md (to paste into docs/BENCHMARKS.md) and gpu-check.json
 # in $OUT if set, else ./gpu-check-results; a short table is printed last.
 #
-# ARGS go to benchmarks/gpu_check.py: --shapes llama-3.1-8b,... --parts correctness,speed --budget-s S.
+# ARGS go to benchmarks/gpu_check.py: --shapes llama-3.1-8b,... --parts correctness,speed,quantized --budget-s S.
 # A machine without a GPU runs --dry-run only.
 #
 # The GPU machine has its own torch, triton, tokenizers, safetensors and huggingface_hub but an older
@@ -31,9 +32,10 @@ SITE=${GPU_CHECK_SITE:-/tmp/appliance-gpu-check-site}
 PYTHON=${PYTHON:-python3}
 RESULTS=${OUT:-$REPO/gpu-check-results}
 # What the engine imports beyond the GPU machine's packages, and what those need that it lacks; fla-core (and its
-# einops) runs the hybrid shape's Gated DeltaNet layers (requirements-cuda.lock: GPU machines only).
+# einops) runs the hybrid shape's Gated DeltaNet layers (requirements-cuda.lock: GPU machines only); gguf:
+# engine.quantization reads GGUF tensor types at import; torchao: the quantized run's int4 (and int8) math.
 CARRIED="transformers xgrammar apache-tvm-ffi pydantic pydantic_core annotated-types typing-inspection typing_extensions regex
-fla-core einops"
+fla-core einops gguf torchao"
 PLATFORMS="manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64"
 
 normalised() {  # a distribution name as pip compares them: case, '-', '_' and '.' alike

@@ -32,7 +32,9 @@ def dry_run(tmp_path_factory):
 def test_dry_run_runs_every_section_in_order_and_every_shape_passes(dry_run):
     _, report, _ = dry_run
     sections = {s["name"]: s for s in report["sections"]}
-    expected = ["machine"] + [f"correctness {name}" for name in SHAPES] + [f"ours {name}" for name in SHAPES]
+    first = next(iter(SHAPES))
+    expected = (["machine"] + [f"correctness {name}" for name in SHAPES] + [f"ours {first}", f"quantized {first}"]
+                + [f"ours {name}" for name in SHAPES if name != first])
     assert [s["name"] for s in report["sections"] if not s["name"].startswith(("generate()", "transformers CB"))] == expected
     for name in SHAPES:
         for section in (f"correctness {name}", f"ours {name}", f"generate() {name}", f"transformers CB {name}"):
@@ -68,6 +70,20 @@ def test_dry_run_measures_ours_and_transformers_on_every_workload(dry_run):
             assert t["ours_tokens_per_s"] > 0 and ("cb_tokens_per_s" in t) == SHAPES[name].transformers_cb
             assert t.get("cb_tokens_per_s", 1) > 0
             assert ("generate_tokens_per_s" in t) == (requests == smallest)
+
+
+def test_dry_run_runs_the_first_shape_int4_against_the_served_dtype_and_says_why_fp8_is_refused_on_cpu(dry_run):
+    _, report, md = dry_run
+    first = next(iter(SHAPES))
+    quantized = report["quantized"][first]
+    assert list(quantized) == ["float32", "fp8", "int4"]
+    served, int4 = quantized["float32"], quantized["int4"]
+    assert "compute capability 8.9" in quantized["fp8"]["refused"]
+    assert int4["weights"].startswith("int4 g32") and served["weights"] == "float32"
+    assert int4["weight_bytes"] < served["weight_bytes"]
+    assert int4["kv_cache_bytes"] == served["kv_cache_bytes"]  # on CPU the plan's fixed KV bytes
+    assert int4["batch1_tokens_per_s"] > 0 and int4["throughput_tokens_per_s"] > 0
+    assert f"| {first} | fp8 | refused: " in md and f"| {first} | int4 | int4 g32 + float32 |" in md
 
 
 def test_dry_run_writes_markdown_for_benchmarks_md_and_prints_a_short_table_last(dry_run):

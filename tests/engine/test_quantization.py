@@ -141,3 +141,30 @@ def test_packed_layers_keep_their_weights_packed_in_memory():
         x = torch.randn(3, 128)
         reference = x @ layer.dequantized(torch.float32).T
         assert torch.allclose(layer(x), reference, rtol=2e-2, atol=5e-2 * reference.abs().max().item())
+
+
+def test_tied_embeddings_packed_as_int8_share_their_bytes_with_the_lm_head():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from engine.quantization.packed_embedding import Int8Embedding, pack_embeddings
+    from engine.quantization.weights import model_bytes
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)).eval()
+    ids = torch.tensor([[5, 17, 99, 230, 41, 300]])
+    table = model.get_input_embeddings().weight
+    float_bytes = model_bytes(model)
+    assert pack_embeddings(model)
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    assert isinstance(embed, Int8Embedding) and head.q is embed.q and head.scale is embed.scale
+    # One int8 table (and a bfloat16 scale a row) in place of the float32 one, counted once.
+    assert model_bytes(model) == float_bytes - table.nbytes + table.numel() + 2 * table.shape[0]
+    assert torch.allclose(embed.dequantized(torch.float32), table, atol=table.abs().max().item() / 127)
+    with torch.inference_mode():
+        logits = model(ids).logits
+        model.set_input_embeddings(nn.Embedding.from_pretrained(embed.dequantized(torch.float32)))
+        model.set_output_embeddings(nn.Linear(64, 512, bias=False))
+        model.get_output_embeddings().weight = model.get_input_embeddings().weight
+        reference = model(ids).logits
+    assert torch.allclose(logits, reference, atol=0.02 * reference.abs().max().item())

@@ -108,6 +108,9 @@ async def resume(req: ResponsesRequest, ask: Ask, ctx: RequestContext, service: 
         raise APIError(404, f"no stored response {req.previous_response_id!r} for this key: responses are kept "
                             f"{retention / 86400:g} days, for the key that made them, unless store was false",
                        param="previous_response_id", code="response_not_found")
+    if any(isinstance(m.get("content"), list) and any(p.get("type") == "image" for p in m["content"]) for m in stored):
+        raise invalid("previous_response_id", "previous_response_id: that conversation had images, which stored "
+                                              "responses do not keep; send the whole conversation as input instead")
     instructions, new = split_instructions(req, ask.messages)
     return dataclasses.replace(ask, messages=instructions + tuple(stored) + new)
 

@@ -179,6 +179,10 @@ def test_responses_and_messages_take_images_as_chat_does(vlm, expected):
         {"role": "user", "content": [{"type": "input_text", "text": "What is this"},
                                      {"type": "input_image", "image_url": url, "detail": "auto"}]}])
     assert response.output_text == answer
+    with pytest.raises(openai.BadRequestError) as refused:  # its images were not stored with it
+        client.responses.create(model=server.model, max_output_tokens=MAX_TOKENS, input="And now?",
+                                previous_response_id=response.id)
+    assert refused.value.body["param"] == "previous_response_id" and "had images" in refused.value.body["message"]
     with pytest.raises(openai.BadRequestError) as refused:
         client.responses.create(model=server.model, max_output_tokens=MAX_TOKENS, instructions="Be brief.", input=[
             {"role": "user", "content": [{"type": "input_image", "image_url": "http://127.0.0.1:9/a.png"}]}])

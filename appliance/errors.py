@@ -142,7 +142,7 @@ REFUSED_REASONS = {
     "image_url": "images go in user messages",
     "input_audio": "this model reads text only",
     "file": "this model reads text only",
-    "input_image": "this model reads text only",
+    "input_image": "images go in user messages",
     "input_file": "this model reads text only",
     "container": "there are no code execution containers here",
     "mcp_servers": "MCP servers are not called from here",
@@ -206,6 +206,7 @@ def _is_union_tag(part) -> bool:
         part in ("str", "int", "float", "bool", "list", "dict")
         or "[" in part
         or part.startswith(("function-", "constrained-"))
-        or part in ("TextPart", "RefusalPart", "ImageURLPart", "SystemMessage", "UserMessage", "AssistantMessage", "ToolMessage",
+        or part in ("TextPart", "RefusalPart", "ImageURLPart", "InputText", "InputImage", "InputMessage",
+                    "UserInputMessage", "SystemMessage", "UserMessage", "AssistantMessage", "ToolMessage",
                     "FunctionMessage")
     )

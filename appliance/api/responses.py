@@ -24,8 +24,8 @@ from appliance.errors import APIError, invalid
 from appliance.serving.context import RequestContext
 from appliance.serving.formats.events import collect, reasoning
 from appliance.serving.service import Service
-from appliance.api.schemas.responses import (FunctionCallInput, FunctionCallOutputInput, InputMessage, ReasoningInput,
-                                             ResponsesRequest)
+from appliance.api.schemas.responses import (FunctionCallInput, FunctionCallOutputInput, ReasoningInput, ResponsesRequest,
+                                             UserInputMessage)
 
 
 def chat_messages(req: ResponsesRequest) -> list[dict]:
@@ -94,7 +94,7 @@ def image_refs(req: ResponsesRequest) -> tuple[ImageRef, ...]:
     if isinstance(req.input, str):
         return ()
     return tuple(ImageRef(part.image_url, f"input.{i}.content.{j}.image_url")
-                 for i, item in enumerate(req.input) if isinstance(item, InputMessage)
+                 for i, item in enumerate(req.input) if isinstance(item, UserInputMessage)
                  for j, part in item.image_parts())
 
 

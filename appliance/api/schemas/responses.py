@@ -35,8 +35,8 @@ ItemStatus = Literal["in_progress", "completed", "incomplete"]
 
 class InputMessage(StrictRequest):
     type: Literal["message"] = "message"
-    role: Literal["user", "assistant", "system", "developer"]
-    content: StrictStr | list[InputText | InputImage]
+    role: Literal["assistant", "system", "developer"]
+    content: StrictStr | list[InputText]
     id: StrictStr | None = no_effect("the id of an earlier output item")
     status: ItemStatus | None = no_effect("the status of an earlier output item")
 
@@ -45,13 +45,24 @@ class InputMessage(StrictRequest):
             return self.content
         return "".join(p.text for p in self.content if isinstance(p, InputText))
 
+    def chat_content(self) -> str | list[dict]:
+        """The content as a chat message's."""
+        return self.text()
+
+
+class UserInputMessage(InputMessage):
+    """A user's message: text, and images for a model that takes them."""
+
+    role: Literal["user"]
+    content: StrictStr | list[InputText | InputImage]
+
     def image_parts(self) -> list[tuple[int, InputImage]]:
         """(index in content, part) of the message's images."""
         return [] if isinstance(self.content, str) else [
             (j, p) for j, p in enumerate(self.content) if isinstance(p, InputImage)]
 
     def chat_content(self) -> str | list[dict]:
-        """The content as a chat message's: its text, or with images, chat's text and image_url parts in order."""
+        """With images, chat's text and image_url parts in order."""
         if not self.image_parts():
             return self.text()
         return [{"type": "image_url", "image_url": {"url": p.image_url}} if isinstance(p, InputImage) else
@@ -93,7 +104,7 @@ class ReasoningInput(StrictRequest):
         return "".join(part.text for part in self.content)
 
 
-InputItem = Union[InputMessage, FunctionCallInput, FunctionCallOutputInput, ReasoningInput]
+InputItem = Union[UserInputMessage, InputMessage, FunctionCallInput, FunctionCallOutputInput, ReasoningInput]
 
 
 class FunctionTool(StrictRequest):

@@ -88,6 +88,10 @@ class Config:
     hf_endpoint: str | None = None  # Hugging Face hub for `models pull` (default: huggingface.co or $HF_ENDPOINT)
     drain_timeout_s: float = 30.0
     max_request_body_bytes: int = 8 << 20
+    max_images_per_request: int = 8  # image parts in one request (models that take images); past it, a 400
+    max_image_bytes: int = 5 << 20  # one image's encoded bytes (a data: URL's, decoded from base64)
+    max_image_pixels: int = 4096 * 4096  # one image's width x height, read from its header before decoding
+    image_url_hosts: list[str] = field(default_factory=list)  # hosts whose http(s) image URLs are fetched; none: off
     log_prompts: bool = False
     log_level: str = "info"
     canary_interval_s: float = 15.0  # how often an idle service proves it can generate
@@ -314,6 +318,9 @@ def _check(config: Config) -> None:
                  "responses_retention_s", "keys_outage_grace_s"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
+    for name in ("max_images_per_request", "max_image_bytes", "max_image_pixels"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name} must be at least 1, got {getattr(config, name)}")
     if config.max_request_body_bytes < 1024:
         raise ConfigError(f"max_request_body_bytes must be at least 1024, got {config.max_request_body_bytes}")
     if config.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):

@@ -139,14 +139,14 @@ REFUSED_REASONS = {
     "conversation": "conversations are not kept; continue a response with previous_response_id, or send the whole "
                     "conversation as input",
     "background": "background responses are not implemented; ask without background",
-    "image_url": "this model reads text only",
+    "image_url": "images go in user messages",
     "input_audio": "this model reads text only",
     "file": "this model reads text only",
-    "input_image": "this model reads text only",
+    "input_image": "images go in user messages",
     "input_file": "this model reads text only",
     "container": "there are no code execution containers here",
     "mcp_servers": "MCP servers are not called from here",
-    "image": "this model reads text only",
+    "image": "images go in a user turn's content",
     "document": "this model reads text only",
     "suffix": "insertion (a suffix after the completion) is not implemented",
     # A message's fields that belong to another role (each role has its own shape, as OpenAI's).
@@ -206,6 +206,7 @@ def _is_union_tag(part) -> bool:
         part in ("str", "int", "float", "bool", "list", "dict")
         or "[" in part
         or part.startswith(("function-", "constrained-"))
-        or part in ("TextPart", "RefusalPart", "SystemMessage", "UserMessage", "AssistantMessage", "ToolMessage",
+        or part in ("TextPart", "RefusalPart", "ImageURLPart", "InputText", "InputImage", "InputMessage",
+                    "UserInputMessage", "SystemMessage", "UserMessage", "AssistantMessage", "ToolMessage",
                     "FunctionMessage")
     )

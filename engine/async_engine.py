@@ -3,8 +3,9 @@
 Callers on the event loop never block on a step: commands (add, abort, load...) go into a queue
 the engine thread drains between steps, and each request's outputs come back through its own
 asyncio.Queue. Cancelling the consumer (a client disconnect) aborts the request, which frees its
-KV blocks before the next step. A request's grammar (structured output) is compiled on a worker
-thread before the request reaches the engine thread, which then finds it in the compile cache.
+KV blocks before the next step. A request's grammar (structured output) is compiled, and its images
+run through the model's processor, on a worker thread before the request reaches the engine thread
+(which then finds the grammar in the compile cache).
 """
 
 import asyncio
@@ -21,7 +22,7 @@ from engine.sampling_params import SamplingParams, StructuredOutput
 from engine.structured_output import CompiledGrammar
 
 IDLE_WAIT_S = 0.5  # how often an idle loop wakes up to report it is alive
-GRAMMAR_COMPILE_WORKERS = 2  # threads that compile structured-output grammars off the engine thread
+PREPARE_WORKERS = 2  # threads that compile grammars and process images off the engine thread
 
 
 class AsyncEngine:
@@ -33,7 +34,7 @@ class AsyncEngine:
         self._ids = itertools.count()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._compile_pool = concurrent.futures.ThreadPoolExecutor(GRAMMAR_COMPILE_WORKERS, "grammar-compile")
+        self._prepare_pool = concurrent.futures.ThreadPoolExecutor(PREPARE_WORKERS, "engine-prepare")
         self.loop_heartbeat = time.monotonic()  # advanced by every loop iteration, busy or idle
         self.last_error: BaseException | None = None
 
@@ -47,7 +48,7 @@ class AsyncEngine:
         self._wakeup.set()
         if self._thread is not None:
             self._thread.join()
-        self._compile_pool.shutdown(wait=False, cancel_futures=True)
+        self._prepare_pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def is_alive(self) -> bool:
@@ -85,12 +86,13 @@ class AsyncEngine:
 
         Raises InvalidParameter("structured_output", ...) for an invalid schema, regex or grammar."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._compile_pool, self.engine.compile_structured_output, spec)
+        return await loop.run_in_executor(self._prepare_pool, self.engine.compile_structured_output, spec)
 
     async def generate(
-        self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None
+        self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None, images: tuple = ()
     ) -> AsyncIterator[RequestOutput]:
-        """Stream a request's outputs; raises the engine's error if it is refused."""
+        """Stream a request's outputs; raises the engine's error if it is refused. images: PIL images, one per
+        image placeholder in the prompt, for a model that takes images (the processor runs on a worker thread)."""
         request_id = request_id or f"req-{next(self._ids)}"
         queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
         self._streams[request_id] = (asyncio.get_running_loop(), queue)
@@ -98,7 +100,12 @@ class AsyncEngine:
         try:
             if params.structured_output is not None:
                 await self.compile_structured_output(params.structured_output)  # add_request finds it cached
-            await self.call(lambda e: e.add_request(request_id, prompt, params))
+            prepared = None
+            if images:
+                loop = asyncio.get_running_loop()
+                prompt, prepared = await loop.run_in_executor(self._prepare_pool, self.engine.prepare_images, prompt,
+                                                              list(images))
+            await self.call(lambda e: e.add_request(request_id, prompt, params, images=prepared))
             while not finished:
                 output = await queue.get()
                 finished = output.finished

@@ -7,8 +7,8 @@ from this one pool. A sliding-window (or chunked) group gives back the blocks it
 longer see; their table entries then point at the null block, block 0, which no sequence owns (its
 contents are never read; CUDA graph replays write their padding rows into it).
 
-Prefix caching: a full block is identified by the hash of (parent block's hash, its tokens), so
-equal hashes mean equal whole prefixes; each group registers its own block under that hash. Freed
+Prefix caching: a full block is identified by the hash of (parent block's hash, its tokens, and the
+content hashes of the images whose placeholders it holds), so equal hashes mean equal whole prefixes; each group registers its own block under that hash. Freed
 blocks keep their hash and join the free queue (least recently freed first); a later request with
 the same prefix takes them back, and an allocation that needs a block evicts the oldest one. A hit
 of n blocks needs, in every full group, all n blocks and, in a window group, only the blocks its
@@ -95,7 +95,11 @@ class BlockManager:
         while len(hashes) < num_blocks:
             i = len(hashes)
             parent = hashes[-1] if hashes else None
-            hashes.append(hash((parent, tuple(seq.token_ids[i * size : (i + 1) * size]))))
+            tokens = tuple(seq.token_ids[i * size : (i + 1) * size])
+            # Image placeholders are one token id whatever the image: the images' contents tell them apart. A block
+            # without any is keyed by its tokens alone, so text before an image is shared with text-only prompts.
+            images = seq.images.content_keys(i * size, (i + 1) * size) if seq.images is not None else ()
+            hashes.append(hash((parent, tokens, images)) if images else hash((parent, tokens)))
         return hashes[:num_blocks]
 
     # -- prefix caching ------------------------------------------------------------------------

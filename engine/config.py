@@ -43,11 +43,16 @@ class EngineConfig:
     # (a pre-quantized checkpoint or a GGUF stays quantized).
     quantization: str | None = None
     kv_cache_dtype: str = "auto"  # fp8: twice the tokens in the same KV cache bytes
+    # Image embeddings kept by their image's content (engine.vision): a repeated image is not encoded again
+    encoder_cache_tokens: int = 8192
 
     def __post_init__(self):
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "max_waiting_requests"):
             if getattr(self, name) < 1:
                 raise InvalidParameter(name, f"{name} must be positive, got {getattr(self, name)}")
+        if self.encoder_cache_tokens < 0:
+            raise InvalidParameter("encoder_cache_tokens", f"encoder_cache_tokens must be 0 (off) or more, got "
+                                                           f"{self.encoder_cache_tokens}")
         for name in ("kv_cache_bytes", "num_kv_blocks"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InvalidParameter(name, f"{name} must be positive, got {getattr(self, name)}")

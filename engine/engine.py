@@ -17,6 +17,7 @@ from engine.errors import DuplicateRequest, InvalidParameter, NoModelLoaded, Pro
 from engine.loader import LoadedModel, load_model
 from engine.model_runner import ModelRunner
 from engine.overlap import InFlightStep, overlappable, placeholder
+from engine.prompt_images import PromptImages
 from engine.prompt_logprobs import add_prompt_logprobs, prompt_positions
 from engine.sampler import SampledToken, Sampler
 from engine.sampling_params import SamplingParams, StructuredOutput
@@ -154,13 +155,31 @@ class Engine:
         return self.session
 
     # -- requests ------------------------------------------------------------------------------
-    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> int:
-        """Queue a request; returns its prompt length. Raises on bad input or a full queue."""
+    @property
+    def takes_images(self) -> bool:
+        """The loaded model reads images (engine.vision)."""
+        return self.session is not None and self.session.runner.vision is not None
+
+    def prepare_images(self, prompt: str, images: list) -> tuple[list[int], PromptImages]:
+        """A prompt with images (PIL images, one placeholder each in the prompt) as token ids and the images the
+        sequence keeps: the model's processor runs here, on any thread, not the engine's."""
+        session = self._session()
+        if session.runner.vision is None:
+            raise InvalidParameter("images", f"{session.loaded.name} takes no images")
+        return session.runner.vision.prepare(prompt, images)
+
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
+                    images: PromptImages | None = None) -> int:
+        """Queue a request; returns its prompt length. Raises on bad input or a full queue.
+
+        images: from prepare_images, whose token ids are then the prompt."""
         session = self._session()
         if request_id in self.sequences:
             raise DuplicateRequest(f"request id {request_id!r} is already in the engine")
         tokenizer = session.loaded.tokenizer
         vocab = session.loaded.config.vocab_size
+        if images is not None and session.runner.vision is None:
+            raise InvalidParameter("images", f"{session.loaded.name} takes no images")
         if isinstance(prompt, str):
             if tokenizer is None:
                 raise InvalidParameter("prompt", "this model has no tokenizer; send token ids")
@@ -183,7 +202,7 @@ class Engine:
         if params.stop and tokenizer is None:
             raise InvalidParameter("stop", "stop strings need a tokenizer; this model has none")
         grammar = self.compile_structured_output(params.structured_output) if params.structured_output else None
-        seq = Sequence(request_id, prompt_ids, params)
+        seq = Sequence(request_id, prompt_ids, params, images)
         session.scheduler.add(seq)
         self.sequences[request_id] = seq
         self.num_sequential += not overlappable(params)

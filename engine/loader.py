@@ -1,8 +1,11 @@
 """Load a causal LM and its tokenizer: a Hugging Face folder, a GGUF file, or dummy weights.
 
 Which models load is decided by engine.capabilities (the model's layers, not a list of names). A
-multimodal checkpoint loads its language model only: the text model's causal-LM class, its weights
-renamed from where the multimodal class keeps them, the vision weights left on disk. Mixture-of-
+multimodal checkpoint of a family whose images the engine runs (engine.vision), with its processor,
+loads whole: the multimodal class, its language model and LM head then put under the text model's
+causal-LM class (sharing the modules, no copy), its vision tower kept beside. Any other multimodal
+checkpoint loads its language model only: the text model's causal-LM class, its weights renamed from
+where the multimodal class keeps them, the vision weights left on disk. Mixture-of-
 experts layers run the fastest experts implementation transformers offers on the device; recurrent
 mixers get the engine's packed forward (engine.recurrent).
 
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from engine.capabilities import Architecture, check_config, decoder_layers, probe_attention
@@ -22,6 +26,7 @@ from engine.errors import ModelLoadError
 from engine.kv_cache_spec import KVCacheLayout
 from engine.recurrent.mixers import use_engine_forwards
 from engine.state_spec import StateLayout
+from engine.vision import Vision, loads_vision
 from engine.quantization import checkpoint
 from engine.quantization.weights import WeightFormat, pack_weights
 
@@ -48,6 +53,7 @@ class LoadedModel:
     text_only: bool = False  # a multimodal checkpoint whose language model alone is loaded
     weights: WeightFormat | None = None  # how the weights are packed in memory (engine.quantization)
     states: StateLayout = StateLayout()  # what its recurrent layers keep per sequence (engine.state_spec)
+    vision: Vision | None = None  # a multimodal checkpoint's vision side, where the engine runs its images
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,8 @@ class Weights:
     stored: str | None = None  # a pre-quantized checkpoint's format, e.g. "GPTQ int4 g128"
 
 
-def _finish(name: str, model: torch.nn.Module, tokenizer, arch: Architecture, device: str, weights: Weights) -> LoadedModel:
+def _finish(name: str, model: torch.nn.Module, tokenizer, arch: Architecture, device: str, weights: Weights,
+            vision: Vision | None = None) -> LoadedModel:
     """The weights packed, the capability probe, the experts implementation and the recurrent layers' forwards,
     on the loaded weights."""
     model.eval()
@@ -67,8 +74,8 @@ def _finish(name: str, model: torch.nn.Module, tokenizer, arch: Architecture, de
     experts = choose_experts_implementation(model, device)
     layout, features = probe_attention(model, arch.declared, device)
     states = use_engine_forwards(decoder_layers(model, arch.declared))
-    return LoadedModel(name, model, tokenizer, model.config, arch.declared, layout, features, experts, arch.text_only,
-                       packed, states)
+    return LoadedModel(name, model, tokenizer, model.config, arch.declared, layout, features, experts,
+                       arch.text_only and vision is None, packed, states, vision)
 
 
 def choose_experts_implementation(model: torch.nn.Module, device: str) -> str | None:
@@ -105,6 +112,20 @@ def _from_pretrained(arch: Architecture, path: Path, dtype: torch.dtype, device:
     return arch.model_class().from_pretrained(path, dtype=dtype, device_map=device, **kwargs)
 
 
+def _with_vision(arch: Architecture, path: Path, dtype: torch.dtype, device: str, tokenizer,
+                 **kwargs) -> tuple[torch.nn.Module, Vision]:
+    """The multimodal class loaded whole: the text model's causal LM over its language model and head, and the
+    vision side. The vision tower is no submodule of the causal LM: the engine's attention, quantization and
+    probes walk the language model alone."""
+    multimodal = getattr(transformers, arch.declared).from_pretrained(path, dtype=dtype, device_map=device, **kwargs)
+    with torch.device("meta"):
+        model = arch.model_class()._from_config(multimodal.config.get_text_config(), dtype=dtype)
+    model.model = multimodal.model.language_model
+    model.lm_head = multimodal.lm_head
+    model.generation_config = multimodal.generation_config
+    return model, Vision.load(path, multimodal, tokenizer)
+
+
 def _load_folder(path: Path, dtype: torch.dtype, device: str, quantization: str | None = None) -> LoadedModel:
     if not (path / "config.json").exists():
         raise ModelLoadError(f"{path} has no config.json; is it a Hugging Face model folder?")
@@ -116,12 +137,16 @@ def _load_folder(path: Path, dtype: torch.dtype, device: str, quantization: str 
     if not any(path.glob("*.safetensors")):
         raise ModelLoadError(f"{path} has no *.safetensors weights")
     quantized, stored = checkpoint.prepare(config)  # a pre-quantized checkpoint loads through the engine's quantizer
+    vision = None
     try:
-        model = _from_pretrained(arch, path, dtype, device, **quantized)
         tokenizer = AutoTokenizer.from_pretrained(path) if any(path.glob("tokenizer*")) else None
+        if arch.text_only and loads_vision(config.model_type, path):
+            model, vision = _with_vision(arch, path, dtype, device, tokenizer, **quantized)
+        else:
+            model = _from_pretrained(arch, path, dtype, device, **quantized)
     except Exception as e:  # transformers raises many kinds for corrupt files
         raise ModelLoadError(f"could not load the model in {path}: {type(e).__name__}: {e}") from e
-    return _finish(path.name, model, tokenizer, arch, device, Weights(quantization, stored=stored))
+    return _finish(path.name, model, tokenizer, arch, device, Weights(quantization, stored=stored), vision)
 
 
 def _load_gguf(path: Path, dtype: torch.dtype, device: str, quantization: str | None = None,

@@ -4,7 +4,10 @@ Two attention backends share the packing: "torch" (portable, the reference for t
 "triton" (one paged kernel per layer, CUDA; decode steps replay CUDA graphs; Llama-family layers
 rebuilt with merged projections and fused kernels, engine.fused_layers). A model with recurrent layers
 also has a state slot per sequence that may run (engine.recurrent.states), allocated before the KV
-cache and out of the same budget; its decode steps are not captured as CUDA graphs.
+cache and out of the same budget; its decode steps are not captured as CUDA graphs. A step with
+sequences that have images (engine.vision) runs the vision tower where due and gives the model
+inputs_embeds; it does not replay a CUDA graph. Images whose placeholders attend to each other both
+ways (Gemma 3) need the torch backend's masks: on the triton backend such a model takes no images.
 """
 
 import logging
@@ -26,6 +29,7 @@ from engine.prompt_logprobs import prompt_rows
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledSequence
 from engine.sequence import Sequence
+from engine.vision import EncoderCache
 from engine.state_spec import GATED_DELTA_NET, PREFIX_CACHING_OFF_FOR_RECURRENT, state_slots_for
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,8 @@ class ModelRunner:
         self.dtype = config.torch_dtype
         self.kv_dtype = torch.float8_e4m3fn if config.kv_cache_dtype == "fp8" else self.dtype
         self.weights = loaded.weights
+        self.vision = loaded.vision
+        self.encoder_cache = EncoderCache(config.encoder_cache_tokens)
         self.layout = loaded.layout
         self.experts = loaded.experts
         self.attention_features = loaded.attention_features
@@ -75,6 +81,11 @@ class ModelRunner:
         # On CUDA a full-size step runs now: it compiles the kernels (not on the first request) and
         # measures the activation peak the KV sizing leaves room for.
         activation_peak = self._cuda_warm_up() if config.on_cuda else 0
+        if self.vision is not None and self.vision.bidirectional and self.backend != "torch":
+            log.warning("%s's images are not taken on the %s attention backend (their placeholders attend to each "
+                        "other both ways, which the torch backend's masks do); its text is served",
+                        self.vision.model_type, self.backend)
+            self.vision = None
         self.num_blocks = self._num_blocks(activation_peak)
         model_len = config.max_model_len or getattr(self.hf_config, "max_position_embeddings", 2048)
         self.max_model_len = max_tokens_per_sequence(self.layout.specs(), self.block_size, self.num_blocks,
@@ -126,7 +137,9 @@ class ModelRunner:
                 "attention": ",".join(self.attention_features) or "full", "kv_cache": self.layout.describe(),
                 "kv_cache_dtype": str(self.kv_dtype).removeprefix("torch."),
                 "state_slots": self.state_slots_text(), "recurrent": self.recurrent_kernels,
-                "prefix_caching": self.prefix_caching, **(self.weights.to_dict() if self.weights else {})}
+                "prefix_caching": self.prefix_caching,
+                "images": f"{self.vision.model_type} vision tower" if self.vision is not None else "none",
+                **(self.weights.to_dict() if self.weights else {})}
 
     @property
     def recurrent_kernels(self) -> str:
@@ -246,6 +259,15 @@ class ModelRunner:
         )
         return output.logits[0]
 
+    def forward_with_images(self, scheduled: list[ScheduledSequence], input_ids: torch.Tensor, positions: torch.Tensor,
+                            meta, last_row: dict, logits_to_keep) -> torch.Tensor:
+        """forward() for a step where some sequences have images: their embeddings at the placeholders."""
+        embeds, position_ids = self.vision.step_inputs(self.model.get_input_embeddings(), scheduled, input_ids,
+                                                       positions, last_row, self.encoder_cache)
+        output = self.model(inputs_embeds=embeds, position_ids=position_ids, attention_metadata=meta, use_cache=False,
+                            logits_to_keep=logits_to_keep)
+        return output.logits[0]
+
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSequence], previous_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [n, vocab] for the scheduled sequences that complete their known tokens, in order; then
@@ -261,6 +283,9 @@ class ModelRunner:
         keep += [row for s in scheduled if s.seq.params.prompt_logprobs is not None
                  for row in prompt_rows(s, last_row[id(s)])]
         rows = to_device(torch.tensor(keep or [0]), self.device)
+        if self.vision is not None and any(s.seq.images is not None for s in scheduled):
+            logits = self.forward_with_images(scheduled, input_ids, positions, meta, last_row, rows)
+            return logits if keep else logits[:0]
         if self.graphs is not None and self.graphs.fits(meta):
             return self.graphs.replay(input_ids, positions, meta)[rows]
         logits = self.forward(input_ids, positions, meta, rows)

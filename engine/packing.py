@@ -3,7 +3,8 @@
 The token ids and positions are packed once: prefill chunks in schedule order, then decode tokens
 sorted by position, longest context first. Per KV cache group (engine.kv_cache_spec) come the slots
 the new keys go to and, for the torch path, what each query reads: a prefill chunk's visible blocks
-and its mask, and decode groups of similar visible length (less padding); for the triton path, the
+and its mask (where an image's placeholders attend to each other both ways, engine.prompt_images, each
+of them also sees the image's later ones), and decode groups of similar visible length (less padding); for the triton path, the
 group's block tables. Groups of one spec share the geometry (windows, masks, cuts); only their block
 ids differ.
 
@@ -142,17 +143,25 @@ class BatchPacker:
         for s in prefills:
             begin, n = s.seq.num_computed_tokens, s.num_new_tokens
             first_block = spec.first_visible(begin) // self.block_size
-            out.append((first_block, self._prefill_mask(spec, begin, n, first_block * self.block_size)))
+            images = s.seq.images
+            spans = [(a.start, a.end) for a in images.spans if begin < a.end and a.start < begin + n] \
+                if images is not None and images.bidirectional else []
+            out.append((first_block, self._prefill_mask(spec, begin, n, first_block * self.block_size, spans)))
         return out
 
-    def _prefill_mask(self, spec: AttentionSpec, begin: int, n: int, context_start: int) -> torch.Tensor | None:
+    def _prefill_mask(self, spec: AttentionSpec, begin: int, n: int, context_start: int,
+                      spans: list[tuple[int, int]] = ()) -> torch.Tensor | None:
         """0 where query i (at begin + i) sees key j (at context_start + j), -inf elsewhere; None: plain causal
-        over the whole context (the chunk is the sequence's start and the layer sees all of it)."""
-        if spec.is_full and begin == 0:
+        over the whole context (the chunk is the sequence's start and the layer sees all of it). spans: images
+        [start, end) in the chunk whose placeholders also see those after them (the chunk holds them whole)."""
+        if spec.is_full and begin == 0 and not spans:
             return None
         q_pos = np.arange(begin, begin + n)
         k_pos = np.arange(context_start, begin + n)
-        allowed = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] >= first_visible(spec, q_pos)[:, None])
+        seen = k_pos[None, :] <= q_pos[:, None]
+        for start, end in spans:
+            seen |= ((q_pos >= start) & (q_pos < end))[:, None] & ((k_pos >= start) & (k_pos < end))[None, :]
+        allowed = seen & (k_pos[None, :] >= first_visible(spec, q_pos)[:, None])
         bias = torch.zeros(allowed.shape, dtype=self.dtype).masked_fill_(torch.from_numpy(~allowed), float("-inf"))
         return to_device(bias, self.device)
 

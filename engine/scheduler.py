@@ -1,6 +1,7 @@
 """Continuous batching under one token budget per step.
 
-Each step: running sequences first (a decode token each, or the next chunk of a long prefill),
+Each step: running sequences first (a decode token each, or the next chunk of a long prefill; a
+chunk never cuts an image whose placeholders attend to each other, engine.prompt_images),
 then waiting ones while the budget, the sequence limit and the KV pool allow: the lowest priority
 value first (vLLM's meaning), then, among equal priorities, the share group (the API's key) that
 has been scheduled the fewest tokens for its weight since it last went idle, then arrival order.
@@ -84,7 +85,7 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            num_new = seq.prefill_chunk(seq.num_computed_tokens, budget)
             while not self.block_manager.allocate(seq, num_new):
                 victim = self._victim(i)
                 self.running.remove(victim)
@@ -104,7 +105,7 @@ class Scheduler:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = min(self.waiting, key=self._waiting_order)
             cached = self.block_manager.find_cached_prefix(seq)
-            num_new = min(seq.num_tokens - cached.num_blocks * self.block_manager.block_size, budget)
+            num_new = seq.prefill_chunk(cached.num_blocks * self.block_manager.block_size, budget)
             if not self.block_manager.can_admit(cached, num_new):
                 break
             self.waiting.remove(seq)
@@ -130,6 +131,7 @@ class Scheduler:
 
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.free(seq)
+        seq.release_image_embeddings()
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
         self.num_preemptions += 1
@@ -142,6 +144,7 @@ class Scheduler:
         elif seq.status == SequenceStatus.WAITING:
             self.waiting.remove(seq)
         self.block_manager.free(seq)
+        seq.release_image_embeddings()
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
         self._order.pop(seq.request_id, None)

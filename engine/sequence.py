@@ -1,8 +1,9 @@
-"""One request's life inside the engine: its tokens, progress, KV blocks and state slot."""
+"""One request's life inside the engine: its tokens, progress, KV blocks, state slot and images."""
 
 import enum
 import time
 
+from engine.prompt_images import PromptImages
 from engine.sampling_params import SamplingParams
 
 
@@ -13,7 +14,8 @@ class SequenceStatus(enum.Enum):
 
 
 class Sequence:
-    def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams):
+    def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                 images: PromptImages | None = None):
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
         self.token_ids = list(prompt_token_ids)  # prompt then outputs: what the KV cache must hold
@@ -25,6 +27,7 @@ class Sequence:
         self.block_tables: list[list[int]] = []  # one per KV cache group, given by the block manager
         self.block_hashes: list[int] = []  # chained hashes of full blocks, filled by the block manager
         self.num_cached_blocks = 0  # leading blocks of the block tables already registered for prefix caching
+        self.images = images  # the prompt's images (engine.vision), None for text
         self.state_slot: int | None = None  # its recurrent layers' states (engine.state_slots), while it runs
         self.num_preemptions = 0
         self.prompt_logprobs: list = []  # SampledToken of prompt tokens 1.. when params.prompt_logprobs is set
@@ -44,6 +47,18 @@ class Sequence:
     @property
     def is_finished(self) -> bool:
         return self.status == SequenceStatus.FINISHED
+
+    def prefill_chunk(self, begin: int, budget: int) -> int:
+        """How many tokens from `begin` (those computed or found cached) to compute next, within `budget`: never
+        cutting an image whose placeholders attend to each other (engine.prompt_images)."""
+        end = begin + min(self.num_tokens - begin, budget)
+        return (self.images.chunk_end(begin, end) if self.images is not None else end) - begin
+
+    def release_image_embeddings(self) -> None:
+        """Drop the vision tower's output: the prefill has passed the images, or the sequence left the batch (a
+        preempted one encodes its images again when it is recomputed)."""
+        if self.images is not None:
+            self.images.embeddings = None
 
     def append_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)

@@ -6,11 +6,20 @@ call format; the model's output format reads the text back into content, reasoni
 
 from appliance.api.endpoint import Endpoint, route
 from appliance.api.formatters.chat import ChatFormatter
+from appliance.api.images import ImageRef
 from appliance.api.plan import Ask
 from appliance.api.sampling import Sampling
 from appliance.api.schemas import ChatCompletionRequest
+from appliance.api.schemas.chat import UserMessage
 from appliance.api.structured import requested_constraint
 from appliance.serving.formats.tools.functions import tool_request
+
+
+def image_refs(req: ChatCompletionRequest) -> tuple[ImageRef, ...]:
+    """The user messages' image parts, in order, each with its place in the body."""
+    return tuple(ImageRef(part.image_url.url, f"messages.{i}.content.{j}.image_url.url")
+                 for i, message in enumerate(req.messages) if isinstance(message, UserMessage)
+                 for j, part in message.image_parts())
 
 
 def chat_ask(req: ChatCompletionRequest) -> Ask:
@@ -23,7 +32,7 @@ def chat_ask(req: ChatCompletionRequest) -> Ask:
         logprobs=(req.top_logprobs or 0) if req.logprobs else None, constraint=requested_constraint(req),
         messages=tuple(m.to_template() for m in req.messages), tools=tool_request(tools, choice, req.parallel_tool_calls),
         priority=req.priority,
-        reasoning_effort=req.reasoning_effort,
+        reasoning_effort=req.reasoning_effort, images=image_refs(req),
     )
 
 

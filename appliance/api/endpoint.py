@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from appliance.api.formatters.base import Formatter
 from appliance.api.generation import Generation
+from appliance.api.images import ImageLimits
 from appliance.api.plan import Ask, RequestPlan, plan_request
 from appliance.api.request import admit, read_request, start_context
 from appliance.api.respond import respond
@@ -54,8 +55,8 @@ def route(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         try:
             if endpoint.resume is not None:
                 ask = await endpoint.resume(body, ask, ctx, service)
-            plan: RequestPlan = await plan_request(ask, lease)
-            ctx.planned(plan.prompt_text, plan.constraint_label)
+            plan: RequestPlan = await plan_request(ask, lease, ImageLimits.from_config(service.config))
+            ctx.planned(plan.prompt_text, plan.constraint_label, len(plan.images))
             generation = Generation(service, plan, ctx)
             formatter = endpoint.formatter(body, generation, ctx.request_id, service.pool.served_name(lease.served))
             await generation.start()

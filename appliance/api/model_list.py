@@ -23,7 +23,9 @@ async def list_models(request: Request) -> Response:
                                max_model_len=served.max_model_len if served is not None else None, state=state,
                                model=shown if shown != name else None, weights=execution.get("weights"),
                                weight_bytes=execution.get("weight_bytes"),
-                               kv_cache_dtype=execution.get("kv_cache_dtype")))
+                               kv_cache_dtype=execution.get("kv_cache_dtype"),
+                               input_modalities=None if served is None else
+                               ["text", "image"] if served.engine.takes_images else ["text"]))
     if not cards:  # starting: the configured model, not loaded yet
         cards.append(ModelCard(id=pool.model_name, created=service.created, state="loading"))
     return Response(ModelList(data=cards).model_dump_json(), media_type="application/json")

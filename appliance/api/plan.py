@@ -3,14 +3,15 @@ output is read. It travels between the stages (route → plan → admission leas
 account); none of them changes it.
 
 Each API's module turns its request body into an `Ask` (its checks are 400s naming the body's
-fields, made before admission); `plan_request` puts the Ask on the admitted model: a chat is
-rendered by the model's template and its output format (serving/render.py), plain prompts go as
-they are.
+fields, made before admission); `plan_request` puts the Ask on the admitted model: its images read
+(api/images.py; a model that takes none refuses them), a chat rendered by the model's template and its
+output format (serving/render.py), plain prompts as they are.
 """
 
 import json
 from dataclasses import dataclass
 
+from appliance.api.images import ImageLimits, ImageRef, read_images
 from appliance.api.sampling import Sampling, Scheduling
 from appliance.errors import invalid
 from appliance.serving.constraint import OutputConstraint
@@ -39,6 +40,7 @@ class Ask:
     reasoning_effort: str | None = None  # for a chat template that takes one
     prompts: tuple[str | list[int], ...] = ()  # plain prompts, when there are no messages
     priority: int | None = None  # the request's own (lower runs first); None: its key's
+    images: tuple[ImageRef, ...] = ()  # the chat's images, in the order their placeholders come in the prompt
 
     def __post_init__(self):
         if self.tools.active and self.constraint is not None:
@@ -62,6 +64,7 @@ class RequestPlan:
     prompts: tuple[str | list[int], ...]  # what the engine gets: the rendered chat, or the plain prompts
     constraint: OutputConstraint | None  # the request's or the tools', held after the reasoning where it must be
     reading: OutputReading  # how each choice's text becomes events
+    images: tuple = ()  # the prompt's images, decoded (PIL images)
 
     @property
     def served(self) -> ServedModel:
@@ -98,10 +101,22 @@ class RequestPlan:
                 for p, prompt in enumerate(self.prompts) for j in range(ask.n)]
 
 
-async def plan_request(ask: Ask, lease: ModelLease) -> RequestPlan:
-    """The Ask on its admitted model: a chat rendered (400s for messages that do not fit the template), or the
-    plain prompts."""
+async def plan_request(ask: Ask, lease: ModelLease, limits: ImageLimits) -> RequestPlan:
+    """The Ask on its admitted model: its images read, a chat rendered (400s for messages that do not fit the
+    template), or the plain prompts."""
     if ask.messages is None:
         return RequestPlan(ask, lease, ask.prompts, ask.constraint, PLAIN)
+    images = await read_request_images(ask.images, lease.served, limits)
     prompt, reading = await render_chat(lease.served, list(ask.messages), ask.tools, ask.reasoning_effort)
-    return RequestPlan(ask, lease, (prompt,), reading.constraint(ask.constraint), reading)
+    return RequestPlan(ask, lease, (prompt,), reading.constraint(ask.constraint), reading, images)
+
+
+async def read_request_images(refs: tuple[ImageRef, ...], served: ServedModel, limits: ImageLimits) -> tuple:
+    """A request's images read for the model it was admitted to; a 400 naming the first when the model takes none."""
+    if not refs:
+        return ()
+    if not served.engine.takes_images:
+        param = refs[0].param
+        raise invalid(param, f"{param}: the model {served.name} takes no images (GET /v1/models lists each model's "
+                             "input_modalities); send text, or ask a model that takes images")
+    return await read_images(refs, limits)

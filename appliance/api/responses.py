@@ -16,6 +16,7 @@ from appliance.api.chat import chat_ask
 from appliance.api.endpoint import Endpoint, route
 from appliance.api.formatters.responses import ResponseFormatter
 from appliance.api.generation import Generation
+from appliance.api.images import ImageRef
 from appliance.api.plan import Ask
 from appliance.api.request import parse
 from appliance.api.schemas.chat import ChatCompletionRequest
@@ -23,7 +24,8 @@ from appliance.errors import APIError, invalid
 from appliance.serving.context import RequestContext
 from appliance.serving.formats.events import collect, reasoning
 from appliance.serving.service import Service
-from appliance.api.schemas.responses import FunctionCallInput, FunctionCallOutputInput, ReasoningInput, ResponsesRequest
+from appliance.api.schemas.responses import (FunctionCallInput, FunctionCallOutputInput, ReasoningInput, ResponsesRequest,
+                                             UserInputMessage)
 
 
 def chat_messages(req: ResponsesRequest) -> list[dict]:
@@ -45,7 +47,7 @@ def chat_messages(req: ResponsesRequest) -> list[dict]:
         elif isinstance(item, FunctionCallOutputInput):
             messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.output})
         else:
-            messages.append({"role": item.role, "content": item.text()})
+            messages.append({"role": item.role, "content": item.chat_content()})
         if thought is not None and messages[-1]["role"] == "assistant":
             messages[-1]["reasoning"] = thought
         thought = None
@@ -80,10 +82,20 @@ def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
 
 def responses_ask(req: ResponsesRequest) -> Ask:
     for value in req.include or ():
-        raise invalid("include", f"include: {value!r} is not available here (no file or web search, no images, no "
-                                 "encrypted reasoning, no logprobs in the Responses API); send include: [] or leave "
-                                 "it out")
-    return chat_ask(chat_request(req))
+        raise invalid("include", f"include: {value!r} is not available here (no file or web search, no image URLs "
+                                 "to give back, no encrypted reasoning, no logprobs in the Responses API); send "
+                                 "include: [] or leave it out")
+    # Its images named by their place in the Responses request (the chat's messages are numbered otherwise).
+    return dataclasses.replace(chat_ask(chat_request(req)), images=image_refs(req))
+
+
+def image_refs(req: ResponsesRequest) -> tuple[ImageRef, ...]:
+    """The input messages' input_image parts, in order, each with its place in the body."""
+    if isinstance(req.input, str):
+        return ()
+    return tuple(ImageRef(part.image_url, f"input.{i}.content.{j}.image_url")
+                 for i, item in enumerate(req.input) if isinstance(item, UserInputMessage)
+                 for j, part in item.image_parts())
 
 
 async def resume(req: ResponsesRequest, ask: Ask, ctx: RequestContext, service: Service) -> Ask:
@@ -96,6 +108,9 @@ async def resume(req: ResponsesRequest, ask: Ask, ctx: RequestContext, service: 
         raise APIError(404, f"no stored response {req.previous_response_id!r} for this key: responses are kept "
                             f"{retention / 86400:g} days, for the key that made them, unless store was false",
                        param="previous_response_id", code="response_not_found")
+    if any(isinstance(m.get("content"), list) and any(p.get("type") == "image" for p in m["content"]) for m in stored):
+        raise invalid("previous_response_id", "previous_response_id: that conversation had images, which stored "
+                                              "responses do not keep; send the whole conversation as input instead")
     instructions, new = split_instructions(req, ask.messages)
     return dataclasses.replace(ask, messages=instructions + tuple(stored) + new)
 

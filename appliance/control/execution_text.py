@@ -12,7 +12,7 @@ def execution(path: dict | None) -> str:
     """How the engine runs the model, in a few words: "triton · fused · CUDA graphs · async · cuda:0 bfloat16",
     with its attention variants and experts implementation where it has them ("sliding+sinks", "experts
     grouped_mm"), then its weights when packed ("weights int4 g32 + bfloat16, 3.1 GiB"), an fp8 KV cache
-    ("KV fp8") and what runs recurrent layers ("recurrent fla")."""
+    ("KV fp8"), what runs recurrent layers ("recurrent fla") and whether it reads images ("takes images")."""
     if not path:
         return ""
     words = [path.get("attention_backend") or MISSING]
@@ -30,6 +30,8 @@ def execution(path: dict | None) -> str:
         words.append("KV fp8")
     if path.get("recurrent") not in (None, "none"):
         words.append(f"recurrent {path['recurrent']}")
+    if path.get("images") not in (None, "none"):
+        words.append("takes images")
     return " · ".join(words)
 
 

@@ -118,6 +118,8 @@ class Metrics:
             "http_requests", "HTTP requests by route, method and status class (2xx, 4xx, 5xx).",
             ["handler", "method", "status"], registry=r,
         )
+        self.images = Counter("appliance_request_images", "Images in the prompts of the requests a model answered.",
+                              ["model_name"], registry=r)
         self.key_requests = Counter("appliance_key_requests", "Requests admitted per API key.", ["key_id"], registry=r)
         self.key_prompt_tokens = Counter("appliance_key_prompt_tokens", "Prompt tokens per API key.", ["key_id"], registry=r)
         self.key_completion_tokens = Counter(
@@ -161,6 +163,9 @@ class Metrics:
 
     def observe_response(self, handler: str, method: str, status: int) -> None:
         self.http_requests.labels(handler, method, f"{status // 100}xx").inc()
+
+    def observe_images(self, model: str, images: int) -> None:
+        self.images.labels(model).inc(images)
 
     def observe_key(self, key_id: str, prompt_tokens: int, completion_tokens: int) -> None:
         self.key_requests.labels(key_id).inc()

@@ -29,6 +29,7 @@ def log_request(
     prompt: str | None = None,
     constraint: str | None = None,
     trace_id: str | None = None,
+    images: int = 0,
 ) -> dict:
     record = {
         "event": "request",
@@ -48,6 +49,8 @@ def log_request(
         record["trace_id"] = trace_id
     if constraint is not None:  # what held the output to a grammar: "json_schema", "tools:required"...
         record["constraint"] = constraint
+    if images:
+        record["images"] = images
     if prompt is not None:
         record["prompt"] = prompt
     logger.info(json.dumps(record, ensure_ascii=False), extra=_journal_fields(record))

@@ -36,7 +36,9 @@ class Accounting:
             status=ctx.status, prompt_tokens=ctx.prompt_tokens, completion_tokens=ctx.completion_tokens,
             queue_time_s=ctx.queue_time_s, ttft_s=ctx.ttft_s, total_time_s=time.monotonic() - ctx.started,
             finish_reason=ctx.finish_reason, prompt=ctx.prompt_text if self.config.log_prompts else None,
-            constraint=ctx.constraint, trace_id=tracing.trace_id(ctx.span),
+            constraint=ctx.constraint, trace_id=tracing.trace_id(ctx.span), images=ctx.images,
         )
+        if ctx.images:
+            self.metrics.observe_images(model, ctx.images)
         if ctx.span is not None:
             tracing.annotate(ctx.span, record, model)

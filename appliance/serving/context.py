@@ -31,6 +31,7 @@ class RequestContext:
     ttft_s: float | None = None
     status: str = "ok"
     constraint: str | None = None  # the grammar the output was held to, for the log line
+    images: int = 0  # images in its prompt
     served: ServedModel | None = None  # the model the request was admitted to
     fallback: object | None = None  # routing.Fallback: why another model than its own answered
     allowed_models: list[str] | None = None  # its key's, for a fallback after a failure
@@ -45,8 +46,8 @@ class RequestContext:
     def admitted(self, served: ServedModel, fallback, allowed_models: list[str] | None) -> None:
         self.served, self.fallback, self.allowed_models = served, fallback, allowed_models
 
-    def planned(self, prompt_text: str, constraint: str | None) -> None:
-        self.prompt_text, self.constraint = prompt_text, constraint
+    def planned(self, prompt_text: str, constraint: str | None, images: int = 0) -> None:
+        self.prompt_text, self.constraint, self.images = prompt_text, constraint, images
 
     def first_token(self, ttft_s: float, queue_time_s: float | None) -> None:
         """The first token of its first engine request (n > 1: the earliest one counts)."""

@@ -29,9 +29,9 @@ class EngineStream:
         self.tracing = tracing
 
     async def generate(self, served: ServedModel, prompt, params, request_id: str, ctx: RequestContext,
-                       param_names: dict[str, str] | None = None) -> AsyncIterator:
-        """Stream one engine request's outputs on the model the request was admitted to; errors come out as
-        APIError.
+                       param_names: dict[str, str] | None = None, images: tuple = ()) -> AsyncIterator:
+        """Stream one engine request's outputs on the model the request was admitted to (with the prompt's images,
+        PIL images, for a model that takes them); errors come out as APIError.
 
         Ends with a 503 APIError when a drain (shutdown, or a hot swap's) cut the request short.
         `param_names` maps the engine's parameter names to the request's fields for its 400s.
@@ -54,7 +54,7 @@ class EngineStream:
         busy = self.busy.start()
         try:
             with engine_errors(self.config.retry_after_s, param_names):
-                async for out in served.async_engine.generate(prompt, params, request_id=request_id):
+                async for out in served.async_engine.generate(prompt, params, request_id=request_id, images=images):
                     now = time.monotonic()
                     if last is None:
                         first, ttft = out, now - start

@@ -1,7 +1,8 @@
 """What a model needs in memory before it loads, and whether that fits next to the models already loaded.
 
 Needs = weights (bytes on disk scaled from the stored dtype to the serving one: every expert of a
-mixture of experts; a multimodal checkpoint's language model only; a pre-quantized checkpoint's as
+mixture of experts; a multimodal checkpoint's language model only, or with its vision tower where the
+engine runs its images (engine.vision); a pre-quantized checkpoint's as
 stored; with `quantization` the decoder's linear layers at their packed size; a folder with only a
 config.json: its parameters counted on the meta device) + the KV cache the engine will allocate (its
 layers grouped as the engine groups them: a sliding-window layer holds its window; one byte a value
@@ -60,8 +61,8 @@ TEXT_TENSOR_PREFIXES = ("model.language_model.", "language_model.", "lm_head.")
 
 
 def weight_bytes(path: Path, multimodal: bool) -> int:
-    """Bytes of the weights the engine loads: every file's, or for a multimodal checkpoint only its language
-    model's tensors (from the safetensors headers: the vision tower stays on disk)."""
+    """Bytes of the weights the engine loads: every file's, or for a multimodal checkpoint loaded as text only its
+    language model's tensors (from the safetensors headers: the vision tower stays on disk)."""
     files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
     if not multimodal:
         return sum(f.stat().st_size for f in files)
@@ -91,13 +92,15 @@ def needs(path: Path, engine_config, kv_context: int) -> Needs:
     from engine.config import CPU_KV_CACHE_BYTES
     from engine.kv_cache_spec import layout_from_config
     from engine.state_spec import StateLayout, state_slots_for
+    from engine.vision import loads_vision
 
     config = model_config(path)
     text = config.get("text_config") or config  # a multimodal checkpoint serves its language model
     architecture = model_architecture(path) if config else None
     stored = DTYPE_BYTES.get(str(config.get("dtype") or config.get("torch_dtype") or text.get("dtype") or "float32"), 4)
     serving = DTYPE_BYTES.get(engine_config.resolved_dtype, 4)
-    on_disk = weight_bytes(path, text is not config)  # every expert of a MoE model counts
+    # every expert of a MoE model counts; a multimodal checkpoint's vision tower where the engine loads it
+    on_disk = weight_bytes(path, text is not config and not loads_vision(config.get("model_type"), path))
     if not on_disk and architecture is not None:  # a config.json alone: what its parameters take at the stored dtype
         on_disk = parameter_count(architecture) * stored
     weights = on_disk if "quantization_config" in config else on_disk * serving // stored

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from engine.block_manager import NULL_BLOCK, BlockManager, blocks_for
 from benchmarks.kv_capacity import full_allocation, sequences_held
 from engine.kv_cache_spec import AttentionSpec, layout_from_config
+from engine.prompt_images import ImageSpan, PromptImages
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
 
@@ -28,6 +29,23 @@ def admit(bm: BlockManager, seq: Sequence) -> bool:
     seq.num_computed_tokens = seq.num_tokens
     bm.cache_full_blocks(seq)
     return True
+
+
+def test_blocks_holding_an_image_are_keyed_by_its_content_and_text_blocks_by_their_tokens_alone():
+    """Placeholders 8..11 of an image (one token id whatever the image): the same image hits, another does not,
+    and the text before it is shared with a text-only prompt."""
+    bm = BlockManager(num_blocks=32, block_size=BLOCK)
+    tokens = list(range(1, 9)) + [99] * 4 + [20, 21, 22, 23, 24]
+
+    def with_image(rid: str, content_hash: int) -> Sequence:
+        images = PromptImages({}, list(range(8, 12)), [ImageSpan(8, 12, content_hash)])
+        return Sequence(rid, tokens, SamplingParams(), images)
+
+    assert admit(bm, with_image("first", 1))
+    found = {rid: admit(bm, seq) and seq.num_cached_tokens
+             for rid, seq in [("same", with_image("same", 1)), ("other", with_image("other", 2)),
+                              ("text", make_seq(tokens, "text"))]}
+    assert found == {"same": 16, "other": 8, "text": 8}
 
 
 def test_allocate_covers_tokens_and_free_returns_blocks():

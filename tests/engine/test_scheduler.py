@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from engine.block_manager import BlockManager
 from engine.errors import QueueFull
+from engine.prompt_images import ImageSpan, PromptImages
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence, SequenceStatus
@@ -46,6 +47,26 @@ def test_long_prompt_is_prefilled_in_chunks_within_the_budget():
             if completes:
                 s.seq.append_token(1)
     assert chunks == [16, 16, 8]
+
+
+@pytest.mark.parametrize("bidirectional, chunks", [(False, [16, 16, 16]), (True, [12, 8, 24, 4])])
+def test_a_chunk_cuts_an_image_only_where_its_placeholders_attend_one_way(bidirectional, chunks):
+    """Images at tokens 12..17 and 20..43 (longer than the budget): Qwen's may be cut anywhere; Gemma's are
+    never cut, the chunk ending before the image or, starting at it, after it past the budget."""
+    sched = make_scheduler(budget=16)
+    spans = [ImageSpan(12, 18, 1), ImageSpan(20, 44, 2)]
+    images = PromptImages({}, [r for span in spans for r in range(span.start, span.end)], spans,
+                          bidirectional=bidirectional)
+    seq = Sequence("a", list(range(48)), SamplingParams(), images)
+    sched.add(seq)
+    got = []
+    while not seq.output_token_ids:
+        got.append(sched.schedule().num_batched_tokens)
+        completes = seq.num_computed_tokens + got[-1] == seq.num_tokens
+        seq.num_computed_tokens += got[-1]
+        if completes:
+            seq.append_token(1)
+    assert got == chunks
 
 
 def test_running_sequences_are_scheduled_before_waiting_ones_in_arrival_order():

@@ -283,7 +283,7 @@ async def test_async_generate_compiles_off_the_engine_thread(tiny_model_path):
         params = SamplingParams(max_tokens=64, temperature=0, structured_output=StructuredOutput(choice=CHOICES))
         outputs = [o async for o in async_engine.generate("Pick one:", params)]
         assert "".join(o.new_text for o in outputs) in CHOICES and outputs[-1].finish_reason == "stop"
-        assert compiled_on[0].startswith("grammar-compile")
+        assert compiled_on[0].startswith("engine-prepare")
         assert compiled_on[1] == "engine-loop" and eng.session.grammars.num_compiled == 1  # a cache hit there
         assert async_engine.stats().structured_output_requests == 1
 

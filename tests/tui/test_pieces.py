@@ -32,6 +32,9 @@ def test_execution_path_in_a_few_words():
     packed = gpu | {"weights": "int4 g32 + bfloat16", "weight_bytes": 3 << 30, "kv_cache_dtype": "float8_e4m3fn"}
     assert execution(packed) == ("triton · fused · CUDA graphs · async · cuda:0 bfloat16 · weights int4 g32 + bfloat16, "
                                  "3.0 GiB · KV fp8")
+    cpu = {"device": "cpu", "dtype": "float32", "attention_backend": "torch"}
+    assert execution(cpu | {"images": "qwen2_5_vl vision tower"}) == "torch · cpu float32 · takes images"
+    assert execution(cpu | {"images": "none"}) == "torch · cpu float32"
 
 
 def test_the_kv_gauge_counts_state_slots_only_for_a_model_with_recurrent_layers():

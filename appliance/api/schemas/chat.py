@@ -35,6 +35,19 @@ class RefusalPart(StrictRequest):
         return self.refusal
 
 
+class ImageURL(StrictRequest):
+    url: StrictStr = Field(description="a data: URL with the image in base64 (PNG, JPEG, WebP, GIF), or an http(s) "
+                                       "URL of a host the operator allows (image_url_hosts; none by default)")
+    detail: Literal["auto", "low", "high"] | None = no_effect("the model's image processor decides the resolution")
+
+
+class ImageURLPart(StrictRequest):
+    """An image in a user message, for a model that takes images (GET /v1/models: input_modalities)."""
+
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
 class FunctionCall(StrictRequest):
     name: StrictStr
     arguments: StrictStr = Field(description="the arguments as a JSON object's text, as the model wrote them")
@@ -75,6 +88,26 @@ class SystemMessage(BaseMessage):
 
 class UserMessage(BaseMessage):
     role: Literal["user"]
+    content: StrictStr | list[TextPart | ImageURLPart]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content if isinstance(part, TextPart))
+
+    def image_parts(self) -> list[tuple[int, ImageURLPart]]:
+        """(index in content, part) of the message's images."""
+        return [] if isinstance(self.content, str) else [
+            (j, part) for j, part in enumerate(self.content) if isinstance(part, ImageURLPart)]
+
+    def to_template(self) -> dict:
+        """With images, the content as chat templates of vision models take it: text and image parts in order (the
+        template writes the model's image placeholder for each)."""
+        message = super().to_template()
+        if self.image_parts():
+            message["content"] = [{"type": "image"} if isinstance(part, ImageURLPart) else
+                                  {"type": "text", "text": part.text} for part in self.content]
+        return message
 
 
 class AssistantMessage(BaseMessage):

@@ -40,6 +40,8 @@ class ModelCard(BaseModel):
     weights: str | None = Field(None, description="a loaded model's weight packing, e.g. \"int4 g32 + float32\"")
     weight_bytes: int | None = Field(None, description="a loaded model's weights in memory, in bytes")
     kv_cache_dtype: str | None = Field(None, description="a loaded model's KV cache dtype, e.g. float8_e4m3fn")
+    input_modalities: list[str] | None = Field(None, description="what a loaded model reads: [\"text\"], or "
+                                                                 "[\"text\", \"image\"] for one that takes images")
 
 
 class ModelList(BaseModel):

@@ -16,6 +16,32 @@ class TextBlock(StrictRequest):
     cache_control: dict[str, Any] | None = no_effect("prompts that share a prefix share its KV cache anyway")
 
 
+class Base64ImageSource(StrictRequest):
+    type: Literal["base64"]
+    media_type: Literal["image/jpeg", "image/png", "image/gif", "image/webp"]
+    data: StrictStr = Field(description="the image's bytes in base64")
+
+
+class URLImageSource(StrictRequest):
+    type: Literal["url"]
+    url: StrictStr = Field(description="an http(s) URL of a host the operator allows (image_url_hosts; none by "
+                                       "default)")
+
+
+class ImageBlock(StrictRequest):
+    """An image in a user turn, for a model that takes images (GET /v1/models: input_modalities)."""
+
+    type: Literal["image"]
+    source: Annotated[Union[Base64ImageSource, URLImageSource], Field(discriminator="type")]
+    cache_control: dict[str, Any] | None = no_effect("prompts that share a prefix share its KV cache anyway")
+
+    @property
+    def url(self) -> str:
+        """The image as a URL: a base64 source as a data: URL."""
+        source = self.source
+        return f"data:{source.media_type};base64,{source.data}" if source.type == "base64" else source.url
+
+
 class ToolUseBlock(StrictRequest):
     """An earlier call of the assistant's."""
 
@@ -54,7 +80,7 @@ class RedactedThinkingBlock(StrictRequest):
     data: StrictStr = Field(description="accepted, no effect: the model never sees redacted reasoning")
 
 
-Block = Annotated[Union[TextBlock, ToolUseBlock, ToolResultBlock, ThinkingBlock, RedactedThinkingBlock],
+Block = Annotated[Union[TextBlock, ImageBlock, ToolUseBlock, ToolResultBlock, ThinkingBlock, RedactedThinkingBlock],
                   Field(discriminator="type")]
 
 

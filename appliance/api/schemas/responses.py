@@ -20,18 +20,53 @@ class InputText(StrictRequest):
     logprobs: list[dict[str, Any]] | None = no_effect("log-probabilities of an earlier output")
 
 
+class InputImage(StrictRequest):
+    """An image in a user message, for a model that takes images (GET /v1/models: input_modalities)."""
+
+    type: Literal["input_image"]
+    image_url: StrictStr = Field(description="a data: URL with the image in base64 (PNG, JPEG, WebP, GIF), or an "
+                                             "http(s) URL of a host the operator allows (image_url_hosts; none by "
+                                             "default)")
+    detail: Literal["auto", "low", "high"] | None = no_effect("the model's image processor decides the resolution")
+
+
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
 
 
 class InputMessage(StrictRequest):
     type: Literal["message"] = "message"
-    role: Literal["user", "assistant", "system", "developer"]
+    role: Literal["assistant", "system", "developer"]
     content: StrictStr | list[InputText]
     id: StrictStr | None = no_effect("the id of an earlier output item")
     status: ItemStatus | None = no_effect("the status of an earlier output item")
 
     def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content if isinstance(p, InputText))
+
+    def chat_content(self) -> str | list[dict]:
+        """The content as a chat message's."""
+        return self.text()
+
+
+class UserInputMessage(InputMessage):
+    """A user's message: text, and images for a model that takes them."""
+
+    role: Literal["user"]
+    content: StrictStr | list[InputText | InputImage]
+
+    def image_parts(self) -> list[tuple[int, InputImage]]:
+        """(index in content, part) of the message's images."""
+        return [] if isinstance(self.content, str) else [
+            (j, p) for j, p in enumerate(self.content) if isinstance(p, InputImage)]
+
+    def chat_content(self) -> str | list[dict]:
+        """With images, chat's text and image_url parts in order."""
+        if not self.image_parts():
+            return self.text()
+        return [{"type": "image_url", "image_url": {"url": p.image_url}} if isinstance(p, InputImage) else
+                {"type": "text", "text": p.text} for p in self.content]
 
 
 class FunctionCallInput(StrictRequest):
@@ -69,7 +104,7 @@ class ReasoningInput(StrictRequest):
         return "".join(part.text for part in self.content)
 
 
-InputItem = Union[InputMessage, FunctionCallInput, FunctionCallOutputInput, ReasoningInput]
+InputItem = Union[UserInputMessage, InputMessage, FunctionCallInput, FunctionCallOutputInput, ReasoningInput]
 
 
 class FunctionTool(StrictRequest):

@@ -67,12 +67,15 @@ def test_unimplemented_chat_fields_are_refused_by_name(http, live_server, field,
     assert error["param"] == field and f"'{field}'" in error["message"] and reason in error["message"]
 
 
-def test_image_parts_to_a_text_model_are_refused(client, live_server):
+def test_image_parts_to_a_text_model_are_refused_naming_the_model(client, live_server):
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=live_server.model, max_tokens=2, messages=[
             {"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]}])
-    assert e.value.body["param"] == "messages.0.content.1.type" and "text only" in e.value.body["message"]
+    assert e.value.body["param"] == "messages.0.content.1.image_url.url"
+    assert f"the model {live_server.model} takes no images" in e.value.body["message"]
+    models = {m.id: m for m in client.models.list().data}
+    assert models[live_server.model].input_modalities == ["text"]
 
 
 def test_fields_accepted_without_effect(client, live_server):

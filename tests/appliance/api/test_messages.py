@@ -112,8 +112,8 @@ def test_errors_take_anthropics_shape(client, tools_server):
         client.messages.create(model=REASONING, max_tokens=5, messages=[{"role": "user", "content": [
             {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]}])
     error = e.value.body["error"]
-    assert error["type"] == "invalid_request_error" and "messages.0.content" in error["message"]
-    assert "text only" in error["message"]
+    assert error["type"] == "invalid_request_error" and "messages.0.content.0.source" in error["message"]
+    assert "takes no images" in error["message"]
     with pytest.raises(anthropic.NotFoundError) as e:
         client.messages.create(model="no-such-model", max_tokens=5, messages=QUESTION)
     assert e.value.body["error"]["type"] == "not_found_error"

@@ -39,6 +39,25 @@ def test_a_multimodal_checkpoint_is_planned_as_the_language_model_the_engine_loa
         engine.unload_model()
 
 
+def test_a_multimodal_checkpoint_whose_images_the_engine_runs_is_planned_with_its_vision_tower(tmp_path,
+                                                                                               default_model_path):
+    from tests.engine.vision_models import build_vlm
+
+    build_vlm("qwen2_5_vl", tmp_path, default_model_path)
+    config = EngineConfig(dtype="float32", num_kv_blocks=32, block_size=4)
+    need = memory_plan.needs(tmp_path, config, kv_context=4096)
+    engine = Engine(config)
+    engine.load_model(tmp_path)
+    try:
+        loaded = engine.session.loaded
+        vision_tower = sum(p.numel() * p.element_size() for p in loaded.vision.model.visual.parameters())
+        text = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+        assert need.weights == (tmp_path / "model.safetensors").stat().st_size  # the whole file, vision tower too
+        assert 0 <= need.weights - (text + vision_tower) < 16 << 10 < vision_tower  # less its header
+    finally:
+        engine.unload_model()
+
+
 def test_the_refusal_says_what_is_needed_what_is_free_and_what_to_do():
     plan = memory_plan.Plan(budget=3 << 30, used={"big": 2 << 30}, device_free=20 << 30)
     assert plan.free == 1 << 30

@@ -1,0 +1,128 @@
+"""What an image costs: prefill tokens and vision-tower work per image at each family's real resolution
+(computed: the families' own PIL image processors on blank images, the vision towers built on the meta device),
+and the time to first token of an image request with and without a prefix-cache hit on a tiny model (measured).
+
+Per family and image size: the placeholder tokens the image takes in the prompt (its share of the KV cache
+and of the prefill), the patches its vision tower runs over, and the tower's matmul work, 2 x parameters x
+patches (attention's own quadratic term left out: Qwen's tower attends in windows of 112 pixels but for four
+layers, SigLIP over its 4,096 patches). TTFT: the tiny Qwen2.5-VL of the tests (tests/engine/vision_models.py)
+in an engine on this machine, a 448 x 448 image (256 placeholders) behind a short text, alone; then the same
+request again (its image's blocks from the prefix cache: no encode, no prefill of the image) and one with
+another image of the same size (encoded and prefilled again).
+
+    python -m benchmarks.images [--json OUT]
+"""
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import Qwen2_5_VLConfig, SiglipVisionConfig, SiglipVisionModel
+from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+SIZES = [(448, 448), (1024, 768), (1920, 1080), (3840, 2160)]
+REPEATS = 3
+
+
+def parameters(module_class, config) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in module_class._from_config(config).parameters())
+
+
+def qwen2_5_vl_7b() -> dict:
+    """Qwen2.5-VL-7B-Instruct's vision tower and its preprocessor_config.json's pixel bounds."""
+    vision = Qwen2_5_VLConfig(vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                                                 out_hidden_size=3584, patch_size=14, spatial_merge_size=2,
+                                                 temporal_patch_size=2, window_size=112,
+                                                 fullatt_block_indexes=[7, 15, 23, 31])).vision_config
+    processor = Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=12845056, patch_size=14, merge_size=2,
+                                         temporal_patch_size=2)
+    params = parameters(Qwen2_5_VisionTransformerPretrainedModel, vision)
+
+    def per_image(size) -> dict:
+        grid = processor(Image.new("RGB", size), return_tensors="pt")["image_grid_thw"][0]
+        patches = int(grid.prod())
+        return {"tokens": patches // 4, "patches": patches, "gflop": 2 * params * patches / 1e9}
+
+    return {"params": params, "sizes": {f"{w}x{h}": per_image((w, h)) for w, h in SIZES}}
+
+
+def gemma3() -> dict:
+    """Gemma 3 (4B, 12B, 27B): SigLIP so400m at 896 x 896, pooled to 256 tokens; every image is resized to it."""
+    vision = SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                                image_size=896, patch_size=14)
+    processor = Gemma3ImageProcessorPil(size={"height": 896, "width": 896})
+    params = parameters(SiglipVisionModel, vision)
+
+    def per_image(size) -> dict:
+        pixels = processor(Image.new("RGB", size), return_tensors="pt")["pixel_values"]
+        patches = (pixels.shape[-1] // 14) * (pixels.shape[-2] // 14)
+        return {"tokens": 256, "patches": patches, "gflop": 2 * params * patches / 1e9}
+
+    return {"params": params, "sizes": {f"{w}x{h}": per_image((w, h)) for w, h in SIZES}}
+
+
+def ttft(tokenizer_from: Path) -> dict:
+    """Seconds to the first token: a fresh image, the same image again (prefix-cache hit), another image."""
+    from engine import Engine, EngineConfig, SamplingParams
+    from tests.engine.vision_models import QWEN_IMAGE, build_vlm, image
+
+    folder = build_vlm("qwen2_5_vl", Path(tempfile.mkdtemp()), tokenizer_from, max_pixels=448 * 448)
+    engine = Engine(EngineConfig(dtype="float32", max_num_batched_tokens=512, num_kv_blocks=512))
+    engine.load_model(folder)
+    prompt = f"Describe {QWEN_IMAGE} in a word"
+    count = iter(range(10**6))
+
+    def first_token(picture) -> tuple[float, int, int]:
+        start = time.perf_counter()
+        ids, images = engine.prepare_images(prompt, [picture])
+        request = f"r{next(count)}"
+        engine.add_request(request, ids, SamplingParams(max_tokens=1), images=images)
+        outputs = []
+        while engine.has_unfinished():
+            outputs += engine.step()
+        return time.perf_counter() - start, len(ids), outputs[0].num_cached_tokens
+
+    runs = {"fresh": [], "cache hit": [], "another image": []}
+    for seed in range(REPEATS):
+        picture = image(100 + seed, 448, 448)
+        runs["fresh"].append(first_token(picture))
+        runs["cache hit"].append(first_token(picture))
+        runs["another image"].append(first_token(image(200 + seed, 448, 448)))
+    return {name: {"ttft_s": statistics.median(r[0] for r in rs), "prompt_tokens": rs[0][1],
+                   "cached_tokens": rs[0][2]} for name, rs in runs.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--tokenizer", type=Path, default=Path.home() / ".cache/appliance-tests/models/smollm2-135m-instruct",
+                        help="a tokenizer folder for the tiny model (the tests' default model)")
+    args = parser.parse_args()
+    families = {"Qwen2.5-VL-7B": qwen2_5_vl_7b(), "Gemma 3 (4B-27B)": gemma3()}
+    print("| family (vision parameters) | image | placeholder tokens | patches | tower GFLOP |")
+    print("|---|---|---|---|---|")
+    for name, family in families.items():
+        for size, f in family["sizes"].items():
+            print(f"| {name} ({family['params'] / 1e6:.0f} M) | {size} | {f['tokens']:,} | {f['patches']:,} | "
+                  f"{f['gflop']:,.0f} |")
+    timings = ttft(args.tokenizer)
+    print("\n| tiny Qwen2.5-VL, 448 x 448 image | TTFT | prompt tokens | cached tokens |")
+    print("|---|---|---|---|")
+    for name, t in timings.items():
+        print(f"| {name} | {t['ttft_s'] * 1000:.1f} ms | {t['prompt_tokens']} | {t['cached_tokens']} |")
+    fresh, hit = timings["fresh"]["ttft_s"], timings["cache hit"]["ttft_s"]
+    print(f"\nprefix-cache hit: {fresh / hit:.1f}x faster to the first token")
+    if args.json:
+        args.json.write_text(json.dumps({"families": families, "ttft": timings}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

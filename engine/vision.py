@@ -1,0 +1,227 @@
+"""The vision side of a multimodal checkpoint: its own processor, vision tower and projector.
+
+`prepare` (any thread) runs the family's transformers processor on a prompt and its images: the image
+processor's pixel values, each image's placeholder token repeated as often as the image has embeddings,
+and, for multimodal RoPE, the family's own 3D positions (get_rope_index). The processor is built
+for images alone: the families' processors also want a video processor, which needs torchvision, and
+the engine takes no video. Where torchvision is missing the families' PIL image processors run.
+
+`step_inputs` (the engine thread) runs the vision tower for the sequences whose prefill chunk this step
+reaches their images and that have no embeddings yet, one call for all of them; puts the embeddings at
+the placeholders' rows of the packed batch (the model then takes inputs_embeds); and gives multimodal
+RoPE its positions. A sequence keeps its embeddings until its prefill has passed its last image (chunked
+prefill may cut an image), then releases them; a preempted sequence takes them again when recomputed.
+The encoder cache keeps image embeddings by content (the most recently used, up to the engine's
+encoder_cache_tokens rows): a sequence whose images it all holds is not encoded, so a repeated image, as
+in a follow-up turn, runs through the vision tower once.
+
+Families (checked against generate() by tests/engine/test_vision.py): Qwen2.5-VL (multimodal RoPE) and
+Gemma 3, whose image placeholders attend to each other both ways: a prefill chunk then holds an image
+whole (the scheduler does not cut it, engine.prompt_images) and its mask lets the image's tokens see
+each other (engine.packing's torch path; on the triton backend Gemma 3's images are refused). The
+images of other families are refused, their text served.
+"""
+
+import bisect
+from collections import OrderedDict
+import hashlib
+import inspect
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoImageProcessor
+from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+from engine.errors import InvalidParameter
+from engine.prompt_images import ImageSpan, PromptImages
+from engine.scheduler import ScheduledSequence
+from engine.sequence import Sequence
+
+# Model types whose images the engine runs (checked against generate() by tests/engine/test_vision.py).
+IMAGE_FAMILIES = {"qwen2_5_vl", "gemma3"}
+BIDIRECTIONAL_IMAGES = {"gemma3"}  # families whose image placeholders attend to each other both ways
+# What the processor gives that is the text's, not the vision tower's.
+TEXT_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+
+
+def image_content_hash(image) -> int:
+    """What identifies an image's content (a PIL image: its mode, size and pixels) for prefix caching."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(f"{image.mode}:{image.size}".encode())
+    digest.update(image.tobytes())
+    return int.from_bytes(digest.digest(), "little", signed=True)
+
+
+def images_only(family: type) -> type:
+    """A family's processor class with an image processor and a tokenizer only: no video processor, which needs
+    torchvision. Named as the family's, so that a saved processor_config.json names the family's class."""
+    parts = [p for p in family.get_attributes() if p in ("image_processor", "tokenizer")]
+    return type(family.__name__, (family,), {"get_attributes": classmethod(lambda cls: parts)})
+
+
+def images_processor(path: Path, model_type: str, tokenizer):
+    """The checkpoint's processor for images and text: its image processor (the PIL one where torchvision is
+    missing), the given tokenizer, and the processor's own options from processor_config.json."""
+    family = getattr(transformers, PROCESSOR_MAPPING_NAMES[model_type])
+    file = path / "processor_config.json"
+    saved = json.loads(file.read_text()) if file.exists() else {}
+    options = {k: v for k, v in saved.items()
+               if k in inspect.signature(family.__init__).parameters and k not in family.get_attributes()}
+    return images_only(family)(image_processor=AutoImageProcessor.from_pretrained(path), tokenizer=tokenizer, **options)
+
+
+def loads_vision(model_type: str | None, path: Path) -> bool:
+    """Whether the checkpoint in this folder loads its vision side: a family whose images the engine runs, with a
+    tokenizer and a processor."""
+    return (model_type in IMAGE_FAMILIES and any(path.glob("tokenizer*"))
+            and any((path / f).exists() for f in PROCESSOR_FILES))
+
+
+class EncoderCache:
+    """Image embeddings by their image's content hash, the least recently used dropped past max_tokens rows."""
+
+    def __init__(self, max_tokens: int):
+        self.max_tokens = max_tokens
+        self.entries: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self.tokens = 0
+
+    def get(self, content_hash: int) -> torch.Tensor | None:
+        embeddings = self.entries.get(content_hash)
+        if embeddings is not None:
+            self.entries.move_to_end(content_hash)
+        return embeddings
+
+    def put(self, content_hash: int, embeddings: torch.Tensor) -> None:
+        if content_hash in self.entries or len(embeddings) > self.max_tokens:
+            return
+        self.entries[content_hash] = embeddings
+        self.tokens += len(embeddings)
+        while self.tokens > self.max_tokens:
+            self.tokens -= len(self.entries.popitem(last=False)[1])
+
+
+@dataclass
+class Vision:
+    """A loaded checkpoint's vision side, beside its language model (which shares the multimodal model's modules)."""
+
+    # the multimodal base model: get_image_features, and get_rope_index for multimodal RoPE
+    model: torch.nn.Module = field(repr=False)
+    processor: object = field(repr=False)
+    model_type: str
+    image_token: str  # what the prompt holds once per image (the chat template writes it)
+    placeholder_id: int  # the token the processor repeats for each of an image's embeddings
+    images_encoded: int = 0  # images the vision tower has run over
+
+    @classmethod
+    def load(cls, path: Path, multimodal: torch.nn.Module, tokenizer) -> "Vision":
+        """The vision side of a loaded multimodal model (of a checkpoint that loads_vision)."""
+        model_type = multimodal.config.model_type
+        processor = images_processor(path, model_type, tokenizer)
+        return cls(multimodal.model, processor, model_type, processor.image_token, multimodal.config.image_token_id)
+
+    @property
+    def multimodal_rope(self) -> bool:
+        return hasattr(self.model, "get_rope_index")
+
+    @property
+    def bidirectional(self) -> bool:
+        return self.model_type in BIDIRECTIONAL_IMAGES
+
+    # -- any thread ----------------------------------------------------------------------------
+    def prepare(self, prompt: str, images: list) -> tuple[list[int], PromptImages]:
+        """The prompt's token ids with each image's placeholders expanded, and its images for the sequence.
+        The prompt holds the image token once per image, where the image goes (the chat template puts it)."""
+        if not isinstance(prompt, str):
+            raise InvalidParameter("prompt", f"a prompt with images is text holding {self.image_token} once per image")
+        found = prompt.count(self.image_token)
+        if found != len(images):
+            raise InvalidParameter("prompt", f"the prompt holds the image placeholder {self.image_token} {found} times "
+                                             f"for {len(images)} images; put it once per image")
+        inputs = self.processor(text=[prompt], images=images, return_tensors="pt", return_mm_token_type_ids=True,
+                                add_special_tokens=False)
+        ids = inputs["input_ids"][0]
+        rows = (ids == self.placeholder_id).nonzero().flatten().tolist()
+        starts = [r for i, r in enumerate(rows) if i == 0 or rows[i - 1] != r - 1]
+        ends = [r + 1 for i, r in enumerate(rows) if i == len(rows) - 1 or rows[i + 1] != r + 1]
+        if len(starts) != len(images):
+            raise InvalidParameter("prompt", f"the images' placeholders run together ({len(starts)} runs for "
+                                             f"{len(images)} images); put text between images")
+        spans = [ImageSpan(a, b, image_content_hash(image)) for a, b, image in zip(starts, ends, images)]
+        encoder_inputs = {k: v for k, v in inputs.items() if k not in TEXT_INPUTS}
+        prompt_images = PromptImages(encoder_inputs, rows, spans, bidirectional=self.bidirectional)
+        if self.multimodal_rope:
+            positions, delta = self.model.get_rope_index(
+                input_ids=ids[None], mm_token_type_ids=inputs["mm_token_type_ids"],
+                image_grid_thw=inputs.get("image_grid_thw"))
+            prompt_images.rope_positions, prompt_images.rope_delta = positions[:, 0], int(delta)
+        return ids.tolist(), prompt_images
+
+    # -- the engine thread ---------------------------------------------------------------------
+    def encode(self, seqs: list[Sequence], device: torch.device, cache: EncoderCache) -> None:
+        """Each sequence's embeddings: from the cache where it holds all its images, the others' from one run of
+        the vision tower over their images (then cached)."""
+        missing = []
+        for s in seqs:
+            cached = [cache.get(span.content_hash) for span in s.images.spans]
+            if all(c is not None for c in cached):
+                s.images.embeddings = torch.cat(cached)
+            else:
+                missing.append(s)
+        if not missing:
+            return
+        keys = missing[0].images.encoder_inputs.keys()
+        batch = {k: torch.cat([s.images.encoder_inputs[k] for s in missing]).to(device) for k in keys}
+        per_image = list(self.model.get_image_features(**batch).pooler_output)  # a tuple, or [images, tokens, hidden]
+        self.images_encoded += len(per_image)
+        first = 0
+        for s in missing:
+            mine = per_image[first: first + s.images.num_images]
+            s.images.embeddings = torch.cat(mine)
+            for span, embeddings in zip(s.images.spans, mine):
+                cache.put(span.content_hash, embeddings)
+            first += s.images.num_images
+
+    def step_inputs(self, embed_tokens: torch.nn.Module, scheduled: list[ScheduledSequence], input_ids: torch.Tensor,
+                    positions: torch.Tensor, last_row: dict, cache: EncoderCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs_embeds [1, T, hidden], position_ids) for a packed step where some sequences have images."""
+        with_images = [s for s in scheduled if s.seq.images is not None]
+        due = [s.seq for s in with_images if s.seq.images.embeddings is None and self._reaches_images(s)]
+        if due:
+            self.encode(due, input_ids.device, cache)
+        embeds = embed_tokens(input_ids)
+        rope = positions.expand(3, -1).clone() if self.multimodal_rope else None
+        for s in with_images:
+            seq, images = s.seq, s.seq.images
+            begin, n = seq.num_computed_tokens, s.num_new_tokens
+            first_row = last_row[id(s)] - n + 1
+            lo, hi = bisect.bisect_left(images.rows, begin), bisect.bisect_left(images.rows, begin + n)
+            if lo < hi:
+                rows = torch.tensor(images.rows[lo:hi], device=embeds.device) - begin + first_row
+                embeds[rows] = images.embeddings[lo:hi].to(embeds.dtype)
+            if rope is not None:
+                rope[:, first_row: first_row + n] = _rope_positions(images, begin, n).to(rope.device)
+            if begin + n >= images.end:
+                seq.release_image_embeddings()
+        position_ids = torch.cat([positions[None], rope])[:, None] if rope is not None else positions[None]
+        return embeds[None], position_ids
+
+    @staticmethod
+    def _reaches_images(s: ScheduledSequence) -> bool:
+        """This step's chunk holds some of the sequence's placeholder tokens."""
+        begin, rows = s.seq.num_computed_tokens, s.seq.images.rows
+        return bisect.bisect_left(rows, begin) < bisect.bisect_left(rows, begin + s.num_new_tokens)
+
+
+def _rope_positions(images: PromptImages, begin: int, n: int) -> torch.Tensor:
+    """Multimodal RoPE positions [3, n] of tokens begin..begin+n: the prompt's own, then each generated token's
+    index shifted by the prompt's delta."""
+    index = torch.arange(begin, begin + n)
+    out = (index + images.rope_delta).expand(3, -1).clone()
+    prompt_len = images.rope_positions.shape[1]
+    if begin < prompt_len:
+        out[:, : prompt_len - begin] = images.rope_positions[:, begin: begin + n]
+    return out

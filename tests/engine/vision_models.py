@@ -1,0 +1,119 @@
+"""Tiny random vision-language models with their processors, built at test time (no download), and images.
+
+The tokenizer is the default model's (SmolLM2) with the family's image tokens added; the image processor is
+the family's PIL one (no torchvision), sized so that an image is a handful of placeholder tokens; the chat
+template (ChatML) writes the family's image placeholder where a message has an image part.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, Gemma3Processor, Qwen2_5_VLProcessor
+from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from engine.vision import images_only, images_processor
+from tests.engine.architectures import CONFIGS, model_class, sharpened
+
+
+@dataclass(frozen=True)
+class Family:
+    image: str  # what the chat template writes for an image: the processor's placeholder
+    special_tokens: dict  # added to the tokenizer: role -> token (Gemma's named ones) or a list of extra tokens
+    config_tokens: dict  # the model config's token id fields -> their token
+
+    def chat_template(self) -> str:
+        return ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+                "{% if message['content'] is string %}{{ message['content'] }}"
+                "{% else %}{% for part in message['content'] %}"
+                "{% if part['type'] == 'image' %}" + self.image +
+                "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+                "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+GEMMA_IMAGE = "<start_of_image>"
+FAMILIES = {
+    # An image of 28 x 28 to 56 x 112 pixels: 1 to 8 merged patches of 28 x 28, one placeholder each.
+    "qwen2_5_vl": Family(QWEN_IMAGE, {"additional_special_tokens": ["<|vision_start|>", "<|vision_end|>",
+                                                                   "<|image_pad|>", "<|video_pad|>"]},
+                         {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
+                          "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>"}),
+    # Every image resized to 28 x 28: four patches, pooled to four placeholders that attend to each other both ways.
+    "gemma3": Family(GEMMA_IMAGE, {"extra_special_tokens": {"boi_token": "<start_of_image>",
+                                                            "eoi_token": "<end_of_image>",
+                                                            "image_token": "<image_soft_token>"}},
+                     {"image_token_id": "<image_soft_token>", "boi_token_index": "<start_of_image>",
+                      "eoi_token_index": "<end_of_image>"}),
+}
+
+
+def build_vlm(family: str, target: Path, tokenizer_from: Path, seed: int = 0, max_pixels: int = 56 * 112) -> Path:
+    """A tiny random vision-language model of the family with its processor, saved to target (Qwen's images
+    resized to at most max_pixels)."""
+    spec = FAMILIES[family]
+    extra = spec.special_tokens.get("extra_special_tokens")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from, **({"extra_special_tokens": extra} if extra else {}))
+    if not extra:
+        tokenizer.add_special_tokens(spec.special_tokens)
+    tokenizer.chat_template = spec.chat_template()
+    config = CONFIGS[family](len(tokenizer))
+    for name, token in spec.config_tokens.items():
+        setattr(config, name, tokenizer.convert_tokens_to_ids(token))
+    config.text_config.eos_token_id = config.eos_token_id = tokenizer.eos_token_id
+    torch.manual_seed(seed)
+    model = sharpened(model_class(config)._from_config(config, dtype=torch.float32))
+    louder(model)
+    model.save_pretrained(target)
+    if family == "qwen2_5_vl":
+        image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=max_pixels, patch_size=14,
+                                                   merge_size=2, temporal_patch_size=2)
+        processor = images_only(Qwen2_5_VLProcessor)(image_processor=image_processor, tokenizer=tokenizer)
+    else:
+        processor = Gemma3Processor(image_processor=Gemma3ImageProcessorPil(size={"height": 28, "width": 28}),
+                                    tokenizer=tokenizer, image_seq_length=config.mm_tokens_per_image)
+    processor.save_pretrained(target)
+    return target
+
+
+def louder(model: torch.nn.Module) -> None:
+    """Vision weights, and the language model's attention values and outputs, drawn at a few times
+    1/sqrt(fan-in) rather than transformers' 0.02 (Gemma 3's projection: zeros): the image embeddings are then
+    as loud as the sharpened token embeddings and what attention brings from them decides the next token (two
+    images give two answers)."""
+    base = model.model
+    vision = [getattr(base, name) for name in ("visual", "vision_tower", "multi_modal_projector") if hasattr(base, name)]
+    with torch.no_grad():
+        for part in vision:
+            for weight in (p for p in part.parameters() if p.dim() >= 2):
+                weight.normal_(0, 2.0 / weight[0].numel() ** 0.5)
+        for name, weight in base.language_model.named_parameters():
+            if name.endswith(("v_proj.weight", "o_proj.weight")):
+                weight.normal_(0, 3.0 / weight.shape[1] ** 0.5)
+
+
+def image(seed: int, width: int = 112, height: int = 56) -> Image.Image:
+    """A random RGB image."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def reference(folder: Path) -> tuple[torch.nn.Module, object]:
+    """The saved model as transformers loads it, for generate(), and its processor."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    model = model_class(config).from_pretrained(folder, dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = None
+    return model, images_processor(folder, config.model_type, AutoTokenizer.from_pretrained(folder))
+
+
+def generate_alone(model, processor, prompt: str, images: list, n: int) -> list[int]:
+    """Greedy tokens of transformers' generate() for the prompt and its images alone, on the processor's inputs."""
+    inputs = processor(text=[prompt], images=images or None, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    return out[0, inputs["input_ids"].shape[1]:].tolist()

@@ -3,8 +3,8 @@ float32 the peer in the same run.
 
 For each scheme (float32; int8 and int4 quantized at load; the default model's Q4_1 GGUF and a Q8_0 GGUF
 written from it by gguf-py, both kept packed): perplexity on a fixed text, next-token (greedy) agreement
-with float32 over that text, the weights' bytes in memory, the process's resident memory after loading,
-and batch-1 decode tokens/s through the engine (one request, greedy, a short prompt). Then the packed
+with float32 over that text, the weights' bytes in memory, the resident memory of a fresh process that
+loads it (imports included; a process of its own, so that no earlier scheme's freed memory counts), and batch-1 decode tokens/s through the engine (one request, greedy, a short prompt). Then the packed
 matmuls alone at the model's shapes, against float32's. (Speed against llama.cpp:
 benchmarks/quantization_speed.py.)
 
@@ -15,6 +15,8 @@ benchmarks/quantization_speed.py.)
 import argparse
 import gc
 import math
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,11 +50,28 @@ def decode_tokens_per_s(engine: Engine, prompt: list[int], tokens: int) -> float
     return produced / (time.perf_counter() - start)
 
 
+RESIDENT = """
+import sys, psutil
+from engine import Engine, EngineConfig
+quantization = sys.argv[2] or None
+engine = Engine(EngineConfig(dtype="float32", quantization=quantization, num_kv_blocks=256, max_num_seqs=4))
+engine.load_model(sys.argv[1])
+print(psutil.Process().memory_info().rss)  # the engine still held
+"""
+
+
+def resident_after_load(source: Path, quantization: str | None) -> int:
+    """The resident bytes of a fresh process that has loaded the scheme as run_scheme does."""
+    done = subprocess.run([sys.executable, "-c", RESIDENT, str(source), quantization or ""], capture_output=True,
+                          text=True, check=True)
+    return int(done.stdout.split()[-1])
+
+
 def run_scheme(name: str, source: Path, quantization: str | None, ids: torch.Tensor, reference_next, tokens: int):
     gc.collect()
     engine = Engine(EngineConfig(dtype="float32", quantization=quantization, num_kv_blocks=256, max_num_seqs=4))
     loaded = engine.load_model(source)
-    rss = psutil.Process().memory_info().rss
+    rss = resident_after_load(source, quantization)
     loaded.model.set_attn_implementation("sdpa")  # the whole text at once, outside the engine's paged cache
     ppl, next_tokens = text_figures(loaded.model, ids)
     loaded.model.set_attn_implementation(engine.session.runner.attention_name)
@@ -117,7 +136,7 @@ def main() -> None:
             rows.append(row)
     base = rows[0]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {psutil.cpu_count()} CPUs")
-    print("| scheme | weights | weight bytes | RSS after load | perplexity | next-token agreement | batch-1 decode |")
+    print("| scheme | weights | weight bytes | RSS of a process that loaded it | perplexity | next-token agreement | batch-1 decode |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['name']} | {r['packing']} | {r['weight_bytes'] / 2**20:.0f} MiB "

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from engine.errors import ModelLoadError
+from engine.host_memory import release_freed_heap
 from engine.quantization.at_load import quantize_model
 from engine.quantization.gguf import keep_gguf_packing
 from engine.quantization.packed_linear import packed_linears
@@ -51,4 +52,6 @@ def pack_weights(model: nn.Module, quantization: str | None, device: str, dtype:
         source = "GGUF " + ", ".join(f"{kind} x {n}" for kind, n in met.most_common())
     else:
         source = stored or "checkpoint"
+    if device == "cpu" and (quantization is not None or gguf is not None):
+        release_freed_heap()  # the float weights just packed
     return WeightFormat(describe(model, dtype), source, model_bytes(model))

@@ -17,7 +17,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from engine.engine import Engine, EngineStats, RequestOutput
+from engine.engine import Engine
+from engine.outputs import EngineStats, RequestOutput
 from engine.sampling_params import SamplingParams, StructuredOutput
 from engine.structured_output import CompiledGrammar
 

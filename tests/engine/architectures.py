@@ -75,7 +75,7 @@ CONFIGS = {
     "mistral3": lambda vocab: Mistral3Config(
         text_config=MistralConfig(**tiny_shape(vocab), num_hidden_layers=2, sliding_window=WINDOW).to_dict(),
         vision_config=PixtralVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                          num_attention_heads=2, head_dim=16, image_size=28, patch_size=14).to_dict(),
+                                          num_attention_heads=2, head_dim=16, image_size=112, patch_size=14).to_dict(),
         image_token_index=vocab - 1, tie_word_embeddings=False, architectures=["Mistral3ForConditionalGeneration"]),
     "qwen2_5_vl": lambda vocab: Qwen2_5_VLConfig(
         text_config=_mrope(vocab, "qwen2_5_vl_text"), vision_config=TINY_VISION, image_token_id=vocab - 1,

@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, Gemma3Processor, Qwen2_5_VLProcessor
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from engine.vision import images_only, images_processor
+from engine.vision import images_only, images_processor, processor_class
 from tests.engine.architectures import CONFIGS, model_class, sharpened
 
 
@@ -49,6 +50,10 @@ FAMILIES = {
                                                             "image_token": "<image_soft_token>"}},
                      {"image_token_id": "<image_soft_token>", "boi_token_index": "<start_of_image>",
                       "eoi_token_index": "<end_of_image>"}),
+    # Longest edge at most 112 pixels, patches of 14 merged 2 x 2: an [IMG] per 28 x 28 pixels (1 to 8), an
+    # [IMG_BREAK] after each row but the last, which ends with [IMG_END].
+    "mistral3": Family("[IMG]", {"additional_special_tokens": ["[IMG]", "[IMG_BREAK]", "[IMG_END]"]},
+                       {"image_token_id": "[IMG]"}),
 }
 
 
@@ -73,6 +78,10 @@ def build_vlm(family: str, target: Path, tokenizer_from: Path, seed: int = 0, ma
         image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=max_pixels, patch_size=14,
                                                    merge_size=2, temporal_patch_size=2)
         processor = images_only(Qwen2_5_VLProcessor)(image_processor=image_processor, tokenizer=tokenizer)
+    elif family == "mistral3":
+        processor = images_only(processor_class("mistral3"))(
+            image_processor=PixtralImageProcessorPil(size={"longest_edge": 112}), tokenizer=tokenizer,
+            patch_size=config.vision_config.patch_size, spatial_merge_size=config.spatial_merge_size)
     else:
         processor = Gemma3Processor(image_processor=Gemma3ImageProcessorPil(size={"height": 28, "width": 28}),
                                     tokenizer=tokenizer, image_seq_length=config.mm_tokens_per_image)

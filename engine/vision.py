@@ -6,7 +6,8 @@ and, for multimodal RoPE, the family's own 3D positions (get_rope_index). The pr
 for images alone: the families' processors also want a video processor, which needs torchvision, and
 the engine takes no video. Where torchvision is missing the families' PIL image processors run (and
 PixtralProcessor loads without it: processor_class). An image's span runs from its first placeholder to its
-last, with whatever the family writes between them (Pixtral's [IMG_BREAK] after each row).
+last, with whatever the family writes between them (Pixtral's [IMG_BREAK] after each row, Idefics3's
+sub-images with their <row_r_col_c> markers).
 
 `step_inputs` (the engine thread) runs the vision tower for the sequences whose prefill chunk this step
 reaches their images and that have no embeddings yet, one call for all of them; puts the embeddings at
@@ -18,7 +19,8 @@ encoder_cache_tokens rows): a sequence whose images it all holds is not encoded,
 in a follow-up turn, runs through the vision tower once.
 
 Families (checked against generate() by tests/engine/test_vision.py): Qwen2.5-VL (multimodal RoPE), Mistral 3
-(Pixtral's vision tower, images of any aspect ratio, given with their image_sizes) and Gemma 3, whose image placeholders attend to each other both ways: a prefill chunk then holds an image
+(Pixtral's vision tower, images of any aspect ratio, given with their image_sizes), Idefics3 (each image split
+into sub-images, and the whole image beside them) and Gemma 3, whose image placeholders attend to each other both ways: a prefill chunk then holds an image
 whole (the scheduler does not cut it, engine.prompt_images) and its mask lets the image's tokens see
 each other (engine.packing's torch path; on the triton backend Gemma 3's images are refused). The
 images of other families are refused, their text served.
@@ -46,7 +48,7 @@ from engine.scheduler import ScheduledSequence
 from engine.sequence import Sequence
 
 # Model types whose images the engine runs (checked against generate() by tests/engine/test_vision.py).
-IMAGE_FAMILIES = {"qwen2_5_vl", "gemma3", "mistral3"}
+IMAGE_FAMILIES = {"qwen2_5_vl", "gemma3", "mistral3", "idefics3"}
 BIDIRECTIONAL_IMAGES = {"gemma3"}  # families whose image placeholders attend to each other both ways
 # What the processor gives that is the text's, not the vision tower's.
 TEXT_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids", "text_replacement_offsets")

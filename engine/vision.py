@@ -19,8 +19,8 @@ encoder_cache_tokens rows): a sequence whose images it all holds is not encoded,
 in a follow-up turn, runs through the vision tower once.
 
 Families (checked against generate() by tests/engine/test_vision.py): Qwen2.5-VL (multimodal RoPE), Mistral 3
-(Pixtral's vision tower, images of any aspect ratio, given with their image_sizes), Idefics3 (each image split
-into sub-images, and the whole image beside them) and Gemma 3, whose image placeholders attend to each other both ways: a prefill chunk then holds an image
+(Pixtral's vision tower, images of any aspect ratio, given with their image_sizes), Idefics3 and SmolVLM (each
+image split into sub-images, and the whole image beside them) and Gemma 3, whose image placeholders attend to each other both ways: a prefill chunk then holds an image
 whole (the scheduler does not cut it, engine.prompt_images) and its mask lets the image's tokens see
 each other (engine.packing's torch path; on the triton backend Gemma 3's images are refused). The
 images of other families are refused, their text served.
@@ -28,6 +28,7 @@ images of other families are refused, their text served.
 
 import bisect
 from collections import OrderedDict
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -48,7 +49,7 @@ from engine.scheduler import ScheduledSequence
 from engine.sequence import Sequence
 
 # Model types whose images the engine runs (checked against generate() by tests/engine/test_vision.py).
-IMAGE_FAMILIES = {"qwen2_5_vl", "gemma3", "mistral3", "idefics3"}
+IMAGE_FAMILIES = {"qwen2_5_vl", "gemma3", "mistral3", "idefics3", "smolvlm"}
 BIDIRECTIONAL_IMAGES = {"gemma3"}  # families whose image placeholders attend to each other both ways
 # What the processor gives that is the text's, not the vision tower's.
 TEXT_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids", "text_replacement_offsets")
@@ -65,9 +66,16 @@ def image_content_hash(image) -> int:
 
 def images_only(family: type) -> type:
     """A family's processor class with an image processor and a tokenizer only: no video processor, which needs
-    torchvision. Named as the family's, so that a saved processor_config.json names the family's class."""
+    torchvision (given as None where the family's __init__ requires one, as SmolVLM's does). Named as the family's,
+    so that a saved processor_config.json names the family's class."""
     parts = [p for p in family.get_attributes() if p in ("image_processor", "tokenizer")]
-    return type(family.__name__, (family,), {"get_attributes": classmethod(lambda cls: parts)})
+    left_out = dict.fromkeys(p for p in family.get_attributes() if p not in parts)
+
+    @functools.wraps(family.__init__)  # its signature: what save_pretrained writes of the processor's options
+    def __init__(self, *args, **kwargs):
+        family.__init__(self, *args, **{**left_out, **kwargs})
+
+    return type(family.__name__, (family,), {"get_attributes": classmethod(lambda cls: parts), "__init__": __init__})
 
 
 def processor_class(model_type: str) -> type:

@@ -12,10 +12,11 @@ first chunks.
 import torch
 import transformers
 from transformers import (FalconH1Config, Gemma2Config, Gemma3Config, Gemma3TextConfig, GptOssConfig, GraniteMoeConfig,
-                          GraniteMoeHybridConfig, Idefics3Config, Idefics3VisionConfig, Lfm2Config, LlamaConfig, Llama4TextConfig, Mistral3Config, MistralConfig,
-                          MixtralConfig, NemotronHConfig, Olmo2Config, PixtralVisionConfig, Qwen2_5_VLConfig,
-                          Qwen3_5MoeTextConfig, Qwen3_5TextConfig, Qwen3MoeConfig, Qwen3NextConfig, Qwen3VLConfig,
-                          SiglipVisionConfig, SmolLM3Config)
+                          GraniteMoeHybridConfig, Idefics3Config, Idefics3VisionConfig, Lfm2Config, Llama4TextConfig,
+                          LlamaConfig, Mistral3Config, MistralConfig, MixtralConfig, NemotronHConfig, Olmo2Config,
+                          PixtralVisionConfig, Qwen2_5_VLConfig, Qwen3_5MoeTextConfig, Qwen3_5TextConfig, Qwen3MoeConfig,
+                          Qwen3NextConfig, Qwen3VLConfig, SiglipVisionConfig, SmolLM3Config, SmolVLMConfig,
+                          SmolVLMVisionConfig)
 
 from engine.recurrent.mixers import FORWARDS
 
@@ -78,6 +79,12 @@ CONFIGS = {
                                            num_attention_heads=2, image_size=56, patch_size=14).to_dict(),
         scale_factor=2, image_token_id=vocab - 1, tie_word_embeddings=False,
         architectures=["Idefics3ForConditionalGeneration"]),
+    "smolvlm": lambda vocab: SmolVLMConfig(
+        text_config=LlamaConfig(**tiny_shape(vocab), num_hidden_layers=2).to_dict(),
+        vision_config=SmolVLMVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                          num_attention_heads=2, image_size=56, patch_size=14).to_dict(),
+        scale_factor=2, image_token_id=vocab - 1, tie_word_embeddings=False,
+        architectures=["SmolVLMForConditionalGeneration"]),
     "mistral3": lambda vocab: Mistral3Config(
         text_config=MistralConfig(**tiny_shape(vocab), num_hidden_layers=2, sliding_window=WINDOW).to_dict(),
         vision_config=PixtralVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,

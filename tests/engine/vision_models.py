@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, Gemma3Processor, Idefics3Processor, Qwen2_5_VLProcessor
+from transformers import AutoTokenizer, Gemma3Processor, Qwen2_5_VLProcessor
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
 from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -62,6 +63,8 @@ FAMILIES = {
         "<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>",
         *(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))]}, {"image_token_id": "<image>"}),
 }
+FAMILIES["smolvlm"] = FAMILIES["idefics3"]  # Idefics3's shape, its own classes
+SPLIT_IMAGE_PROCESSORS = {"idefics3": Idefics3ImageProcessorPil, "smolvlm": SmolVLMImageProcessorPil}
 
 
 def build_vlm(family: str, target: Path, tokenizer_from: Path, seed: int = 0, max_pixels: int = 56 * 112) -> Path:
@@ -89,10 +92,10 @@ def build_vlm(family: str, target: Path, tokenizer_from: Path, seed: int = 0, ma
         processor = images_only(processor_class("mistral3"))(
             image_processor=PixtralImageProcessorPil(size={"longest_edge": 112}), tokenizer=tokenizer,
             patch_size=config.vision_config.patch_size, spatial_merge_size=config.spatial_merge_size)
-    elif family == "idefics3":
+    elif family in SPLIT_IMAGE_PROCESSORS:
         vision = config.vision_config
-        processor = Idefics3Processor(
-            image_processor=Idefics3ImageProcessorPil(size={"longest_edge": 112}, max_image_size={"longest_edge": 56}),
+        processor = images_only(processor_class(family))(
+            image_processor=SPLIT_IMAGE_PROCESSORS[family](size={"longest_edge": 112}, max_image_size={"longest_edge": 56}),
             tokenizer=tokenizer, image_seq_len=(vision.image_size // vision.patch_size // config.scale_factor) ** 2)
     else:
         processor = Gemma3Processor(image_processor=Gemma3ImageProcessorPil(size={"height": 28, "width": 28}),

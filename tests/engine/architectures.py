@@ -38,6 +38,16 @@ def tiny_shape(vocab: int) -> dict:
                 tie_word_embeddings=False)
 
 
+def _split_images(config_class: type, vision_class: type, vocab: int):
+    """Idefics3's shape (SmolVLM's too): a Llama language model, sub-images of 56 x 56 pixels, 4 tokens each."""
+    return config_class(
+        text_config=LlamaConfig(**tiny_shape(vocab), num_hidden_layers=2).to_dict(),
+        vision_config=vision_class(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                   image_size=56, patch_size=14).to_dict(),
+        scale_factor=2, image_token_id=vocab - 1, tie_word_embeddings=False,
+        architectures=[config_class.__name__.replace("Config", "ForConditionalGeneration")])
+
+
 def _gemma3_text(vocab: int) -> Gemma3TextConfig:
     return Gemma3TextConfig(**tiny_shape(vocab), num_hidden_layers=6, sliding_window=WINDOW, query_pre_attn_scalar=16,
                             layer_types=["sliding_attention"] * 5 + ["full_attention"])
@@ -73,18 +83,8 @@ CONFIGS = {
                                          num_attention_heads=2, image_size=28, patch_size=14).to_dict(),
         mm_tokens_per_image=4, image_token_index=vocab - 1, boi_token_index=vocab - 3, eoi_token_index=vocab - 2,
         tie_word_embeddings=False, architectures=["Gemma3ForConditionalGeneration"]),
-    "idefics3": lambda vocab: Idefics3Config(
-        text_config=LlamaConfig(**tiny_shape(vocab), num_hidden_layers=2).to_dict(),
-        vision_config=Idefics3VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                           num_attention_heads=2, image_size=56, patch_size=14).to_dict(),
-        scale_factor=2, image_token_id=vocab - 1, tie_word_embeddings=False,
-        architectures=["Idefics3ForConditionalGeneration"]),
-    "smolvlm": lambda vocab: SmolVLMConfig(
-        text_config=LlamaConfig(**tiny_shape(vocab), num_hidden_layers=2).to_dict(),
-        vision_config=SmolVLMVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                          num_attention_heads=2, image_size=56, patch_size=14).to_dict(),
-        scale_factor=2, image_token_id=vocab - 1, tie_word_embeddings=False,
-        architectures=["SmolVLMForConditionalGeneration"]),
+    "idefics3": lambda vocab: _split_images(Idefics3Config, Idefics3VisionConfig, vocab),
+    "smolvlm": lambda vocab: _split_images(SmolVLMConfig, SmolVLMVisionConfig, vocab),
     "mistral3": lambda vocab: Mistral3Config(
         text_config=MistralConfig(**tiny_shape(vocab), num_hidden_layers=2, sliding_window=WINDOW).to_dict(),
         vision_config=PixtralVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,

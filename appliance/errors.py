@@ -162,8 +162,9 @@ def from_validation_error(error, refused_reasons: dict[str, str] = REFUSED_REASO
     named with the reason it is refused (`refused_reasons`, by field or part type) and what to do."""
     reasons = refused_reasons
     errors = error.errors(include_url=False)
-    refused = next((e for e in errors if _refused_part(e, reasons)), None)
-    first = refused or errors[0]
+    accepted = _accepting_member_error(errors)
+    refused = None if accepted else next((e for e in errors if _refused_part(e, reasons)), None)
+    first = accepted or refused or errors[0]
     loc = [str(p) for p in first.get("loc", ()) if not _is_union_tag(p)]
     param = ".".join(loc) or None
     if first["type"] == "extra_forbidden":
@@ -192,6 +193,22 @@ def _part_type(error: dict) -> str | None:
         return value.get("type") if isinstance(value.get("type"), str) else None
     if error["type"] in ("literal_error", "union_tag_invalid") and loc and loc[-1] == "type" and isinstance(value, str):
         return value
+    return None
+
+
+def _accepting_member_error(errors: list[dict]) -> dict | None:
+    """Where a content part's type is one that a member of its union takes (an image_url part in a user message),
+    that member's first error: the other members' complaints that the type is not theirs are beside the point."""
+    for e in errors:
+        if e["type"] != "literal_error" or _part_type(e) is None or len(e["loc"]) < 2:
+            continue
+        depth = len(e["loc"]) - 2  # where the loc names the union's member: (..., index, Member, "type")
+        prefix = tuple(e["loc"][:depth])
+        rejecting = {f["loc"][depth] for f in errors
+                     if f["type"] == "literal_error" and _part_type(f) is not None and tuple(f["loc"][:depth]) == prefix}
+        for f in errors:
+            if len(f["loc"]) > depth and tuple(f["loc"][:depth]) == prefix and f["loc"][depth] not in rejecting:
+                return f
     return None
 
 

@@ -7,7 +7,8 @@ stored; with `quantization` the decoder's linear layers at their packed size; a 
 config.json: its parameters counted on the meta device) + the KV cache the engine will allocate (its
 layers grouped as the engine groups them: a sliding-window layer holds its window; one byte a value
 with kv_cache_dtype = "fp8") + the state slots of a hybrid model's recurrent layers (one per sequence
-that may run: engine.state_spec) + an activation peak (the largest step's hidden states and logits).
+that may run: engine.state_spec) + an activation peak (the largest step's hidden states and logits; for a
+model whose images the engine runs, its encoder cache's image embeddings too).
 The engine's kv_cache_bytes holds the KV cache and the state slots together. Free = on a
 GPU what the device has free, on CPU the RAM available, capped by `pool_memory_bytes` less what the
 loaded models were planned to use. A model that does not fit is refused with these numbers, before
@@ -100,7 +101,8 @@ def needs(path: Path, engine_config, kv_context: int) -> Needs:
     stored = DTYPE_BYTES.get(str(config.get("dtype") or config.get("torch_dtype") or text.get("dtype") or "float32"), 4)
     serving = DTYPE_BYTES.get(engine_config.resolved_dtype, 4)
     # every expert of a MoE model counts; a multimodal checkpoint's vision tower where the engine loads it
-    on_disk = weight_bytes(path, text is not config and not loads_vision(config.get("model_type"), path))
+    vision = text is not config and loads_vision(config.get("model_type"), path)
+    on_disk = weight_bytes(path, text is not config and not vision)
     if not on_disk and architecture is not None:  # a config.json alone: what its parameters take at the stored dtype
         on_disk = parameter_count(architecture) * stored
     weights = on_disk if "quantization_config" in config else on_disk * serving // stored
@@ -124,6 +126,8 @@ def needs(path: Path, engine_config, kv_context: int) -> Needs:
     step_tokens = engine_config.max_num_batched_tokens
     activations = (step_tokens * (4 * hidden + 2 * intermediate) * serving
                    + engine_config.max_num_seqs * text.get("vocab_size", 0) * 4)  # float32 logits
+    if vision:  # the encoder cache: up to encoder_cache_tokens image embeddings of the language model's width
+        activations += engine_config.encoder_cache_tokens * hidden * serving
     return Needs(weights, kv, activations, states)
 
 

@@ -159,6 +159,8 @@ def test_an_image_url_of_an_unlisted_host_is_refused_before_any_connection(vlm, 
     (ask("Scheme", "file:///etc/passwd"), "messages.0.content.1.image_url.url", "data: URL"),
     ([{"role": "system", "content": [image_part(data_url(image(1, 28, 28)))]}, {"role": "user", "content": "Hi"}],
      "messages.0.content.0.type", "images go in user messages"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(image(1, 28, 28)), "size": 3}}]}],
+     "messages.0.content.0.image_url.size", "the field 'size' is not supported"),  # a user's image part, misshapen
 ])
 def test_images_the_server_will_not_take_are_400s_naming_the_part(vlm, messages, param, words):
     server, _ = vlm

@@ -54,6 +54,11 @@ def test_a_multimodal_checkpoint_whose_images_the_engine_runs_is_planned_with_it
         text = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
         assert need.weights == (tmp_path / "model.safetensors").stat().st_size  # the whole file, vision tower too
         assert 0 <= need.weights - (text + vision_tower) < 16 << 10 < vision_tower  # less its header
+        # the encoder cache's image embeddings, at the language model's width, count with the activations
+        text_only = memory_plan.needs(tmp_path, EngineConfig(dtype="float32", num_kv_blocks=32, block_size=4,
+                                                             encoder_cache_tokens=0), kv_context=4096)
+        hidden = loaded.config.get_text_config().hidden_size
+        assert need.activations - text_only.activations == config.encoder_cache_tokens * hidden * 4
     finally:
         engine.unload_model()
 

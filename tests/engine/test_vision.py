@@ -133,6 +133,11 @@ def test_images_are_refused_by_a_text_model_and_must_match_the_placeholders(vlm,
     assert engine.takes_images and engine.stats().execution["images"].endswith("vision tower")
     with pytest.raises(InvalidParameter, match="1 times for 2 images"):
         engine.prepare_images(f"one {placeholder}", [image(1), image(2)])
+    vision = engine.session.runner.vision
+    typed = vision.processor.tokenizer.convert_ids_to_tokens(vision.placeholder_id)  # Gemma's is not its image token
+    with pytest.raises(InvalidParameter, match="placeholder") as refused:
+        engine.prepare_images(f"one {placeholder} and {typed} typed", [image(1)])
+    assert refused.value.param == "prompt"
 
 
 def test_the_encoder_cache_keeps_the_most_recently_used_images_within_its_bound():

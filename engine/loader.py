@@ -31,10 +31,11 @@ from engine.quantization import checkpoint
 from engine.quantization.weights import WeightFormat, pack_weights
 
 # Where multimodal checkpoints keep their language model's weights: transformers 5 saves
-# model.language_model.* and lm_head.*; checkpoints saved by transformers 4 (most on the hub) keep
+# model.language_model.* (Idefics3's: model.text_model.*) and lm_head.*; checkpoints saved by transformers 4 (most on the hub) keep
 # language_model.model.* and language_model.lm_head.*.
 TEXT_WEIGHTS = {
     r"^model\.language_model\.": "model.",
+    r"^model\.text_model\.": "model.",  # Idefics3 and SmolVLM
     r"^language_model\.model\.": "model.",
     r"^language_model\.lm_head\.": "lm_head.",
 }
@@ -120,7 +121,7 @@ def _with_vision(arch: Architecture, path: Path, dtype: torch.dtype, device: str
     multimodal = getattr(transformers, arch.declared).from_pretrained(path, dtype=dtype, device_map=device, **kwargs)
     with torch.device("meta"):
         model = arch.model_class()._from_config(multimodal.config.get_text_config(), dtype=dtype)
-    model.model = multimodal.model.language_model
+    model.model = multimodal.model.get_decoder()  # its language_model (Idefics3's text_model)
     model.lm_head = multimodal.lm_head
     model.generation_config = multimodal.generation_config
     return model, Vision.load(path, multimodal, tokenizer)

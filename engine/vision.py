@@ -4,7 +4,10 @@
 processor's pixel values, each image's placeholder token repeated as often as the image has embeddings,
 and, for multimodal RoPE, the family's own 3D positions (get_rope_index). The processor is built
 for images alone: the families' processors also want a video processor, which needs torchvision, and
-the engine takes no video. Where torchvision is missing the families' PIL image processors run.
+the engine takes no video. Where torchvision is missing the families' PIL image processors run (and
+PixtralProcessor loads without it: processor_class). An image's span runs from its first placeholder to its
+last, with whatever the family writes between them (Pixtral's [IMG_BREAK] after each row, Idefics3's
+sub-images with their <row_r_col_c> markers).
 
 `step_inputs` (the engine thread) runs the vision tower for the sequences whose prefill chunk this step
 reaches their images and that have no embeddings yet, one call for all of them; puts the embeddings at
@@ -15,8 +18,9 @@ The encoder cache keeps image embeddings by content (the most recently used, up 
 encoder_cache_tokens rows): a sequence whose images it all holds is not encoded, so a repeated image, as
 in a follow-up turn, runs through the vision tower once.
 
-Families (checked against generate() by tests/engine/test_vision.py): Qwen2.5-VL (multimodal RoPE) and
-Gemma 3, whose image placeholders attend to each other both ways: a prefill chunk then holds an image
+Families (checked against generate() by tests/engine/test_vision.py): Qwen2.5-VL (multimodal RoPE), Mistral 3
+(Pixtral's vision tower, images of any aspect ratio, given with their image_sizes), Idefics3 and SmolVLM (each
+image split into sub-images, and the whole image beside them) and Gemma 3, whose image placeholders attend to each other both ways: a prefill chunk then holds an image
 whole (the scheduler does not cut it, engine.prompt_images) and its mask lets the image's tokens see
 each other (engine.packing's torch path; on the triton backend Gemma 3's images are refused). The
 images of other families are refused, their text served.
@@ -24,9 +28,13 @@ images of other families are refused, their text served.
 
 import bisect
 from collections import OrderedDict
+import functools
 import hashlib
+import importlib
+import importlib.util
 import inspect
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,10 +49,10 @@ from engine.scheduler import ScheduledSequence
 from engine.sequence import Sequence
 
 # Model types whose images the engine runs (checked against generate() by tests/engine/test_vision.py).
-IMAGE_FAMILIES = {"qwen2_5_vl", "gemma3"}
+IMAGE_FAMILIES = {"qwen2_5_vl", "gemma3", "mistral3", "idefics3", "smolvlm"}
 BIDIRECTIONAL_IMAGES = {"gemma3"}  # families whose image placeholders attend to each other both ways
 # What the processor gives that is the text's, not the vision tower's.
-TEXT_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+TEXT_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids", "text_replacement_offsets")
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
@@ -58,15 +66,39 @@ def image_content_hash(image) -> int:
 
 def images_only(family: type) -> type:
     """A family's processor class with an image processor and a tokenizer only: no video processor, which needs
-    torchvision. Named as the family's, so that a saved processor_config.json names the family's class."""
+    torchvision (given as None where the family's __init__ requires one, as SmolVLM's does). Named as the family's,
+    so that a saved processor_config.json names the family's class."""
     parts = [p for p in family.get_attributes() if p in ("image_processor", "tokenizer")]
-    return type(family.__name__, (family,), {"get_attributes": classmethod(lambda cls: parts)})
+    left_out = dict.fromkeys(p for p in family.get_attributes() if p not in parts)
+
+    @functools.wraps(family.__init__)  # its signature: what save_pretrained writes of the processor's options
+    def __init__(self, *args, **kwargs):
+        family.__init__(self, *args, **{**left_out, **kwargs})
+
+    return type(family.__name__, (family,), {"get_attributes": classmethod(lambda cls: parts), "__init__": __init__})
+
+
+def processor_class(model_type: str) -> type:
+    """The family's transformers processor class. PixtralProcessor's module imports the torchvision image
+    processor's module for get_resize_output_image_size alone (which the PIL one's module defines too): where
+    torchvision is missing, that import is given the PIL module while the processor's module loads."""
+    name = PROCESSOR_MAPPING_NAMES[model_type]
+    if name != "PixtralProcessor" or importlib.util.find_spec("torchvision") is not None:
+        return getattr(transformers, name)
+    pixtral = "transformers.models.pixtral"
+    if f"{pixtral}.processing_pixtral" not in sys.modules:
+        sys.modules[f"{pixtral}.image_processing_pixtral"] = importlib.import_module(f"{pixtral}.image_processing_pil_pixtral")
+        try:
+            importlib.import_module(f"{pixtral}.processing_pixtral")
+        finally:
+            del sys.modules[f"{pixtral}.image_processing_pixtral"]
+    return sys.modules[f"{pixtral}.processing_pixtral"].PixtralProcessor
 
 
 def images_processor(path: Path, model_type: str, tokenizer):
     """The checkpoint's processor for images and text: its image processor (the PIL one where torchvision is
     missing), the given tokenizer, and the processor's own options from processor_config.json."""
-    family = getattr(transformers, PROCESSOR_MAPPING_NAMES[model_type])
+    family = processor_class(model_type)
     file = path / "processor_config.json"
     saved = json.loads(file.read_text()) if file.exists() else {}
     options = {k: v for k, v in saved.items()
@@ -142,15 +174,19 @@ class Vision:
             raise InvalidParameter("prompt", f"the prompt holds the image placeholder {self.image_token} {found} times "
                                              f"for {len(images)} images; put it once per image")
         inputs = self.processor(text=[prompt], images=images, return_tensors="pt", return_mm_token_type_ids=True,
-                                add_special_tokens=False)
+                                return_text_replacement_offsets=True, add_special_tokens=False)
         ids = inputs["input_ids"][0]
         rows = (ids == self.placeholder_id).nonzero().flatten().tolist()
-        starts = [r for i, r in enumerate(rows) if i == 0 or rows[i - 1] != r - 1]
-        ends = [r + 1 for i, r in enumerate(rows) if i == len(rows) - 1 or rows[i + 1] != r + 1]
-        if len(starts) != len(images):
-            raise InvalidParameter("prompt", f"the images' placeholders run together ({len(starts)} runs for "
-                                             f"{len(images)} images); put text between images")
-        spans = [ImageSpan(a, b, image_content_hash(image)) for a, b, image in zip(starts, ends, images)]
+        # Each image's text (its placeholders, and the family's breaks, row markers or sub-images between them)
+        # holds as many placeholders as the image has embeddings.
+        placeholder = self.processor.tokenizer.convert_ids_to_tokens(self.placeholder_id)
+        counts = [r["replacement"].count(placeholder) for r in inputs["text_replacement_offsets"][0]]
+        if sum(counts) != len(rows):
+            raise InvalidParameter("prompt", f"the prompt holds the image placeholder token {placeholder} outside "
+                                             "its images; remove it from the text")
+        firsts = [sum(counts[:i]) for i in range(len(counts))]
+        spans = [ImageSpan(rows[first], rows[first + count - 1] + 1, image_content_hash(image))
+                 for first, count, image in zip(firsts, counts, images)]
         encoder_inputs = {k: v for k, v in inputs.items() if k not in TEXT_INPUTS}
         prompt_images = PromptImages(encoder_inputs, rows, spans, bidirectional=self.bidirectional)
         if self.multimodal_rope:
@@ -174,16 +210,16 @@ class Vision:
         if not missing:
             return
         keys = missing[0].images.encoder_inputs.keys()
-        batch = {k: torch.cat([s.images.encoder_inputs[k] for s in missing]).to(device) for k in keys}
-        per_image = list(self.model.get_image_features(**batch).pooler_output)  # a tuple, or [images, tokens, hidden]
-        self.images_encoded += len(per_image)
-        first = 0
-        for s in missing:
-            mine = per_image[first: first + s.images.num_images]
-            s.images.embeddings = torch.cat(mine)
-            for span, embeddings in zip(s.images.spans, mine):
-                cache.put(span.content_hash, embeddings)
-            first += s.images.num_images
+        batch = {k: _stacked([s.images.encoder_inputs[k] for s in missing]).to(device) for k in keys}
+        # one [tokens, hidden] per image, or per sub-image (a tuple, or [images, tokens, hidden]), in order
+        rows = torch.cat(list(self.model.get_image_features(**batch).pooler_output))
+        self.images_encoded += sum(s.images.num_images for s in missing)
+        for s, embeddings in zip(missing, rows.split([len(s.images.rows) for s in missing])):
+            s.images.embeddings = embeddings
+            per_image = [bisect.bisect_left(s.images.rows, span.end) - bisect.bisect_left(s.images.rows, span.start)
+                         for span in s.images.spans]
+            for span, mine in zip(s.images.spans, embeddings.split(per_image)):
+                cache.put(span.content_hash, mine)
 
     def step_inputs(self, embed_tokens: torch.nn.Module, scheduled: list[ScheduledSequence], input_ids: torch.Tensor,
                     positions: torch.Tensor, last_row: dict, cache: EncoderCache) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,3 +261,15 @@ def _rope_positions(images: PromptImages, begin: int, n: int) -> torch.Tensor:
     if begin < prompt_len:
         out[:, : prompt_len - begin] = images.rope_positions[:, begin: begin + n]
     return out
+
+
+def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Several prompts' inputs of one kind in one batch along the first dimension, the others zero-padded to the
+    largest (the families' own padding: Pixtral crops each image to its image_sizes, Idefics3 drops all-zero
+    sub-images and masks the padded pixels)."""
+    shape = [max(sizes) for sizes in zip(*(t.shape[1:] for t in tensors))]
+    padded = []
+    for t in tensors:
+        pad = [p for size, most in zip(reversed(t.shape[1:]), reversed(shape)) for p in (0, most - size)]
+        padded.append(torch.nn.functional.pad(t, pad) if any(pad) else t)
+    return torch.cat(padded)

@@ -12,10 +12,11 @@ first chunks.
 import torch
 import transformers
 from transformers import (FalconH1Config, Gemma2Config, Gemma3Config, Gemma3TextConfig, GptOssConfig, GraniteMoeConfig,
-                          GraniteMoeHybridConfig, Lfm2Config, Llama4TextConfig, Mistral3Config, MistralConfig,
-                          MixtralConfig, NemotronHConfig, Olmo2Config, PixtralVisionConfig, Qwen2_5_VLConfig,
-                          Qwen3_5MoeTextConfig, Qwen3_5TextConfig, Qwen3MoeConfig, Qwen3NextConfig, Qwen3VLConfig,
-                          SiglipVisionConfig, SmolLM3Config)
+                          GraniteMoeHybridConfig, Idefics3Config, Idefics3VisionConfig, Lfm2Config, Llama4TextConfig,
+                          LlamaConfig, Mistral3Config, MistralConfig, MixtralConfig, NemotronHConfig, Olmo2Config,
+                          PixtralVisionConfig, Qwen2_5_VLConfig, Qwen3_5MoeTextConfig, Qwen3_5TextConfig, Qwen3MoeConfig,
+                          Qwen3NextConfig, Qwen3VLConfig, SiglipVisionConfig, SmolLM3Config, SmolVLMConfig,
+                          SmolVLMVisionConfig)
 
 from engine.recurrent.mixers import FORWARDS
 
@@ -35,6 +36,16 @@ def tiny_shape(vocab: int) -> dict:
     return dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
                 head_dim=16, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, pad_token_id=0,
                 tie_word_embeddings=False)
+
+
+def _split_images(config_class: type, vision_class: type, vocab: int):
+    """Idefics3's shape (SmolVLM's too): a Llama language model, sub-images of 56 x 56 pixels, 4 tokens each."""
+    return config_class(
+        text_config=LlamaConfig(**tiny_shape(vocab), num_hidden_layers=2).to_dict(),
+        vision_config=vision_class(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                   image_size=56, patch_size=14).to_dict(),
+        scale_factor=2, image_token_id=vocab - 1, tie_word_embeddings=False,
+        architectures=[config_class.__name__.replace("Config", "ForConditionalGeneration")])
 
 
 def _gemma3_text(vocab: int) -> Gemma3TextConfig:
@@ -72,10 +83,12 @@ CONFIGS = {
                                          num_attention_heads=2, image_size=28, patch_size=14).to_dict(),
         mm_tokens_per_image=4, image_token_index=vocab - 1, boi_token_index=vocab - 3, eoi_token_index=vocab - 2,
         tie_word_embeddings=False, architectures=["Gemma3ForConditionalGeneration"]),
+    "idefics3": lambda vocab: _split_images(Idefics3Config, Idefics3VisionConfig, vocab),
+    "smolvlm": lambda vocab: _split_images(SmolVLMConfig, SmolVLMVisionConfig, vocab),
     "mistral3": lambda vocab: Mistral3Config(
         text_config=MistralConfig(**tiny_shape(vocab), num_hidden_layers=2, sliding_window=WINDOW).to_dict(),
         vision_config=PixtralVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                          num_attention_heads=2, head_dim=16, image_size=28, patch_size=14).to_dict(),
+                                          num_attention_heads=2, head_dim=16, image_size=112, patch_size=14).to_dict(),
         image_token_index=vocab - 1, tie_word_embeddings=False, architectures=["Mistral3ForConditionalGeneration"]),
     "qwen2_5_vl": lambda vocab: Qwen2_5_VLConfig(
         text_config=_mrope(vocab, "qwen2_5_vl_text"), vision_config=TINY_VISION, image_token_id=vocab - 1,

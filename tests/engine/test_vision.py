@@ -1,7 +1,9 @@
-"""Images in the engine: tiny random Qwen2.5-VL (multimodal RoPE) and Gemma 3 (image placeholders that attend to
-each other both ways) give generate()'s greedy tokens for prompts with images, in one batch with text-only
-requests, under chunked prefill (Qwen's images cut between chunks, Gemma's never), and a repeated image is found
-in the prefix cache and the encoder cache, while a different image behind the same token ids is not."""
+"""Images in the engine: tiny random Qwen2.5-VL (multimodal RoPE), Mistral 3 (Pixtral: an image's placeholders
+broken by a token after each row), Idefics3 and SmolVLM (an image split into sub-images, with text between them)
+and Gemma 3 (image placeholders that attend to each other both ways) give generate()'s greedy tokens for prompts
+with images, in one batch with text-only requests, with several prompts' images of different sizes encoded in one
+call, under chunked prefill (Qwen's images cut between chunks, Gemma's never), and a repeated image is found in
+the prefix cache and the encoder cache, while a different image behind the same token ids is not."""
 
 import pytest
 import torch
@@ -24,8 +26,8 @@ def vlm(request, default_model_path, tmp_path_factory):
     return folder, model, processor, FAMILIES[request.param].image
 
 
-def make_engine(folder) -> Engine:
-    engine = Engine(EngineConfig(dtype="float32", block_size=BLOCK, max_num_batched_tokens=BUDGET, max_num_seqs=4,
+def make_engine(folder, budget: int = BUDGET) -> Engine:
+    engine = Engine(EngineConfig(dtype="float32", block_size=BLOCK, max_num_batched_tokens=budget, max_num_seqs=4,
                                  num_kv_blocks=64))
     engine.load_model(folder)
     return engine
@@ -61,6 +63,28 @@ def test_images_batched_with_text_give_generates_tokens(vlm):
     got, _ = run(make_engine(folder), requests)
     assert got == expected
     assert len({tuple(t) for t in got.values()}) == 3  # decisive: the three answers differ
+
+
+def test_several_prompts_images_of_different_sizes_encoded_together_give_generates_tokens(vlm):
+    """A budget that takes both prompts whole: the first step encodes their three images in one call, their inputs
+    padded to one batch (Pixtral's and Idefics3's pixel values differ in size between prompts)."""
+    folder, model, processor, placeholder = vlm
+    requests = {
+        "wide": (f"Describe {placeholder} briefly please", [image(1)]),
+        "two": (f"First {placeholder} then {placeholder}, compare them", [image(2, 56, 56), image(3, 28, 84)]),
+    }
+    engine = make_engine(folder, budget=256)
+    vision = engine.session.runner.vision
+    for request_id, (prompt, images) in requests.items():
+        ids, prompt_images = engine.prepare_images(prompt, images)
+        engine.add_request(request_id, ids, SamplingParams(max_tokens=N, temperature=0.0, ignore_eos=True),
+                           images=prompt_images)
+    tokens = {request_id: [] for request_id in requests}
+    while engine.has_unfinished():
+        for out in engine.step():
+            tokens[out.request_id] += out.new_token_ids
+        assert vision.images_encoded == 3
+    assert tokens == {k: generate_alone(model, processor, p, images, N) for k, (p, images) in requests.items()}
 
 
 def test_an_image_across_a_chunk_boundary_gives_generates_tokens(vlm):
@@ -109,6 +133,11 @@ def test_images_are_refused_by_a_text_model_and_must_match_the_placeholders(vlm,
     assert engine.takes_images and engine.stats().execution["images"].endswith("vision tower")
     with pytest.raises(InvalidParameter, match="1 times for 2 images"):
         engine.prepare_images(f"one {placeholder}", [image(1), image(2)])
+    vision = engine.session.runner.vision
+    typed = vision.processor.tokenizer.convert_ids_to_tokens(vision.placeholder_id)  # Gemma's is not its image token
+    with pytest.raises(InvalidParameter, match="placeholder") as refused:
+        engine.prepare_images(f"one {placeholder} and {typed} typed", [image(1)])
+    assert refused.value.param == "prompt"
 
 
 def test_the_encoder_cache_keeps_the_most_recently_used_images_within_its_bound():

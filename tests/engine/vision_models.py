@@ -13,9 +13,12 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, Gemma3Processor, Qwen2_5_VLProcessor
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from engine.vision import images_only, images_processor
+from engine.vision import images_only, images_processor, processor_class
 from tests.engine.architectures import CONFIGS, model_class, sharpened
 
 
@@ -49,7 +52,19 @@ FAMILIES = {
                                                             "image_token": "<image_soft_token>"}},
                      {"image_token_id": "<image_soft_token>", "boi_token_index": "<start_of_image>",
                       "eoi_token_index": "<end_of_image>"}),
+    # Longest edge at most 112 pixels, patches of 14 merged 2 x 2: an [IMG] per 28 x 28 pixels (1 to 8), an
+    # [IMG_BREAK] after each row but the last, which ends with [IMG_END].
+    "mistral3": Family("[IMG]", {"additional_special_tokens": ["[IMG]", "[IMG_BREAK]", "[IMG_END]"]},
+                       {"image_token_id": "[IMG]"}),
+    # Longest edge resized to 112 pixels and split into sub-images of at most 56 x 56 (a <row_r_col_c> token before
+    # each, as SmolVLM's tokenizer has them; rows ended by a newline), then the whole image at 56 (<global-img>):
+    # four <image> placeholders each.
+    "idefics3": Family("<image>", {"additional_special_tokens": [
+        "<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>",
+        *(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))]}, {"image_token_id": "<image>"}),
 }
+FAMILIES["smolvlm"] = FAMILIES["idefics3"]  # Idefics3's shape, its own classes
+SPLIT_IMAGE_PROCESSORS = {"idefics3": Idefics3ImageProcessorPil, "smolvlm": SmolVLMImageProcessorPil}
 
 
 def build_vlm(family: str, target: Path, tokenizer_from: Path, seed: int = 0, max_pixels: int = 56 * 112) -> Path:
@@ -73,6 +88,15 @@ def build_vlm(family: str, target: Path, tokenizer_from: Path, seed: int = 0, ma
         image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=max_pixels, patch_size=14,
                                                    merge_size=2, temporal_patch_size=2)
         processor = images_only(Qwen2_5_VLProcessor)(image_processor=image_processor, tokenizer=tokenizer)
+    elif family == "mistral3":
+        processor = images_only(processor_class("mistral3"))(
+            image_processor=PixtralImageProcessorPil(size={"longest_edge": 112}), tokenizer=tokenizer,
+            patch_size=config.vision_config.patch_size, spatial_merge_size=config.spatial_merge_size)
+    elif family in SPLIT_IMAGE_PROCESSORS:
+        vision = config.vision_config
+        processor = images_only(processor_class(family))(
+            image_processor=SPLIT_IMAGE_PROCESSORS[family](size={"longest_edge": 112}, max_image_size={"longest_edge": 56}),
+            tokenizer=tokenizer, image_seq_len=(vision.image_size // vision.patch_size // config.scale_factor) ** 2)
     else:
         processor = Gemma3Processor(image_processor=Gemma3ImageProcessorPil(size={"height": 28, "width": 28}),
                                     tokenizer=tokenizer, image_seq_length=config.mm_tokens_per_image)
@@ -86,12 +110,13 @@ def louder(model: torch.nn.Module) -> None:
     as loud as the sharpened token embeddings and what attention brings from them decides the next token (two
     images give two answers)."""
     base = model.model
-    vision = [getattr(base, name) for name in ("visual", "vision_tower", "multi_modal_projector") if hasattr(base, name)]
+    vision = [getattr(base, name) for name in ("visual", "vision_tower", "vision_model", "multi_modal_projector",
+                                               "connector") if hasattr(base, name)]
     with torch.no_grad():
         for part in vision:
             for weight in (p for p in part.parameters() if p.dim() >= 2):
                 weight.normal_(0, 2.0 / weight[0].numel() ** 0.5)
-        for name, weight in base.language_model.named_parameters():
+        for name, weight in base.get_decoder().named_parameters():
             if name.endswith(("v_proj.weight", "o_proj.weight")):
                 weight.normal_(0, 3.0 / weight.shape[1] ** 0.5)
 

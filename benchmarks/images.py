@@ -5,12 +5,13 @@ and the time to first token of an image request with and without a prefix-cache 
 Per family and image size: the placeholder tokens the image takes in the prompt (its share of the KV cache
 and of the prefill), the patches its vision tower runs over, and the tower's matmul work, 2 x parameters x
 patches (attention's own quadratic term left out: Qwen's tower attends in windows of 112 pixels but for four
-layers, SigLIP over its 4,096 patches). TTFT: the tiny Qwen2.5-VL of the tests (tests/engine/vision_models.py)
+layers, Gemma 3's SigLIP over its 4,096 patches, Pixtral over all of an image's patches, SmolVLM's SigLIP over each
+tile's 729). TTFT: the tiny Qwen2.5-VL of the tests (tests/engine/vision_models.py)
 in an engine on this machine, a 448 x 448 image (256 placeholders) behind a short text, alone; then the same
 request again (its image's blocks from the prefix cache: no encode, no prefill of the image) and one with
 another image of the same size (encoded and prefilled again).
 
-    python -m benchmarks.images [--json OUT]
+    python -m benchmarks.images [--json OUT] [--skip-ttft]
 """
 
 import argparse
@@ -22,8 +23,12 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import Qwen2_5_VLConfig, SiglipVisionConfig, SiglipVisionModel
+from transformers import (Idefics3VisionConfig, Mistral3Config, PixtralVisionModel, Qwen2_5_VLConfig,
+                          SiglipVisionConfig, SiglipVisionModel)
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+from transformers.models.idefics3.modeling_idefics3 import Idefics3VisionTransformer
+from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -69,6 +74,54 @@ def gemma3() -> dict:
     return {"params": params, "sizes": {f"{w}x{h}": per_image((w, h)) for w, h in SIZES}}
 
 
+def mistral_small_3_1() -> dict:
+    """Mistral Small 3.1 / 3.2 (24B): Pixtral at patch 14 up to 1540 pixels a side, 2 x 2 patches merged per token.
+
+    Mistral3Config's default vision_config has Mistral-Small-3.1-24B-Instruct-2503's dimensions; the image processor's
+    own defaults are Pixtral-12B's (patch 16, longest edge 1024), so the checkpoint's longest_edge 1540 is given here,
+    and patch 28 as Mistral 3's processor passes it (patch 14 x spatial_merge_size 2: each side a whole number of
+    merged tokens). Each row of tokens ends in [IMG_BREAK] ([IMG_END] for the last): markers in the prompt.
+    """
+    config = Mistral3Config()
+    patch, merge = config.vision_config.patch_size, config.spatial_merge_size
+    processor = PixtralImageProcessorPil(size={"longest_edge": 1540}, patch_size=patch * merge)
+    params = parameters(PixtralVisionModel, config.vision_config)
+
+    def per_image(size) -> dict:
+        height, width = (int(side) for side in processor(Image.new("RGB", size), return_tensors="pt")["image_sizes"][0])
+        patches = (height // patch) * (width // patch)
+        return {"tokens": patches // merge**2, "markers": height // (patch * merge), "patches": patches,
+                "gflop": 2 * params * patches / 1e9}
+
+    return {"params": params, "sizes": {f"{w}x{h}": per_image((w, h)) for w, h in SIZES}}
+
+
+def smolvlm_instruct() -> dict:
+    """SmolVLM-Instruct (Idefics3): SigLIP so400m at 384 x 384 per tile, 3 x 3 patches shuffled into a token.
+
+    Its preprocessor_config.json: longest_edge 1536, tiles of max_image_size 384 (so up to 4 x 4 tiles and the
+    whole image shrunk to one more); its processor_config.json: image_seq_len 81 (27 x 27 patches / 3**2).
+    Markers in the prompt: <fake_token_around_image><row_r_col_c> before each tile, a newline after each row of
+    tiles, <fake_token_around_image><global-img> ... <fake_token_around_image> around the whole image (the newline
+    before it merges with the last row's into one token in SmolLM2's tokenizer). A picture is first resized to
+    the longest edge 1536, up as well as down, so a small image costs as much as a large one of its shape.
+    """
+    vision = Idefics3VisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                                  image_size=384, patch_size=14)
+    processor = Idefics3ImageProcessorPil(size={"longest_edge": 1536}, max_image_size={"longest_edge": 384})
+    params = parameters(Idefics3VisionTransformer, vision)
+    tile_patches, image_seq_len = (384 // 14) ** 2, 81
+
+    def per_image(size) -> dict:
+        split = processor(Image.new("RGB", size), return_row_col_info=True, return_tensors="pt")
+        rows, cols = split["rows"][0][0], split["cols"][0][0]
+        tiles = rows * cols + 1
+        return {"tokens": tiles * image_seq_len, "markers": 2 * rows * cols + rows + 3, "patches": tiles * tile_patches,
+                "gflop": 2 * params * tiles * tile_patches / 1e9}
+
+    return {"params": params, "sizes": {f"{w}x{h}": per_image((w, h)) for w, h in SIZES}}
+
+
 def ttft(tokenizer_from: Path) -> dict:
     """Seconds to the first token: a fresh image, the same image again (prefix-cache hit), another image."""
     from engine import Engine, EngineConfig, SamplingParams
@@ -105,23 +158,28 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--tokenizer", type=Path, default=Path.home() / ".cache/appliance-tests/models/smollm2-135m-instruct",
                         help="a tokenizer folder for the tiny model (the tests' default model)")
+    parser.add_argument("--skip-ttft", action="store_true", help="only the computed per-family table")
     args = parser.parse_args()
-    families = {"Qwen2.5-VL-7B": qwen2_5_vl_7b(), "Gemma 3 (4B-27B)": gemma3()}
+    families = {"Qwen2.5-VL-7B": qwen2_5_vl_7b(), "Gemma 3 (4B-27B)": gemma3(),
+                "Mistral Small 3.1/3.2": mistral_small_3_1(), "SmolVLM-Instruct": smolvlm_instruct()}
     print("| family (vision parameters) | image | placeholder tokens | patches | tower GFLOP |")
     print("|---|---|---|---|---|")
     for name, family in families.items():
         for size, f in family["sizes"].items():
-            print(f"| {name} ({family['params'] / 1e6:.0f} M) | {size} | {f['tokens']:,} | {f['patches']:,} | "
+            markers = f" (+{f['markers']} markers)" if f.get("markers") else ""
+            print(f"| {name} ({family['params'] / 1e6:.0f} M) | {size} | {f['tokens']:,}{markers} | {f['patches']:,} | "
                   f"{f['gflop']:,.0f} |")
-    timings = ttft(args.tokenizer)
-    print("\n| tiny Qwen2.5-VL, 448 x 448 image | TTFT | prompt tokens | cached tokens |")
-    print("|---|---|---|---|")
-    for name, t in timings.items():
-        print(f"| {name} | {t['ttft_s'] * 1000:.1f} ms | {t['prompt_tokens']} | {t['cached_tokens']} |")
-    fresh, hit = timings["fresh"]["ttft_s"], timings["cache hit"]["ttft_s"]
-    print(f"\nprefix-cache hit: {fresh / hit:.1f}x faster to the first token")
+    results = {"families": families}
+    if not args.skip_ttft:
+        results["ttft"] = timings = ttft(args.tokenizer)
+        print("\n| tiny Qwen2.5-VL, 448 x 448 image | TTFT | prompt tokens | cached tokens |")
+        print("|---|---|---|---|")
+        for name, t in timings.items():
+            print(f"| {name} | {t['ttft_s'] * 1000:.1f} ms | {t['prompt_tokens']} | {t['cached_tokens']} |")
+        fresh, hit = timings["fresh"]["ttft_s"], timings["cache hit"]["ttft_s"]
+        print(f"\nprefix-cache hit: {fresh / hit:.1f}x faster to the first token")
     if args.json:
-        args.json.write_text(json.dumps({"families": families, "ttft": timings}, indent=2))
+        args.json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -261,11 +261,11 @@ class ModelRunner:
 
     def forward_with_images(self, scheduled: list[ScheduledSequence], input_ids: torch.Tensor, positions: torch.Tensor,
                             meta, last_row: dict, logits_to_keep) -> torch.Tensor:
-        """forward() for a step where some sequences have images: their embeddings at the placeholders."""
-        embeds, position_ids = self.vision.step_inputs(self.model.get_input_embeddings(), scheduled, input_ids,
-                                                       positions, last_row, self.encoder_cache)
-        output = self.model(inputs_embeds=embeds, position_ids=position_ids, attention_metadata=meta, use_cache=False,
-                            logits_to_keep=logits_to_keep)
+        """forward() for a step where some sequences have images: their embeddings at the placeholders (and, for
+        deepstack, their features added after the language model's first layers)."""
+        inputs = self.vision.step_inputs(self.model.get_input_embeddings(), scheduled, input_ids, positions, last_row,
+                                         self.encoder_cache)
+        output = self.model(**inputs, attention_metadata=meta, use_cache=False, logits_to_keep=logits_to_keep)
         return output.logits[0]
 
     @torch.inference_mode()

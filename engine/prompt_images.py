@@ -25,7 +25,9 @@ class PromptImages:
     rope_positions: object | None = None  # multimodal RoPE: [3, prompt length] positions; None where positions are plain
     rope_delta: int = 0  # multimodal RoPE: a generated token at index i has position i + rope_delta
     bidirectional: bool = False  # an image's placeholders attend to each other both ways (Gemma 3): never cut one
-    embeddings: object | None = None  # [len(rows), hidden]: held from the first chunk that needs them to the last
+    # [len(rows), hidden], or for deepstack [len(rows), 1 + deepstack layers, hidden] (row k's embedding, then its
+    # feature per layer): held from the first chunk that needs them to the last
+    embeddings: object | None = None
 
     @property
     def num_images(self) -> int:

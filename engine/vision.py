@@ -12,15 +12,20 @@ sub-images with their <row_r_col_c> markers).
 `step_inputs` (the engine thread) runs the vision tower for the sequences whose prefill chunk this step
 reaches their images and that have no embeddings yet, one call for all of them; puts the embeddings at
 the placeholders' rows of the packed batch (the model then takes inputs_embeds); and gives multimodal
-RoPE its positions. A sequence keeps its embeddings until its prefill has passed its last image (chunked
-prefill may cut an image), then releases them; a preempted sequence takes them again when recomputed.
+RoPE its positions. Where the family's language model adds "deepstack" features (Qwen3-VL: the vision
+tower's features from some of its layers, added to the image rows' hidden states after the language
+model's first layers), each placeholder's features are kept beside its embedding (one tensor: released
+and cached together), and the model is given the rows that got image embeddings this step with their
+features. A sequence keeps its embeddings until its prefill has passed its last image (chunked prefill
+may cut an image), then releases them; a preempted sequence takes them again when recomputed.
 The encoder cache keeps image embeddings by content (the most recently used, up to the engine's
 encoder_cache_tokens rows): a sequence whose images it all holds is not encoded, so a repeated image, as
 in a follow-up turn, runs through the vision tower once.
 
-Families (checked against generate() by tests/engine/test_vision.py): Qwen2.5-VL (multimodal RoPE), Mistral 3
-(Pixtral's vision tower, images of any aspect ratio, given with their image_sizes), Idefics3 and SmolVLM (each
-image split into sub-images, and the whole image beside them) and Gemma 3, whose image placeholders attend to each other both ways: a prefill chunk then holds an image
+Families (checked against generate() by tests/engine/test_vision.py): Qwen2.5-VL (multimodal RoPE), Qwen3-VL
+(multimodal RoPE and deepstack), Mistral 3 (Pixtral's vision tower, images of any aspect ratio, given with
+their image_sizes), Idefics3 and SmolVLM (each image split into sub-images, and the whole image beside them)
+and Gemma 3, whose image placeholders attend to each other both ways: a prefill chunk then holds an image
 whole (the scheduler does not cut it, engine.prompt_images) and its mask lets the image's tokens see
 each other (engine.packing's torch path; on the triton backend Gemma 3's images are refused). The
 images of other families are refused, their text served.
@@ -49,8 +54,11 @@ from engine.scheduler import ScheduledSequence
 from engine.sequence import Sequence
 
 # Model types whose images the engine runs (checked against generate() by tests/engine/test_vision.py).
-IMAGE_FAMILIES = {"qwen2_5_vl", "gemma3", "mistral3", "idefics3", "smolvlm"}
+IMAGE_FAMILIES = {"qwen2_5_vl", "qwen3_vl", "gemma3", "mistral3", "idefics3", "smolvlm"}
 BIDIRECTIONAL_IMAGES = {"gemma3"}  # families whose image placeholders attend to each other both ways
+# Families whose language model adds the vision tower's features from some of its layers ("deepstack") to the
+# image rows' hidden states after its first layers.
+DEEPSTACK_IMAGES = {"qwen3_vl"}
 # What the processor gives that is the text's, not the vision tower's.
 TEXT_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids", "text_replacement_offsets")
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
@@ -113,8 +121,22 @@ def loads_vision(model_type: str | None, path: Path) -> bool:
             and any((path / f).exists() for f in PROCESSOR_FILES))
 
 
+def vectors_per_placeholder(config: dict) -> int:
+    """What the encoder cache keeps per placeholder token, in vectors of the language model's width (from the
+    checkpoint's config.json): its embedding, and for deepstack its feature per deepstack layer (the family's
+    default layers where the file leaves them out)."""
+    model_type = config.get("model_type")
+    if model_type not in DEEPSTACK_IMAGES:
+        return 1
+    layers = config.get("vision_config", {}).get("deepstack_visual_indexes")
+    if layers is None:
+        layers = transformers.AutoConfig.for_model(model_type).vision_config.deepstack_visual_indexes
+    return 1 + len(layers)
+
+
 class EncoderCache:
-    """Image embeddings by their image's content hash, the least recently used dropped past max_tokens rows."""
+    """Image embeddings (with their deepstack features) by their image's content hash, the least recently used
+    dropped past max_tokens rows."""
 
     def __init__(self, max_tokens: int):
         self.max_tokens = max_tokens
@@ -162,6 +184,10 @@ class Vision:
     @property
     def bidirectional(self) -> bool:
         return self.model_type in BIDIRECTIONAL_IMAGES
+
+    @property
+    def deepstack(self) -> bool:
+        return self.model_type in DEEPSTACK_IMAGES
 
     # -- any thread ----------------------------------------------------------------------------
     def prepare(self, prompt: str, images: list) -> tuple[list[int], PromptImages]:
@@ -212,7 +238,10 @@ class Vision:
         keys = missing[0].images.encoder_inputs.keys()
         batch = {k: _stacked([s.images.encoder_inputs[k] for s in missing]).to(device) for k in keys}
         # one [tokens, hidden] per image, or per sub-image (a tuple, or [images, tokens, hidden]), in order
-        rows = torch.cat(list(self.model.get_image_features(**batch).pooler_output))
+        output = self.model.get_image_features(**batch)
+        rows = torch.cat(list(output.pooler_output))
+        if self.deepstack:  # each placeholder's embedding, then its feature for each deepstack layer
+            rows = torch.stack([rows, *(torch.cat(list(layer)) for layer in output.deepstack_features)], dim=1)
         self.images_encoded += sum(s.images.num_images for s in missing)
         for s, embeddings in zip(missing, rows.split([len(s.images.rows) for s in missing])):
             s.images.embeddings = embeddings
@@ -222,14 +251,17 @@ class Vision:
                 cache.put(span.content_hash, mine)
 
     def step_inputs(self, embed_tokens: torch.nn.Module, scheduled: list[ScheduledSequence], input_ids: torch.Tensor,
-                    positions: torch.Tensor, last_row: dict, cache: EncoderCache) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs_embeds [1, T, hidden], position_ids) for a packed step where some sequences have images."""
+                    positions: torch.Tensor, last_row: dict, cache: EncoderCache) -> dict:
+        """The model's inputs for a packed step where some sequences have images: inputs_embeds [1, T, hidden],
+        position_ids, and for deepstack the rows that got image embeddings (visual_pos_masks [1, T]) with their
+        features per deepstack layer (deepstack_visual_embeds, in the rows' order)."""
         with_images = [s for s in scheduled if s.seq.images is not None]
         due = [s.seq for s in with_images if s.seq.images.embeddings is None and self._reaches_images(s)]
         if due:
             self.encode(due, input_ids.device, cache)
         embeds = embed_tokens(input_ids)
         rope = positions.expand(3, -1).clone() if self.multimodal_rope else None
+        image_rows, deepstack = [], []
         for s in with_images:
             seq, images = s.seq, s.seq.images
             begin, n = seq.num_computed_tokens, s.num_new_tokens
@@ -237,13 +269,19 @@ class Vision:
             lo, hi = bisect.bisect_left(images.rows, begin), bisect.bisect_left(images.rows, begin + n)
             if lo < hi:
                 rows = torch.tensor(images.rows[lo:hi], device=embeds.device) - begin + first_row
-                embeds[rows] = images.embeddings[lo:hi].to(embeds.dtype)
+                mine = images.embeddings[lo:hi].to(embeds.dtype)
+                embeds[rows] = mine[:, 0] if self.deepstack else mine
+                image_rows.append(rows)
+                deepstack.append(mine[:, 1:])
             if rope is not None:
                 rope[:, first_row: first_row + n] = _rope_positions(images, begin, n).to(rope.device)
             if begin + n >= images.end:
                 seq.release_image_embeddings()
         position_ids = torch.cat([positions[None], rope])[:, None] if rope is not None else positions[None]
-        return embeds[None], position_ids
+        inputs = {"inputs_embeds": embeds[None], "position_ids": position_ids}
+        if self.deepstack and image_rows:
+            inputs |= _deepstack_inputs(len(input_ids), torch.cat(image_rows), torch.cat(deepstack))
+        return inputs
 
     @staticmethod
     def _reaches_images(s: ScheduledSequence) -> bool:
@@ -261,6 +299,15 @@ def _rope_positions(images: PromptImages, begin: int, n: int) -> torch.Tensor:
     if begin < prompt_len:
         out[:, : prompt_len - begin] = images.rope_positions[:, begin: begin + n]
     return out
+
+
+def _deepstack_inputs(num_rows: int, rows: torch.Tensor, features: torch.Tensor) -> dict:
+    """The text model's deepstack inputs for the packed rows that got image embeddings (features [rows, layers,
+    hidden], row k's for rows[k]): the rows as a mask, and per layer their features in the rows' order (which
+    need not be the schedule's: the triton packing puts a one-token chunk among the decode tokens)."""
+    mask = torch.zeros(1, num_rows, dtype=torch.bool, device=rows.device)
+    mask[0, rows] = True
+    return {"visual_pos_masks": mask, "deepstack_visual_embeds": list(features[rows.argsort()].unbind(1))}
 
 
 def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -93,7 +93,7 @@ def needs(path: Path, engine_config, kv_context: int) -> Needs:
     from engine.config import CPU_KV_CACHE_BYTES
     from engine.kv_cache_spec import layout_from_config
     from engine.state_spec import StateLayout, state_slots_for
-    from engine.vision import loads_vision
+    from engine.vision import loads_vision, vectors_per_placeholder
 
     config = model_config(path)
     text = config.get("text_config") or config  # a multimodal checkpoint serves its language model
@@ -126,8 +126,8 @@ def needs(path: Path, engine_config, kv_context: int) -> Needs:
     step_tokens = engine_config.max_num_batched_tokens
     activations = (step_tokens * (4 * hidden + 2 * intermediate) * serving
                    + engine_config.max_num_seqs * text.get("vocab_size", 0) * 4)  # float32 logits
-    if vision:  # the encoder cache: up to encoder_cache_tokens image embeddings of the language model's width
-        activations += engine_config.encoder_cache_tokens * hidden * serving
+    if vision:  # the encoder cache: up to encoder_cache_tokens image embeddings (and deepstack features) of its width
+        activations += engine_config.encoder_cache_tokens * vectors_per_placeholder(config) * hidden * serving
     return Needs(weights, kv, activations, states)
 
 

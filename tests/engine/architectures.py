@@ -95,7 +95,8 @@ CONFIGS = {
         video_token_id=vocab - 2, vision_start_token_id=vocab - 3, vision_end_token_id=vocab - 4,
         tie_word_embeddings=False, architectures=["Qwen2_5_VLForConditionalGeneration"]),
     "qwen3_vl": lambda vocab: Qwen3VLConfig(
-        text_config=_mrope(vocab, "qwen3_vl_text"), vision_config={**TINY_VISION, "deepstack_visual_indexes": [0]},
+        text_config=_mrope(vocab, "qwen3_vl_text"),
+        vision_config={**TINY_VISION, "depth": 2, "deepstack_visual_indexes": [0, 1]},  # deepstack into both layers
         image_token_id=vocab - 1, video_token_id=vocab - 2, vision_start_token_id=vocab - 3,
         vision_end_token_id=vocab - 4, tie_word_embeddings=False, architectures=["Qwen3VLForConditionalGeneration"]),
     "mistral": lambda vocab: MistralConfig(**tiny_shape(vocab), num_hidden_layers=2, sliding_window=WINDOW),

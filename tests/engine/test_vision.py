@@ -1,9 +1,11 @@
-"""Images in the engine: tiny random Qwen2.5-VL (multimodal RoPE), Mistral 3 (Pixtral: an image's placeholders
-broken by a token after each row), Idefics3 and SmolVLM (an image split into sub-images, with text between them)
-and Gemma 3 (image placeholders that attend to each other both ways) give generate()'s greedy tokens for prompts
-with images, in one batch with text-only requests, with several prompts' images of different sizes encoded in one
-call, under chunked prefill (Qwen's images cut between chunks, Gemma's never), and a repeated image is found in
-the prefix cache and the encoder cache, while a different image behind the same token ids is not."""
+"""Images in the engine: tiny random Qwen2.5-VL (multimodal RoPE), Qwen3-VL (and deepstack features added in its
+language model's first layers), Mistral 3 (Pixtral: an image's placeholders broken by a token after each row),
+Idefics3 and SmolVLM (an image split into sub-images, with text between them) and Gemma 3 (image placeholders that
+attend to each other both ways) give generate()'s greedy tokens for prompts with images, in one batch with
+text-only requests, with several prompts' images of different sizes encoded in one call, under chunked prefill
+(Qwen's images cut between chunks, Gemma's never), and a repeated image is found in the prefix cache and the
+encoder cache (Qwen3-VL's deepstack features with its embeddings), while a different image behind the same token
+ids is not."""
 
 import pytest
 import torch

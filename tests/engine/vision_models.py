@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, Gemma3Processor, Qwen2_5_VLProcessor
+from transformers import AutoTokenizer, Gemma3Processor, Qwen2_5_VLProcessor, Qwen3VLProcessor
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
@@ -64,12 +64,14 @@ FAMILIES = {
         *(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))]}, {"image_token_id": "<image>"}),
 }
 FAMILIES["smolvlm"] = FAMILIES["idefics3"]  # Idefics3's shape, its own classes
+FAMILIES["qwen3_vl"] = FAMILIES["qwen2_5_vl"]  # Qwen2.5-VL's tokens, patches of 16 (one placeholder per 32 x 32 pixels)
+QWEN_PROCESSORS = {"qwen2_5_vl": (Qwen2_5_VLProcessor, 14), "qwen3_vl": (Qwen3VLProcessor, 16)}
 SPLIT_IMAGE_PROCESSORS = {"idefics3": Idefics3ImageProcessorPil, "smolvlm": SmolVLMImageProcessorPil}
 
 
 def build_vlm(family: str, target: Path, tokenizer_from: Path, seed: int = 0, max_pixels: int = 56 * 112) -> Path:
     """A tiny random vision-language model of the family with its processor, saved to target (Qwen's images
-    resized to at most max_pixels)."""
+    resized to at most max_pixels, in Qwen2.5-VL's 28 x 28 patches: as many placeholders for Qwen3-VL's)."""
     spec = FAMILIES[family]
     extra = spec.special_tokens.get("extra_special_tokens")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_from, **({"extra_special_tokens": extra} if extra else {}))
@@ -84,10 +86,13 @@ def build_vlm(family: str, target: Path, tokenizer_from: Path, seed: int = 0, ma
     model = sharpened(model_class(config)._from_config(config, dtype=torch.float32))
     louder(model)
     model.save_pretrained(target)
-    if family == "qwen2_5_vl":
-        image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=max_pixels, patch_size=14,
-                                                   merge_size=2, temporal_patch_size=2)
-        processor = images_only(Qwen2_5_VLProcessor)(image_processor=image_processor, tokenizer=tokenizer)
+    if family in QWEN_PROCESSORS:
+        family_processor, patch = QWEN_PROCESSORS[family]
+        placeholder_pixels = (2 * patch) ** 2  # a 2 x 2 merge of patches
+        image_processor = Qwen2VLImageProcessorPil(min_pixels=placeholder_pixels,
+                                                   max_pixels=max_pixels * placeholder_pixels // 28 ** 2,
+                                                   patch_size=patch, merge_size=2, temporal_patch_size=2)
+        processor = images_only(family_processor)(image_processor=image_processor, tokenizer=tokenizer)
     elif family == "mistral3":
         processor = images_only(processor_class("mistral3"))(
             image_processor=PixtralImageProcessorPil(size={"longest_edge": 112}), tokenizer=tokenizer,

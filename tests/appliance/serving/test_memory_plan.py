@@ -39,11 +39,12 @@ def test_a_multimodal_checkpoint_is_planned_as_the_language_model_the_engine_loa
         engine.unload_model()
 
 
-def test_a_multimodal_checkpoint_whose_images_the_engine_runs_is_planned_with_its_vision_tower(tmp_path,
+@pytest.mark.parametrize("family, vectors", [("qwen2_5_vl", 1), ("qwen3_vl", 3)])  # Qwen3-VL: 2 deepstack layers
+def test_a_multimodal_checkpoint_whose_images_the_engine_runs_is_planned_with_its_vision_tower(family, vectors, tmp_path,
                                                                                                default_model_path):
     from tests.engine.vision_models import build_vlm
 
-    build_vlm("qwen2_5_vl", tmp_path, default_model_path)
+    build_vlm(family, tmp_path, default_model_path)
     config = EngineConfig(dtype="float32", num_kv_blocks=32, block_size=4)
     need = memory_plan.needs(tmp_path, config, kv_context=4096)
     engine = Engine(config)
@@ -54,11 +55,12 @@ def test_a_multimodal_checkpoint_whose_images_the_engine_runs_is_planned_with_it
         text = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
         assert need.weights == (tmp_path / "model.safetensors").stat().st_size  # the whole file, vision tower too
         assert 0 <= need.weights - (text + vision_tower) < 16 << 10 < vision_tower  # less its header
-        # the encoder cache's image embeddings, at the language model's width, count with the activations
+        # the encoder cache's image embeddings (and deepstack features), at the language model's width, count with
+        # the activations
         text_only = memory_plan.needs(tmp_path, EngineConfig(dtype="float32", num_kv_blocks=32, block_size=4,
                                                              encoder_cache_tokens=0), kv_context=4096)
         hidden = loaded.config.get_text_config().hidden_size
-        assert need.activations - text_only.activations == config.encoder_cache_tokens * hidden * 4
+        assert need.activations - text_only.activations == config.encoder_cache_tokens * vectors * hidden * 4
     finally:
         engine.unload_model()
 

@@ -96,32 +96,29 @@ def _ct_config(fmt: str, weights: dict, activations: dict | None = None) -> dict
                                           "input_activations": activations}}}
 
 
-def ct_fp8(model: nn.Module, path: Path) -> nn.Module:
+def _ct_per_channel(model: nn.Module, path: Path, fmt: str, number_type: str, largest: float, quantize) -> nn.Module:
+    """compressed-tensors' 8-bit per-channel weights (activations dynamic per token): a scale per output channel
+    mapping its largest magnitude to `largest`, `quantize` turning the scaled weight into the stored values."""
     tensors, twin = {}, {}
     for name, linear in linears(model).items():
         w = linear.weight.detach()
-        scale = w.abs().amax(1, keepdim=True) / 448
-        q = (w / scale).to(FP8)
+        scale = w.abs().amax(1, keepdim=True) / largest
+        q = quantize(w / scale)
         tensors[f"{name}.weight"], tensors[f"{name}.weight_scale"] = q, scale
         twin[name] = q.to(torch.float32) * scale
-    weights = {"num_bits": 8, "type": "float", "strategy": "channel", "symmetric": True, "dynamic": False}
-    _write(model, path, tensors, _ct_config("float-quantized", weights,
-                                            {"num_bits": 8, "type": "float", "strategy": "token", "dynamic": True}))
+    weights = {"num_bits": 8, "type": number_type, "strategy": "channel", "symmetric": True, "dynamic": False}
+    _write(model, path, tensors, _ct_config(fmt, weights,
+                                            {"num_bits": 8, "type": number_type, "strategy": "token", "dynamic": True}))
     return _twin(model, twin)
+
+
+def ct_fp8(model: nn.Module, path: Path) -> nn.Module:
+    return _ct_per_channel(model, path, "float-quantized", "float", 448, lambda x: x.to(FP8))
 
 
 def ct_int8(model: nn.Module, path: Path) -> nn.Module:
-    tensors, twin = {}, {}
-    for name, linear in linears(model).items():
-        w = linear.weight.detach()
-        scale = w.abs().amax(1, keepdim=True) / 127
-        q = (w / scale).round().clamp(-128, 127).to(torch.int8)
-        tensors[f"{name}.weight"], tensors[f"{name}.weight_scale"] = q, scale
-        twin[name] = q.to(torch.float32) * scale
-    weights = {"num_bits": 8, "type": "int", "strategy": "channel", "symmetric": True, "dynamic": False}
-    _write(model, path, tensors, _ct_config("int-quantized", weights,
-                                            {"num_bits": 8, "type": "int", "strategy": "token", "dynamic": True}))
-    return _twin(model, twin)
+    return _ct_per_channel(model, path, "int-quantized", "int", 127,
+                           lambda x: x.round().clamp(-128, 127).to(torch.int8))
 
 
 def ct_w4a16(model: nn.Module, path: Path, group: int) -> nn.Module:

@@ -100,6 +100,8 @@ class Config:
     engine_stall_timeout_s: float = 30.0  # /health fails when the engine loop is stuck this long
     retry_after_s: int = 5  # Retry-After on 503s
     responses_retention_s: float = 30 * 86400  # stored responses (previous_response_id) are kept this long
+    # Per key: the bytes of images its stored responses hold (each image once); a store past it is a 400 naming store
+    stored_image_bytes_per_key: int = 256 << 20
     otlp_traces_endpoint: str | None = None  # OTLP/HTTP collector, e.g. http://127.0.0.1:4318; unset: no traces
     gpu_cost_per_hour: float | None = None  # what the box costs an hour (its bill): cost per million tokens from it
     currency: str = "USD"  # the unit of gpu_cost_per_hour, shown beside every cost
@@ -318,7 +320,7 @@ def _check(config: Config) -> None:
                  "responses_retention_s", "keys_outage_grace_s"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
-    for name in ("max_images_per_request", "max_image_bytes", "max_image_pixels"):
+    for name in ("max_images_per_request", "max_image_bytes", "max_image_pixels", "stored_image_bytes_per_key"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(config, name)}")
     if config.max_request_body_bytes < 1024:

@@ -9,7 +9,9 @@ guarded (one that fails or runs out of time is reported, the rest still run; ben
      64 and 256 requests), then transformers' generate() and its continuous batching (which runs no
      linear-attention layers: not for the hybrid shape);
   4. quantized weights (benchmarks/gpu_check_quantized.py), right after the first shape's speed (or alone,
-     `--parts quantized`): that shape in the served dtype, fp8 and int4, weights and KV bytes, tokens/s.
+     `--parts quantized`): that shape in the served dtype, fp8 and int4, weights and KV bytes, tokens/s;
+  5. images (benchmarks/gpu_check_images.py), last (or alone, `--parts images`): a Gemma 3 with its real vision
+     tower, the CUDA path against the portable one with images, then TTFT and concurrent image requests.
 Writes gpu-check.md (to paste into docs/BENCHMARKS.md) and gpu-check.json to --out after every
 section, and prints a short table last.
 
@@ -31,6 +33,7 @@ import triton
 
 from benchmarks.cuda_fast_path import device_name, measure_bandwidth
 from benchmarks.gpu_check_correctness import check_shape
+from benchmarks.gpu_check_images import check_images, measure_images
 from benchmarks.gpu_check_plan import DRY_RUN, GPU, Plan
 from benchmarks.gpu_check_quantized import measure_quantized
 from benchmarks.gpu_check_report import markdown, summary
@@ -38,7 +41,7 @@ from benchmarks.gpu_check_speed import measure_continuous_batching, measure_gene
 from benchmarks.model_shapes import SHAPES
 from benchmarks.sections import Sections
 
-PARTS = ("correctness", "speed", "quantized")
+PARTS = ("correctness", "speed", "quantized", "images")
 
 
 def free_memory() -> None:
@@ -62,7 +65,8 @@ def run(plan: Plan, shapes: list[str], parts: list[str], out: Path) -> dict:
                           "torch": torch.__version__, "triton": triton.__version__,
                           "transformers": transformers.__version__, "python": platform.python_version(),
                           "bandwidth_gb_s": 0.0},
-              "plan": dataclasses.asdict(plan), "correctness": {}, "speed": {}, "quantized": {}, "sections": []}
+              "plan": dataclasses.asdict(plan), "correctness": {}, "speed": {}, "quantized": {}, "images": {},
+              "sections": []}
 
     def save() -> None:
         report["sections"] = sections.as_json()
@@ -96,6 +100,10 @@ def run(plan: Plan, shapes: list[str], parts: list[str], out: Path) -> dict:
                 run_quantized()
     elif quantized:
         run_quantized()
+    if "images" in parts:
+        images = report["images"]
+        sections.run("images correctness", lambda: check_images(plan, images), caps["images"])
+        sections.run("images speed", lambda: measure_images(plan, images), caps["images"])
     return report
 
 

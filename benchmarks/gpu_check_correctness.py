@@ -38,12 +38,24 @@ def correctness_prompts(plan: Plan, vocab: int, window: int | None, seed: int = 
     return prompts
 
 
-def run_paths(engine: Engine, prompts: list[list[int]], output_len: int, logprobs: bool) -> list[dict]:
-    """Each request's output tokens and, with logprobs, its SampledTokens and prompt logprobs."""
+def add_prompt(engine: Engine, request_id: str, prompt, images: list, params: SamplingParams) -> None:
+    """A request of a prompt (token ids or text) and its images: expanded by the model's processor where it has
+    any."""
+    if images:
+        prompt, prompt_images = engine.prepare_images(prompt, images)
+        engine.add_request(request_id, prompt, params, images=prompt_images)
+    else:
+        engine.add_request(request_id, prompt, params)
+
+
+def run_paths(engine: Engine, prompts: list, output_len: int, logprobs: bool) -> list[dict]:
+    """Each request's output tokens and, with logprobs, its SampledTokens and prompt logprobs. A prompt is token
+    ids, or (text, images) for a model that takes images (benchmarks/gpu_check_images)."""
     params = SamplingParams(max_tokens=output_len, temperature=0, ignore_eos=True,
                             logprobs=TOP if logprobs else None, prompt_logprobs=0 if logprobs else None)
     for i, prompt in enumerate(prompts):
-        engine.add_request(str(i), prompt, params)
+        prompt, images = prompt if isinstance(prompt, tuple) else (prompt, [])
+        add_prompt(engine, str(i), prompt, images, params)
     runs = [{"tokens": [], "sampled": [], "prompt": []} for _ in prompts]
     while engine.has_unfinished():
         for out in engine.step():
@@ -92,6 +104,7 @@ def sharpen(engine: Engine, seed: int = 0) -> None:
 
 
 def run_engine_paths(config, engine_config: EngineConfig, prompts, output_len: int, with_async: bool):
+    """config: a model config (random weights) or a checkpoint's folder."""
     engine = Engine(engine_config)
     engine.load_model(config)
     sharpen(engine)

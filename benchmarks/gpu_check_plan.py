@@ -67,7 +67,7 @@ GPU = Plan(
     workloads=(64, 256), prompt_range=MIXED_PROMPTS, output_range=MIXED_OUTPUTS, generate_batch_size=16,
     served_dtype="auto", served_kv_bytes=None, copy_bytes=1 << 30,
     # the first shape compiles the kernels; quantized: three loads of the shape (bf16, fp8, int4) and their runs
-    caps_s={"correctness": 150, "ours": 150, "generate": 100, "cb": 150, "quantized": 240},
+    caps_s={"correctness": 150, "ours": 150, "generate": 100, "cb": 150, "quantized": 240, "images": 150},
 )
 
 # The same code on CPU in seconds (CI): tiny shapes, float32 only (the interpreter has no bfloat16 dots,
@@ -80,5 +80,5 @@ DRY_RUN = Plan(
     batch1_prompt_len=16, batch1_output_len=8, batch1_rounds=1,
     workloads=(4, 8), prompt_range=(8, 24), output_range=(4, 12), generate_batch_size=4,
     served_dtype="float32", served_kv_bytes=8 * MIB, copy_bytes=16 * MIB,
-    caps_s={"correctness": 60, "ours": 60, "generate": 60, "cb": 60, "quantized": 120},
+    caps_s={"correctness": 60, "ours": 60, "generate": 60, "cb": 60, "quantized": 120, "images": 120},
 )

@@ -68,6 +68,28 @@ def quantized_rows(report: dict) -> list[str]:
     return rows
 
 
+def images_rows(report: dict) -> list[str]:
+    """The image model's correctness per dtype, then its TTFT and concurrent figures."""
+    entry, rows = report.get("images", {}), []
+    for dtype in report["plan"]["correctness_dtypes"]:
+        r = entry.get(dtype)
+        if r is not None:
+            rows.append(f"| {entry['model']}: CUDA path vs portable, {dtype} | {r['agreed']:.0%} / {r['agreed_async']:.0%} "
+                        f"agreed, near ties {'yes' if r['divergences_are_near_ties'] else 'NO'}, logprob rel. err. "
+                        f"{r['logprob_rel_err']:.1e} | {'pass' if r['passed'] else 'FAIL'} |")
+    ttft = entry.get("ttft_ms")
+    if ttft:
+        fresh, again, text = ttft["fresh image"], ttft["same image again"], ttft["text as long"]
+        rows.append(f"| TTFT, {entry['prompt_tokens']}-token prompt with an image: fresh / same image again "
+                    f"({entry['cached_tokens']['same image again']} tokens cached) / text as long | {fresh:.1f} / "
+                    f"{again:.1f} / {text:.1f} ms | fresh / again {_ratio(fresh, again)}, fresh / text {_ratio(fresh, text)} |")
+        c = entry["concurrent"]
+        rows.append(f"| {c['requests']} concurrent requests, {c['output_len']} tokens each: with an image each / text "
+                    f"as long | {c['image_tokens_per_s']:.0f} / {c['text_tokens_per_s']:.0f} tok/s | "
+                    f"{_ratio(c['image_tokens_per_s'], c['text_tokens_per_s'])} |")
+    return rows
+
+
 def markdown(report: dict) -> str:
     m, plan = report["machine"], report["plan"]
     lines = [
@@ -115,6 +137,15 @@ def markdown(report: dict) -> str:
         "|---|---|---|---:|---:|---:|---:|",
         *quantized_rows(report),
         "",
+        "**Images** (benchmarks/gpu_check_images.py: on a GPU Gemma 3's SigLIP so400m at 896 x 896, 256 placeholders "
+        "that see each other both ways, under six layers of Gemma-3-12B's shape, tiny in a dry run; random weights; "
+        "TTFT the median of "
+        f"{plan['batch1_rounds']} rounds after one to warm up):",
+        "",
+        "| what | figures | verdict / ratio |",
+        "|---|---|---|",
+        *images_rows(report),
+        "",
         "Sections:",
         "",
         *[f"- {s['name']}: {s['status']}, {s['seconds']:.0f} s" + (f" — {s['error']}" if s["error"] else "")
@@ -151,6 +182,14 @@ def summary(report: dict) -> str:
             f"{label} refused" if "refused" in r else
             f"{label} b1 {r['batch1_tokens_per_s']:.0f} tok/s ({_ratio(r['batch1_tokens_per_s'], base.get('batch1_tokens_per_s'))}x)"
             for label, r in entry.items())
+    images = report.get("images", {})
+    figures["images correctness"] = " ".join(f"{d} {'pass' if images[d]['passed'] else 'FAIL'}"
+                                             for d in report["plan"]["correctness_dtypes"] if d in images)
+    if "ttft_ms" in images:
+        ttft, c = images["ttft_ms"], images["concurrent"]
+        figures["images speed"] = (f"TTFT fresh {ttft['fresh image']:.0f} ms, again {ttft['same image again']:.0f} ms, "
+                                   f"text {ttft['text as long']:.0f} ms; {c['requests']} req "
+                                   f"{c['image_tokens_per_s']:.0f} vs {c['text_tokens_per_s']:.0f} tok/s")
     lines = [f"{'section':<36} {'status':<10} {'s':>5}  figures"]
     for s in report["sections"]:
         figure = figures.get(s["name"], "") if s["status"] == "ok" else (s["error"] or "")

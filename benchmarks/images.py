@@ -2,14 +2,15 @@
 (computed: the families' own PIL image processors on blank images, the vision towers built on the meta device),
 and the time to first token of an image request with and without a prefix-cache hit on a tiny model (measured).
 
-Per family and image size: the placeholder tokens the image takes in the prompt (its share of the KV cache
-and of the prefill), the patches its vision tower runs over, and the tower's matmul work, 2 x parameters x
-patches (attention's own quadratic term left out: Qwen's tower attends in windows of 112 pixels but for four
-layers, Gemma 3's SigLIP over its 4,096 patches, Pixtral over all of an image's patches, SmolVLM's SigLIP over each
-tile's 729). TTFT: the tiny Qwen2.5-VL of the tests (tests/engine/vision_models.py)
-in an engine on this machine, a 448 x 448 image (256 placeholders) behind a short text, alone; then the same
-request again (its image's blocks from the prefix cache: no encode, no prefill of the image) and one with
-another image of the same size (encoded and prefilled again).
+Per family and image size: the placeholder tokens the image takes in the prompt (its share of the KV cache and of
+the prefill), the patches its vision tower runs over, and the tower's matmul work, 2 x parameters x patches
+(attention's own quadratic term left out: Qwen2.5-VL's tower attends in windows of 112 pixels but for four layers,
+Qwen3.5's over all of an image's patches, Gemma 3's SigLIP over its 4,096 patches, Pixtral over all of an image's
+patches, SmolVLM's SigLIP over each tile's 729). TTFT: the tiny Qwen2.5-VL and Qwen3.5 of the tests
+(tests/engine/vision_models.py) in an engine on this machine, a 448 x 448 image (256 placeholders, Qwen3.5: 196)
+behind a short text, alone; then the same request again (its image's blocks from the prefix cache: no encode, no
+prefill of the image; for the hybrid Qwen3.5, up to its prompt's last whole block, where its states were kept)
+and one with another image of the same size (encoded and prefilled again).
 
     python -m benchmarks.images [--json OUT] [--skip-ttft]
 """
@@ -31,8 +32,14 @@ from transformers.models.idefics3.modeling_idefics3 import Idefics3VisionTransfo
 from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5VisionModel
+from transformers.models.qwen3_5_moe.modeling_qwen3_5_moe import Qwen3_5MoeVisionModel
+
+from benchmarks.model_shapes import QWEN3_5_IMAGE_PIXELS, QWEN3_5_VISION
 
 SIZES = [(448, 448), (1024, 768), (1920, 1080), (3840, 2160)]
+# The tests' tiny models timed to the first token (tests/engine/vision_models.py)
+TTFT_MODELS = {"qwen2_5_vl": "tiny Qwen2.5-VL", "qwen3_5": "tiny Qwen3.5 (a hybrid: prefix caching on state snapshots)"}
 REPEATS = 3
 
 
@@ -49,7 +56,19 @@ def qwen2_5_vl_7b() -> dict:
                                                  fullatt_block_indexes=[7, 15, 23, 31])).vision_config
     processor = Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=12845056, patch_size=14, merge_size=2,
                                          temporal_patch_size=2)
-    params = parameters(Qwen2_5_VisionTransformerPretrainedModel, vision)
+    return qwen_sizes(processor, parameters(Qwen2_5_VisionTransformerPretrainedModel, vision))
+
+
+def qwen3_5(vision_model: type, out_hidden_size: int) -> dict:
+    """Qwen3.5 / Qwen3.6: their vision tower (model_shapes.QWEN3_5_VISION), its merger's output the language model's
+    width, and their preprocessor_config.json's pixel bounds."""
+    vision = vision_model.config_class(**QWEN3_5_VISION, out_hidden_size=out_hidden_size)
+    processor = Qwen2VLImageProcessorPil(size=QWEN3_5_IMAGE_PIXELS, patch_size=16, merge_size=2, temporal_patch_size=2)
+    return qwen_sizes(processor, parameters(vision_model, vision))
+
+
+def qwen_sizes(processor, params: int) -> dict:
+    """A Qwen tower's cost per image size: a placeholder token per 2 x 2 merged patches."""
 
     def per_image(size) -> dict:
         grid = processor(Image.new("RGB", size), return_tensors="pt")["image_grid_thw"][0]
@@ -122,12 +141,13 @@ def smolvlm_instruct() -> dict:
     return {"params": params, "sizes": {f"{w}x{h}": per_image((w, h)) for w, h in SIZES}}
 
 
-def ttft(tokenizer_from: Path) -> dict:
-    """Seconds to the first token: a fresh image, the same image again (prefix-cache hit), another image."""
+def ttft(tokenizer_from: Path, family: str) -> dict:
+    """Seconds to the first token: a fresh image, the same image again (prefix-cache and encoder-cache hit; for a
+    hybrid, a prefix-cache hit up to its prompt's last whole block), another image."""
     from engine import Engine, EngineConfig, SamplingParams
     from tests.engine.vision_models import QWEN_IMAGE, build_vlm, image
 
-    folder = build_vlm("qwen2_5_vl", Path(tempfile.mkdtemp()), tokenizer_from, max_pixels=448 * 448)
+    folder = build_vlm(family, Path(tempfile.mkdtemp()), tokenizer_from, max_pixels=448 * 448)
     engine = Engine(EngineConfig(dtype="float32", max_num_batched_tokens=512, num_kv_blocks=512))
     engine.load_model(folder)
     prompt = f"Describe {QWEN_IMAGE} in a word"
@@ -143,11 +163,11 @@ def ttft(tokenizer_from: Path) -> dict:
             outputs += engine.step()
         return time.perf_counter() - start, len(ids), outputs[0].num_cached_tokens
 
-    runs = {"fresh": [], "cache hit": [], "another image": []}
+    runs = {"fresh": [], "the same image again": [], "another image": []}
     for seed in range(REPEATS):
         picture = image(100 + seed, 448, 448)
         runs["fresh"].append(first_token(picture))
-        runs["cache hit"].append(first_token(picture))
+        runs["the same image again"].append(first_token(picture))
         runs["another image"].append(first_token(image(200 + seed, 448, 448)))
     return {name: {"ttft_s": statistics.median(r[0] for r in rs), "prompt_tokens": rs[0][1],
                    "cached_tokens": rs[0][2]} for name, rs in runs.items()}
@@ -160,7 +180,8 @@ def main() -> None:
                         help="a tokenizer folder for the tiny model (the tests' default model)")
     parser.add_argument("--skip-ttft", action="store_true", help="only the computed per-family table")
     args = parser.parse_args()
-    families = {"Qwen2.5-VL-7B": qwen2_5_vl_7b(), "Gemma 3 (4B-27B)": gemma3(),
+    families = {"Qwen2.5-VL-7B": qwen2_5_vl_7b(), "Qwen3.5-27B": qwen3_5(Qwen3_5VisionModel, 5120),
+                "Qwen3.6-35B-A3B": qwen3_5(Qwen3_5MoeVisionModel, 2048), "Gemma 3 (4B-27B)": gemma3(),
                 "Mistral Small 3.1/3.2": mistral_small_3_1(), "SmolVLM-Instruct": smolvlm_instruct()}
     print("| family (vision parameters) | image | placeholder tokens | patches | tower GFLOP |")
     print("|---|---|---|---|---|")
@@ -171,13 +192,15 @@ def main() -> None:
                   f"{f['gflop']:,.0f} |")
     results = {"families": families}
     if not args.skip_ttft:
-        results["ttft"] = timings = ttft(args.tokenizer)
-        print("\n| tiny Qwen2.5-VL, 448 x 448 image | TTFT | prompt tokens | cached tokens |")
-        print("|---|---|---|---|")
-        for name, t in timings.items():
-            print(f"| {name} | {t['ttft_s'] * 1000:.1f} ms | {t['prompt_tokens']} | {t['cached_tokens']} |")
-        fresh, hit = timings["fresh"]["ttft_s"], timings["cache hit"]["ttft_s"]
-        print(f"\nprefix-cache hit: {fresh / hit:.1f}x faster to the first token")
+        results["ttft"] = {}
+        for family, label in TTFT_MODELS.items():
+            results["ttft"][family] = timings = ttft(args.tokenizer, family)
+            print(f"\n| {label}, 448 x 448 image | TTFT | prompt tokens | cached tokens |")
+            print("|---|---|---|---|")
+            for name, t in timings.items():
+                print(f"| {name} | {t['ttft_s'] * 1000:.1f} ms | {t['prompt_tokens']} | {t['cached_tokens']} |")
+            fresh, hit = timings["fresh"]["ttft_s"], timings["the same image again"]["ttft_s"]
+            print(f"\nthe same image again: {fresh / hit:.1f}x faster to the first token")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

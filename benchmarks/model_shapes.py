@@ -79,6 +79,12 @@ QWEN3_6_35B_A3B = dict(
     rope_parameters={"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.25,
                      "mrope_section": [11, 11, 10], "mrope_interleaved": True},
     tie_word_embeddings=False, eos_token_id=248044)
+# Qwen3.5's and Qwen3.6's vision tower (Qwen3-VL's without deepstack), the same in Qwen3.5-27B and Qwen3.6-35B-A3B
+# but for its merger's output, the language model's width (out_hidden_size: 5120 and 2048); their
+# preprocessor_config.json: images of 256 x 256 to 4096 x 4096 pixels in patches of 16, 2 x 2 merged per token.
+QWEN3_5_VISION = dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, patch_size=16,
+                      spatial_merge_size=2, temporal_patch_size=2, in_channels=3, num_position_embeddings=2304)
+QWEN3_5_IMAGE_PIXELS = {"shortest_edge": 65536, "longest_edge": 16777216}
 NEMOTRON_3_NANO_30B_A3B = dict(
     vocab_size=131072, hidden_size=2688, hybrid_override_pattern="MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME",
     num_attention_heads=32, num_key_value_heads=2, head_dim=128, mamba_num_heads=64, mamba_head_dim=64,

@@ -62,6 +62,9 @@ class PackedMetadata:
     context_len: torch.Tensor  # [S] int32: its tokens in the cache once this step's are written
     block_tables: torch.Tensor  # [S, max_blocks] int32: this group's blocks (the null block where freed)
     max_query_len: int  # host-side, so launching needs no device sync
+    # [T] int32: the last key each query sees where some see past their own position (an image's placeholders that
+    # attend to each other both ways, engine.prompt_images: up to the image's last); None: each its own position
+    last_key: torch.Tensor | None = None
 
 
 @dataclass

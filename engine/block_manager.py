@@ -15,7 +15,9 @@ of n blocks needs, in every full group, all n blocks and, in a window group, onl
 next query sees. As in vLLM, evictable cached blocks count as free in the usage figure.
 
 State slots (engine.state_slots): a model with recurrent layers also needs one slot per running
-sequence; admission asks for both, and the usage figure counts a slot at its size in blocks.
+sequence; admission asks for both, and the usage figure counts a slot at its size in blocks. Its
+prefix hits also need the recurrent states at the prefix's end (engine.state_snapshots): a hit ends
+at a block whose snapshot is kept, and that snapshot is copied into the sequence's slot.
 """
 
 from collections import OrderedDict
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from engine.kv_cache_spec import AttentionSpec
 from engine.sequence import Sequence
 from engine.state_slots import StateSlots
+from engine.state_snapshots import StateSnapshots
 
 NULL_BLOCK = 0
 
@@ -51,9 +54,11 @@ class CachedPrefix:
 
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
-                 specs: list[AttentionSpec] | None = None, num_state_slots: int = 0, state_slot_blocks: float = 0.0):
+                 specs: list[AttentionSpec] | None = None, num_state_slots: int = 0, state_slot_blocks: float = 0.0,
+                 num_state_snapshots: int = 0):
         """num_blocks: blocks for sequences; the cache tensors hold one more, the null block, at index 0.
-        num_state_slots: the recurrent layers' slots (0 without any), each as large as state_slot_blocks blocks."""
+        num_state_slots: the recurrent layers' slots (0 without any), each as large as state_slot_blocks blocks;
+        num_state_snapshots: their snapshots for prefix caching (rows after the slots')."""
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.specs = specs or [AttentionSpec()]  # one per group
@@ -65,6 +70,9 @@ class BlockManager:
         self.prefix_hits = 0  # of those, found
         self.state_slots = StateSlots(num_state_slots)
         self.state_slot_blocks = state_slot_blocks
+        self.snapshots = StateSnapshots(num_state_slots, num_state_snapshots)
+        # A model with recurrent layers hits only where their states were kept (engine.state_snapshots).
+        self.needs_snapshots = num_state_slots > 0
 
     @property
     def num_groups(self) -> int:
@@ -115,9 +123,12 @@ class BlockManager:
         for g, spec in enumerate(self.specs):
             if spec.is_full:  # every block of the prefix
                 n = min(n, next((i for i, b in enumerate(found[g]) if b is None), n))
-        for g, spec in enumerate(self.specs):
-            if not spec.is_full:  # the blocks the query after the prefix sees
-                n = self._longest_window_hit(found[g], spec, n)
+        windows = [(found[g], spec) for g, spec in enumerate(self.specs) if not spec.is_full]
+        if self.needs_snapshots:  # the longest prefix whose window blocks are found and whose states were kept
+            n = next((m for m in range(n, 0, -1) if self.snapshots.holds(hashes[m - 1])
+                      and all(self._longest_window_hit(blocks, spec, m) == m for blocks, spec in windows)), 0)
+        for blocks, spec in windows:  # the blocks the query after the prefix sees
+            n = self._longest_window_hit(blocks, spec, n)
         tables = []
         for g, spec in enumerate(self.specs):
             first = spec.first_visible(n * self.block_size) // self.block_size
@@ -140,9 +151,12 @@ class BlockManager:
         return 0
 
     def take_cached_prefix(self, seq: Sequence, cached: CachedPrefix) -> None:
-        """Admission: seq holds the cached prefix's blocks (and a state slot, for a model with recurrent layers)."""
+        """Admission: seq holds the cached prefix's blocks (and a state slot, for a model with recurrent layers,
+        into which the states at the prefix's end are copied before its first step)."""
         if self.state_slots.num_slots:
             self.state_slots.take(seq)
+            if cached.num_blocks:
+                self.snapshots.restore(seq.block_hashes[cached.num_blocks - 1], seq.state_slot)
         seq.block_tables = self.new_tables()
         for table, taken in zip(seq.block_tables, cached.tables):
             for block_id in taken:
@@ -193,6 +207,7 @@ class BlockManager:
         if block.key is not None:  # evict: its prefix is no longer findable
             if self.key_to_block.get(block.key) == block_id:
                 del self.key_to_block[block.key]
+            self.snapshots.drop(block.key[1])  # states at a prefix's end are useless without its blocks
             block.key = None
         block.ref_count = 1
         return block_id
@@ -230,6 +245,32 @@ class BlockManager:
                     block.key = (g, h)
                     self.key_to_block[(g, h)] = block_id
         seq.num_cached_blocks = num_full
+
+    # -- state snapshots (a model with recurrent layers) -----------------------------------------
+    def _snapshot_blocks(self, seq: Sequence) -> int:
+        """The blocks of the prefix whose states seq's prefill keeps: its prompt's whole blocks; 0: none kept."""
+        if not (self.enable_prefix_caching and self.snapshots.count):
+            return 0
+        return seq.num_prompt_tokens // self.block_size
+
+    def snapshot_point(self, seq: Sequence) -> int | None:
+        """Where a prefill chunk of seq should end so that its states there are kept: the end of its prompt's last
+        whole block, unless a snapshot for that prefix is kept already or seq is past it; None: nowhere."""
+        n = self._snapshot_blocks(seq)
+        if not n or seq.num_computed_tokens > n * self.block_size:
+            return None
+        return None if self.snapshots.holds(self._block_hashes(seq, n)[-1]) else n * self.block_size
+
+    def keep_states(self, seq: Sequence) -> None:
+        """After a step: where seq's prefill has just reached the end of its prompt's last whole block, its slot's
+        states become the snapshot of that prefix."""
+        n = self._snapshot_blocks(seq)
+        if n and seq.num_computed_tokens == n * self.block_size:
+            self.snapshots.save(seq.state_slot, self._block_hashes(seq, n)[-1])
+
+    def take_state_copies(self) -> list[tuple[int, int]]:
+        """The snapshot copies (source row, destination row) the model runner makes before its next forward."""
+        return self.snapshots.take_copies()
 
     def free(self, seq: Sequence) -> None:
         # Tail blocks first, so that eviction takes a prefix's end before its shared start.

@@ -45,6 +45,13 @@ class EngineConfig:
     kv_cache_dtype: str = "auto"  # fp8: twice the tokens in the same KV cache bytes
     # Image embeddings kept by their image's content (engine.vision): a repeated image is not encoded again
     encoder_cache_tokens: int = 8192
+    # Placeholder tokens the vision tower runs over in one step (engine.scheduler); None: as vLLM, the larger of
+    # max_num_batched_tokens and the largest image's placeholders (engine.vision), so that any one image fits
+    max_num_encoder_tokens: int | None = None
+    # A model with recurrent layers: their states kept at block boundaries for prefix caching (engine.state_snapshots),
+    # each as large as a state slot and from the KV cache's budget. None: one per sequence that may run (max_num_seqs);
+    # 0: none, and prefix caching is off for such a model.
+    num_state_snapshots: int | None = None
 
     def __post_init__(self):
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "max_waiting_requests"):
@@ -53,7 +60,10 @@ class EngineConfig:
         if self.encoder_cache_tokens < 0:
             raise InvalidParameter("encoder_cache_tokens", f"encoder_cache_tokens must be 0 (off) or more, got "
                                                            f"{self.encoder_cache_tokens}")
-        for name in ("kv_cache_bytes", "num_kv_blocks"):
+        if self.num_state_snapshots is not None and self.num_state_snapshots < 0:
+            raise InvalidParameter("num_state_snapshots", "num_state_snapshots must be 0 (no prefix caching for "
+                                   f"models with recurrent layers) or more, got {self.num_state_snapshots}")
+        for name in ("kv_cache_bytes", "num_kv_blocks", "max_num_encoder_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InvalidParameter(name, f"{name} must be positive, got {getattr(self, name)}")
         if not 0 < self.gpu_memory_fraction <= 1:

@@ -41,11 +41,13 @@ class _Session:
         states = self.runner.states
         per_block = loaded.layout.block_bytes(config.block_size, self.runner.kv_dtype.itemsize)
         self.block_manager = BlockManager(
-            self.runner.num_blocks, config.block_size, self.runner.prefix_caching == "on", loaded.layout.specs(),
-            num_state_slots=states.num_slots if states is not None else 0,
-            state_slot_blocks=self.runner.state_bytes / states.num_slots / per_block if states is not None else 0.0)
+            self.runner.num_blocks, config.block_size, self.runner.prefix_caching.startswith("on"),
+            loaded.layout.specs(), num_state_slots=states.num_slots if states is not None else 0,
+            state_slot_blocks=states.row_bytes / per_block if states is not None else 0.0,
+            num_state_snapshots=states.num_snapshots if states is not None else 0)
         self.scheduler = Scheduler(
-            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, config.max_waiting_requests
+            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, config.max_waiting_requests,
+            self.runner.max_num_encoder_tokens, self.runner.encoder_cache.holds,
         )
         eos = loaded.model.generation_config.eos_token_id if loaded.model.generation_config else None
         if eos is None:
@@ -227,7 +229,7 @@ class Engine:
             return []
         sampling = [s for s in plan.scheduled if s.completes_prompt]
         scheduled_at = time.monotonic()
-        logits = session.runner.execute(plan.scheduled)
+        logits = session.runner.execute(plan.scheduled, state_copies=session.block_manager.take_state_copies())
         row = len(sampling)
         for s in plan.scheduled:
             if s.seq.params.prompt_logprobs is not None:  # its rows follow the sampling ones, in order
@@ -252,7 +254,8 @@ class Engine:
         if not plan.is_empty:
             sampling = [s.seq for s in plan.scheduled if s.completes_prompt]
             scheduled_at = time.monotonic()
-            logits = session.runner.execute(plan.scheduled, previous.token_ids if previous is not None else None)
+            logits = session.runner.execute(plan.scheduled, previous.token_ids if previous is not None else None,
+                                            session.block_manager.take_state_copies())
             self._account(session, plan.scheduled, scheduled_at)
             if sampling:
                 launched = InFlightStep(sampling, session.sampler.draw(logits[: len(sampling)], sampling))
@@ -265,8 +268,9 @@ class Engine:
         return outputs
 
     def _account(self, session: _Session, scheduled: list[ScheduledSequence], scheduled_at: float) -> None:
-        """After a forward: the scheduled tokens are computed; full blocks of real tokens are cached."""
-        cache_full_blocks = session.block_manager.cache_full_blocks
+        """After a forward: the scheduled tokens are computed; full blocks of real tokens are cached, and recurrent
+        states where a prompt's last whole block ends (engine.state_snapshots)."""
+        bm = session.block_manager
         for s in scheduled:
             seq = s.seq
             if seq.first_scheduled_time is None:
@@ -274,7 +278,9 @@ class Engine:
                 self.prompt_tokens_total += seq.num_prompt_tokens
             seq.num_computed_tokens += s.num_new_tokens
             if seq.token_ids[-1] >= 0:  # a placeholder's block is cached once its token is read
-                cache_full_blocks(seq)
+                bm.cache_full_blocks(seq)
+            if seq.state_slot is not None:
+                bm.keep_states(seq)
         self.steps_total += 1
         self.last_step_time = time.monotonic()
 

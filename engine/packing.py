@@ -4,9 +4,10 @@ The token ids and positions are packed once: prefill chunks in schedule order, t
 sorted by position, longest context first. Per KV cache group (engine.kv_cache_spec) come the slots
 the new keys go to and, for the torch path, what each query reads: a prefill chunk's visible blocks
 and its mask (where an image's placeholders attend to each other both ways, engine.prompt_images, each
-of them also sees the image's later ones), and decode groups of similar visible length (less padding); for the triton path, the
-group's block tables. Groups of one spec share the geometry (windows, masks, cuts); only their block
-ids differ.
+of them also sees the image's later ones), and decode groups of similar visible length (less padding);
+for the triton path, the group's block tables (and, where an image's placeholders see each other, the
+last key each query sees). Groups of one spec share the geometry (windows, masks, cuts); only their
+block ids differ.
 
 Per sequence only its Python lists are read; positions, slots and block tables are numpy arrays
 built whole (at batch 256 the per-token Python arithmetic was most of a step's host time).
@@ -245,12 +246,32 @@ class BatchPacker:
         width = max(blocks_for(c, self.block_size) for c in contexts)
         device, groups = self.device, []
         shared = [to_device(t, device) for t in (query_start, query_len, context_len)]
+        last_key = self._last_keys(scheduled, starts, positions)
         for g in range(len(self.specs)):
             tables = [s.seq.block_tables[g][: blocks_for(c, self.block_size)] for s, c in zip(scheduled, contexts)]
             block_tables = torch.tensor([t + [NULL_BLOCK] * (width - len(t)) for t in tables], dtype=torch.int32)
             slots = (block_tables[seq_of_row, positions // self.block_size].long() * self.block_size
                      + positions % self.block_size)
-            groups.append(PackedMetadata(to_device(slots, device), *shared, to_device(block_tables, device), max(lens)))
+            groups.append(PackedMetadata(to_device(slots, device), *shared, to_device(block_tables, device), max(lens),
+                                         last_key))
         step = PackedStep(kv_caches, placement, groups, self.specs, self._recurrent(list(zip(scheduled, starts)), states))
         last_row = {id(s): start + n - 1 for s, start, n in zip(scheduled, starts, lens)}
         return to_device(torch.tensor(input_ids), device), to_device(positions, device), step, last_row
+
+    def _last_keys(self, scheduled: list[ScheduledSequence], starts: list[int],
+                   positions: torch.Tensor) -> torch.Tensor | None:
+        """The last key each packed query sees, where an image's placeholders attend to each other both ways (as the
+        torch path's masks: up to the image's last placeholder within the chunk); None when the step has none."""
+        last_key = None
+        for s, start in zip(scheduled, starts):
+            images, begin = s.seq.images, s.seq.num_computed_tokens
+            if images is None or not images.bidirectional:
+                continue
+            end = begin + s.num_new_tokens
+            for span in images.spans:
+                if begin < span.end and span.start < end:
+                    if last_key is None:
+                        last_key = positions.to(torch.int32, copy=True)
+                    first, last = max(span.start, begin), min(span.end, end)
+                    last_key[start + first - begin: start + last - begin] = last - 1
+        return None if last_key is None else to_device(last_key, self.device)

@@ -5,6 +5,8 @@ Plain Python, no torch: the tensors are opaque here (engine.vision makes and rea
 sequence, the scheduler and the block manager stay importable without torch.
 """
 
+import bisect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -19,7 +21,7 @@ class ImageSpan:
 
 @dataclass
 class PromptImages:
-    encoder_inputs: dict  # the vision tower's inputs for all the prompt's images (pixel_values, image_grid_thw, ...)
+    encoder_inputs: list[dict]  # per image, in order: the vision tower's inputs (pixel_values, image_grid_thw, ...)
     rows: list[int]  # the token index of each placeholder token, in order: embedding row k goes to token rows[k]
     spans: list[ImageSpan]  # one per image, in order
     rope_positions: object | None = None  # multimodal RoPE: [3, prompt length] positions; None where positions are plain
@@ -37,6 +39,27 @@ class PromptImages:
     def end(self) -> int:
         """The token index after the last placeholder: once the prefill passes it, the embeddings are done with."""
         return self.spans[-1].end
+
+    def reaches_placeholders(self, begin: int, end: int) -> bool:
+        """Tokens [begin, end) hold some of the placeholders: a chunk of them needs the embeddings."""
+        return bisect.bisect_left(self.rows, begin) < bisect.bisect_left(self.rows, end)
+
+    def next_placeholder(self, begin: int) -> int:
+        """The token index of the first placeholder at or after `begin` (a chunk from `begin` that reaches some)."""
+        return self.rows[bisect.bisect_left(self.rows, begin)]
+
+    def placeholders(self, span: ImageSpan) -> int:
+        """The image's placeholder tokens: its embeddings' rows."""
+        return bisect.bisect_left(self.rows, span.end) - bisect.bisect_left(self.rows, span.start)
+
+    def encoder_tokens(self, begin: int, end: int, cached: Callable[[int], bool]) -> int:
+        """Placeholder tokens the vision tower runs over if a chunk of tokens [begin, end) is computed now: those of
+        every image the encoder cache does not hold (`cached`: by content hash; engine.vision encodes a prompt's
+        images when its chunk first reaches them, all at once), when the chunk reaches them and their embeddings
+        are not held."""
+        if self.embeddings is not None or not self.reaches_placeholders(begin, end):
+            return 0
+        return sum(self.placeholders(span) for span in self.spans if not cached(span.content_hash))
 
     def content_keys(self, start: int, end: int) -> tuple[int, ...]:
         """The content hashes of the images whose placeholders lie in tokens [start, end): what, beside the token

@@ -5,7 +5,8 @@ and short convolutions (LFM2) keep, per sequence, the last kernel - 1 inputs of 
 convolution (the conv state, in the model's dtype) and, but for short convolutions, a recurrent state
 (Gated DeltaNet: value heads x key dim x value dim; Mamba-2: heads x head dim x state size), kept in
 float32 as transformers' reference and vLLM keep it. Beside the paged KV cache the engine keeps a pool
-of state slots (engine.state_slots): slot s holds every recurrent layer's state of one running sequence.
+of state slots (engine.state_slots): slot s holds every recurrent layer's state of one running sequence,
+and of snapshots of such states at block boundaries, for prefix caching (engine.state_snapshots).
 
 Plain Python, no torch: the block manager and the memory plan use it.
 """
@@ -68,6 +69,14 @@ def state_slots_for(max_num_seqs: int, layout: StateLayout) -> int:
     return max_num_seqs if layout else 0
 
 
+def state_snapshots_for(setting: int | None, max_num_seqs: int, layout: StateLayout, prefix_caching: bool) -> int:
+    """Snapshots of states at block boundaries the engine keeps for prefix caching (engine.state_snapshots): the
+    setting, by default one per sequence that may run; none without recurrent layers or prefix caching."""
+    if not layout or not prefix_caching:
+        return 0
+    return max_num_seqs if setting is None else setting
+
+
 PREFIX_CACHING_OFF_FOR_RECURRENT = (
-    "off: recurrent layers keep one state per sequence and the engine keeps no snapshots of it at block "
-    "boundaries, so a cached prefix could not skip their prefill")
+    "off: num_state_snapshots is 0, and recurrent layers keep one state per sequence, so without snapshots of it "
+    "at block boundaries a cached prefix could not skip their prefill")

@@ -36,6 +36,9 @@ def text_causal_lm(text_model_name: str) -> type:
 
     return type(text_model_name.removesuffix("TextModel") + "TextForCausalLM", (family, GenerationMixin), {
         "config_class": text_model.config_class,
+        # transformers decides whether a class's experts implementation can be set by reading its module's source;
+        # this class's is the family's (Qwen3-VL-MoE's experts run transformers' experts interface)
+        "_can_set_experts_implementation_cached_value": family._can_set_experts_implementation(),
         "base_model_prefix": "model",
         "_tied_weights_keys": {"lm_head.weight": "model.embed_tokens.weight"},
         "__init__": __init__,

@@ -12,7 +12,10 @@ Each layer's variant of attention, as transformers' model code asks for it per l
 - a sliding window W: the query at position p sees keys p - W < k <= p;
 - chunked local attention (Llama 4) of C keys: the query at p sees keys in its own chunk, k // C == p // C;
 - learned sinks (gpt-oss): one logit per query head in the softmax's denominator, with no value;
-- a logit softcap (Gemma 2): scores become softcap * tanh(scores * scale / softcap) before masking.
+- a logit softcap (Gemma 2): scores become softcap * tanh(scores * scale / softcap) before masking;
+- image placeholders that attend to each other both ways (Gemma 3): a query in an image also sees the
+  image's later keys, up to the last key it sees as the packed metadata gives it per query (a prefill
+  chunk holds such an image whole, so those keys are in the cache when the layer runs).
 The engine frees a sliding layer's blocks once they leave the window and points their block-table
 entries at a shared placeholder, so no key before a query's first visible one is ever loaded: a
 tile's key loop starts at its first query's first visible key, and split decodes partition only
@@ -68,6 +71,7 @@ def _paged_attention_kernel(
     block_tables_ptr, query_start_ptr, query_len_ptr, context_len_ptr,
     partial_acc_ptr, partial_max_ptr, partial_sum_ptr,  # split decodes: [S, heads, partitions(, dims)] float32
     sinks_ptr,  # [heads]: read only with HAS_SINKS
+    last_key_ptr,  # [T]: the last key each query sees; read only with HAS_LAST_KEY (else its own position)
     scale, softcap,
     window, chunk,  # keys a query sees: its last `window` (0: all), within its `chunk`-key chunk (0: no chunks)
     partition_keys, num_partitions,  # split decodes: keys per program (axis 1 numbers partitions), how many
@@ -87,6 +91,7 @@ def _paged_attention_kernel(
     SPLIT: tl.constexpr,  # a split decode batch: partial results for the merge kernel
     HAS_SINKS: tl.constexpr,  # (not read when SPLIT: the merge adds the sink)
     SOFTCAP: tl.constexpr,
+    HAS_LAST_KEY: tl.constexpr,  # (never with SPLIT: images are prefilled)
 ):
     seq = tl.program_id(0)
     tile = 0 if SPLIT else tl.program_id(1)
@@ -107,6 +112,10 @@ def _paged_attention_kernel(
     q = tl.load(q_ptr + q_offsets, mask=row_valid[:, None] & dim_valid[None, :], other=0.0)
     q_position = context_len - query_len + q_token
     q_first_key = _first_visible_key(q_position, window, chunk)
+    if HAS_LAST_KEY:
+        q_last_key = tl.load(last_key_ptr + query_start + q_token, mask=row_valid, other=-1)
+    else:
+        q_last_key = q_position
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -117,6 +126,8 @@ def _paged_attention_kernel(
     # Keys past this tile's last query, and before its first query's first visible key, are masked
     # for every row (first visible keys never decrease with the position): loop over those between.
     num_keys = context_len - query_len + tl.minimum((tile + 1) * TILE_Q, query_len)
+    if HAS_LAST_KEY:  # an image's query sees past the tile's last position
+        num_keys = tl.maximum(num_keys, tl.max(q_last_key, 0) + 1)
     first_key = _first_visible_key(context_len - query_len + tile * TILE_Q, window, chunk)
     if SPLIT:
         first_key += tl.program_id(1) * partition_keys
@@ -137,7 +148,7 @@ def _paged_attention_kernel(
         scores = tl.dot(q, k, input_precision=DOT_PRECISION) * scale
         if SOFTCAP:
             scores = softcap * _tanh(scores / softcap)
-        allowed = (k_position[None, :] <= q_position[:, None]) & (k_position[None, :] >= q_first_key[:, None])
+        allowed = (k_position[None, :] <= q_last_key[:, None]) & (k_position[None, :] >= q_first_key[:, None])
         allowed = allowed & k_valid[None, :]
         scores = tl.where(allowed, scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
@@ -225,7 +236,8 @@ def decode_partitions(num_seqs: int, num_kv_heads: int, max_context: int,
 
 
 def kernel_constants(num_heads: int, num_kv_heads: int, head_dim: int, block_size: int, max_query_len: int,
-                     dtype: torch.dtype, split: bool = False, sinks: bool = False, softcap: bool = False) -> dict:
+                     dtype: torch.dtype, split: bool = False, sinks: bool = False, softcap: bool = False,
+                     last_key: bool = False) -> dict:
     """The kernel's compile-time constants for a batch of this shape (one compiled variant each)."""
     group = num_heads // num_kv_heads
     tile_q = max(1, (DECODE_ROWS if max_query_len == 1 else PREFILL_ROWS) // group)
@@ -242,6 +254,7 @@ def kernel_constants(num_heads: int, num_kv_heads: int, head_dim: int, block_siz
         SPLIT=split,
         HAS_SINKS=sinks,
         SOFTCAP=softcap,
+        HAS_LAST_KEY=last_key,
     )
 
 
@@ -252,7 +265,8 @@ def paged_attention_packed(
 ) -> torch.Tensor:
     """q [T, heads, dim] -> [T, heads, dim]: each sequence's queries over its cached context, as the
     layer asks: its sliding window, its attention chunks (Llama 4), its sinks [heads] (gpt-oss), its
-    logit softcap (Gemma 2); None for each it does not use."""
+    logit softcap (Gemma 2); None for each it does not use. Where meta.last_key is given, a query sees keys up to its
+    entry there (images whose placeholders see each other) rather than up to its own position."""
     _, num_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = key_cache.shape
     num_seqs, table_width = meta.block_tables.shape
@@ -262,9 +276,12 @@ def paged_attention_packed(
         # A decode sees at most its window's (or chunk's) keys: only those are partitioned.
         visible = min([table_width * block_size] + [n for n in (window, chunk) if n])
         num_partitions, partition_keys = decode_partitions(num_seqs, num_kv_heads, visible, partition_keys)
+    last_key = meta.last_key if meta.last_key is not None and not num_partitions else None
     constants = kernel_constants(num_heads, num_kv_heads, head_dim, block_size, meta.max_query_len, q.dtype,
-                                 split=num_partitions > 0, sinks=s_aux is not None, softcap=bool(softcap))
+                                 split=num_partitions > 0, sinks=s_aux is not None, softcap=bool(softcap),
+                                 last_key=last_key is not None)
     sinks = q if s_aux is None else s_aux.contiguous()  # q: a placeholder, not read
+    last_key = q if last_key is None else last_key  # likewise
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if num_partitions:
         partial = (num_seqs, num_heads, num_partitions)
@@ -279,7 +296,7 @@ def paged_attention_packed(
         q, key_cache, value_cache, out,
         meta.block_tables, meta.query_start, meta.query_len, meta.context_len,
         partial_acc, partial_max, partial_sum,
-        sinks,
+        sinks, last_key,
         scale, softcap or 0.0,
         window, chunk,
         partition_keys, num_partitions,

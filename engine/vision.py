@@ -3,115 +3,62 @@
 `prepare` (any thread) runs the family's transformers processor on a prompt and its images: the image
 processor's pixel values, each image's placeholder token repeated as often as the image has embeddings,
 and, for multimodal RoPE, the family's own 3D positions (get_rope_index). The processor is built
-for images alone: the families' processors also want a video processor, which needs torchvision, and
-the engine takes no video. Where torchvision is missing the families' PIL image processors run (and
-PixtralProcessor loads without it: processor_class). An image's span runs from its first placeholder to its
-last, with whatever the family writes between them (Pixtral's [IMG_BREAK] after each row, Idefics3's
-sub-images with their <row_r_col_c> markers).
+for images alone, its output split image by image (engine.image_processors). An image's span runs from
+its first placeholder to its last, with whatever the family writes between them (Pixtral's [IMG_BREAK]
+after each row, Idefics3's sub-images with their <row_r_col_c> markers).
 
 `step_inputs` (the engine thread) runs the vision tower for the sequences whose prefill chunk this step
-reaches their images and that have no embeddings yet, one call for all of them; puts the embeddings at
-the placeholders' rows of the packed batch (the model then takes inputs_embeds); and gives multimodal
-RoPE its positions. Where the family's language model adds "deepstack" features (Qwen3-VL: the vision
+reaches their images and that have no embeddings yet: each image the encoder cache does not hold, once, the
+images in runs of at most max_num_encoder_tokens placeholders (a prompt's inputs split image by image), one call
+each (the scheduler bounds a step's placeholder tokens by the same budget; the CUDA warm-up measures a run of the
+largest images); puts the embeddings at the placeholders' rows of the packed batch (the model then takes inputs_embeds); and gives
+multimodal RoPE its positions. Where the family's language model adds "deepstack" features (Qwen3-VL: the vision
 tower's features from some of its layers, added to the image rows' hidden states after the language
 model's first layers), each placeholder's features are kept beside its embedding (one tensor: released
 and cached together), and the model is given the rows that got image embeddings this step with their
 features. A sequence keeps its embeddings until its prefill has passed its last image (chunked prefill
 may cut an image), then releases them; a preempted sequence takes them again when recomputed.
 The encoder cache keeps image embeddings by content (the most recently used, up to the engine's
-encoder_cache_tokens rows): a sequence whose images it all holds is not encoded, so a repeated image, as
-in a follow-up turn, runs through the vision tower once.
+encoder_cache_tokens rows): an image it holds is not encoded again, so a repeated image, as in a follow-up
+turn, runs through the vision tower once.
 
-Families (checked against generate() by tests/engine/test_vision.py): Qwen2.5-VL (multimodal RoPE), Qwen3-VL
-(multimodal RoPE and deepstack), Mistral 3 (Pixtral's vision tower, images of any aspect ratio, given with
-their image_sizes), Idefics3 and SmolVLM (each image split into sub-images, and the whole image beside them)
-and Gemma 3, whose image placeholders attend to each other both ways: a prefill chunk then holds an image
-whole (the scheduler does not cut it, engine.prompt_images) and its mask lets the image's tokens see
-each other (engine.packing's torch path; on the triton backend Gemma 3's images are refused). The
-images of other families are refused, their text served.
+Families (checked against generate() by tests/engine/test_vision.py): Qwen2.5-VL (multimodal RoPE), Qwen3-VL and
+Qwen3-VL-MoE (multimodal RoPE and deepstack), Qwen3.5 and Qwen3.6 (qwen3_5, qwen3_5_moe: multimodal RoPE, no
+deepstack, a hybrid language model whose sequences also hold a state slot; with prefix caching off for hybrids, a
+repeated image is found in the encoder cache alone and prefilled again), Mistral 3 (Pixtral's vision tower, images
+of any aspect ratio, given with their image_sizes), Idefics3 and SmolVLM (each image split into sub-images, and the
+whole image beside them) and Gemma 3, whose image placeholders attend to each other both ways: a prefill chunk then
+holds an image whole (the scheduler does not cut it, engine.prompt_images) and its mask lets the image's tokens see
+each other (engine.packing: the torch path's masks, the triton kernel's last key per query). The images of other
+families are refused, their text served.
 """
 
 import bisect
-from collections import OrderedDict
+import contextlib
 import functools
-import hashlib
-import importlib
-import importlib.util
-import inspect
-import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoImageProcessor
-from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+from PIL import Image
 
+from engine.encoder_cache import EncoderCache
 from engine.errors import InvalidParameter
+from engine.image_processors import (TEXT_INPUTS, image_content_hash, images_processor, largest_image_side,
+                                     per_image_inputs)
 from engine.prompt_images import ImageSpan, PromptImages
 from engine.scheduler import ScheduledSequence
 from engine.sequence import Sequence
 
 # Model types whose images the engine runs (checked against generate() by tests/engine/test_vision.py).
-IMAGE_FAMILIES = {"qwen2_5_vl", "qwen3_vl", "gemma3", "mistral3", "idefics3", "smolvlm"}
+IMAGE_FAMILIES = {"qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "gemma3", "mistral3", "idefics3",
+                  "smolvlm"}
 BIDIRECTIONAL_IMAGES = {"gemma3"}  # families whose image placeholders attend to each other both ways
 # Families whose language model adds the vision tower's features from some of its layers ("deepstack") to the
 # image rows' hidden states after its first layers.
-DEEPSTACK_IMAGES = {"qwen3_vl"}
-# What the processor gives that is the text's, not the vision tower's.
-TEXT_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids", "text_replacement_offsets")
+DEEPSTACK_IMAGES = {"qwen3_vl", "qwen3_vl_moe"}
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
-
-
-def image_content_hash(image) -> int:
-    """What identifies an image's content (a PIL image: its mode, size and pixels) for prefix caching."""
-    digest = hashlib.blake2b(digest_size=8)
-    digest.update(f"{image.mode}:{image.size}".encode())
-    digest.update(image.tobytes())
-    return int.from_bytes(digest.digest(), "little", signed=True)
-
-
-def images_only(family: type) -> type:
-    """A family's processor class with an image processor and a tokenizer only: no video processor, which needs
-    torchvision (given as None where the family's __init__ requires one, as SmolVLM's does). Named as the family's,
-    so that a saved processor_config.json names the family's class."""
-    parts = [p for p in family.get_attributes() if p in ("image_processor", "tokenizer")]
-    left_out = dict.fromkeys(p for p in family.get_attributes() if p not in parts)
-
-    @functools.wraps(family.__init__)  # its signature: what save_pretrained writes of the processor's options
-    def __init__(self, *args, **kwargs):
-        family.__init__(self, *args, **{**left_out, **kwargs})
-
-    return type(family.__name__, (family,), {"get_attributes": classmethod(lambda cls: parts), "__init__": __init__})
-
-
-def processor_class(model_type: str) -> type:
-    """The family's transformers processor class. PixtralProcessor's module imports the torchvision image
-    processor's module for get_resize_output_image_size alone (which the PIL one's module defines too): where
-    torchvision is missing, that import is given the PIL module while the processor's module loads."""
-    name = PROCESSOR_MAPPING_NAMES[model_type]
-    if name != "PixtralProcessor" or importlib.util.find_spec("torchvision") is not None:
-        return getattr(transformers, name)
-    pixtral = "transformers.models.pixtral"
-    if f"{pixtral}.processing_pixtral" not in sys.modules:
-        sys.modules[f"{pixtral}.image_processing_pixtral"] = importlib.import_module(f"{pixtral}.image_processing_pil_pixtral")
-        try:
-            importlib.import_module(f"{pixtral}.processing_pixtral")
-        finally:
-            del sys.modules[f"{pixtral}.image_processing_pixtral"]
-    return sys.modules[f"{pixtral}.processing_pixtral"].PixtralProcessor
-
-
-def images_processor(path: Path, model_type: str, tokenizer):
-    """The checkpoint's processor for images and text: its image processor (the PIL one where torchvision is
-    missing), the given tokenizer, and the processor's own options from processor_config.json."""
-    family = processor_class(model_type)
-    file = path / "processor_config.json"
-    saved = json.loads(file.read_text()) if file.exists() else {}
-    options = {k: v for k, v in saved.items()
-               if k in inspect.signature(family.__init__).parameters and k not in family.get_attributes()}
-    return images_only(family)(image_processor=AutoImageProcessor.from_pretrained(path), tokenizer=tokenizer, **options)
 
 
 def loads_vision(model_type: str | None, path: Path) -> bool:
@@ -134,30 +81,6 @@ def vectors_per_placeholder(config: dict) -> int:
     return 1 + len(layers)
 
 
-class EncoderCache:
-    """Image embeddings (with their deepstack features) by their image's content hash, the least recently used
-    dropped past max_tokens rows."""
-
-    def __init__(self, max_tokens: int):
-        self.max_tokens = max_tokens
-        self.entries: OrderedDict[int, torch.Tensor] = OrderedDict()
-        self.tokens = 0
-
-    def get(self, content_hash: int) -> torch.Tensor | None:
-        embeddings = self.entries.get(content_hash)
-        if embeddings is not None:
-            self.entries.move_to_end(content_hash)
-        return embeddings
-
-    def put(self, content_hash: int, embeddings: torch.Tensor) -> None:
-        if content_hash in self.entries or len(embeddings) > self.max_tokens:
-            return
-        self.entries[content_hash] = embeddings
-        self.tokens += len(embeddings)
-        while self.tokens > self.max_tokens:
-            self.tokens -= len(self.entries.popitem(last=False)[1])
-
-
 @dataclass
 class Vision:
     """A loaded checkpoint's vision side, beside its language model (which shares the multimodal model's modules)."""
@@ -176,6 +99,33 @@ class Vision:
         model_type = multimodal.config.model_type
         processor = images_processor(path, model_type, tokenizer)
         return cls(multimodal.model, processor, model_type, processor.image_token, multimodal.config.image_token_id)
+
+    def largest_image(self, index: int = 0) -> Image.Image:
+        """A generated image of the largest size the image processor makes (a gradient: Idefics3 drops all-zero
+        sub-images), each index's content its own (the same content is encoded once a step). The API's
+        max_image_pixels may allow larger ones, which the processor resizes to this."""
+        side = largest_image_side(self.model_type, self.processor.image_processor)
+        return Image.linear_gradient("L").point(lambda v: (v + index) % 256).resize((side, side)).convert("RGB")
+
+    def placeholder_bytes(self, dtype: torch.dtype) -> int:
+        """What the encoder cache keeps per placeholder token: its embedding and deepstack features, of the language
+        model's width."""
+        width = self.model.get_input_embeddings().embedding_dim
+        return vectors_per_placeholder(self.model.config.to_dict()) * width * dtype.itemsize
+
+    @functools.cached_property
+    def largest_image_tokens(self) -> int:
+        """Placeholder tokens of the largest image: what the vision tower gives for it."""
+        return len(self.prepare(self.image_token, [self.largest_image()])[1].rows)
+
+    @contextlib.contextmanager
+    def uncounted(self):
+        """Encodes that are not images the engine was sent (the warm-up's): images_encoded stays as it was."""
+        counted = self.images_encoded
+        try:
+            yield
+        finally:
+            self.images_encoded = counted
 
     @property
     def multimodal_rope(self) -> bool:
@@ -213,7 +163,7 @@ class Vision:
         firsts = [sum(counts[:i]) for i in range(len(counts))]
         spans = [ImageSpan(rows[first], rows[first + count - 1] + 1, image_content_hash(image))
                  for first, count, image in zip(firsts, counts, images)]
-        encoder_inputs = {k: v for k, v in inputs.items() if k not in TEXT_INPUTS}
+        encoder_inputs = per_image_inputs({k: v for k, v in inputs.items() if k not in TEXT_INPUTS}, counts)
         prompt_images = PromptImages(encoder_inputs, rows, spans, bidirectional=self.bidirectional)
         if self.multimodal_rope:
             positions, delta = self.model.get_rope_index(
@@ -223,42 +173,52 @@ class Vision:
         return ids.tolist(), prompt_images
 
     # -- the engine thread ---------------------------------------------------------------------
-    def encode(self, seqs: list[Sequence], device: torch.device, cache: EncoderCache) -> None:
-        """Each sequence's embeddings: from the cache where it holds all its images, the others' from one run of
-        the vision tower over their images (then cached)."""
-        missing = []
+    def encode(self, seqs: list[Sequence], device: torch.device, cache: EncoderCache, budget: int) -> None:
+        """Each sequence's embeddings, image by image: those the cache holds from it, the others from the vision
+        tower (an image in several of them once), in runs of at most `budget` placeholder tokens (a run's first
+        image whatever its size), then cached. The runs bound the tower's activations by what the warm-up
+        measured, however many images the sequences have together."""
+        got: dict[int, torch.Tensor] = {}  # content hash -> the image's embeddings
+        missing: dict[int, tuple[dict, int]] = {}  # content hash -> the tower's inputs, placeholder tokens
         for s in seqs:
-            cached = [cache.get(span.content_hash) for span in s.images.spans]
-            if all(c is not None for c in cached):
-                s.images.embeddings = torch.cat(cached)
-            else:
-                missing.append(s)
-        if not missing:
-            return
-        keys = missing[0].images.encoder_inputs.keys()
-        batch = {k: _stacked([s.images.encoder_inputs[k] for s in missing]).to(device) for k in keys}
+            for span, inputs in zip(s.images.spans, s.images.encoder_inputs):
+                if span.content_hash in got or span.content_hash in missing:
+                    continue
+                cached = cache.get(span.content_hash)
+                if cached is not None:
+                    got[span.content_hash] = cached
+                else:
+                    missing[span.content_hash] = (inputs, s.images.placeholders(span))
+        for run in _runs(list(missing), [missing[h][1] for h in missing], budget):
+            embeddings = self._run_tower([missing[h][0] for h in run], [missing[h][1] for h in run], device)
+            for content_hash, mine in zip(run, embeddings):
+                got[content_hash] = mine
+                cache.put(content_hash, mine)
+        self.images_encoded += len(missing)
+        for s in seqs:
+            s.images.embeddings = torch.cat([got[span.content_hash] for span in s.images.spans])
+
+    def _run_tower(self, inputs: list[dict], placeholders: list[int], device: torch.device) -> tuple[torch.Tensor, ...]:
+        """One call of the vision tower over these images (their inputs padded to one batch): each image's rows of
+        embeddings (with deepstack, each row's embedding then its feature per deepstack layer)."""
+        batch = {k: _stacked([i[k] for i in inputs]).to(device) for k in inputs[0]}
         # one [tokens, hidden] per image, or per sub-image (a tuple, or [images, tokens, hidden]), in order
         output = self.model.get_image_features(**batch)
         rows = torch.cat(list(output.pooler_output))
-        if self.deepstack:  # each placeholder's embedding, then its feature for each deepstack layer
+        if self.deepstack:
             rows = torch.stack([rows, *(torch.cat(list(layer)) for layer in output.deepstack_features)], dim=1)
-        self.images_encoded += sum(s.images.num_images for s in missing)
-        for s, embeddings in zip(missing, rows.split([len(s.images.rows) for s in missing])):
-            s.images.embeddings = embeddings
-            per_image = [bisect.bisect_left(s.images.rows, span.end) - bisect.bisect_left(s.images.rows, span.start)
-                         for span in s.images.spans]
-            for span, mine in zip(s.images.spans, embeddings.split(per_image)):
-                cache.put(span.content_hash, mine)
+        return rows.split(placeholders)
 
     def step_inputs(self, embed_tokens: torch.nn.Module, scheduled: list[ScheduledSequence], input_ids: torch.Tensor,
-                    positions: torch.Tensor, last_row: dict, cache: EncoderCache) -> dict:
+                    positions: torch.Tensor, last_row: dict, cache: EncoderCache, encoder_budget: int) -> dict:
         """The model's inputs for a packed step where some sequences have images: inputs_embeds [1, T, hidden],
         position_ids, and for deepstack the rows that got image embeddings (visual_pos_masks [1, T]) with their
         features per deepstack layer (deepstack_visual_embeds, in the rows' order)."""
         with_images = [s for s in scheduled if s.seq.images is not None]
-        due = [s.seq for s in with_images if s.seq.images.embeddings is None and self._reaches_images(s)]
+        due = [s.seq for s in with_images if s.seq.images.embeddings is None and s.seq.images.reaches_placeholders(
+            s.seq.num_computed_tokens, s.seq.num_computed_tokens + s.num_new_tokens)]
         if due:
-            self.encode(due, input_ids.device, cache)
+            self.encode(due, input_ids.device, cache, encoder_budget)
         embeds = embed_tokens(input_ids)
         rope = positions.expand(3, -1).clone() if self.multimodal_rope else None
         image_rows, deepstack = [], []
@@ -283,12 +243,6 @@ class Vision:
             inputs |= _deepstack_inputs(len(input_ids), torch.cat(image_rows), torch.cat(deepstack))
         return inputs
 
-    @staticmethod
-    def _reaches_images(s: ScheduledSequence) -> bool:
-        """This step's chunk holds some of the sequence's placeholder tokens."""
-        begin, rows = s.seq.num_computed_tokens, s.seq.images.rows
-        return bisect.bisect_left(rows, begin) < bisect.bisect_left(rows, begin + s.num_new_tokens)
-
 
 def _rope_positions(images: PromptImages, begin: int, n: int) -> torch.Tensor:
     """Multimodal RoPE positions [3, n] of tokens begin..begin+n: the prompt's own, then each generated token's
@@ -308,6 +262,18 @@ def _deepstack_inputs(num_rows: int, rows: torch.Tensor, features: torch.Tensor)
     mask = torch.zeros(1, num_rows, dtype=torch.bool, device=rows.device)
     mask[0, rows] = True
     return {"visual_pos_masks": mask, "deepstack_visual_embeds": list(features[rows.argsort()].unbind(1))}
+
+
+def _runs(keys: list, sizes: list[int], budget: int) -> list[list]:
+    """keys in order, in runs whose sizes add up to at most budget (a run's first whatever its size)."""
+    runs, total = [], 0
+    for key, size in zip(keys, sizes):
+        if not runs or total + size > budget:
+            runs.append([])
+            total = 0
+        runs[-1].append(key)
+        total += size
+    return runs
 
 
 def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:

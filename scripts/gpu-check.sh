@@ -12,7 +12,9 @@
 # (fewer layers): greedy tokens and log-probabilities; then at full size (Qwen3.6: 20 of its 40 layers)
 # batch-1 decode tokens/s and memory-bandwidth utilisation, and 64- and 256-request throughput against
 # transformers' generate() and its continuous batching (not for the hybrid), in the same run; and Llama-3.1-8B
-# quantized at load to fp8 and int4 against bf16 (weights and KV bytes, tokens/s; `--parts quantized` runs it alone). Every section is guarded
+# quantized at load to fp8 and int4 against bf16 (weights and KV bytes, tokens/s; `--parts quantized` runs it alone); last,
+# images: a Gemma 3 with its real vision tower on the CUDA path against the portable one, TTFT with and without a
+# prefix-cache hit, concurrent image requests (`--parts images` alone). Every section is guarded
 # and the run keeps to a time budget (--budget-s, default 510 s: one device command of at most 10 minutes,
 # wheels installed included). Results: gpu-check.md (to paste into docs/BENCHMARKS.md) and gpu-check.json
 # in $OUT if set, else ./gpu-check-results; a short table is printed last.
@@ -33,9 +35,10 @@ PYTHON=${PYTHON:-python3}
 RESULTS=${OUT:-$REPO/gpu-check-results}
 # What the engine imports beyond the GPU machine's packages, and what those need that it lacks; fla-core (and its
 # einops) runs the hybrid shape's Gated DeltaNet layers (requirements-cuda.lock: GPU machines only); gguf:
-# engine.quantization reads GGUF tensor types at import; torchao: the quantized run's int4 (and int8) math.
+# engine.quantization reads GGUF tensor types at import; torchao: the quantized run's int4 (and int8) math; pillow:
+# the images section's pictures and the family's PIL image processor.
 CARRIED="transformers xgrammar apache-tvm-ffi pydantic pydantic_core annotated-types typing-inspection typing_extensions regex
-fla-core einops gguf torchao"
+fla-core einops gguf torchao pillow"
 PLATFORMS="manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64"
 
 normalised() {  # a distribution name as pip compares them: case, '-', '_' and '.' alike

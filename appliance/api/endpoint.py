@@ -3,7 +3,8 @@ admission's lease → the plan (render) → generate → the API's formatter →
 
 Each API declares an Endpoint (chat.py, completions.py, responses.py, messages.py): its body's
 schema, how the body becomes an Ask, and how its answer is written; the Responses API also
-continues a stored conversation once the key is known (`resume`) and keeps a finished one (`keep`).
+continues a stored conversation once the key is known (`resume`) and keeps a finished one (`keep`), having
+checked before generating that it can (`check_keep`).
 Whatever fails between admission and the start of the answer releases the lease here; from then
 on the answer's end releases it (respond.py).
 """
@@ -35,6 +36,8 @@ class Endpoint:
     ask: Callable[[BaseModel], Ask]
     formatter: Callable[[BaseModel, Generation, str, str], Formatter]  # (body, generation, request id, model name)
     resume: Callable[[BaseModel, Ask, RequestContext, Service], Awaitable[Ask]] | None = None  # after admission
+    # Whether `keep` could keep the planned answer: refused before generating, not after.
+    check_keep: Callable[[BaseModel, RequestPlan, RequestContext, Service], Awaitable[None]] | None = None
     keep: Callable[[BaseModel, Generation, RequestContext, Service], Awaitable[None]] | None = None  # a finished one
     param_names: dict[str, str] = field(default_factory=dict)  # a refusal's field → this API's name for it
 
@@ -57,6 +60,8 @@ def route(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
                 ask = await endpoint.resume(body, ask, ctx, service)
             plan: RequestPlan = await plan_request(ask, lease, ImageLimits.from_config(service.config))
             ctx.planned(plan.prompt_text, plan.constraint_label, len(plan.images))
+            if endpoint.check_keep is not None:
+                await endpoint.check_keep(body, plan, ctx, service)
             generation = Generation(service, plan, ctx)
             formatter = endpoint.formatter(body, generation, ctx.request_id, service.pool.served_name(lease.served))
             await generation.start()

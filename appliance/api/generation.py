@@ -97,7 +97,7 @@ class Generation:
         jobs = plan.jobs(service.config.retry_after_s, Scheduling(ctx.priority, ctx.key_id, ctx.share_weight))
         self.choices = [Choice(i, job.prompt_index, plan.reading.new_parser()) for i, job in enumerate(jobs)]
         self.streams = [service.engine_stream.generate(plan.served, job.prompt, job.params, f"{ctx.request_id}-{i}",
-                                                       ctx, plan.param_names, plan.images)
+                                                       ctx, plan.param_names, plan.pictures)
                         for i, job in enumerate(jobs)]
         self._firsts: list = []
 

@@ -5,6 +5,7 @@ when its host is one the operator lists in image_url_hosts, none by default: a U
 way into the network it sits in. Every URL is checked before any is fetched, so a refused one costs no
 connection; redirects are not followed (they could lead off the list). Each refusal is a 400 naming the
 part and, where a limit refused it, the limit: max_images_per_request, max_image_bytes, max_image_pixels.
+A stored response's images (previous_response_id) come as the bytes first read, decoded again, never fetched.
 """
 
 import asyncio
@@ -27,10 +28,18 @@ FETCH_TIMEOUT_S = 10.0
 
 @dataclass(frozen=True)
 class ImageRef:
-    """An image part's URL and the part's place in the body, e.g. "messages.1.content.0.image_url.url"."""
+    """An image part's URL and the part's place in the body, e.g. "messages.1.content.0.image_url.url"; or a stored
+    response's image, its bytes as they were first read (url None, param "previous_response_id")."""
 
-    url: str
+    url: str | None
     param: str
+    data: bytes | None = None
+
+
+@dataclass(frozen=True)
+class RequestImage:
+    data: bytes  # as sent (a data: URL's, decoded from base64) or fetched: what a stored response keeps
+    picture: Image.Image  # decoded, RGB
 
 
 @dataclass(frozen=True)
@@ -49,11 +58,13 @@ class ImageLimits:
 def check_urls(refs: tuple[ImageRef, ...], limits: ImageLimits) -> None:
     """The count and every URL's kind and host, before anything is decoded or fetched."""
     if len(refs) > limits.max_images:
+        stored = sum(ref.data is not None for ref in refs)
+        counted = f" ({stored} of them previous_response_id's)" if stored else ""
         raise invalid(refs[limits.max_images].param,
-                      f"{refs[limits.max_images].param}: {len(refs)} images in one request; this server takes at "
-                      f"most {limits.max_images} (max_images_per_request)")
+                      f"{refs[limits.max_images].param}: {len(refs)} images in one request{counted}; this server "
+                      f"takes at most {limits.max_images} (max_images_per_request)")
     for ref in refs:
-        if ref.url.startswith("data:"):
+        if ref.data is not None or ref.url.startswith("data:"):
             continue
         parts = urlsplit(ref.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -65,13 +76,16 @@ def check_urls(refs: tuple[ImageRef, ...], limits: ImageLimits) -> None:
                                      "inline as a base64 data: URL")
 
 
-async def read_images(refs: tuple[ImageRef, ...], limits: ImageLimits) -> tuple[Image.Image, ...]:
+async def read_images(refs: tuple[ImageRef, ...], limits: ImageLimits) -> tuple[RequestImage, ...]:
     """The request's images, decoded to RGB off the event loop; 400s name the part that is refused."""
     check_urls(refs, limits)
     images = []
     for ref in refs:
-        raw = _data_url_bytes(ref, limits) if ref.url.startswith("data:") else await _fetch(ref, limits)
-        images.append(await asyncio.to_thread(_decode, raw, ref, limits))
+        if ref.data is not None:
+            raw = ref.data
+        else:
+            raw = _data_url_bytes(ref, limits) if ref.url.startswith("data:") else await _fetch(ref, limits)
+        images.append(RequestImage(raw, await asyncio.to_thread(_decode, raw, ref, limits)))
     return tuple(images)
 
 

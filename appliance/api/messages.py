@@ -137,7 +137,7 @@ async def count_tokens(request: Request) -> Response:
         prompt, _ = await render_chat(lease.served, history, tools)
         engine = lease.served.engine
         if images:  # each image counts the placeholder tokens the model's processor gives it
-            count = len((await asyncio.to_thread(engine.prepare_images, prompt, list(images)))[0])
+            count = len((await asyncio.to_thread(engine.prepare_images, prompt, [i.picture for i in images]))[0])
         else:
             count = len(await asyncio.to_thread(engine.tokenizer.encode, prompt, add_special_tokens=False))
     finally:

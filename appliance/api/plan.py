@@ -11,7 +11,7 @@ output format (serving/render.py), plain prompts as they are.
 import json
 from dataclasses import dataclass
 
-from appliance.api.images import ImageLimits, ImageRef, read_images
+from appliance.api.images import ImageLimits, ImageRef, RequestImage, read_images
 from appliance.api.sampling import Sampling, Scheduling
 from appliance.errors import invalid
 from appliance.serving.constraint import OutputConstraint
@@ -64,7 +64,12 @@ class RequestPlan:
     prompts: tuple[str | list[int], ...]  # what the engine gets: the rendered chat, or the plain prompts
     constraint: OutputConstraint | None  # the request's or the tools', held after the reasoning where it must be
     reading: OutputReading  # how each choice's text becomes events
-    images: tuple = ()  # the prompt's images, decoded (PIL images)
+    images: tuple[RequestImage, ...] = ()  # the prompt's images, read
+
+    @property
+    def pictures(self) -> tuple:
+        """The prompt's images as the engine takes them: decoded (PIL images)."""
+        return tuple(image.picture for image in self.images)
 
     @property
     def served(self) -> ServedModel:
@@ -111,7 +116,8 @@ async def plan_request(ask: Ask, lease: ModelLease, limits: ImageLimits) -> Requ
     return RequestPlan(ask, lease, (prompt,), reading.constraint(ask.constraint), reading, images)
 
 
-async def read_request_images(refs: tuple[ImageRef, ...], served: ServedModel, limits: ImageLimits) -> tuple:
+async def read_request_images(refs: tuple[ImageRef, ...], served: ServedModel,
+                              limits: ImageLimits) -> tuple[RequestImage, ...]:
     """A request's images read for the model it was admitted to; a 400 naming the first when the model takes none."""
     if not refs:
         return ()

@@ -4,9 +4,11 @@ response_format), and so the chat's Ask; the answer is a Response object, or its
 
 Stored responses: unless `store` is false, a finished response's conversation (its input after the
 instructions, and its output as the assistant's turn) is kept in the key store for the key that
-asked (keys/responses.py), for the operator's responses_retention_s; `previous_response_id` puts
-that conversation before the new input, so an agent may send only the new turn. A key sees only
-its own responses.
+asked (keys/responses.py), for the operator's responses_retention_s, with its images as they were
+read (never their URLs: a follow-up fetches nothing); `previous_response_id` puts that conversation,
+images included, before the new input, so an agent may send only the new turn, and the engine finds
+the images it has seen by their content. A key sees only its own responses; the images they hold are
+bounded per key (stored_image_bytes_per_key), checked before generating.
 """
 
 import asyncio
@@ -17,7 +19,7 @@ from appliance.api.endpoint import Endpoint, route
 from appliance.api.formatters.responses import ResponseFormatter
 from appliance.api.generation import Generation
 from appliance.api.images import ImageRef
-from appliance.api.plan import Ask
+from appliance.api.plan import Ask, RequestPlan
 from appliance.api.request import parse
 from appliance.api.schemas.chat import ChatCompletionRequest
 from appliance.errors import APIError, invalid
@@ -108,11 +110,23 @@ async def resume(req: ResponsesRequest, ask: Ask, ctx: RequestContext, service: 
         raise APIError(404, f"no stored response {req.previous_response_id!r} for this key: responses are kept "
                             f"{retention / 86400:g} days, for the key that made them, unless store was false",
                        param="previous_response_id", code="response_not_found")
-    if any(isinstance(m.get("content"), list) and any(p.get("type") == "image" for p in m["content"]) for m in stored):
-        raise invalid("previous_response_id", "previous_response_id: that conversation had images, which stored "
-                                              "responses do not keep; send the whole conversation as input instead")
     instructions, new = split_instructions(req, ask.messages)
-    return dataclasses.replace(ask, messages=instructions + tuple(stored) + new)
+    kept = tuple(ImageRef(None, "previous_response_id", data) for data in stored.images)
+    return dataclasses.replace(ask, messages=instructions + tuple(stored.messages) + new, images=kept + ask.images)
+
+
+async def check_keep(req: ResponsesRequest, plan: RequestPlan, ctx: RequestContext, service: Service) -> None:
+    """Refuse, before generating, a response to be stored whose images would take its key past
+    stored_image_bytes_per_key (the images it holds already count once)."""
+    if not req.store or ctx.key_id is None or not plan.images:
+        return
+    bound = service.config.stored_image_bytes_per_key
+    total = await asyncio.to_thread(service.keys.stored_image_bytes_with, ctx.key_id,
+                                    [image.data for image in plan.images], service.config.responses_retention_s)
+    if total > bound:
+        raise invalid("store", f"store: this key's stored responses would hold {total} bytes of images, more than "
+                               f"the {bound} this server keeps per key (stored_image_bytes_per_key); send "
+                               "store: false, or wait for older responses to expire (responses_retention_s)")
 
 
 async def keep(req: ResponsesRequest, generation: Generation, ctx: RequestContext, service: Service) -> None:
@@ -130,7 +144,7 @@ async def keep(req: ResponsesRequest, generation: Generation, ctx: RequestContex
         answer["reasoning_content"] = thought
     _, conversation = split_instructions(req, generation.plan.ask.messages)
     await asyncio.to_thread(service.keys.store_response, ctx.key_id, ctx.request_id, [*conversation, answer],
-                            service.config.responses_retention_s)
+                            service.config.responses_retention_s, [image.data for image in generation.plan.images])
 
 
 def split_instructions(req: ResponsesRequest, messages: tuple[dict, ...]) -> tuple[tuple[dict, ...], tuple[dict, ...]]:
@@ -146,6 +160,6 @@ def response_formatter(req: ResponsesRequest, generation, request_id: str, model
 # A Responses request is served as a chat: its refusals name the Responses fields the chat's came from.
 RESPONSES_PARAMS = {"response_format": "text.format", "max_completion_tokens": "max_output_tokens",
                     "reasoning_effort": "reasoning.effort"}
-RESPONSES = Endpoint("responses", "resp", ResponsesRequest, responses_ask, response_formatter, resume, keep,
-                     param_names=RESPONSES_PARAMS)
+RESPONSES = Endpoint("responses", "resp", ResponsesRequest, responses_ask, response_formatter, resume, check_keep,
+                     keep, param_names=RESPONSES_PARAMS)
 responses = route(RESPONSES)

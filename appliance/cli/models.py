@@ -49,7 +49,7 @@ def format_status(s: dict, cost: dict | None = None) -> str:
     lines = [
         f"service   {service['state']}, {ready}; up {duration(service['uptime_s'])}",
         f"model     {service['model']} ({service['loaded_model'] or 'none loaded'})",
-        f"engine    {execution(engine.get('execution')) or 'no model loaded'}",
+        f"engine    {execution(engine.get('execution')) or 'no model loaded'}{encoder_budget(engine.get('execution'))}",
         f"queue     {engine['running']} running, {engine['waiting']} waiting; {engine['requests_per_s']:.2f} req/s, "
         f"{engine['errors']} errors, {engine['preemptions']} preemptions",
         f"kv cache  {engine['kv_usage']:.0%} ({engine['kv_blocks_used']}/{engine['kv_blocks_total']} blocks"
@@ -83,7 +83,7 @@ def format_status(s: dict, cost: dict | None = None) -> str:
 
 
 def prefix_text(engine: dict) -> str:
-    """"prefix hits 34%", or why prefix caching is off ("prefix caching off: recurrent layers keep ...")."""
+    """"prefix hits 34%", or why prefix caching is off ("prefix caching off: num_state_snapshots is 0, ...")."""
     off = prefix_caching_off(engine)
     return f"prefix caching {off}" if off else f"prefix hits {percent(engine['prefix_cache_hit_rate'])}"
 
@@ -91,6 +91,13 @@ def prefix_text(engine: dict) -> str:
 def kv_layout(path: dict | None) -> str:
     """How the KV cache's layers share its blocks, where the engine says ("; 1 full + 5 sliding window 1024 groups …")."""
     return f"; {path['kv_cache']}" if path and path.get("kv_cache") else ""
+
+
+def encoder_budget(path: dict | None) -> str:
+    """For a model that takes images, how many of their placeholder tokens a step encodes at most (the engine's
+    max_num_encoder_tokens: ", encoding at most 2,048 image tokens a step")."""
+    budget = path.get("max_num_encoder_tokens") if path else None
+    return f", encoding at most {budget:,} image tokens a step" if budget else ""
 
 
 def engine_lines(engines: list[dict]) -> list[str]:

@@ -40,7 +40,7 @@ def show_plan(args: argparse.Namespace) -> int:
     from appliance.serving import memory_plan
     from engine import EngineConfig, EngineError
     from engine.kv_cache_spec import layout_from_config
-    from engine.state_spec import state_slots_for
+    from engine.state_spec import state_slots_for, state_snapshots_for
 
     if not (args.path / "config.json").is_file():
         raise CliError(f"{args.path} has no config.json; give a model folder", 2)
@@ -64,6 +64,8 @@ def show_plan(args: argparse.Namespace) -> int:
         "kv_bytes_per_token": layout.block_bytes(1, memory_plan.kv_value_bytes(config)) * len(layout.groups),
         "state_layers": states.describe() or "none",
         "state_slots": state_slots_for(config.max_num_seqs, states),
+        "state_snapshots": state_snapshots_for(config.num_state_snapshots, config.max_num_seqs, states,
+                                               config.enable_prefix_caching),
         "state_bytes_per_sequence": states.bytes_per_slot(serving),
     }
     if args.json:
@@ -81,7 +83,8 @@ def format_plan(p: dict) -> str:
              f"({p['kv_cache_layout']})"]
     if p["state_slots"]:
         lines.append(f"  state slots  {p['state_bytes'] / GIB:8.2f} GiB   {p['state_slots']} slots of "
-                     f"{p['state_bytes_per_sequence'] / MIB:.1f} MiB, one a sequence ({p['state_layers']})")
+                     f"{p['state_bytes_per_sequence'] / MIB:.1f} MiB, one a sequence ({p['state_layers']}), and "
+                     f"{p['state_snapshots']} snapshots of one for prefix caching")
     lines += [f"  activations  {p['activations_bytes'] / GIB:8.2f} GiB",
               f"  total        {p['total_bytes'] / GIB:8.2f} GiB"]
     return "\n".join(lines)

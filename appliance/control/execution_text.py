@@ -48,6 +48,7 @@ def state_slots(engine: dict) -> str:
 
 
 def prefix_caching_off(engine: dict) -> str | None:
-    """Why prefix caching is off, where the engine says it is ("off: recurrent layers keep ..."); None when on."""
+    """Why prefix caching is off, where the engine says it is ("off: num_state_snapshots is 0, ..."); None when on
+    ("on", or "on (state snapshots: N)" for a model with recurrent layers)."""
     setting = (engine.get("execution") or {}).get("prefix_caching")
-    return setting if setting not in (None, "on") else None
+    return setting if setting is not None and not setting.startswith("on") else None

@@ -86,6 +86,17 @@ MIGRATIONS: list[Migration] = [
                       "ALTER TABLE keys ADD COLUMN weight REAL NOT NULL DEFAULT 1.0"),
               postgresql=("ALTER TABLE keys ADD COLUMN priority BIGINT NOT NULL DEFAULT 0",
                           "ALTER TABLE keys ADD COLUMN weight DOUBLE PRECISION NOT NULL DEFAULT 1.0")),
+    Migration(8, "stored responses' images: each image's bytes once per key, by sha256; a response's images in order",
+              sqlite=("ALTER TABLE responses ADD COLUMN images TEXT NOT NULL DEFAULT '[]'",
+                      "CREATE TABLE response_images (key_id TEXT NOT NULL, sha256 TEXT NOT NULL, "
+                      "stored_at REAL NOT NULL, size INTEGER NOT NULL, data BLOB NOT NULL, "
+                      "PRIMARY KEY (key_id, sha256))",
+                      "CREATE INDEX response_images_by_age ON response_images (stored_at)"),
+              postgresql=("ALTER TABLE responses ADD COLUMN images TEXT NOT NULL DEFAULT '[]'",
+                          "CREATE TABLE response_images (key_id TEXT NOT NULL, sha256 TEXT NOT NULL, "
+                          "stored_at DOUBLE PRECISION NOT NULL, size BIGINT NOT NULL, data BYTEA NOT NULL, "
+                          "PRIMARY KEY (key_id, sha256))",
+                          "CREATE INDEX response_images_by_age ON response_images (stored_at)")),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1].version
 assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1)), "versions run 1, 2, 3, … with no gap"

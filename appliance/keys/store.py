@@ -24,7 +24,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -44,7 +44,7 @@ from appliance.keys.records import (
     utcnow,
     validate_limits,
 )
-from appliance.keys.responses import StoredResponses
+from appliance.keys.responses import StoredConversation, StoredResponses
 from appliance.keys.sqlite_db import SQLiteDatabase
 from appliance.keys.usage_ledger import FLUSH_INTERVAL_S, UsageLedger
 
@@ -112,11 +112,16 @@ class KeyStore:
 
     # -- stored responses (keys/responses.py) ------------------------------------------------
 
-    def store_response(self, key_id: str, response_id: str, conversation: list[dict], retention_s: float) -> None:
-        self._responses.put(key_id, response_id, conversation, retention_s)
+    def store_response(self, key_id: str, response_id: str, conversation: list[dict], retention_s: float,
+                       images: Sequence[bytes] = ()) -> None:
+        self._responses.put(key_id, response_id, conversation, images, retention_s)
 
-    def stored_response(self, key_id: str, response_id: str, retention_s: float) -> list[dict] | None:
+    def stored_response(self, key_id: str, response_id: str, retention_s: float) -> StoredConversation | None:
         return self._responses.get(key_id, response_id, retention_s)
+
+    def stored_image_bytes_with(self, key_id: str, images: Sequence[bytes], retention_s: float) -> int:
+        """What the key's stored responses would hold in images once `images` were stored too."""
+        return self._responses.image_bytes_with(key_id, images, retention_s)
 
     # -- keys -----------------------------------------------------------------------------------
 

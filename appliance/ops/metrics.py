@@ -71,7 +71,7 @@ class _EngineCollector:
         )
         for model, stats in engines:
             prefix = (stats.execution or {}).get("prefix_caching", "on")
-            info.add_metric([str(stats.block_size), str(stats.kv_blocks_total), str(prefix == "on"), prefix,
+            info.add_metric([str(stats.block_size), str(stats.kv_blocks_total), str(prefix.startswith("on")), prefix,
                              str(stats.state_slots_total), model], 1.0)
             if stats.execution is not None:
                 path.add_metric([str(stats.execution.get(n, "")).lower() for n in names] + [model], 1.0)

@@ -7,9 +7,10 @@ stored; with `quantization` the decoder's linear layers at their packed size; a 
 config.json: its parameters counted on the meta device) + the KV cache the engine will allocate (its
 layers grouped as the engine groups them: a sliding-window layer holds its window; one byte a value
 with kv_cache_dtype = "fp8") + the state slots of a hybrid model's recurrent layers (one per sequence
-that may run: engine.state_spec) + an activation peak (the largest step's hidden states and logits; for a
-model whose images the engine runs, its encoder cache's image embeddings too).
-The engine's kv_cache_bytes holds the KV cache and the state slots together. Free = on a
+that may run: engine.state_spec) and their snapshots for prefix caching (num_state_snapshots, by default
+as many, each a slot's size: engine.state_snapshots) + an activation peak (the largest step's hidden
+states and logits; for a model whose images the engine runs, its encoder cache's image embeddings too).
+The engine's kv_cache_bytes holds the KV cache, the state slots and the snapshots together. Free = on a
 GPU what the device has free, on CPU the RAM available, capped by `pool_memory_bytes` less what the
 loaded models were planned to use. A model that does not fit is refused with these numbers, before
 anything is allocated.
@@ -32,7 +33,7 @@ class Needs:
     weights: int
     kv_cache: int
     activations: int
-    states: int = 0  # the state slots of recurrent layers
+    states: int = 0  # the state slots of recurrent layers and their snapshots
 
     @property
     def total(self) -> int:
@@ -40,7 +41,7 @@ class Needs:
 
     @property
     def cache(self) -> int:
-        """What the engine's kv_cache_bytes must be to allocate this KV cache and these state slots."""
+        """What the engine's kv_cache_bytes must be to allocate this KV cache and these state slots and snapshots."""
         return self.kv_cache + self.states
 
     def to_dict(self) -> dict:
@@ -92,7 +93,7 @@ def needs(path: Path, engine_config, kv_context: int) -> Needs:
     """What loading the model at `path` with `engine_config` (an engine.EngineConfig) will take."""
     from engine.config import CPU_KV_CACHE_BYTES
     from engine.kv_cache_spec import layout_from_config
-    from engine.state_spec import StateLayout, state_slots_for
+    from engine.state_spec import StateLayout, state_slots_for, state_snapshots_for
     from engine.vision import loads_vision, vectors_per_placeholder
 
     config = model_config(path)
@@ -112,11 +113,15 @@ def needs(path: Path, engine_config, kv_context: int) -> Needs:
     layout = layout_from_config(architecture.text_config) if architecture is not None else None
     block = layout.block_bytes(engine_config.block_size, kv_value_bytes(engine_config)) if layout else 0
     recurrent = architecture.states if architecture is not None else StateLayout()
-    states = state_slots_for(engine_config.max_num_seqs, recurrent) * recurrent.bytes_per_slot(serving)
+    rows = (state_slots_for(engine_config.max_num_seqs, recurrent)
+            + state_snapshots_for(engine_config.num_state_snapshots, engine_config.max_num_seqs, recurrent,
+                                  engine_config.enable_prefix_caching))
+    states = rows * recurrent.bytes_per_slot(serving)
     if engine_config.num_kv_blocks is not None:
         kv = block * (engine_config.num_kv_blocks + 1)
     elif engine_config.kv_cache_bytes is not None or not engine_config.on_cuda:
-        # As the engine sizes it (engine.model_runner): the state slots first, the null block and the rest in blocks.
+        # As the engine sizes it (engine.model_runner): the state slots and snapshots first, the null block and the
+        # rest in blocks.
         budget = (engine_config.kv_cache_bytes or CPU_KV_CACHE_BYTES) - states
         kv = block * (max(1, budget // block - 1) + 1) if block else 0
     else:
@@ -209,7 +214,7 @@ class Plan:
         if need.total <= self.free:
             return None
         hint = f"unload {' or '.join(evictable)}" if evictable else "unload a model"
-        states = f", state slots {gib(need.states)}" if need.states else ""
+        states = f", state slots and snapshots {gib(need.states)}" if need.states else ""
         return (f"{name} needs {gib(need.total)} (weights {gib(need.weights)}, KV cache {gib(need.kv_cache)}{states}, "
                 f"activations {gib(need.activations)}), {gib(self.free)} free; {hint} or lower its kv_cache_bytes "
                 f"([models.{name}] in config.toml)")

@@ -34,7 +34,7 @@ def test_dry_run_runs_every_section_in_order_and_every_shape_passes(dry_run):
     sections = {s["name"]: s for s in report["sections"]}
     first = next(iter(SHAPES))
     expected = (["machine"] + [f"correctness {name}" for name in SHAPES] + [f"ours {first}", f"quantized {first}"]
-                + [f"ours {name}" for name in SHAPES if name != first])
+                + [f"ours {name}" for name in SHAPES if name != first] + ["images correctness", "images speed"])
     assert [s["name"] for s in report["sections"] if not s["name"].startswith(("generate()", "transformers CB"))] == expected
     for name in SHAPES:
         for section in (f"correctness {name}", f"ours {name}", f"generate() {name}", f"transformers CB {name}"):
@@ -84,6 +84,21 @@ def test_dry_run_runs_the_first_shape_int4_against_the_served_dtype_and_says_why
     assert int4["kv_cache_bytes"] == served["kv_cache_bytes"]  # on CPU the plan's fixed KV bytes
     assert int4["batch1_tokens_per_s"] > 0 and int4["throughput_tokens_per_s"] > 0
     assert f"| {first} | fp8 | refused: " in md and f"| {first} | int4 | int4 g32 + float32 |" in md
+
+
+def test_dry_run_checks_images_on_the_kernel_path_and_measures_a_prefix_cache_hit(dry_run):
+    """A Gemma 3 (its image placeholders see each other both ways) with requests of one and two images beside a
+    text-only one: the triton path equals the portable path; the same image again is served from the prefix cache."""
+    _, report, md = dry_run
+    images = report["images"]
+    result = images["float32"]
+    assert result["execution"]["attention_backend"] == "triton" and result["execution"]["images"] == "gemma3 vision tower"
+    assert result["agreed"] == result["agreed_async"] == 1.0 and result["logprob_rel_err"] < 1e-4 and result["passed"]
+    assert images["cached_tokens"]["fresh image"] == 0 < images["cached_tokens"]["same image again"]
+    assert images["prompt_tokens"] > images["cached_tokens"]["same image again"]
+    assert all(t > 0 for t in images["ttft_ms"].values())
+    assert images["concurrent"]["image_tokens_per_s"] > 0 and images["concurrent"]["text_tokens_per_s"] > 0
+    assert "| gemma3 (tiny, 6 layers): CUDA path vs portable, float32 | 100% / 100% agreed" in md
 
 
 def test_dry_run_writes_markdown_for_benchmarks_md_and_prints_a_short_table_last(dry_run):

@@ -14,9 +14,9 @@ import transformers
 from transformers import (FalconH1Config, Gemma2Config, Gemma3Config, Gemma3TextConfig, GptOssConfig, GraniteMoeConfig,
                           GraniteMoeHybridConfig, Idefics3Config, Idefics3VisionConfig, Lfm2Config, Llama4TextConfig,
                           LlamaConfig, Mistral3Config, MistralConfig, MixtralConfig, NemotronHConfig, Olmo2Config,
-                          PixtralVisionConfig, Qwen2_5_VLConfig, Qwen3_5MoeTextConfig, Qwen3_5TextConfig, Qwen3MoeConfig,
-                          Qwen3NextConfig, Qwen3VLConfig, SiglipVisionConfig, SmolLM3Config, SmolVLMConfig,
-                          SmolVLMVisionConfig)
+                          PixtralVisionConfig, Qwen2_5_VLConfig, Qwen3_5Config, Qwen3_5MoeConfig, Qwen3_5MoeTextConfig,
+                          Qwen3_5TextConfig, Qwen3MoeConfig, Qwen3NextConfig, Qwen3VLConfig, Qwen3VLMoeConfig,
+                          SiglipVisionConfig, SmolLM3Config, SmolVLMConfig, SmolVLMVisionConfig)
 
 from engine.recurrent.mixers import FORWARDS
 
@@ -60,6 +60,15 @@ def _mrope(vocab: int, model_type: str) -> dict:
 
 
 TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_heads=2, depth=1, out_hidden_size=64)
+DEEPSTACK_VISION = TINY_VISION | {"depth": 2, "deepstack_visual_indexes": [0, 1]}  # deepstack into both layers
+QWEN_VISION_TOKENS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+
+
+def _qwen_vl(config_class: type, text_config: dict, vision_config: dict, vocab: int):
+    """A Qwen-VL family's multimodal config: its image, video and vision start / end tokens the vocabulary's last."""
+    return config_class(text_config=text_config, vision_config=vision_config, tie_word_embeddings=False,
+                        **{name: vocab - 1 - i for i, name in enumerate(QWEN_VISION_TOKENS)},
+                        architectures=[config_class.__name__.replace("Config", "ForConditionalGeneration")])
 
 
 def _moe(**experts) -> dict:
@@ -90,15 +99,8 @@ CONFIGS = {
         vision_config=PixtralVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                           num_attention_heads=2, head_dim=16, image_size=112, patch_size=14).to_dict(),
         image_token_index=vocab - 1, tie_word_embeddings=False, architectures=["Mistral3ForConditionalGeneration"]),
-    "qwen2_5_vl": lambda vocab: Qwen2_5_VLConfig(
-        text_config=_mrope(vocab, "qwen2_5_vl_text"), vision_config=TINY_VISION, image_token_id=vocab - 1,
-        video_token_id=vocab - 2, vision_start_token_id=vocab - 3, vision_end_token_id=vocab - 4,
-        tie_word_embeddings=False, architectures=["Qwen2_5_VLForConditionalGeneration"]),
-    "qwen3_vl": lambda vocab: Qwen3VLConfig(
-        text_config=_mrope(vocab, "qwen3_vl_text"),
-        vision_config={**TINY_VISION, "depth": 2, "deepstack_visual_indexes": [0, 1]},  # deepstack into both layers
-        image_token_id=vocab - 1, video_token_id=vocab - 2, vision_start_token_id=vocab - 3,
-        vision_end_token_id=vocab - 4, tie_word_embeddings=False, architectures=["Qwen3VLForConditionalGeneration"]),
+    "qwen2_5_vl": lambda vocab: _qwen_vl(Qwen2_5_VLConfig, _mrope(vocab, "qwen2_5_vl_text"), TINY_VISION, vocab),
+    "qwen3_vl": lambda vocab: _qwen_vl(Qwen3VLConfig, _mrope(vocab, "qwen3_vl_text"), DEEPSTACK_VISION, vocab),
     "mistral": lambda vocab: MistralConfig(**tiny_shape(vocab), num_hidden_layers=2, sliding_window=WINDOW),
     "smollm3": lambda vocab: SmolLM3Config(**tiny_shape(vocab), num_hidden_layers=4, no_rope_layer_interval=2),
     "olmo2": lambda vocab: Olmo2Config(**tiny_shape(vocab), num_hidden_layers=2),
@@ -127,6 +129,20 @@ CONFIGS = {
                                               mamba_d_head=16, mamba_d_state=16, mamba_chunk_size=MAMBA_CHUNK,
                                               ssm_in_multiplier=0.5, ssm_multipliers=[1.0, 0.5, 1.0, 1.0, 0.5]),
     "lfm2": lambda vocab: Lfm2Config(**tiny_shape(vocab), num_hidden_layers=4, full_attn_idxs=[1, 3], conv_L_cache=3),
+}
+# Multimodal checkpoints that the image tests alone build (tests/engine/vision_models.py), by model type: Qwen3.5's
+# and Qwen3.6's (the hybrids above, their multimodal RoPE interleaved over half of each head as the real ones' over a
+# quarter, and Qwen3-VL's vision tower without deepstack) and Qwen3-VL-MoE's (Qwen3-VL's above with experts). The
+# text oracle runs their language models' kinds of layer already.
+HYBRID_MROPE = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                "mrope_section": [2, 1, 1], "mrope_interleaved": True}
+IMAGE_ONLY_CONFIGS = {
+    "qwen3_5": lambda vocab: _qwen_vl(Qwen3_5Config, CONFIGS["qwen3_5"](vocab).to_dict()
+                                      | {"rope_parameters": HYBRID_MROPE}, TINY_VISION, vocab),
+    "qwen3_5_moe": lambda vocab: _qwen_vl(Qwen3_5MoeConfig, CONFIGS["qwen3_5_moe"](vocab).to_dict()
+                                          | {"rope_parameters": HYBRID_MROPE}, TINY_VISION, vocab),
+    "qwen3_vl_moe": lambda vocab: _qwen_vl(Qwen3VLMoeConfig, _mrope(vocab, "qwen3_vl_moe_text") | _moe(num_experts=4),
+                                           DEEPSTACK_VISION, vocab),
 }
 HYBRIDS = {"qwen3_next", "qwen3_5", "qwen3_5_moe", "nemotron_h", "granitemoehybrid", "falcon_h1", "lfm2"}
 

@@ -38,7 +38,7 @@ def test_blocks_holding_an_image_are_keyed_by_its_content_and_text_blocks_by_the
     tokens = list(range(1, 9)) + [99] * 4 + [20, 21, 22, 23, 24]
 
     def with_image(rid: str, content_hash: int) -> Sequence:
-        images = PromptImages({}, list(range(8, 12)), [ImageSpan(8, 12, content_hash)])
+        images = PromptImages([{}], list(range(8, 12)), [ImageSpan(8, 12, content_hash)])
         return Sequence(rid, tokens, SamplingParams(), images)
 
     assert admit(bm, with_image("first", 1))

@@ -1,8 +1,9 @@
-"""dtype = "auto": bfloat16 where the hardware computes it natively, float32 elsewhere."""
+"""dtype = "auto": bfloat16 where the hardware computes it natively, float32 elsewhere; settings refused by name."""
 
 import pytest
 
 from engine.config import EngineConfig, cpu_has_native_bf16
+from engine.errors import InvalidParameter
 
 AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma f16c\n"
 ZEN4 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
@@ -34,3 +35,9 @@ def test_an_explicit_dtype_is_kept_whatever_the_hardware(monkeypatch):
     monkeypatch.setattr("engine.config.cpu_has_native_bf16", lambda: True)
     assert EngineConfig(dtype="float32").resolved_dtype == "float32"
     assert EngineConfig(dtype="float16", device="cuda").resolved_dtype == "float16"
+
+
+def test_a_negative_number_of_state_snapshots_is_refused_by_name():
+    with pytest.raises(InvalidParameter, match="num_state_snapshots must be 0") as refused:
+        EngineConfig(num_state_snapshots=-1)
+    assert refused.value.param == "num_state_snapshots"

@@ -130,7 +130,7 @@ def test_dummy_weights_from_a_config_run():
                          "experts": "none", "attention": "full", "kv_cache": "1 full group of 2 layers",
                          "kv_cache_dtype": "float32", "weights": "float32", "weights_source": "checkpoint",
                          "weight_bytes": execution["weight_bytes"], "state_slots": "none", "recurrent": "none",
-                         "prefix_caching": "on", "images": "none"}
+                         "prefix_caching": "on", "images": "none", "max_num_encoder_tokens": None}
     model = eng.session.loaded.model
     assert execution["weight_bytes"] == sum(t.nbytes for t in [*model.parameters(), *model.buffers()])
     eng.add_request("x", [1, 2, 3], SamplingParams(max_tokens=4, ignore_eos=True))

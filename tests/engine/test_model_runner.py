@@ -27,3 +27,12 @@ def test_too_little_memory_is_a_load_error_that_says_what_to_change():
     message = str(e.value)
     assert "only 0.00 GiB" in message and "20.0 GiB in use" in message and "gpu_memory_fraction 0.85" in message
     assert "at least 0.25 GiB is needed" in message and "lower max_num_batched_tokens" in message
+
+
+def test_a_full_encoder_cache_is_set_aside_and_named_when_too_little_is_left():
+    without = kv_blocks_for_gpu(80 * GIB, 64.5 * GIB, 2 * GIB, 0.85, BLOCK, min_blocks=128)
+    with_images = kv_blocks_for_gpu(80 * GIB, 64.5 * GIB, 2 * GIB, 0.85, BLOCK, min_blocks=128, encoder_cache=1 * GIB)
+    assert (without - with_images) * BLOCK == 1 * GIB
+    with pytest.raises(ModelLoadError) as e:
+        kv_blocks_for_gpu(24 * GIB, 5 * GIB, 1 * GIB, 0.85, BLOCK, min_blocks=128, encoder_cache=1 * GIB)
+    assert "1.00 GiB for the encoder cache" in str(e.value) and "encoder_cache_tokens" in str(e.value)

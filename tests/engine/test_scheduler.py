@@ -55,7 +55,7 @@ def test_a_chunk_cuts_an_image_only_where_its_placeholders_attend_one_way(bidire
     never cut, the chunk ending before the image or, starting at it, after it past the budget."""
     sched = make_scheduler(budget=16)
     spans = [ImageSpan(12, 18, 1), ImageSpan(20, 44, 2)]
-    images = PromptImages({}, [r for span in spans for r in range(span.start, span.end)], spans,
+    images = PromptImages([{}, {}], [r for span in spans for r in range(span.start, span.end)], spans,
                           bidirectional=bidirectional)
     seq = Sequence("a", list(range(48)), SamplingParams(), images)
     sched.add(seq)

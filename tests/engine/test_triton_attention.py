@@ -23,11 +23,12 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BLOCK_SIZE = 4
 
 
-def reference(q, k, v, scale, sliding_window=None, attention_chunk_size=None, s_aux=None, softcap=None):
+def reference(q, k, v, scale, sliding_window=None, attention_chunk_size=None, s_aux=None, softcap=None, spans=()):
     """q [n, heads, dim] at the last n positions of k, v [ctx, kv_heads, dim], in float64, as
     transformers' eager attention computes it: scores scaled, softcapped (gemma2), masked causally
     and by masking_utils' sliding_window_overlay (k > p - W) and chunked_overlay (k // C == p // C),
-    the sinks' logits joined to the softmax and dropped after it (gpt_oss)."""
+    the sinks' logits joined to the softmax and dropped after it (gpt_oss). spans: images [start, end)
+    whose positions see each other both ways (gemma3), within the window (as the engine's torch path)."""
     group = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(group, 1).transpose(0, 1).double()
     v = v.repeat_interleave(group, 1).transpose(0, 1).double()
@@ -38,6 +39,8 @@ def reference(q, k, v, scale, sliding_window=None, attention_chunk_size=None, s_
     q_position = torch.arange(ctx - n, ctx, device=q.device)[:, None]
     k_position = torch.arange(ctx, device=q.device)[None, :]
     allowed = k_position <= q_position
+    for start, end in spans:
+        allowed |= (q_position >= start) & (q_position < end) & (k_position >= start) & (k_position < end)
     if sliding_window is not None:
         allowed &= k_position > q_position - sliding_window
     if attention_chunk_size is not None:
@@ -256,6 +259,38 @@ def test_each_layer_variant_matches_eager_attention_in_a_mixed_batch(variant):
     a prefill chunk of 20 over 70 cached tokens; a padding sequence."""
     shapes = [(7, 7), (5, 13), (1, 1), (1, 9), (1, 8), (70, 70), (20, 90), (0, 0)]
     check_variant(shapes, 9, 3, 24, variant, seed=6)
+
+
+IMAGE_SPANS = [  # (query_len, context_len) and the images [start, end) whose positions see each other both ways
+    ((20, 20), [(5, 13)]),  # a whole prompt
+    ((12, 30), [(20, 26), (26, 29)]),  # a chunk after a cached prefix, two images back to back
+    ((1, 9), []),  # a decode beside them
+    ((70, 70), [(14, 40), (60, 70)]),  # an image across a query tile's end (tiles of 21 rows), one that ends the chunk
+    ((8, 8), []),  # a prompt without images
+]
+
+
+@pytest.mark.parametrize("variant", [{}, dict(sliding_window=6)], ids=["full", "window under an image"])
+def test_image_placeholders_see_each_other_both_ways(variant):
+    """Gemma 3: a query in an image sees the image's later keys too (packed metadata's last_key), causal elsewhere;
+    with a sliding window narrower than an image, the window still bounds what each query sees, as the torch path's
+    masks do."""
+    shapes = [shape for shape, _ in IMAGE_SPANS]
+    q, key_cache, value_cache, meta, tables, starts = build_batch(shapes, 9, 3, 24, seed=9)
+    last_key = []
+    for (query_len, ctx), spans in IMAGE_SPANS:
+        positions = list(range(ctx - query_len, ctx))
+        last_key += [next((end - 1 for start, end in spans if start <= p < end), p) for p in positions]
+    meta = dataclasses.replace(meta, last_key=torch.tensor(last_key, dtype=torch.int32, device=DEVICE))
+    out = paged_attention_packed(q, key_cache, value_cache, meta, 0.3, **variant)
+    causal = paged_attention_packed(q, key_cache, value_cache, dataclasses.replace(meta, last_key=None), 0.3, **variant)
+    for ((query_len, ctx), spans), table, start in zip(IMAGE_SPANS, tables, starts):
+        rows = slice(start, start + query_len)
+        k = contiguous_context(key_cache, table, ctx)
+        v = contiguous_context(value_cache, table, ctx)
+        expected = reference(q[rows], k, v, 0.3, spans=spans, **variant)
+        torch.testing.assert_close(out[rows].double(), expected, atol=1e-4, rtol=1e-4)
+        assert torch.equal(out[rows], causal[rows]) == (not spans)  # decisive: the images change what they see
 
 
 # Windows and chunks wider than a 16-key partition, narrower than the longest context.

@@ -129,17 +129,25 @@ def test_warm_up_runs_a_full_step_on_a_scratch_cache_and_leaves_the_real_one_alo
 
 def test_a_hybrid_model_on_the_triton_backend_with_async_scheduling_matches_the_torch_backend(tmp_path):
     """Recurrent layers' state slots through the triton packing (sequences in schedule order: one-token rows
-    between prefill chunks) and overlapped steps, against the torch path's tokens (Qwen3-Next)."""
+    between prefill chunks) and overlapped steps, against the torch path's tokens (Qwen3-Next); then prefix-cache
+    hits, whose states, kept at a prompt's last whole block, are restored into another sequence's slot (the copies
+    queued after one overlapped step run before the next)."""
     build("qwen3_next").save_pretrained(tmp_path)
 
-    def tokens(**settings) -> list[list[int]]:
+    def tokens(**settings) -> tuple[list[list[int]], int]:
         engine = Engine(EngineConfig(block_size=8, max_num_batched_tokens=48, device=DEVICE, dtype="float32",
                                      num_kv_blocks=64, **settings))
         engine.load_model(tmp_path)
         assert engine.stats().execution["state_slots"].endswith("layers)")
-        return run(engine, prompts=PROMPTS[:3])  # 3, 17 and 40 tokens: decodes beside a prompt cut in chunks
+        # 3, 17 and 40 tokens: decodes beside a prompt cut in chunks; 35 tokens: its states are kept after 32
+        first = run(engine, prompts=PROMPTS[:3] + [PROMPTS[4]])
+        engine.add_request("hit", PROMPTS[5], SamplingParams(max_tokens=2, temperature=0, ignore_eos=True))
+        hit = [(out.new_token_ids, out.num_cached_tokens) for _ in range(4) for out in engine.step()]
+        return first, hit
 
-    assert tokens(attention_backend="triton", async_scheduling="on") == tokens(attention_backend="torch")
+    on_torch = tokens(attention_backend="torch")
+    assert [cached for _, cached in on_torch[1]] == [32, 32]  # the prefix's 4 blocks, and the states after them
+    assert tokens(attention_backend="triton", async_scheduling="on") == on_torch
 
 
 def test_triton_backend_needs_cuda_outside_the_interpreter(monkeypatch):

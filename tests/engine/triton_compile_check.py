@@ -25,12 +25,13 @@ TARGETS = {"sm90": GPUTarget("cuda", 90, 32), "sm80": GPUTarget("cuda", 80, 32)}
 POINTER_TYPES = {torch.bfloat16: "*bf16", torch.float32: "*fp32"}
 # Model shapes: (query heads, kv heads, head dim, hidden size, MLP width).
 SHAPES = {"smollm2-135m": (9, 3, 64, 576, 1536), "llama-3.1-8b": (32, 8, 128, 4096, 14336),
-          "gpt-oss-20b": (64, 8, 64, 2880, 2880), "gemma-2-9b": (16, 8, 256, 3584, 14336)}
+          "gpt-oss-20b": (64, 8, 64, 2880, 2880), "gemma-2-9b": (16, 8, 256, 3584, 14336),
+          "gemma-3-12b": (16, 8, 256, 3840, 15360)}
 # Paged attention: (target, shape, dtype, max query length: 1 decodes only, split decode, layer features).
 # SmolLM2-135M (3 query heads a kv head, 64 dims) and Llama-3.1-8B (4, 128) on Hopper, decode and prefill
 # tiles; float32 (exact dots); the 8B prefill tile on Ampere; split batch-1 decodes (with the merge
 # kernel) on both; gpt-oss's sinks (8 query heads a kv head) in a prefill tile and a split decode;
-# Gemma 2's softcap with 256-dim heads (the widest tile).
+# Gemma 2's softcap with 256-dim heads (the widest tile); Gemma 3's images (each query's last key read).
 ATTENTION_VARIANTS = [
     ("sm90", "smollm2-135m", torch.bfloat16, 1, False, ()),
     ("sm90", "smollm2-135m", torch.bfloat16, 512, False, ()),
@@ -43,6 +44,7 @@ ATTENTION_VARIANTS = [
     ("sm90", "gpt-oss-20b", torch.bfloat16, 512, False, ("sinks",)),
     ("sm90", "gpt-oss-20b", torch.bfloat16, 1, True, ("sinks",)),
     ("sm90", "gemma-2-9b", torch.bfloat16, 512, False, ("softcap",)),
+    ("sm90", "gemma-3-12b", torch.bfloat16, 512, False, ("images",)),
 ]
 # The fused layer kernels for both shapes in bfloat16 on Hopper, and the 8B's on Ampere.
 FUSED_VARIANTS = [("sm90", "smollm2-135m"), ("sm90", "llama-3.1-8b"), ("sm80", "llama-3.1-8b")]
@@ -83,7 +85,7 @@ def main() -> None:
         heads, kv_heads, head_dim, _, _ = SHAPES[shape]
         sinks = "sinks" in features
         constants = kernel_constants(heads, kv_heads, head_dim, 16, max_query_len, dtype, split, sinks=sinks,
-                                     softcap="softcap" in features)
+                                     softcap="softcap" in features, last_key="images" in features)
         pointer = POINTER_TYPES[dtype]
         pointers = dict(q_ptr=pointer, k_cache_ptr=pointer, v_cache_ptr=pointer, out_ptr=pointer, sinks_ptr=pointer,
                         partial_acc_ptr="*fp32", partial_max_ptr="*fp32", partial_sum_ptr="*fp32")

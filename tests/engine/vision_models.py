@@ -18,8 +18,8 @@ from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImag
 from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from engine.vision import images_only, images_processor, processor_class
-from tests.engine.architectures import CONFIGS, model_class, sharpened
+from engine.image_processors import images_only, images_processor, processor_class
+from tests.engine.architectures import CONFIGS, IMAGE_ONLY_CONFIGS, model_class, sharpened
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,10 @@ FAMILIES = {
         *(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))]}, {"image_token_id": "<image>"}),
 }
 FAMILIES["smolvlm"] = FAMILIES["idefics3"]  # Idefics3's shape, its own classes
-FAMILIES["qwen3_vl"] = FAMILIES["qwen2_5_vl"]  # Qwen2.5-VL's tokens, patches of 16 (one placeholder per 32 x 32 pixels)
-QWEN_PROCESSORS = {"qwen2_5_vl": (Qwen2_5_VLProcessor, 14), "qwen3_vl": (Qwen3VLProcessor, 16)}
+# Qwen2.5-VL's tokens, patches of 16 (one placeholder per 32 x 32 pixels): Qwen3-VL, its MoE, Qwen3.5 and Qwen3.6
+QWEN3_VL_SHAPED = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
+FAMILIES |= dict.fromkeys(QWEN3_VL_SHAPED, FAMILIES["qwen2_5_vl"])
+QWEN_PROCESSORS = {"qwen2_5_vl": (Qwen2_5_VLProcessor, 14)} | dict.fromkeys(QWEN3_VL_SHAPED, (Qwen3VLProcessor, 16))
 SPLIT_IMAGE_PROCESSORS = {"idefics3": Idefics3ImageProcessorPil, "smolvlm": SmolVLMImageProcessorPil}
 
 
@@ -78,7 +80,7 @@ def build_vlm(family: str, target: Path, tokenizer_from: Path, seed: int = 0, ma
     if not extra:
         tokenizer.add_special_tokens(spec.special_tokens)
     tokenizer.chat_template = spec.chat_template()
-    config = CONFIGS[family](len(tokenizer))
+    config = (IMAGE_ONLY_CONFIGS.get(family) or CONFIGS[family])(len(tokenizer))
     for name, token in spec.config_tokens.items():
         setattr(config, name, tokenizer.convert_tokens_to_ids(token))
     config.text_config.eos_token_id = config.eos_token_id = tokenizer.eos_token_id

@@ -171,11 +171,12 @@ class ResponsesRequest(StrictRequest):
     reasoning: ReasoningConfig | None = None
     stream: bool = False
     priority: StrictInt | None = priority_field()
-    store: bool = Field(True, description="keep the response's conversation (per key, for the operator's "
-                                          "responses_retention_s), so that a later request may continue it")
+    store: bool = Field(True, description="keep the response's conversation, images included (per key, for the "
+                                          "operator's responses_retention_s; images up to its "
+                                          "stored_image_bytes_per_key), so that a later request may continue it")
     previous_response_id: StrictStr | None = Field(
-        None, max_length=256, description="continue a stored response of this key: its conversation comes before "
-                                          "this input (its instructions do not carry over)")
+        None, max_length=256, description="continue a stored response of this key: its conversation, images "
+                                          "included, comes before this input (its instructions do not carry over)")
     include: list[StrictStr] | None = Field(None, max_length=16, description="extra output: none of OpenAI's "
                                             "values is available here, each is refused by name; [] is accepted")
     metadata: dict[StrictStr, StrictStr] | None = no_effect("nothing is kept with it", max_length=16)

@@ -13,7 +13,6 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
-from engine.state_spec import PREFIX_CACHING_OFF_FOR_RECURRENT
 from tests.appliance.cli.test_cli import appliance
 from tests.appliance.conftest import add_keys, make_config, openai_clients, put_in_store, start_server
 from tests.engine.architectures import CONFIGS, build, model_class
@@ -73,7 +72,7 @@ def test_an_imported_model_of_each_family_answers_the_openai_client_as_generate_
     assert reply.choices[0].message.content == expected_answer(folders[name], tokenizer)
 
 
-def test_a_hybrid_model_shows_its_state_slots_and_why_prefix_caching_is_off(families):
+def test_a_hybrid_model_shows_its_state_slots_and_its_state_snapshots_for_prefix_caching(families):
     """Where operators look: `appliance status` and /metrics' vllm:cache_config_info."""
     server, folders = families
     client, _ = openai_clients(server)
@@ -83,11 +82,11 @@ def test_a_hybrid_model_shows_its_state_slots_and_why_prefix_caching_is_off(fami
     status = json.loads(appliance("status", "--json", "--socket", socket).stdout)
     engine = next(e for e in status["engines"] if e["model"] == served_name)
     assert (engine["state_slots_used"], engine["state_slots_total"]) == (0, 4)  # max_num_seqs: one slot each
-    assert engine["execution"]["prefix_caching"] == PREFIX_CACHING_OFF_FOR_RECURRENT
+    assert engine["execution"]["prefix_caching"] == "on (state snapshots: 4)"  # one per sequence that may run
     assert engine["execution"]["state_slots"].endswith("(3 Gated DeltaNet layers)")
     assert f"{served_name}: 0 running, 0 waiting; kv 0% · 0/4 state slots;" in appliance("status", "--socket", socket).stdout
     metrics = httpx.get(f"http://127.0.0.1:{server.app.metrics_port}/metrics").text
     info = next(line for line in metrics.splitlines()
                 if line.startswith("vllm:cache_config_info") and f'model_name="{served_name}"' in line)
-    assert 'enable_prefix_caching="False"' in info and f'prefix_caching="{PREFIX_CACHING_OFF_FOR_RECURRENT}"' in info
+    assert 'enable_prefix_caching="True"' in info and 'prefix_caching="on (state snapshots: 4)"' in info
     assert 'num_state_slots="4"' in info

@@ -29,10 +29,10 @@ def test_a_real_hybrid_config_is_planned_with_its_state_slots_beside_the_kv_cach
     kv_per_token, state_per_sequence = REAL[name]
     PLANNED[name].config().save_pretrained(tmp_path)  # config.json only: no weights
     p = plan(capsys, tmp_path, "--kv-context", "8192")  # on cuda in bfloat16, 64 sequences
-    assert (p["dtype"], p["state_slots"]) == ("bfloat16", 64)
+    assert (p["dtype"], p["state_slots"], p["state_snapshots"]) == ("bfloat16", 64, 64)
     assert (p["kv_bytes_per_token"], p["state_bytes_per_sequence"]) == (kv_per_token, state_per_sequence)
     assert p["kv_cache_bytes"] == (64 * 8192 // 16 + 1) * 16 * kv_per_token  # 64 sequences of 8192 tokens, null block
-    assert p["state_bytes"] == 64 * state_per_sequence
+    assert p["state_bytes"] == (64 + 64) * state_per_sequence  # the slots, and as many snapshots for prefix caching
     assert 28e9 < p["weights_bytes"] / 2 < 36e9  # 31.6 B and 34.7 B parameters, counted on the meta device
     assert p["total_bytes"] == p["weights_bytes"] + p["kv_cache_bytes"] + p["state_bytes"] + p["activations_bytes"]
 

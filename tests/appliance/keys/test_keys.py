@@ -341,7 +341,7 @@ def test_a_keys_db_of_the_first_version_is_migrated_to_the_last_and_keeps_its_ke
         assert (record.name, record.rpm_limit, record.allowed_networks) == ("from-before", 7, None)
         assert (record.priority, record.weight) == (0, 1.0)  # version 4's columns, with their defaults
         assert store.update(record.id, allowed_networks=["10.0.0.0/8"]).allowed_networks == ["10.0.0.0/8"]
-        store.store_response(record.id, "resp-1", [], retention_s=60)  # migration 6's table
+        store.store_response(record.id, "resp-1", [], retention_s=60, images=[b"png"])  # migrations 6 and 8
     check = sqlite3.connect(path)
     assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     check.close()

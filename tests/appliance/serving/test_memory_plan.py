@@ -39,7 +39,7 @@ def test_a_multimodal_checkpoint_is_planned_as_the_language_model_the_engine_loa
         engine.unload_model()
 
 
-@pytest.mark.parametrize("family, vectors", [("qwen2_5_vl", 1), ("qwen3_vl", 3)])  # Qwen3-VL: 2 deepstack layers
+@pytest.mark.parametrize("family, vectors", [("qwen2_5_vl", 1), ("qwen3_vl", 3), ("qwen3_5", 1)])  # Qwen3-VL: 2 deepstack layers
 def test_a_multimodal_checkpoint_whose_images_the_engine_runs_is_planned_with_its_vision_tower(family, vectors, tmp_path,
                                                                                                default_model_path):
     from tests.engine.vision_models import build_vlm

@@ -23,13 +23,17 @@ setup_venv() {
         exit 1
     fi
     [ -x .venv/bin/python ] || "$python" -m venv .venv
-    # Reinstall only when the lock file or the package metadata changed.
+    # Reinstall only when the lock files or the package metadata changed.
     local stamp=.venv/.installed
     local want
-    want="$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)"
+    want="$(cat requirements.lock requirements-reference.lock pyproject.toml | sha256sum | cut -d' ' -f1)"
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
         .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+        # the tests' references, outside .venv's import path (requirements-reference.lock says why)
+        rm -rf .venv/reference
+        .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --target .venv/reference \
+            -r requirements-reference.lock
         echo "$want" > "$stamp"
     fi
 }

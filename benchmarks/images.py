@@ -1,16 +1,17 @@
 """What an image costs: prefill tokens and vision-tower work per image at each family's real resolution
-(computed: the families' own PIL image processors on blank images, the vision towers built on the meta device),
-and the time to first token of an image request with and without a prefix-cache hit on a tiny model (measured).
+(computed: the families' own PIL image processors, Llama 4's the engine's, on blank images, the vision towers
+built on the meta device), and the time to first token of an image request with and without a prefix-cache hit on
+a tiny model (measured).
 
 Per family and image size: the placeholder tokens the image takes in the prompt (its share of the KV cache and of
 the prefill), the patches its vision tower runs over, and the tower's matmul work, 2 x parameters x patches
 (attention's own quadratic term left out: Qwen2.5-VL's tower attends in windows of 112 pixels but for four layers,
 Qwen3.5's over all of an image's patches, Gemma 3's SigLIP over its 4,096 patches, Pixtral over all of an image's
-patches, SmolVLM's SigLIP over each tile's 729). TTFT: the tiny Qwen2.5-VL and Qwen3.5 of the tests
-(tests/engine/vision_models.py) in an engine on this machine, a 448 x 448 image (256 placeholders, Qwen3.5: 196)
-behind a short text, alone; then the same request again (its image's blocks from the prefix cache: no encode, no
-prefill of the image; for the hybrid Qwen3.5, up to its prompt's last whole block, where its states were kept)
-and one with another image of the same size (encoded and prefilled again).
+patches, SmolVLM's SigLIP over each tile's 729, Llama 4's over each tile's 577). TTFT: the tiny Qwen2.5-VL and
+Qwen3.5 of the tests (tests/engine/vision_models.py) in an engine on this machine, a 448 x 448 image (256
+placeholders, Qwen3.5: 196) behind a short text, alone; then the same request again (its image's blocks from the
+prefix cache: no encode, no prefill of the image; for the hybrid Qwen3.5, up to its prompt's last whole block,
+where its states were kept) and one with another image of the same size (encoded and prefilled again).
 
     python -m benchmarks.images [--json OUT] [--skip-ttft]
 """
@@ -24,8 +25,8 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import (Idefics3VisionConfig, Mistral3Config, PixtralVisionModel, Qwen2_5_VLConfig,
-                          SiglipVisionConfig, SiglipVisionModel)
+from transformers import (Idefics3VisionConfig, Llama4VisionConfig, Llama4VisionModel, Mistral3Config,
+                          PixtralVisionModel, Qwen2_5_VLConfig, SiglipVisionConfig, SiglipVisionModel)
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 from transformers.models.idefics3.modeling_idefics3 import Idefics3VisionTransformer
@@ -36,6 +37,7 @@ from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5VisionModel
 from transformers.models.qwen3_5_moe.modeling_qwen3_5_moe import Qwen3_5MoeVisionModel
 
 from benchmarks.model_shapes import QWEN3_5_IMAGE_PIXELS, QWEN3_5_VISION
+from engine.llama4_images import Llama4ImageProcessor
 
 SIZES = [(448, 448), (1024, 768), (1920, 1080), (3840, 2160)]
 # The tests' tiny models timed to the first token (tests/engine/vision_models.py)
@@ -141,6 +143,29 @@ def smolvlm_instruct() -> dict:
     return {"params": params, "sizes": {f"{w}x{h}": per_image((w, h)) for w, h in SIZES}}
 
 
+def llama4_scout() -> dict:
+    """Llama 4 Scout and Maverick (the same vision tower): their config.json's vision_config (34 layers, hidden 1408,
+    tiles of 336 x 336 in patches of 14, pixel-shuffled 2 x 2 into 144 tokens a tile) and preprocessor_config.json
+    (at most 16 tiles, no upscaling past a tile's side). An image is resized into the canvas of whole tiles that fits
+    it best and, where that is several tiles, also shrunk to one more. Markers: <|image_start|>, a
+    <|tile_x_separator|> between a row's tiles and a <|tile_y_separator|> after each row (several tiles only),
+    <|image|> before the whole image's tokens, <|image_end|>."""
+    vision = Llama4VisionConfig(hidden_size=1408, intermediate_size=5632, num_hidden_layers=34, num_attention_heads=16,
+                                image_size=336, patch_size=14, vision_output_dim=4096)
+    processor = Llama4ImageProcessor(size={"height": 336, "width": 336}, max_patches=16)
+    params = parameters(Llama4VisionModel, vision)
+    tile_patches = (336 // 14) ** 2
+
+    def per_image(size) -> dict:
+        rows, columns = processor(Image.new("RGB", size), return_tensors="pt")["aspect_ratios"][0].tolist()
+        tiles = rows * columns + (1 if rows * columns > 1 else 0)
+        separators = rows * columns if tiles > 1 else 0  # (columns - 1) x-separators and one y-separator a row
+        return {"tokens": tiles * tile_patches // 4, "markers": 3 + separators, "patches": tiles * tile_patches,
+                "gflop": 2 * params * tiles * tile_patches / 1e9}
+
+    return {"params": params, "sizes": {f"{w}x{h}": per_image((w, h)) for w, h in SIZES}}
+
+
 def ttft(tokenizer_from: Path, family: str) -> dict:
     """Seconds to the first token: a fresh image, the same image again (prefix-cache and encoder-cache hit; for a
     hybrid, a prefix-cache hit up to its prompt's last whole block), another image."""
@@ -182,7 +207,8 @@ def main() -> None:
     args = parser.parse_args()
     families = {"Qwen2.5-VL-7B": qwen2_5_vl_7b(), "Qwen3.5-27B": qwen3_5(Qwen3_5VisionModel, 5120),
                 "Qwen3.6-35B-A3B": qwen3_5(Qwen3_5MoeVisionModel, 2048), "Gemma 3 (4B-27B)": gemma3(),
-                "Mistral Small 3.1/3.2": mistral_small_3_1(), "SmolVLM-Instruct": smolvlm_instruct()}
+                "Mistral Small 3.1/3.2": mistral_small_3_1(), "SmolVLM-Instruct": smolvlm_instruct(),
+                "Llama 4 Scout/Maverick": llama4_scout()}
     print("| family (vision parameters) | image | placeholder tokens | patches | tower GFLOP |")
     print("|---|---|---|---|---|")
     for name, family in families.items():

@@ -2,7 +2,8 @@
 
 A family's processor also wants a video processor, which needs torchvision, and the engine takes no
 video: the processor is built with an image processor and a tokenizer only (the family's PIL image
-processor where torchvision is missing; PixtralProcessor's module loads without it too). Its output
+processor where torchvision is missing; PixtralProcessor's module loads without it too; Llama 4's, which
+transformers has for torchvision alone, on torch's ops: engine.llama4_images). Its output
 for a prompt's images together is split image by image (engine.vision encodes them one by one,
 within the encoder budget), and an image's content hash identifies it for the prefix and encoder caches.
 """
@@ -21,10 +22,14 @@ import transformers
 from transformers import AutoImageProcessor
 from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
+from engine.llama4_images import Llama4ImageProcessor
+
 # Families whose image processor's size counts pixels (smart_resize's min_pixels and max_pixels), not edges.
 PIXEL_COUNT_SIZES = {"qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"}
 # What the processor gives that is the text's, not the vision tower's.
 TEXT_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids", "text_replacement_offsets")
+# Image processors that transformers has for its torchvision backend alone, by model type: the engine's own
+IMAGE_PROCESSORS_WITHOUT_TORCHVISION = {"llama4": Llama4ImageProcessor}
 
 
 def image_content_hash(image) -> int:
@@ -67,22 +72,29 @@ def processor_class(model_type: str) -> type:
 
 
 def images_processor(path: Path, model_type: str, tokenizer):
-    """The checkpoint's processor for images and text: its image processor (the PIL one where torchvision is
-    missing), the given tokenizer, and the processor's own options from processor_config.json."""
+    """The checkpoint's processor for images and text: its image processor (the PIL one, or the engine's own, where
+    torchvision is missing), the given tokenizer, and the processor's own options from processor_config.json."""
     family = processor_class(model_type)
     file = path / "processor_config.json"
     saved = json.loads(file.read_text()) if file.exists() else {}
     options = {k: v for k, v in saved.items()
                if k in inspect.signature(family.__init__).parameters and k not in family.get_attributes()}
-    return images_only(family)(image_processor=AutoImageProcessor.from_pretrained(path), tokenizer=tokenizer, **options)
+    own = IMAGE_PROCESSORS_WITHOUT_TORCHVISION.get(model_type)
+    if own is not None and importlib.util.find_spec("torchvision") is None:
+        image_processor = own.from_pretrained(path)
+    else:
+        image_processor = AutoImageProcessor.from_pretrained(path)
+    return images_only(family)(image_processor=image_processor, tokenizer=tokenizer, **options)
 
 
 def largest_image_side(model_type: str, image_processor) -> int:
     """The side of the square image with the most placeholders the family's image processor makes: every image is
     resized to at most its size (Qwen's: at most max_pixels, a square for the published checkpoints, 3584 x 3584 for
     Qwen2.5-VL; Pixtral's and Idefics3's: a longest edge, Idefics3's square image giving the most sub-images;
-    Gemma 3's: one size for every image)."""
+    Gemma 3's: one size for every image; Llama 4's: the square of tiles that max_patches allows)."""
     size = image_processor.size
+    if model_type == "llama4":
+        return size.height * math.isqrt(image_processor.max_patches)
     if size.height is not None:
         return max(size.height, size.width)
     if model_type in PIXEL_COUNT_SIZES:
@@ -92,9 +104,9 @@ def largest_image_side(model_type: str, image_processor) -> int:
 
 def per_image_inputs(inputs: dict, placeholders: list[int]) -> list[dict]:
     """A prompt's vision-tower inputs (the processor gives them for its images together) image by image: split
-    along the first dimension where it numbers the images; Qwen's patch rows by each image's grid; Idefics3's
-    sub-images (a batch of one prompt, its images' sub-images along the second dimension) by each image's share of
-    the placeholders (each sub-image has as many)."""
+    along the first dimension where it numbers the images; Qwen's patch rows by each image's grid; sub-images by
+    each image's share of the placeholders (each sub-image has as many): Idefics3's along the second dimension (a
+    batch of one prompt), Llama 4's tiles along the first."""
     n = len(placeholders)
     if n == 1:
         return [inputs]
@@ -105,9 +117,10 @@ def per_image_inputs(inputs: dict, placeholders: list[int]) -> list[dict]:
             parts[key] = value.split(grid.prod(-1).tolist())
         elif value.shape[0] == n:
             parts[key] = value.split(1)
-        elif value.shape[0] == 1:
-            per_placeholder = value.shape[1] / sum(placeholders)
-            parts[key] = value.split([round(p * per_placeholder) for p in placeholders], dim=1)
+        elif value.shape[0] == 1 or key == "pixel_values":
+            dim = 1 if value.shape[0] == 1 else 0
+            per_placeholder = value.shape[dim] / sum(placeholders)
+            parts[key] = value.split([round(p * per_placeholder) for p in placeholders], dim=dim)
         else:
             raise ValueError(f"the image processor's {key} of shape {tuple(value.shape)} is not split by image "
                              f"({n} images, {placeholders} placeholders)")

@@ -121,8 +121,9 @@ def _with_vision(arch: Architecture, path: Path, dtype: torch.dtype, device: str
     multimodal = getattr(transformers, arch.declared).from_pretrained(path, dtype=dtype, device_map=device, **kwargs)
     with torch.device("meta"):
         model = arch.model_class()._from_config(multimodal.config.get_text_config(), dtype=dtype)
-    model.model = multimodal.model.get_decoder()  # its language_model (Idefics3's text_model)
-    model.lm_head = multimodal.lm_head
+    decoder = multimodal.get_decoder()  # its language model (Idefics3's text_model); Llama 4's is a whole causal LM
+    model.model = decoder.model if hasattr(decoder, "lm_head") else decoder
+    model.lm_head = multimodal.get_output_embeddings()
     model.generation_config = multimodal.generation_config
     return model, Vision.load(path, multimodal, tokenizer)
 

@@ -24,13 +24,14 @@ turn, runs through the vision tower once.
 
 Families (checked against generate() by tests/engine/test_vision.py): Qwen2.5-VL (multimodal RoPE), Qwen3-VL and
 Qwen3-VL-MoE (multimodal RoPE and deepstack), Qwen3.5 and Qwen3.6 (qwen3_5, qwen3_5_moe: multimodal RoPE, no
-deepstack, a hybrid language model whose sequences also hold a state slot; with prefix caching off for hybrids, a
-repeated image is found in the encoder cache alone and prefilled again), Mistral 3 (Pixtral's vision tower, images
-of any aspect ratio, given with their image_sizes), Idefics3 and SmolVLM (each image split into sub-images, and the
-whole image beside them) and Gemma 3, whose image placeholders attend to each other both ways: a prefill chunk then
-holds an image whole (the scheduler does not cut it, engine.prompt_images) and its mask lets the image's tokens see
-each other (engine.packing: the torch path's masks, the triton kernel's last key per query). The images of other
-families are refused, their text served.
+deepstack, a hybrid language model whose sequences also hold a state slot; a repeated image's prefix hit ends where
+the states were kept, engine.state_snapshots), Mistral 3 (Pixtral's vision tower, images of any aspect ratio, given
+with their image_sizes), Idefics3 and SmolVLM (each image split into sub-images, and the whole image beside them),
+Llama 4 (each image cut into tiles and shrunk to one more, its processor the engine's: engine.llama4_images; the
+projector applied to the tower's output here, as its multimodal forward does) and Gemma 3, whose image placeholders
+attend to each other both ways: a prefill chunk then holds an image whole (the scheduler does not cut it,
+engine.prompt_images) and its mask lets the image's tokens see each other (engine.packing: the torch path's masks,
+the triton kernel's last key per query). The images of other families are refused, their text served.
 """
 
 import bisect
@@ -53,11 +54,14 @@ from engine.sequence import Sequence
 
 # Model types whose images the engine runs (checked against generate() by tests/engine/test_vision.py).
 IMAGE_FAMILIES = {"qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "gemma3", "mistral3", "idefics3",
-                  "smolvlm"}
+                  "smolvlm", "llama4"}
 BIDIRECTIONAL_IMAGES = {"gemma3"}  # families whose image placeholders attend to each other both ways
 # Families whose language model adds the vision tower's features from some of its layers ("deepstack") to the
 # image rows' hidden states after its first layers.
 DEEPSTACK_IMAGES = {"qwen3_vl", "qwen3_vl_moe"}
+# Families whose get_image_features gives the vision tower's output before the projector, which their multimodal
+# forward applies (Llama 4: per tile, its patches pixel-shuffled by the tower's adapter)
+PROJECTED_OUTSIDE = {"llama4"}
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
@@ -85,7 +89,8 @@ def vectors_per_placeholder(config: dict) -> int:
 class Vision:
     """A loaded checkpoint's vision side, beside its language model (which shares the multimodal model's modules)."""
 
-    # the multimodal base model: get_image_features, and get_rope_index for multimodal RoPE
+    # the multimodal base model (Llama 4's: the multimodal model, which has no base model): get_image_features, and
+    # get_rope_index for multimodal RoPE
     model: torch.nn.Module = field(repr=False)
     processor: object = field(repr=False)
     model_type: str
@@ -98,7 +103,8 @@ class Vision:
         """The vision side of a loaded multimodal model (of a checkpoint that loads_vision)."""
         model_type = multimodal.config.model_type
         processor = images_processor(path, model_type, tokenizer)
-        return cls(multimodal.model, processor, model_type, processor.image_token, multimodal.config.image_token_id)
+        return cls(getattr(multimodal, "model", multimodal), processor, model_type, processor.image_token,
+                   multimodal.config.image_token_id)
 
     def largest_image(self, index: int = 0) -> Image.Image:
         """A generated image of the largest size the image processor makes (a gradient: Idefics3 drops all-zero
@@ -200,10 +206,14 @@ class Vision:
 
     def _run_tower(self, inputs: list[dict], placeholders: list[int], device: torch.device) -> tuple[torch.Tensor, ...]:
         """One call of the vision tower over these images (their inputs padded to one batch): each image's rows of
-        embeddings (with deepstack, each row's embedding then its feature per deepstack layer)."""
+        embeddings (with deepstack, each row's embedding then its feature per deepstack layer). Pixel values go in at
+        the tower's dtype (Llama 4's processor gives bfloat16; not every tower casts them itself)."""
         batch = {k: _stacked([i[k] for i in inputs]).to(device) for k in inputs[0]}
-        # one [tokens, hidden] per image, or per sub-image (a tuple, or [images, tokens, hidden]), in order
+        batch = {k: v.to(self.model.dtype) if v.is_floating_point() else v for k, v in batch.items()}
         output = self.model.get_image_features(**batch)
+        if self.model_type in PROJECTED_OUTSIDE:  # [tiles, tokens, width]: projected here, as the multimodal forward does
+            return self.model.multi_modal_projector(output.last_hidden_state.flatten(0, 1)).split(placeholders)
+        # one [tokens, hidden] per image, or per sub-image (a tuple, or [images, tokens, hidden]), in order
         rows = torch.cat(list(output.pooler_output))
         if self.deepstack:
             rows = torch.stack([rows, *(torch.cat(list(layer)) for layer in output.deepstack_features)], dim=1)

@@ -12,7 +12,8 @@ first chunks.
 import torch
 import transformers
 from transformers import (FalconH1Config, Gemma2Config, Gemma3Config, Gemma3TextConfig, GptOssConfig, GraniteMoeConfig,
-                          GraniteMoeHybridConfig, Idefics3Config, Idefics3VisionConfig, Lfm2Config, Llama4TextConfig,
+                          GraniteMoeHybridConfig, Idefics3Config, Idefics3VisionConfig, Lfm2Config, Llama4Config,
+                          Llama4TextConfig, Llama4VisionConfig,
                           LlamaConfig, Mistral3Config, MistralConfig, MixtralConfig, NemotronHConfig, Olmo2Config,
                           PixtralVisionConfig, Qwen2_5_VLConfig, Qwen3_5Config, Qwen3_5MoeConfig, Qwen3_5MoeTextConfig,
                           Qwen3_5TextConfig, Qwen3MoeConfig, Qwen3NextConfig, Qwen3VLConfig, Qwen3VLMoeConfig,
@@ -132,7 +133,8 @@ CONFIGS = {
 }
 # Multimodal checkpoints that the image tests alone build (tests/engine/vision_models.py), by model type: Qwen3.5's
 # and Qwen3.6's (the hybrids above, their multimodal RoPE interleaved over half of each head as the real ones' over a
-# quarter, and Qwen3-VL's vision tower without deepstack) and Qwen3-VL-MoE's (Qwen3-VL's above with experts). The
+# quarter, and Qwen3-VL's vision tower without deepstack), Qwen3-VL-MoE's (Qwen3-VL's above with experts) and Llama
+# 4's (the Llama 4 text model above; tiles of 56 x 56 pixels, 16 patches pixel-shuffled into 4 tokens each). The
 # text oracle runs their language models' kinds of layer already.
 HYBRID_MROPE = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
                 "mrope_section": [2, 1, 1], "mrope_interleaved": True}
@@ -143,6 +145,14 @@ IMAGE_ONLY_CONFIGS = {
                                           | {"rope_parameters": HYBRID_MROPE}, TINY_VISION, vocab),
     "qwen3_vl_moe": lambda vocab: _qwen_vl(Qwen3VLMoeConfig, _mrope(vocab, "qwen3_vl_moe_text") | _moe(num_experts=4),
                                            DEEPSTACK_VISION, vocab),
+    "llama4": lambda vocab: Llama4Config(
+        text_config=CONFIGS["llama4_text"](vocab).to_dict(),
+        # the adapter's MLP takes the shuffled patches (4 x hidden) to projector_output_dim, the projector's input
+        vision_config=Llama4VisionConfig(hidden_size=32, intermediate_size=128, num_hidden_layers=1,
+                                         num_attention_heads=2, image_size=56, patch_size=14, vision_output_dim=64,
+                                         projector_input_dim=64, projector_output_dim=64).to_dict(),
+        image_token_index=vocab - 1, boi_token_index=vocab - 2, eoi_token_index=vocab - 3, tie_word_embeddings=False,
+        architectures=["Llama4ForConditionalGeneration"]),
 }
 HYBRIDS = {"qwen3_next", "qwen3_5", "qwen3_5_moe", "nemotron_h", "granitemoehybrid", "falcon_h1", "lfm2"}
 

@@ -2,7 +2,7 @@
 added in the language model's first layers), Qwen3.5 and Qwen3.6 (qwen3_5, qwen3_5_moe: Qwen3-VL's vision tower before
 a hybrid language model, Gated DeltaNet layers on state slots beside attention), Mistral 3 (Pixtral: an image's
 placeholders broken by a token after each row), Idefics3 and SmolVLM (an image split into sub-images, with text
-between them) and Gemma 3 (image placeholders that attend to each other both ways) give generate()'s greedy tokens
+between them), Llama 4 (an image cut into tiles, the engine's own image processor) and Gemma 3 (image placeholders that attend to each other both ways) give generate()'s greedy tokens
 for prompts with images, in one batch with text-only requests, with several prompts' images of different sizes
 encoded in one call, under chunked prefill (Qwen's images cut between chunks, Gemma's never), and a repeated image is
 found in the prefix cache and the encoder cache (Qwen3-VL's deepstack features with its embeddings), while a
@@ -187,6 +187,22 @@ def test_the_warm_up_step_runs_the_vision_tower_on_scratch_state_and_the_engine_
     got, _ = run(engine, requests)
     assert got == {k: generate_alone(model, processor, p, images, N) for k, (p, images) in requests.items()}
     assert runner.vision.images_encoded == 2  # "again" came from the encoder cache
+
+
+@pytest.mark.parametrize("vlm", ["llama4"], indirect=True)
+def test_llama4s_largest_image_fills_its_square_of_tiles_and_the_warm_up_step_runs_it(vlm):
+    """Llama 4's largest image is the square of tiles that max_patches allows (the test processor's: 2 x 2 tiles of 56
+    pixels and the whole image as one more, 5 tiles of 4 placeholders); the warm-up step runs the tower over it."""
+    folder, model, processor, placeholder = vlm
+    engine = make_engine(folder)
+    runner = engine.session.runner
+    assert runner.vision.largest_image().size == (112, 112)
+    assert runner.vision.largest_image_tokens == 5 * 4
+    runner.warm_up()
+    assert runner.vision.images_encoded == 0
+    prompt = f"Describe {placeholder} briefly please"
+    got, _ = run(engine, {"r": (prompt, [image(1)])})
+    assert got["r"] == generate_alone(model, processor, prompt, [image(1)], N)
 
 
 @pytest.mark.parametrize("vlm", VISION_SIDES, indirect=True)

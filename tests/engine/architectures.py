@@ -13,11 +13,11 @@ import torch
 import transformers
 from transformers import (FalconH1Config, Gemma2Config, Gemma3Config, Gemma3TextConfig, GptOssConfig, GraniteMoeConfig,
                           GraniteMoeHybridConfig, Idefics3Config, Idefics3VisionConfig, Lfm2Config, Llama4Config,
-                          Llama4TextConfig, Llama4VisionConfig,
-                          LlamaConfig, Mistral3Config, MistralConfig, MixtralConfig, NemotronHConfig, Olmo2Config,
-                          PixtralVisionConfig, Qwen2_5_VLConfig, Qwen3_5Config, Qwen3_5MoeConfig, Qwen3_5MoeTextConfig,
-                          Qwen3_5TextConfig, Qwen3MoeConfig, Qwen3NextConfig, Qwen3VLConfig, Qwen3VLMoeConfig,
-                          SiglipVisionConfig, SmolLM3Config, SmolVLMConfig, SmolVLMVisionConfig)
+                          Llama4TextConfig, Llama4VisionConfig, LlamaConfig, Mistral3Config, MistralConfig,
+                          MixtralConfig, NemotronHConfig, Olmo2Config, PixtralVisionConfig, Qwen2_5_VLConfig,
+                          Qwen3_5Config, Qwen3_5MoeConfig, Qwen3_5MoeTextConfig, Qwen3_5TextConfig, Qwen3MoeConfig,
+                          Qwen3NextConfig, Qwen3VLConfig, Qwen3VLMoeConfig, SiglipVisionConfig, SmolLM3Config,
+                          SmolVLMConfig, SmolVLMVisionConfig)
 
 from engine.recurrent.mixers import FORWARDS
 

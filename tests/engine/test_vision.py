@@ -1,14 +1,15 @@
 """Images in the engine: tiny random Qwen2.5-VL (multimodal RoPE), Qwen3-VL and Qwen3-VL-MoE (and deepstack features
-added in the language model's first layers), Qwen3.5 and Qwen3.6 (qwen3_5, qwen3_5_moe: Qwen3-VL's vision tower before
-a hybrid language model, Gated DeltaNet layers on state slots beside attention), Mistral 3 (Pixtral: an image's
-placeholders broken by a token after each row), Idefics3 and SmolVLM (an image split into sub-images, with text
-between them), Llama 4 (an image cut into tiles, the engine's own image processor) and Gemma 3 (image placeholders that attend to each other both ways) give generate()'s greedy tokens
-for prompts with images, in one batch with text-only requests, with several prompts' images of different sizes
-encoded in one call, under chunked prefill (Qwen's images cut between chunks, Gemma's never), and a repeated image is
-found in the prefix cache and the encoder cache (Qwen3-VL's deepstack features with its embeddings), while a
-different image behind the same token ids is not (the hybrids' hits end where their states were kept, after the
-prompt's last whole block); images past the encoder budget are encoded in a later step, and the warm-up step runs
-the vision tower on scratch state (Qwen2.5-VL)."""
+added in the language model's first layers), Qwen3.5 and Qwen3.6 (qwen3_5, qwen3_5_moe: Qwen3-VL's vision tower
+before a hybrid language model, Gated DeltaNet layers on state slots beside attention), Mistral 3 (Pixtral: an
+image's placeholders broken by a token after each row), Idefics3 and SmolVLM (an image split into sub-images, with
+text between them), Llama 4 (an image cut into tiles, the engine's own image processor) and Gemma 3 (image
+placeholders that attend to each other both ways) give generate()'s greedy tokens for prompts with images, in one
+batch with text-only requests, with several prompts' images of different sizes encoded in one call, under chunked
+prefill (Qwen's images cut between chunks, Gemma's never), and a repeated image is found in the prefix cache and the
+encoder cache (Qwen3-VL's deepstack features with its embeddings), while a different image behind the same token ids
+is not (the hybrids' hits end where their states were kept, after the prompt's last whole block); images past the
+encoder budget are encoded in a later step, and the warm-up step runs the vision tower on scratch state
+(Qwen2.5-VL)."""
 
 import functools
 

@@ -41,7 +41,7 @@ class _Session:
         states = self.runner.states
         per_block = loaded.layout.block_bytes(config.block_size, self.runner.kv_dtype.itemsize)
         self.block_manager = BlockManager(
-            self.runner.num_blocks, config.block_size, self.runner.prefix_caching.startswith("on"),
+            self.runner.num_blocks, config.block_size, self.runner.caches_prefixes,
             loaded.layout.specs(), num_state_slots=states.num_slots if states is not None else 0,
             state_slot_blocks=states.row_bytes / per_block if states is not None else 0.0,
             num_state_snapshots=states.num_snapshots if states is not None else 0)

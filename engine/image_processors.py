@@ -30,6 +30,7 @@ PIXEL_COUNT_SIZES = {"qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3
 TEXT_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids", "text_replacement_offsets")
 # Image processors that transformers has for its torchvision backend alone, by model type: the engine's own
 IMAGE_PROCESSORS_WITHOUT_TORCHVISION = {"llama4": Llama4ImageProcessor}
+HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None  # found, not imported
 
 
 def image_content_hash(image) -> int:
@@ -59,7 +60,7 @@ def processor_class(model_type: str) -> type:
     processor's module for get_resize_output_image_size alone (which the PIL one's module defines too): where
     torchvision is missing, that import is given the PIL module while the processor's module loads."""
     name = PROCESSOR_MAPPING_NAMES[model_type]
-    if name != "PixtralProcessor" or importlib.util.find_spec("torchvision") is not None:
+    if name != "PixtralProcessor" or HAS_TORCHVISION:
         return getattr(transformers, name)
     pixtral = "transformers.models.pixtral"
     if f"{pixtral}.processing_pixtral" not in sys.modules:
@@ -80,7 +81,7 @@ def images_processor(path: Path, model_type: str, tokenizer):
     options = {k: v for k, v in saved.items()
                if k in inspect.signature(family.__init__).parameters and k not in family.get_attributes()}
     own = IMAGE_PROCESSORS_WITHOUT_TORCHVISION.get(model_type)
-    if own is not None and importlib.util.find_spec("torchvision") is None:
+    if own is not None and not HAS_TORCHVISION:
         image_processor = own.from_pretrained(path)
     else:
         image_processor = AutoImageProcessor.from_pretrained(path)

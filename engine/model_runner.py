@@ -170,6 +170,11 @@ class ModelRunner:
                 f"({self.states.layout.describe()})")
 
     @property
+    def caches_prefixes(self) -> bool:
+        """Whether prefix caching runs: configured on and, for a model with recurrent layers, with state snapshots."""
+        return self.config.enable_prefix_caching and (self.states is None or self.states.num_snapshots > 0)
+
+    @property
     def prefix_caching(self) -> str:
         """"on", "on (state snapshots: N)" for a model with recurrent layers, "off" (configured so), or off with the
         reason where no snapshots rule it out."""
@@ -177,8 +182,9 @@ class ModelRunner:
             return "off"
         if self.states is None:
             return "on"
-        snapshots = self.states.num_snapshots
-        return f"on (state snapshots: {snapshots})" if snapshots else PREFIX_CACHING_OFF_FOR_RECURRENT
+        if self.caches_prefixes:
+            return f"on (state snapshots: {self.states.num_snapshots})"
+        return PREFIX_CACHING_OFF_FOR_RECURRENT
 
     @property
     def kv_cache_bytes(self) -> int:

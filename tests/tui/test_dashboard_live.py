@@ -35,7 +35,9 @@ async def test_dashboard_numbers_change_when_requests_run(service, control):
         assert service.model in summary(app) and "requests 0 " in engine_text(app)
         assert str(app.screen.query_one(EnginePanel).border_subtitle) == "torch · cpu float32"  # the path that runs it
         assert "No GPU" in text(app.screen.query_one("#gpu-notice"))  # these machines have none
-        assert "cores" in text(app.screen.query_one(HostPanel).query_one("#cpu", Gauge))
+        # the gauge renders to its laid-out width, and the first layout can come after the first snapshot
+        await wait_for(pilot, lambda: "cores" in text(app.screen.query_one(HostPanel).query_one("#cpu", Gauge)),
+                       what="the host panel's CPU gauge")
 
         async def one_request(client: httpx.AsyncClient) -> None:
             response = await client.post("/v1/completions", json={

@@ -13,10 +13,8 @@ import threading
 import jsonschema
 import pytest
 import torch
-import xgrammar as xgr
 
 from engine import AsyncEngine, Engine, EngineConfig, InvalidParameter, SamplingParams, StructuredOutput
-from engine.sampler import Sampler
 from engine.structured_output import GrammarCompiler, GrammarMatcher, choice_grammar
 
 PERSON = {
@@ -345,72 +343,6 @@ def test_a_mixed_batch_under_preemption_keeps_free_requests_exact_and_constraine
     roomy.load_model(tiny_model_path)
     alone = {r: run(roomy, {r: bound[r]})[r]["tokens"] for r in bound}
     assert {r: results[r]["tokens"] for r in bound} == alone
-
-
-# -- the bitmask in the sampler -----------------------------------------------------------------------
-EOS = 0
-VOCAB = ["</s>", "y", "es", "yes", "n", "o", "no", "maybe", " ", "x"]  # ids 0..9; the logits are wider
-WIDTH = 70
-
-
-def toy_matcher(grammar: str = 'root ::= "yes" | "no"') -> GrammarMatcher:
-    info = xgr.TokenizerInfo(VOCAB, vocab_size=WIDTH, stop_token_ids=[EOS])
-    return GrammarMatcher(xgr.GrammarCompiler(info, cache_enabled=False).compile_grammar(grammar))
-
-
-class Request:
-    def __init__(self, output=(), **params):
-        self.params = SamplingParams(max_tokens=64, **params)
-        self.prompt_token_ids = []
-        self.output_token_ids = list(output)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_bitmask_changes_only_the_constrained_rows(dtype):
-    logits = torch.randn(4, WIDTH, generator=torch.Generator().manual_seed(0)).to(dtype)
-    logits[:, 20:] += 50.0  # padding ids beyond the tokenizer's vocabulary would win if allowed
-    original = logits.clone()
-
-    def rows():
-        return [Request(temperature=0.0, logprobs=3), Request(temperature=0.0), Request(seed=5, top_k=4, logprobs=2),
-                Request(temperature=0.0, presence_penalty=0.5, output=[9])]
-
-    sampler = Sampler({EOS})
-    batched = sampler(logits, rows(), [None, toy_matcher(), None, toy_matcher()])
-    assert torch.equal(logits, original)  # the caller's logits are not edited
-    alone = [Sampler({EOS})(logits[i : i + 1], [r])[0] for i, r in enumerate(rows())]
-    assert batched[0] == alone[0] and batched[2] == alone[2]  # unconstrained: tokens and logprobs as alone
-    assert batched[1].token_id in (3, 4, 1, 6) and batched[3].token_id in (3, 4, 1, 6)  # "yes", "n", "y", "no"
-    assert alone[1].token_id >= 20  # what the constrained rows would have taken
-
-
-def test_no_constrained_row_keeps_the_greedy_fast_path(monkeypatch):
-    sampler = Sampler({EOS})
-    monkeypatch.setattr(sampler, "_mask_stop_tokens", lambda *a: pytest.fail("left the fast path"))
-    logits = torch.randn(3, WIDTH)
-    got = sampler(logits, [Request(temperature=0.0) for _ in range(3)], [None, None, None])
-    assert [t.token_id for t in got] == logits.argmax(dim=-1).tolist()
-
-
-def test_eos_is_allowed_only_where_the_grammar_may_end():
-    matcher = toy_matcher()
-    logits = torch.zeros(1, WIDTH)
-    logits[0, EOS] = 100.0
-    assert Sampler({EOS})(logits, [Request(temperature=0.0)], [matcher])[0].token_id != EOS
-    assert matcher.accept_token(3)  # "yes": now only EOS is allowed
-    logits[0, EOS] = -100.0
-    assert Sampler({EOS})(logits, [Request(temperature=0.0)], [matcher])[0].token_id == EOS
-
-
-def test_min_tokens_keeps_eos_out_unless_the_grammar_allows_nothing_else():
-    matcher = toy_matcher('root ::= "y" "es"?')
-    assert matcher.accept_token(1)  # "y": the grammar may end, or go on with "es"
-    logits = torch.zeros(1, WIDTH)
-    logits[0, EOS] = 100.0
-    request = Request(temperature=0.0, min_tokens=5, output=[1])
-    assert Sampler({EOS})(logits, [request], [matcher])[0].token_id == 2  # "es", not EOS
-    assert matcher.accept_token(2)  # "yes": EOS is all that is left, the grammar wins over min_tokens
-    assert Sampler({EOS})(logits, [request], [matcher])[0].token_id == EOS
 
 
 def test_choice_grammar_escapes_quotes_backslashes_and_control_characters():

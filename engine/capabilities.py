@@ -16,7 +16,9 @@ two tokens through the model with a recording attention function, so that what e
 passes to attention (its window, sinks, softcap) decides its KV cache spec.
 """
 
+import contextlib
 import inspect
+import logging
 from dataclasses import dataclass, replace
 
 import torch
@@ -205,6 +207,19 @@ def _recording_attention(module, query, key, value, attention_mask, scaling=None
 AttentionInterface.register(PROBE_ATTENTION, _recording_attention)
 
 
+@contextlib.contextmanager
+def _kernel_fallbacks_unlogged():
+    """The probe runs transformers' own recurrent layers, which warn (once) that they fall back to PyTorch for want
+    of causal-conv1d or fla: misleading, since the engine runs them with its own (engine.recurrent)."""
+    logger = logging.getLogger("transformers.integrations.hub_kernels")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 @torch.inference_mode()
 def probe_attention(model: nn.Module, arch: str, device: str) -> tuple[KVCacheLayout, list[str]]:
     """Run two tokens through the loaded model, recording what each layer passes to attention: the KV
@@ -216,8 +231,9 @@ def probe_attention(model: nn.Module, arch: str, device: str) -> tuple[KVCacheLa
     model.set_attn_implementation(PROBE_ATTENTION)
     ids = torch.zeros(1, 2, dtype=torch.long, device=device)
     try:  # the engine's per-step metadata must reach every layer's attention function, as the probe's marker does
-        model(input_ids=ids, position_ids=torch.arange(2, device=device)[None], use_cache=False,
-              attention_metadata=PROBE_ATTENTION)
+        with _kernel_fallbacks_unlogged():
+            model(input_ids=ids, position_ids=torch.arange(2, device=device)[None], use_cache=False,
+                  attention_metadata=PROBE_ATTENTION)
     except Exception as e:  # the model's own code failed: it cannot run packed as the engine runs it
         raise ModelLoadError(f"{arch}: a two-token test forward failed ({type(e).__name__}: {e})") from e
     finally:

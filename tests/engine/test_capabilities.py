@@ -1,5 +1,6 @@
 """Which models the engine runs is decided by their layers; a refusal names the first missing feature and its layer."""
 
+import logging
 import re
 
 import pytest
@@ -10,6 +11,7 @@ from engine.capabilities import check_config, config_from_dict
 from engine.errors import ModelLoadError
 from engine.kv_cache_spec import AttentionSpec, layout_from_config
 from engine.loader import load_dummy
+from tests.engine.architectures import build
 
 SMALL = dict(vocab_size=128, hidden_size=64, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=2)
@@ -89,6 +91,22 @@ def test_the_probe_reads_each_layers_window_sinks_and_experts():
     assert loaded.attention_features == ["sinks", "sliding"]
     assert loaded.experts == "grouped_mm"
     assert (loaded.layout.kv_heads, loaded.layout.head_dim) == (2, 16)
+
+
+def test_the_probe_of_a_hybrid_logs_no_kernel_fallback():
+    """transformers warns (once a process) that its recurrent layers fall back to PyTorch for want of causal-conv1d
+    or fla. The probe runs them; the engine never does (engine.recurrent): an operator is not told to install them."""
+    logged = []
+    handler = logging.Handler()
+    handler.emit = logged.append
+    logger = logging.getLogger("transformers.integrations.hub_kernels")
+    logging.Logger.warning_once.cache_clear()  # transformers' memory of what it warned about
+    logger.addHandler(handler)
+    try:
+        load_dummy(build("qwen3_5").config, torch.float32, "cpu")
+    finally:
+        logger.removeHandler(handler)
+    assert [record.getMessage() for record in logged] == []
 
 
 def test_gemma3_27b_layout_groups_its_62_layers_in_tens():

@@ -286,7 +286,8 @@ def keys_revoke(args) -> int:
     if args.json:
         print_json(record)
     else:
-        print(f"Revoked key {record['id']} ({record['name']}); requests with it now get 403.")
+        print(f"Revoked key {record['id']} ({record['name']}); requests with it now get 403, and its stored "
+              "responses are deleted.")
     return 0
 
 

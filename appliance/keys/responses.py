@@ -8,7 +8,8 @@ host may have gone or changed, and a fetch on a follow-up would be a way in. Eac
 by its sha256, however many of the key's responses hold it (an agent's chain of responses repeats its
 screenshots in every one). Rows older than the operator's retention (`responses_retention_s`) are deleted as
 new ones are written; an image's `stored_at` is renewed by every response that stores it, so it outlives
-none of them and goes with the last.
+none of them and goes with the last. A revoked key's are deleted at once: no request can read them again,
+and what apps sent (screenshots, documents) is not kept past its use.
 """
 
 import hashlib
@@ -58,6 +59,12 @@ class StoredResponses:
         if any(h not in held for h in hashes):  # pruned by a box whose clock runs ahead: as good as expired
             return None
         return StoredConversation(json.loads(row["conversation"]), [held[h] for h in hashes])
+
+    def forget(self, key_id: str) -> None:
+        """Delete the key's responses and their images (the key is revoked)."""
+        with self._db.transaction() as tx:
+            tx.execute("DELETE FROM responses WHERE key_id = ?", (key_id,))
+            tx.execute("DELETE FROM response_images WHERE key_id = ?", (key_id,))
 
     def image_bytes_with(self, key_id: str, images: Sequence[bytes], retention_s: float) -> int:
         """The bytes of images the key's stored responses would hold with `images` stored too (an image the key

@@ -174,9 +174,11 @@ class KeyStore:
         return [self._record(row) for row in self._db.query("SELECT * FROM keys ORDER BY created_at, id")]
 
     def revoke(self, key_id: str) -> KeyRecord:
+        """Revoke the key for good, and delete its stored responses: no request can read them again."""
         self._require(key_id)
         # COALESCE keeps the first revocation time when a key is revoked twice.
         self._db.execute("UPDATE keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?", (iso(self._now()), key_id))
+        self._responses.forget(key_id)
         return self._require(key_id)
 
     def update(self, key_id: str, **limits) -> KeyRecord:

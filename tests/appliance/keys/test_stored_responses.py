@@ -76,3 +76,16 @@ def test_images_are_kept_once_per_key_in_order_and_go_with_the_last_response_tha
     responses.put("k1", "fourth", [], [], retention_s=60)
     assert database.query("SELECT sha256 FROM response_images") == []
     assert responses.image_bytes_with("k1", [], retention_s=60) == 0
+
+
+def test_revoking_a_key_deletes_its_responses_and_images_and_no_other_keys(location):
+    image = {"role": "user", "content": [{"type": "image"}]}
+    with KeyStore(location) as store:
+        revoked, kept = store.create("revoked")[0].id, store.create("kept")[0].id
+        for key_id in (revoked, kept):
+            store.store_response(key_id, f"resp-{key_id}", [image], retention_s=60, images=[SCREEN])
+        store.revoke(revoked)
+        assert store.stored_response(revoked, f"resp-{revoked}", retention_s=60) is None
+        assert store.stored_response(kept, f"resp-{kept}", retention_s=60).images == [SCREEN]
+        assert store.stored_image_bytes_with(revoked, [], retention_s=60) == 0  # the bytes are gone, not hidden
+        assert store.stored_image_bytes_with(kept, [], retention_s=60) == len(SCREEN)

@@ -17,7 +17,8 @@ next query sees. As in vLLM, evictable cached blocks count as free in the usage 
 State slots (engine.state_slots): a model with recurrent layers also needs one slot per running
 sequence; admission asks for both, and the usage figure counts a slot at its size in blocks. Its
 prefix hits also need the recurrent states at the prefix's end (engine.state_snapshots): a hit ends
-at a block whose snapshot is kept, and that snapshot is copied into the sequence's slot.
+at a block whose snapshot is kept (at a prompt's last whole block, or the latest block a decode filled),
+and that snapshot is copied into the sequence's slot.
 """
 
 from collections import OrderedDict
@@ -245,13 +246,17 @@ class BlockManager:
                     block.key = (g, h)
                     self.key_to_block[(g, h)] = block_id
         seq.num_cached_blocks = num_full
+        if seq.pending_snapshot is not None:  # the token that filled its block is read now
+            self._name_decode_snapshot(seq)
 
     # -- state snapshots (a model with recurrent layers) -----------------------------------------
     def _snapshot_blocks(self, seq: Sequence) -> int:
         """The blocks of the prefix whose states seq's prefill keeps: its prompt's whole blocks; 0: none kept."""
-        if not (self.enable_prefix_caching and self.snapshots.count):
-            return 0
-        return seq.num_prompt_tokens // self.block_size
+        return seq.num_prompt_tokens // self.block_size if self.keeps_snapshots else 0
+
+    @property
+    def keeps_snapshots(self) -> bool:
+        return self.enable_prefix_caching and self.snapshots.count > 0
 
     def snapshot_point(self, seq: Sequence) -> int | None:
         """Where a prefill chunk of seq should end so that its states there are kept: the end of its prompt's last
@@ -263,10 +268,36 @@ class BlockManager:
 
     def keep_states(self, seq: Sequence) -> None:
         """After a step: where seq's prefill has just reached the end of its prompt's last whole block, its slot's
-        states become the snapshot of that prefix."""
-        n = self._snapshot_blocks(seq)
-        if n and seq.num_computed_tokens == n * self.block_size:
+        states become the snapshot of that prefix; where its computed tokens past the prompt have just filled a
+        block, they become its decode's snapshot (in place of the one before: a conversation's next turn needs only
+        the latest), named once that block's last token is read."""
+        n, computed = self._snapshot_blocks(seq), seq.num_computed_tokens
+        if n and computed == n * self.block_size:
             self.snapshots.save(seq.state_slot, self._block_hashes(seq, n)[-1])
+        elif self.keeps_snapshots and computed > seq.num_prompt_tokens and computed % self.block_size == 0:
+            self._release_pending_snapshot(seq)
+            if seq.decode_snapshot is not None:  # dropped first, so that the new one can take its row
+                self.snapshots.drop(seq.decode_snapshot)
+                seq.decode_snapshot = None
+            row = self.snapshots.reserve(seq.state_slot)
+            if row is not None:
+                seq.pending_snapshot = (row, computed // self.block_size)
+                self._name_decode_snapshot(seq)
+
+    def _name_decode_snapshot(self, seq: Sequence) -> None:
+        """Keep seq's reserved snapshot under its prefix's hash, once the last token of that prefix is read."""
+        row, n = seq.pending_snapshot
+        if seq.token_ids[n * self.block_size - 1] < 0:  # a placeholder (engine.overlap): its step is in flight
+            return
+        seq.pending_snapshot = None
+        seq.decode_snapshot = self._block_hashes(seq, n)[-1]
+        self.snapshots.name(row, seq.decode_snapshot)
+
+    def _release_pending_snapshot(self, seq: Sequence) -> None:
+        """A reserved snapshot never named (seq left, or filled another block, before its token was read)."""
+        if seq.pending_snapshot is not None:
+            self.snapshots.release(seq.pending_snapshot[0])
+            seq.pending_snapshot = None
 
     def take_state_copies(self) -> list[tuple[int, int]]:
         """The snapshot copies (source row, destination row) the model runner makes before its next forward."""
@@ -279,6 +310,7 @@ class BlockManager:
                 if table[position] != NULL_BLOCK:
                     self._release(table[position])
         seq.block_tables = []
+        self._release_pending_snapshot(seq)
         self.state_slots.give_back(seq)
         seq.num_cached_blocks = 0
         seq.num_computed_tokens = 0

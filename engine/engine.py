@@ -269,7 +269,7 @@ class Engine:
 
     def _account(self, session: _Session, scheduled: list[ScheduledSequence], scheduled_at: float) -> None:
         """After a forward: the scheduled tokens are computed; full blocks of real tokens are cached, and recurrent
-        states where a prompt's last whole block ends (engine.state_snapshots)."""
+        states where a prompt's last whole block ends or a decode fills a block (engine.state_snapshots)."""
         bm = session.block_manager
         for s in scheduled:
             seq = s.seq

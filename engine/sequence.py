@@ -29,6 +29,10 @@ class Sequence:
         self.num_cached_blocks = 0  # leading blocks of the block tables already registered for prefix caching
         self.images = images  # the prompt's images (engine.vision), None for text
         self.state_slot: int | None = None  # its recurrent layers' states (engine.state_slots), while it runs
+        # Its decode's latest snapshot of those states (engine.state_snapshots): (row, blocks) reserved until the
+        # last token of its prefix is read, then the prefix hash it is kept under.
+        self.pending_snapshot: tuple[int, int] | None = None
+        self.decode_snapshot: int | None = None
         self.num_preemptions = 0
         self.prompt_logprobs: list = []  # SampledToken of prompt tokens 1.. when params.prompt_logprobs is set
         self.finish_reason: str | None = None

@@ -5,6 +5,11 @@ state slot holds only its latest one. So when a sequence's prefill reaches the e
 whole block (the scheduler ends a chunk there: vLLM's "align" mode), its slot is copied into a snapshot,
 keyed by the prefix hash of that block (engine.block_manager: the hash chain covers tokens and images);
 a later sequence whose cached prefix ends at that block starts from a copy of the snapshot in its own slot.
+Its decode keeps one more, moved on at each block's end: the next turn of a conversation re-sends the
+answer, so its hit reaches the answer's last whole block rather than stopping at the prompt's.
+
+A decode step's snapshot is copied before its prefix can be named: the block's last token may still be
+on the device (engine.overlap). Its row is reserved (no hit finds it) and named when the token is read.
 
 The pool is bounded: the least recently saved or restored snapshot gives its room to a new one. A
 snapshot whose prefix's blocks are evicted is dropped then (the block manager says so).
@@ -37,12 +42,34 @@ class StateSnapshots:
         if prefix_hash in self._rows:
             self._rows.move_to_end(prefix_hash)
             return
+        row = self.reserve(slot)
+        if row is not None:
+            self._rows[prefix_hash] = row
+
+    def reserve(self, slot: int) -> int | None:
+        """Queue a copy of the state in `slot` into a row no hit finds until it is named; None: every row is
+        reserved already."""
         if self._free:
             row = self._free.pop()
-        else:  # the least recently used gives its row (a restore from it already queued runs first)
+        elif self._rows:  # the least recently used gives its row (a restore from it already queued runs first)
             _, row = self._rows.popitem(last=False)
-        self._rows[prefix_hash] = row
+        else:
+            return None
         self._copies.append((slot, row))
+        return row
+
+    def name(self, row: int, prefix_hash: int) -> None:
+        """The reserved row holds the states at the end of the prefix `prefix_hash` names: hits find it now (or,
+        where another row holds that prefix already, that one, and this row is free again)."""
+        if prefix_hash in self._rows:
+            self._rows.move_to_end(prefix_hash)
+            self._free.append(row)
+        else:
+            self._rows[prefix_hash] = row
+
+    def release(self, row: int) -> None:
+        """A reserved row that will not be named (its sequence left before its token was read)."""
+        self._free.append(row)
 
     def restore(self, prefix_hash: int, slot: int) -> None:
         """Queue a copy of the prefix's snapshot into `slot`, where its sequence goes on from it."""

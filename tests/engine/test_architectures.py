@@ -78,12 +78,16 @@ def hybrid_engine(name: str, folder, **settings) -> tuple[Engine, object]:
     return engine, model
 
 
-@pytest.mark.parametrize("name", ["qwen3_5", "nemotron_h", "lfm2"])  # Gated DeltaNet, Mamba-2, a short convolution
-def test_a_hybrid_hits_the_prefix_cache_where_its_states_were_kept_and_still_matches_generate(name, tmp_path):
-    """A first turn of 5 blocks + 1 token keeps its states after its 5 blocks; then, at once, its follow-up turn
-    (the first turn, its answer and more) and other prompts with the same 5 blocks start from them, while a prompt
-    that shares only 3 blocks, cached but with no states kept after them, is computed from its first token."""
-    engine, model = hybrid_engine(name, tmp_path)
+@pytest.mark.parametrize("name, async_scheduling", [
+    ("qwen3_5", "off"), ("nemotron_h", "off"), ("lfm2", "off"),  # Gated DeltaNet, Mamba-2, a short convolution
+    ("qwen3_5", "on")])  # the decode's block ends while its last token is still a placeholder (engine.overlap)
+def test_a_hybrid_hits_the_prefix_cache_where_its_states_were_kept_and_still_matches_generate(
+        name, async_scheduling, tmp_path):
+    """A first turn of 5 blocks + 1 token keeps its states after its 5 blocks, and its decode after the 6th (its
+    answer's 5 tokens, 4 of them computed); then, at once, its follow-up turn (the first turn, its answer and more)
+    starts from those after 6 blocks, other prompts with the same 5 blocks from those after 5, while a prompt that
+    shares only 3 blocks, cached but with no states kept after them, is computed from its first token."""
+    engine, model = hybrid_engine(name, tmp_path, async_scheduling=async_scheduling)
     assert engine.stats().execution["prefix_caching"] == "on (state snapshots: 4)"
     rng = random.Random(2)
     first = [rng.randrange(3, VOCAB) for _ in range(5 * BLOCK + 1)]
@@ -94,7 +98,7 @@ def test_a_hybrid_hits_the_prefix_cache_where_its_states_were_kept_and_still_mat
                "one more": first[:5 * BLOCK] + [rng.randrange(3, VOCAB)],  # the conv state read by its first token
                "3 blocks": first[:3 * BLOCK + 2] + [rng.randrange(3, VOCAB) for _ in range(9)]}
     got, cached = turn(engine, prompts, 4)
-    assert cached == {"follow-up": 5 * BLOCK, "same start": 5 * BLOCK, "one more": 5 * BLOCK, "3 blocks": 0}
+    assert cached == {"follow-up": 6 * BLOCK, "same start": 5 * BLOCK, "one more": 5 * BLOCK, "3 blocks": 0}
     assert got == {rid: generate_alone(model, prompt, 4) for rid, prompt in prompts.items()}
     stats = engine.stats()
     assert stats.kv_blocks_used == 0 and stats.state_slots_used == 0

@@ -155,8 +155,8 @@ class KeysScreen(LiveScreen):
             self.notify(f"{record['name']} is already revoked.")
             return
         question = (f"Revoke the key {record['name']} ({record['id']})?\n\n"
-                    "Requests with it are refused from now on. This cannot be undone: "
-                    "to let its user back in, create a new key.")
+                    "Requests with it are refused from now on, and its stored responses are deleted. This cannot "
+                    "be undone: to let its user back in, create a new key.")
         self.app.push_screen(ConfirmScreen("Revoke key", question, "Revoke"),
                              lambda yes: yes and self.call_service(lambda c: c.revoke_key(record["id"]), self._revoked,
                                                                    what=f"Revoking {record['name']}"))

@@ -48,7 +48,7 @@ def ttft(engine: Engine, rid: str, prompt: list[int], max_tokens: int) -> tuple[
 
 
 def conversation(engine: Engine, rng: random.Random, n: int, prompt_len: int, answer_len: int) -> dict:
-    """The first turn, then its follow-up with the answer rewritten, then with the answer as generated."""
+    """The first turn, then its follow-up with the answer as generated, then with the answer rewritten."""
     first = [rng.randrange(3, VOCAB) for _ in range(prompt_len)]
     first_ttft, answer, _ = ttft(engine, f"first-{n}", first, answer_len)
     new = [rng.randrange(3, VOCAB) for _ in range(NEW)]

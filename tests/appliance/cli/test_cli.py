@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -200,29 +201,32 @@ def test_dev_flag_offline_uses_the_state_dir_of_serve_dev(tmp_path):
 
 @pytest.mark.slow
 def test_models_install_default_reports_the_model_folder(tmp_path, default_model_path):
+    """The run's one conversion (default_model_path) placed in the state dir: install-default finds it; a folder
+    converted before the GGUF's quantization_config was dropped is converted again."""
     from tests.conftest import CACHE_DIR
 
+    folder = tmp_path / "state" / "models" / default_model_path.name
+    folder.mkdir(parents=True)
+    for file in default_model_path.iterdir():  # the weights linked (the cache's are never written), the rest copied
+        (os.link if file.suffix == ".safetensors" else shutil.copy)(file, folder / file.name)
     config = tmp_path / "config.toml"
     config.write_text(f'state_dir = "{tmp_path / "state"}"\ncache_dir = "{CACHE_DIR / "downloads"}"\n')
     result = appliance("models", "install-default", "--config", str(config), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["name"] == "smollm2-135m-instruct"
-    assert Path(report["path"]) == tmp_path / "state" / "models" / "smollm2-135m-instruct"
-    folder = Path(report["path"])
+    assert report["name"] == "smollm2-135m-instruct" and Path(report["path"]) == folder
     assert json.loads((folder / "manifest.json").read_text())["name"] == report["name"]
     # the dequantized folder does not name the GGUF's quantization (the engine would refuse it)
     assert "quantization_config" not in json.loads((folder / "config.json").read_text())
-    converted_at = (folder / "model.safetensors").stat().st_mtime_ns
-    again = appliance("models", "install-default", "--config", str(config))  # already there: a no-op
-    assert again.returncode == 0 and report["path"] in again.stdout
-    assert (folder / "model.safetensors").stat().st_mtime_ns == converted_at
+    assert (folder / "model.safetensors").stat().st_ino == (default_model_path / "model.safetensors").stat().st_ino
     # a folder converted before that was fixed (transformers 5 puts the GGUF's quantization_config on the config)
     stale = json.loads((folder / "config.json").read_text()) | {"quantization_config": {"quant_method": "gguf"}}
     (folder / "config.json").write_text(json.dumps(stale))
     fixed = appliance("models", "install-default", "--config", str(config))
     assert fixed.returncode == 0 and report["path"] in fixed.stdout
     assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    assert (folder / "model.safetensors").stat().st_ino != (default_model_path / "model.safetensors").stat().st_ino
+    assert "quantization_config" not in json.loads((default_model_path / "config.json").read_text())  # untouched
 
 
 def test_migrate_copies_a_boxs_keys_into_postgresql_once(state, postgres_url):

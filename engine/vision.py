@@ -12,9 +12,9 @@ reaches their images and that have no embeddings yet: each image the encoder cac
 images in runs of at most max_num_encoder_tokens placeholders (a prompt's inputs split image by image), one call
 each (the scheduler bounds a step's placeholder tokens by the same budget; the CUDA warm-up measures a run of the
 largest images); puts the embeddings at the placeholders' rows of the packed batch (the model then takes
-inputs_embeds); and gives multimodal RoPE its positions. Where the family's language model adds "deepstack" features (Qwen3-VL: the vision
-tower's features from some of its layers, added to the image rows' hidden states after the language
-model's first layers), each placeholder's features are kept beside its embedding (one tensor: released
+inputs_embeds); and gives multimodal RoPE its positions. Where the family's language model adds "deepstack"
+features (Qwen3-VL: the vision tower's features from some of its layers, added to the image rows' hidden states
+after the language model's first layers), each placeholder's features are kept beside its embedding (one tensor: released
 and cached together), and the model is given the rows that got image embeddings this step with their
 features. A sequence keeps its embeddings until its prefill has passed its last image (chunked prefill
 may cut an image), then releases them; a preempted sequence takes them again when recomputed.

@@ -207,8 +207,9 @@ def test_models_install_default_reports_the_model_folder(tmp_path, default_model
 
     folder = tmp_path / "state" / "models" / default_model_path.name
     folder.mkdir(parents=True)
-    for file in default_model_path.iterdir():  # the weights linked (the cache's are never written), the rest copied
-        (os.link if file.suffix == ".safetensors" else shutil.copy)(file, folder / file.name)
+    for file in default_model_path.iterdir():  # copied, not linked: the store sets its own files' modes
+        shutil.copy(file, folder / file.name)
+    copied_at = (folder / "model.safetensors").stat().st_mtime_ns
     config = tmp_path / "config.toml"
     config.write_text(f'state_dir = "{tmp_path / "state"}"\ncache_dir = "{CACHE_DIR / "downloads"}"\n')
     result = appliance("models", "install-default", "--config", str(config), "--json")
@@ -218,14 +219,14 @@ def test_models_install_default_reports_the_model_folder(tmp_path, default_model
     assert json.loads((folder / "manifest.json").read_text())["name"] == report["name"]
     # the dequantized folder does not name the GGUF's quantization (the engine would refuse it)
     assert "quantization_config" not in json.loads((folder / "config.json").read_text())
-    assert (folder / "model.safetensors").stat().st_ino == (default_model_path / "model.safetensors").stat().st_ino
+    assert (folder / "model.safetensors").stat().st_mtime_ns == copied_at  # found, not converted again
     # a folder converted before that was fixed (transformers 5 puts the GGUF's quantization_config on the config)
     stale = json.loads((folder / "config.json").read_text()) | {"quantization_config": {"quant_method": "gguf"}}
     (folder / "config.json").write_text(json.dumps(stale))
     fixed = appliance("models", "install-default", "--config", str(config))
     assert fixed.returncode == 0 and report["path"] in fixed.stdout
     assert "quantization_config" not in json.loads((folder / "config.json").read_text())
-    assert (folder / "model.safetensors").stat().st_ino != (default_model_path / "model.safetensors").stat().st_ino
+    assert (folder / "model.safetensors").stat().st_mtime_ns != copied_at
     assert "quantization_config" not in json.loads((default_model_path / "config.json").read_text())  # untouched
 
 
